@@ -1,0 +1,1086 @@
+//! The CPU backend: f32, threaded with rayon, GEMMs by the `gemm` crate. It is the reference
+//! that every CUDA kernel is checked against, so clarity wins over cleverness wherever the two
+//! disagree and the op is not on the hot path.
+
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::backend::{AdamW, Backend, Device, Gemm, LayerNormGrads, LayerNormOut};
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::tensor::{numel, CpuStorage, DType, Storage, Tensor};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+/// A raw pointer that parallel tasks may share because each writes a disjoint region.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+fn out(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_f32(data, shape)
+}
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    ensure_shape!(
+        a.shape() == b.shape(),
+        op,
+        "operands have shapes {:?} and {:?}",
+        a.shape(),
+        b.shape()
+    );
+    Ok(())
+}
+
+/// `[rows, last]` of a tensor of rank ≥ 1.
+fn rows_cols(t: &Tensor) -> (usize, usize) {
+    let d = *t.shape().last().unwrap_or(&1);
+    (t.numel() / d.max(1), d)
+}
+
+fn floats(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
+    match t.cpu()? {
+        CpuStorage::F32(_) => Ok(std::borrow::Cow::Borrowed(t.f32s()?)),
+        CpuStorage::BF16(_) => Ok(std::borrow::Cow::Owned(
+            t.bf16s()?.iter().map(|x| x.to_f32()).collect(),
+        )),
+        CpuStorage::I32(_) => Err(Error::Msg("expected a float tensor, got i32".into())),
+    }
+}
+
+/// Row-major `c = alpha · op(a) · op(b) + beta · c` for one matrix, with leading dimensions
+/// given explicitly so that strided head slices of attention need no copy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: &[f32],
+    ldb: usize,
+    trans_b: bool,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+    threads: usize,
+) {
+    let (a_rs, a_cs) = if trans_a { (1, lda) } else { (lda, 1) };
+    let (b_rs, b_cs) = if trans_b { (1, ldb) } else { (ldb, 1) };
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: callers pass slices that cover every element the strides address, and a `c`
+    // valid for m rows of ldc elements that no other thread touches during the call.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            beta != 0.0,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Resolved dimensions of a batched matmul.
+struct MatmulDims {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    b_batched: bool,
+    out_shape: Vec<usize>,
+}
+
+fn matmul_dims(a: &Tensor, b: &Tensor, g: Gemm) -> Result<MatmulDims> {
+    const OP: &str = "matmul";
+    ensure_shape!(
+        a.rank() >= 2 && b.rank() >= 2,
+        OP,
+        "operands need rank ≥ 2, got {:?} and {:?}",
+        a.shape(),
+        b.shape()
+    );
+    ensure_shape!(
+        a.dtype() == b.dtype() && a.dtype() != DType::I32,
+        OP,
+        "operands must both be f32 or both bf16, got {:?} and {:?}",
+        a.dtype(),
+        b.dtype()
+    );
+    let (ar, ac) = (a.dim(-2), a.dim(-1));
+    let (br, bc) = (b.dim(-2), b.dim(-1));
+    let (m, k) = if g.trans_a { (ac, ar) } else { (ar, ac) };
+    let (kb, n) = if g.trans_b { (bc, br) } else { (br, bc) };
+    ensure_shape!(
+        k == kb,
+        OP,
+        "inner dimensions differ: {:?}{} · {:?}{}",
+        a.shape(),
+        if g.trans_a { "ᵀ" } else { "" },
+        b.shape(),
+        if g.trans_b { "ᵀ" } else { "" }
+    );
+    let batch_dims = &a.shape()[..a.rank() - 2];
+    let b_batched = b.rank() > 2;
+    ensure_shape!(
+        !b_batched || &b.shape()[..b.rank() - 2] == batch_dims,
+        OP,
+        "batch dimensions differ: {:?} and {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let mut out_shape = batch_dims.to_vec();
+    out_shape.extend([m, n]);
+    Ok(MatmulDims {
+        batch: numel(batch_dims),
+        m,
+        n,
+        k,
+        b_batched,
+        out_shape,
+    })
+}
+
+fn matmul_cpu(
+    a: &Tensor,
+    b: &Tensor,
+    g: Gemm,
+    c: &mut [f32],
+    beta: f32,
+    d: &MatmulDims,
+) -> Result<()> {
+    let (av, bv) = (floats(a)?, floats(b)?);
+    let (lda, ldb) = (a.dim(-1), b.dim(-1));
+    let (sa, sb, sc) = (
+        d.m * d.k,
+        if d.b_batched { d.k * d.n } else { 0 },
+        d.m * d.n,
+    );
+    let threads = rayon::current_num_threads();
+    for i in 0..d.batch {
+        sgemm(
+            (d.m, d.n, d.k),
+            &av[i * sa..(i + 1) * sa],
+            lda,
+            g.trans_a,
+            &bv[i * sb..i * sb + d.k * d.n],
+            ldb,
+            g.trans_b,
+            c[i * sc..(i + 1) * sc].as_mut_ptr(),
+            d.n,
+            g.alpha,
+            beta,
+            threads,
+        );
+    }
+    Ok(())
+}
+
+fn map(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
+    let v: Vec<f32> = x.f32s()?.par_iter().map(|&a| f(a)).collect();
+    out(v, x.shape())
+}
+
+fn zip(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<Tensor> {
+    same_shape(op, a, b)?;
+    let v: Vec<f32> = a
+        .f32s()?
+        .par_iter()
+        .zip(b.f32s()?.par_iter())
+        .map(|(&x, &y)| f(x, y))
+        .collect();
+    out(v, a.shape())
+}
+
+const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// Exact GELU, `x · Φ(x)`.
+pub fn gelu_scalar(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * SQRT_1_2))
+}
+
+/// d/dx of `x · Φ(x)`: `Φ(x) + x · φ(x)`.
+pub fn gelu_grad_scalar(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + libm::erff(x * SQRT_1_2));
+    cdf + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+/// log(1 + eˣ) without overflow.
+fn softplus(x: f32) -> f32 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Softmax of one row into `y`, returning log-sum-exp.
+fn softmax_row(x: &[f32], y: &mut [f32]) -> f32 {
+    let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0.0f32;
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = (v - mx).exp();
+        s += *o;
+    }
+    for o in y.iter_mut() {
+        *o /= s;
+    }
+    mx + s.ln()
+}
+
+/// The upstream gradient of a scalar loss, read from its one-element tensor.
+fn scalar(t: &Tensor, op: &'static str) -> Result<f32> {
+    ensure_shape!(
+        t.numel() == 1,
+        op,
+        "upstream loss gradient must have one element, got {:?}",
+        t.shape()
+    );
+    Ok(t.f32s()?[0])
+}
+
+fn check_labels(labels: &[i32], c: usize, op: &'static str) -> Result<()> {
+    if let Some((i, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l < 0 || l as usize >= c)
+    {
+        return Err(Error::shape(
+            op,
+            format!("label {l} of row {i} is outside 0..{c}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sums rows of `x [rows, d]` in parallel blocks, in f64 so the reference stays accurate.
+fn column_sums(rows: usize, d: usize, f: impl Fn(usize, &mut [f64]) + Sync) -> Vec<f32> {
+    let block = 64;
+    let partial: Vec<Vec<f64>> = (0..rows.div_ceil(block))
+        .into_par_iter()
+        .map(|bi| {
+            let mut acc = vec![0f64; d];
+            for r in bi * block..((bi + 1) * block).min(rows) {
+                f(r, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f64; d];
+    for p in partial {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total.into_iter().map(|v| v as f32).collect()
+}
+
+impl Backend for CpuBackend {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn upload(&self, host: &Tensor) -> Result<Tensor> {
+        host.cpu()?;
+        Ok(host.clone())
+    }
+    fn download(&self, t: &Tensor) -> Result<Tensor> {
+        t.cpu()?;
+        Ok(t.clone())
+    }
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let n = numel(shape);
+        let s = match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; n]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; n]),
+            DType::I32 => CpuStorage::I32(vec![0; n]),
+        };
+        Tensor::from_storage(Storage::Cpu(s), shape)
+    }
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        let s = match (x.cpu()?, dtype) {
+            (CpuStorage::I32(_), _) | (_, DType::I32) if x.dtype() != dtype => {
+                return Err(Error::Msg(format!(
+                    "cast from {:?} to {dtype:?} is not supported",
+                    x.dtype()
+                )))
+            }
+            (_, DType::F32) => CpuStorage::F32(floats(x)?.into_owned()),
+            (_, DType::BF16) => {
+                CpuStorage::BF16(floats(x)?.iter().map(|&v| bf16::from_f32(v)).collect())
+            }
+            (_, DType::I32) => CpuStorage::I32(x.i32s()?.to_vec()),
+        };
+        Tensor::from_storage(Storage::Cpu(s), x.shape())
+    }
+    fn copy(&self, x: &Tensor) -> Result<Tensor> {
+        self.cast(x, x.dtype())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor, g: Gemm) -> Result<Tensor> {
+        let d = matmul_dims(a, b, g)?;
+        let mut c = vec![0f32; numel(&d.out_shape)];
+        matmul_cpu(a, b, g, &mut c, 0.0, &d)?;
+        out(c, &d.out_shape)
+    }
+    fn matmul_into(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        g: Gemm,
+        c: &mut Tensor,
+        beta: f32,
+    ) -> Result<()> {
+        let d = matmul_dims(a, b, g)?;
+        ensure_shape!(
+            c.shape() == d.out_shape,
+            "matmul_into",
+            "output has shape {:?}, the product {:?}",
+            c.shape(),
+            d.out_shape
+        );
+        matmul_cpu(a, b, g, c.f32s_mut()?, beta, &d)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        zip("add", a, b, |x, y| x + y)
+    }
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        same_shape("add_assign", a, b)?;
+        let bv = b.f32s()?;
+        a.f32s_mut()?
+            .par_iter_mut()
+            .zip(bv.par_iter())
+            .for_each(|(x, &y)| *x += y);
+        Ok(())
+    }
+    fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
+        map(x, |v| v * s)
+    }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        zip("mul", a, b, |x, y| x * y)
+    }
+    fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (_, d) = rows_cols(x);
+        ensure_shape!(
+            b.shape() == [d],
+            "bias_add",
+            "bias {:?} does not fit input {:?}",
+            b.shape(),
+            x.shape()
+        );
+        let bv = b.f32s()?;
+        let mut v = x.f32s()?.to_vec();
+        v.par_chunks_mut(d)
+            .for_each(|row| row.iter_mut().zip(bv).for_each(|(o, &c)| *o += c));
+        out(v, x.shape())
+    }
+    fn sum_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, d) = rows_cols(x);
+        let xv = x.f32s()?;
+        let s = column_sums(rows, d, |r, acc| {
+            acc.iter_mut()
+                .zip(&xv[r * d..(r + 1) * d])
+                .for_each(|(a, &v)| *a += v as f64)
+        });
+        out(s, &[d])
+    }
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        map(x, gelu_scalar)
+    }
+    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        zip("gelu_backward", dy, x, |g, v| g * gelu_grad_scalar(v))
+    }
+    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
+        map(x, f32::tanh)
+    }
+    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        zip("tanh_backward", dy, y, |g, t| g * (1.0 - t * t))
+    }
+
+    fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut> {
+        let (rows, d) = rows_cols(x);
+        ensure_shape!(
+            w.shape() == [d] && b.shape() == [d],
+            "layernorm",
+            "weight {:?} / bias {:?} do not fit input {:?}",
+            w.shape(),
+            b.shape(),
+            x.shape()
+        );
+        let (xv, wv, bv) = (x.f32s()?, w.f32s()?, b.f32s()?);
+        let mut y = vec![0f32; rows * d];
+        let mut stats = vec![(0f32, 0f32); rows];
+        y.par_chunks_mut(d)
+            .zip(stats.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, (yr, st))| {
+                let xr = &xv[r * d..(r + 1) * d];
+                let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                let rstd = 1.0 / (var + eps as f64).sqrt();
+                for j in 0..d {
+                    yr[j] = ((xr[j] as f64 - mean) * rstd) as f32 * wv[j] + bv[j];
+                }
+                *st = (mean as f32, rstd as f32);
+            });
+        let (mean, rstd): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
+        Ok(LayerNormOut {
+            y: out(y, x.shape())?,
+            mean: out(mean, &[rows])?,
+            rstd: out(rstd, &[rows])?,
+        })
+    }
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        affine_grads: bool,
+    ) -> Result<LayerNormGrads> {
+        same_shape("layernorm_backward", dy, x)?;
+        let (rows, d) = rows_cols(x);
+        let (dyv, xv, wv, mv, rv) = (dy.f32s()?, x.f32s()?, w.f32s()?, mean.f32s()?, rstd.f32s()?);
+        let xhat = |r: usize, j: usize| (xv[r * d + j] - mv[r]) * rv[r];
+        let mut dx = vec![0f32; rows * d];
+        dx.par_chunks_mut(d).enumerate().for_each(|(r, dxr)| {
+            let dyr = &dyv[r * d..(r + 1) * d];
+            let (mut s1, mut s2) = (0f64, 0f64);
+            for j in 0..d {
+                let g = (dyr[j] * wv[j]) as f64;
+                s1 += g;
+                s2 += g * xhat(r, j) as f64;
+            }
+            let (m1, m2) = ((s1 / d as f64) as f32, (s2 / d as f64) as f32);
+            for j in 0..d {
+                dxr[j] = rv[r] * (dyr[j] * wv[j] - m1 - xhat(r, j) * m2);
+            }
+        });
+        let (dw, db) = if affine_grads {
+            let dw = column_sums(rows, d, |r, acc| {
+                (0..d).for_each(|j| acc[j] += (dyv[r * d + j] * xhat(r, j)) as f64)
+            });
+            let db = column_sums(rows, d, |r, acc| {
+                (0..d).for_each(|j| acc[j] += dyv[r * d + j] as f64)
+            });
+            (Some(out(dw, &[d])?), Some(out(db, &[d])?))
+        } else {
+            (None, None)
+        };
+        Ok(LayerNormGrads {
+            dx: out(dx, x.shape())?,
+            dw,
+            db,
+        })
+    }
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, d) = rows_cols(x);
+        let xv = x.f32s()?;
+        let mut y = vec![0f32; x.numel()];
+        y.par_chunks_mut(d)
+            .zip(xv.par_chunks(d))
+            .for_each(|(yr, xr)| {
+                softmax_row(xr, yr);
+            });
+        out(y, x.shape())
+    }
+    fn softmax_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        same_shape("softmax_backward", dy, y)?;
+        let (_, d) = rows_cols(y);
+        let (dyv, yv) = (dy.f32s()?, y.f32s()?);
+        let mut dx = vec![0f32; y.numel()];
+        dx.par_chunks_mut(d).enumerate().for_each(|(r, dxr)| {
+            let (g, p) = (&dyv[r * d..(r + 1) * d], &yv[r * d..(r + 1) * d]);
+            let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+            dxr.iter_mut()
+                .zip(g.iter().zip(p))
+                .for_each(|(o, (&gi, &pi))| *o = pi * (gi - dot));
+        });
+        out(dx, y.shape())
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        heads: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let (bsz, t, dh) = attention_dims(q, k, v, mask, heads)?;
+        let dm = heads * dh;
+        let (qv, kv, vv, mv) = (q.f32s()?, k.f32s()?, v.f32s()?, mask.f32s()?);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let mut probs = vec![0f32; bsz * heads * t * t];
+        let mut o = vec![0f32; bsz * t * dm];
+        let optr = SharedMut(o.as_mut_ptr());
+        probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+            let (b, h) = (bh / heads, bh % heads);
+            let base = b * t * dm + h * dh;
+            sgemm(
+                (t, t, dh),
+                &qv[base..],
+                dm,
+                false,
+                &kv[base..],
+                dm,
+                true,
+                p.as_mut_ptr(),
+                t,
+                scale,
+                0.0,
+                1,
+            );
+            let m = &mv[b * t..(b + 1) * t];
+            for row in p.chunks_mut(t) {
+                row.iter_mut().zip(m).for_each(|(s, &mk)| {
+                    if mk == 0.0 {
+                        *s += f32::MIN
+                    }
+                });
+                let src = row.to_vec();
+                softmax_row(&src, row);
+            }
+            let optr = optr;
+            // Each (b, h) writes its own columns h·dh.. of batch b's rows.
+            sgemm(
+                (t, dh, t),
+                p,
+                t,
+                false,
+                &vv[base..],
+                dm,
+                false,
+                unsafe { optr.0.add(base) },
+                dm,
+                1.0,
+                0.0,
+                1,
+            );
+        });
+        Ok((out(o, q.shape())?, out(probs, &[bsz, heads, t, t])?))
+    }
+    fn attention_backward(
+        &self,
+        dout: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        probs: &Tensor,
+        heads: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        same_shape("attention_backward", dout, q)?;
+        let (bsz, t, dm) = (q.dim(0), q.dim(1), q.dim(2));
+        let dh = dm / heads;
+        ensure_shape!(
+            probs.shape() == [bsz, heads, t, t],
+            "attention_backward",
+            "probs {:?} do not fit q {:?}",
+            probs.shape(),
+            q.shape()
+        );
+        let (gv, qv, kv, vv, pv) = (dout.f32s()?, q.f32s()?, k.f32s()?, v.f32s()?, probs.f32s()?);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; q.numel()],
+            vec![0f32; q.numel()],
+            vec![0f32; q.numel()],
+        );
+        let (dqp, dkp, dvp) = (
+            SharedMut(dq.as_mut_ptr()),
+            SharedMut(dk.as_mut_ptr()),
+            SharedMut(dv.as_mut_ptr()),
+        );
+        (0..bsz * heads).into_par_iter().for_each(|bh| {
+            let (b, h) = (bh / heads, bh % heads);
+            let base = b * t * dm + h * dh;
+            let p = &pv[bh * t * t..(bh + 1) * t * t];
+            let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+            // dV = Pᵀ · dO
+            sgemm(
+                (t, dh, t),
+                p,
+                t,
+                true,
+                &gv[base..],
+                dm,
+                false,
+                unsafe { dvp.0.add(base) },
+                dm,
+                1.0,
+                0.0,
+                1,
+            );
+            // dP = dO · Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P))
+            let mut ds = vec![0f32; t * t];
+            sgemm(
+                (t, t, dh),
+                &gv[base..],
+                dm,
+                false,
+                &vv[base..],
+                dm,
+                true,
+                ds.as_mut_ptr(),
+                t,
+                1.0,
+                0.0,
+                1,
+            );
+            for (dr, pr) in ds.chunks_mut(t).zip(p.chunks(t)) {
+                let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                dr.iter_mut()
+                    .zip(pr)
+                    .for_each(|(x, &pi)| *x = pi * (*x - dot));
+            }
+            // dQ = dS · K · scale, dK = dSᵀ · Q · scale
+            sgemm(
+                (t, dh, t),
+                &ds,
+                t,
+                false,
+                &kv[base..],
+                dm,
+                false,
+                unsafe { dqp.0.add(base) },
+                dm,
+                scale,
+                0.0,
+                1,
+            );
+            sgemm(
+                (t, dh, t),
+                &ds,
+                t,
+                true,
+                &qv[base..],
+                dm,
+                false,
+                unsafe { dkp.0.add(base) },
+                dm,
+                scale,
+                0.0,
+                1,
+            );
+        });
+        Ok((
+            out(dq, q.shape())?,
+            out(dk, q.shape())?,
+            out(dv, q.shape())?,
+        ))
+    }
+
+    fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor> {
+        ensure_shape!(table.rank() >= 1, "gather_rows", "table must have rank ≥ 1");
+        let m = table.dim(0);
+        let row = table.numel() / m.max(1);
+        let (tv, iv) = (table.f32s()?, idx.i32s()?);
+        if let Some((i, &j)) = iv
+            .iter()
+            .enumerate()
+            .find(|(_, &j)| j < 0 || j as usize >= m)
+        {
+            return Err(Error::shape(
+                "gather_rows",
+                format!("index {j} at position {i} is outside 0..{m}"),
+            ));
+        }
+        let mut o = vec![0f32; iv.len() * row];
+        o.par_chunks_mut(row.max(1))
+            .zip(iv.par_iter())
+            .for_each(|(dst, &j)| {
+                dst.copy_from_slice(&tv[j as usize * row..(j as usize + 1) * row])
+            });
+        let mut shape = idx.shape().to_vec();
+        shape.extend(&table.shape()[1..]);
+        out(o, &shape)
+    }
+    fn scatter_add_rows(&self, dy: &Tensor, idx: &Tensor, m: usize) -> Result<Tensor> {
+        let n = idx.numel();
+        ensure_shape!(
+            n > 0 && dy.numel() % n == 0 && dy.shape().starts_with(idx.shape()),
+            "scatter_add_rows",
+            "gradient {:?} does not fit indices {:?}",
+            dy.shape(),
+            idx.shape()
+        );
+        let row = dy.numel() / n;
+        let (gv, iv) = (dy.f32s()?, idx.i32s()?);
+        let mut o = vec![0f32; m * row];
+        for (i, &j) in iv.iter().enumerate() {
+            ensure_shape!(
+                j >= 0 && (j as usize) < m,
+                "scatter_add_rows",
+                "index {j} at position {i} is outside 0..{m}"
+            );
+            let dst = &mut o[j as usize * row..(j as usize + 1) * row];
+            dst.iter_mut()
+                .zip(&gv[i * row..(i + 1) * row])
+                .for_each(|(a, &g)| *a += g);
+        }
+        let mut shape = vec![m];
+        shape.extend(&dy.shape()[idx.rank()..]);
+        out(o, &shape)
+    }
+    fn concat_seq(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        ensure_shape!(
+            a.rank() == 3 && b.rank() == 3 && a.dim(0) == b.dim(0) && a.dim(2) == b.dim(2),
+            "concat_seq",
+            "cannot concatenate {:?} and {:?} along the sequence",
+            a.shape(),
+            b.shape()
+        );
+        let (bsz, t1, t2, d) = (a.dim(0), a.dim(1), b.dim(1), a.dim(2));
+        let (av, bv) = (a.f32s()?, b.f32s()?);
+        let mut o = Vec::with_capacity(bsz * (t1 + t2) * d);
+        for i in 0..bsz {
+            o.extend_from_slice(&av[i * t1 * d..(i + 1) * t1 * d]);
+            o.extend_from_slice(&bv[i * t2 * d..(i + 1) * t2 * d]);
+        }
+        out(o, &[bsz, t1 + t2, d])
+    }
+    fn split_seq(&self, x: &Tensor, t1: usize) -> Result<(Tensor, Tensor)> {
+        ensure_shape!(
+            x.rank() == 3 && t1 <= x.dim(1),
+            "split_seq",
+            "cannot split {:?} after {t1}",
+            x.shape()
+        );
+        let (bsz, t, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let xv = x.f32s()?;
+        let (mut a, mut b) = (
+            Vec::with_capacity(bsz * t1 * d),
+            Vec::with_capacity(bsz * (t - t1) * d),
+        );
+        for row in xv.chunks(t * d) {
+            a.extend_from_slice(&row[..t1 * d]);
+            b.extend_from_slice(&row[t1 * d..]);
+        }
+        Ok((out(a, &[bsz, t1, d])?, out(b, &[bsz, t - t1, d])?))
+    }
+
+    fn masked_mean(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (bsz, t, d) = masked_dims(x.shape(), mask)?;
+        let (xv, mv) = (x.f32s()?, mask.f32s()?);
+        let mut o = vec![0f32; bsz * d];
+        o.par_chunks_mut(d).enumerate().for_each(|(b, or)| {
+            let valid: Vec<usize> = (0..t).filter(|&i| mv[b * t + i] != 0.0).collect();
+            for &i in &valid {
+                or.iter_mut()
+                    .zip(&xv[(b * t + i) * d..(b * t + i + 1) * d])
+                    .for_each(|(a, &v)| *a += v);
+            }
+            let n = valid.len().max(1) as f32;
+            or.iter_mut().for_each(|a| *a /= n);
+        });
+        out(o, &[bsz, d])
+    }
+    fn masked_mean_backward(&self, dy: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        ensure_shape!(
+            dy.rank() == 2 && mask.rank() == 2 && dy.dim(0) == mask.dim(0),
+            "masked_mean_backward",
+            "gradient {:?} does not fit mask {:?}",
+            dy.shape(),
+            mask.shape()
+        );
+        let (bsz, t, d) = (mask.dim(0), mask.dim(1), dy.dim(1));
+        let (gv, mv) = (dy.f32s()?, mask.f32s()?);
+        let mut o = vec![0f32; bsz * t * d];
+        o.par_chunks_mut(t * d).enumerate().for_each(|(b, ob)| {
+            let m = &mv[b * t..(b + 1) * t];
+            let n = m.iter().filter(|&&v| v != 0.0).count().max(1) as f32;
+            for (i, orow) in ob.chunks_mut(d).enumerate() {
+                if m[i] != 0.0 {
+                    orow.iter_mut()
+                        .zip(&gv[b * d..(b + 1) * d])
+                        .for_each(|(a, &g)| *a = g / n);
+                }
+            }
+        });
+        out(o, &[bsz, t, d])
+    }
+    fn cosine(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        same_shape("cosine", a, b)?;
+        let (rows, d) = rows_cols(a);
+        let (av, bv) = (a.f32s()?, b.f32s()?);
+        let o: Vec<f32> = (0..rows)
+            .into_par_iter()
+            .map(|r| cos_parts(&av[r * d..(r + 1) * d], &bv[r * d..(r + 1) * d]).0)
+            .collect();
+        out(o, &[rows])
+    }
+    fn cosine_backward(&self, dc: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+        same_shape("cosine_backward", a, b)?;
+        let (rows, d) = rows_cols(a);
+        ensure_shape!(
+            dc.numel() == rows,
+            "cosine_backward",
+            "gradient {:?} does not fit {rows} rows",
+            dc.shape()
+        );
+        let (gv, av, bv) = (dc.f32s()?, a.f32s()?, b.f32s()?);
+        let mut da = vec![0f32; rows * d];
+        let mut db = vec![0f32; rows * d];
+        da.par_chunks_mut(d)
+            .zip(db.par_chunks_mut(d))
+            .enumerate()
+            .for_each(|(r, (dar, dbr))| {
+                let (x, y) = (&av[r * d..(r + 1) * d], &bv[r * d..(r + 1) * d]);
+                let (c, na, nb, ca, cb) = cos_parts(x, y);
+                let g = gv[r];
+                for j in 0..d {
+                    dar[j] = g * (y[j] / (na * nb) - if ca { c * x[j] / (na * na) } else { 0.0 });
+                    dbr[j] = g * (x[j] / (na * nb) - if cb { c * y[j] / (nb * nb) } else { 0.0 });
+                }
+            });
+        Ok((out(da, a.shape())?, out(db, b.shape())?))
+    }
+
+    fn cross_entropy(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        let (rows, c) = loss_dims("cross_entropy", logits, labels.numel())?;
+        let (lv, yv) = (logits.f32s()?, labels.i32s()?);
+        check_labels(yv, c, "cross_entropy")?;
+        let total: f64 = (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let row = &lv[r * c..(r + 1) * c];
+                let mut p = vec![0f32; c];
+                (softmax_row(row, &mut p) - row[yv[r] as usize]) as f64
+            })
+            .sum();
+        Ok(Tensor::scalar((total / rows as f64) as f32))
+    }
+    fn cross_entropy_backward(
+        &self,
+        dloss: &Tensor,
+        logits: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
+        let (rows, c) = loss_dims("cross_entropy_backward", logits, labels.numel())?;
+        let g = scalar(dloss, "cross_entropy_backward")? / rows as f32;
+        let (lv, yv) = (logits.f32s()?, labels.i32s()?);
+        check_labels(yv, c, "cross_entropy_backward")?;
+        let mut d = vec![0f32; rows * c];
+        d.par_chunks_mut(c).enumerate().for_each(|(r, dr)| {
+            softmax_row(&lv[r * c..(r + 1) * c], dr);
+            dr[yv[r] as usize] -= 1.0;
+            dr.iter_mut().for_each(|v| *v *= g);
+        });
+        out(d, logits.shape())
+    }
+    fn bce_with_logits(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        same_shape("bce_with_logits", logits, targets)?;
+        let s: f64 = logits
+            .f32s()?
+            .par_iter()
+            .zip(targets.f32s()?.par_iter())
+            .map(|(&x, &t)| (softplus(x) - x * t) as f64)
+            .sum();
+        Ok(Tensor::scalar((s / logits.numel().max(1) as f64) as f32))
+    }
+    fn bce_with_logits_backward(
+        &self,
+        dloss: &Tensor,
+        logits: &Tensor,
+        targets: &Tensor,
+    ) -> Result<Tensor> {
+        let g = scalar(dloss, "bce_with_logits_backward")? / logits.numel().max(1) as f32;
+        zip("bce_with_logits_backward", logits, targets, |x, t| {
+            g * (sigmoid(x) - t)
+        })
+    }
+    fn kl_categorical(&self, target: &Tensor, logits: &Tensor) -> Result<Tensor> {
+        same_shape("kl_categorical", target, logits)?;
+        let (rows, c) = rows_cols(logits);
+        let (tv, lv) = (target.f32s()?, logits.f32s()?);
+        let total: f64 = (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let (tr, lr) = (&tv[r * c..(r + 1) * c], &lv[r * c..(r + 1) * c]);
+                let mut p = vec![0f32; c];
+                let mut q = vec![0f32; c];
+                let (lse_t, lse_l) = (softmax_row(tr, &mut p), softmax_row(lr, &mut q));
+                (0..c)
+                    .filter(|&j| p[j] > 0.0)
+                    .map(|j| p[j] as f64 * (((tr[j] - lse_t) - (lr[j] - lse_l)) as f64))
+                    .sum::<f64>()
+            })
+            .sum();
+        Ok(Tensor::scalar((total / rows as f64) as f32))
+    }
+    fn kl_categorical_backward(
+        &self,
+        dloss: &Tensor,
+        target: &Tensor,
+        logits: &Tensor,
+    ) -> Result<Tensor> {
+        same_shape("kl_categorical_backward", target, logits)?;
+        let (rows, c) = rows_cols(logits);
+        let g = scalar(dloss, "kl_categorical_backward")? / rows as f32;
+        let (tv, lv) = (target.f32s()?, logits.f32s()?);
+        let mut d = vec![0f32; rows * c];
+        d.par_chunks_mut(c).enumerate().for_each(|(r, dr)| {
+            let mut p = vec![0f32; c];
+            softmax_row(&tv[r * c..(r + 1) * c], &mut p);
+            softmax_row(&lv[r * c..(r + 1) * c], dr);
+            dr.iter_mut()
+                .zip(&p)
+                .for_each(|(q, &pj)| *q = g * (*q - pj));
+        });
+        out(d, logits.shape())
+    }
+    fn kl_bernoulli(&self, target: &Tensor, logits: &Tensor) -> Result<Tensor> {
+        same_shape("kl_bernoulli", target, logits)?;
+        let s: f64 = target
+            .f32s()?
+            .par_iter()
+            .zip(logits.f32s()?.par_iter())
+            .map(|(&t, &l)| {
+                let p = sigmoid(t);
+                // log p = −softplus(−t), log(1−p) = −softplus(t); likewise for q with l.
+                (p * (softplus(-l) - softplus(-t)) + (1.0 - p) * (softplus(l) - softplus(t))) as f64
+            })
+            .sum();
+        Ok(Tensor::scalar((s / target.numel().max(1) as f64) as f32))
+    }
+    fn kl_bernoulli_backward(
+        &self,
+        dloss: &Tensor,
+        target: &Tensor,
+        logits: &Tensor,
+    ) -> Result<Tensor> {
+        let g = scalar(dloss, "kl_bernoulli_backward")? / target.numel().max(1) as f32;
+        zip("kl_bernoulli_backward", target, logits, |t, l| {
+            g * (sigmoid(l) - sigmoid(t))
+        })
+    }
+
+    fn adamw(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamW,
+    ) -> Result<()> {
+        same_shape("adamw", params, grads)?;
+        same_shape("adamw", params, m)?;
+        same_shape("adamw", params, v)?;
+        ensure_shape!(hp.step >= 1, "adamw", "step numbers start at 1");
+        let gv = grads.f32s()?;
+        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
+        let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let (mv, vv) = (m.f32s_mut()?, v.f32s_mut()?);
+        params
+            .f32s_mut()?
+            .par_iter_mut()
+            .zip(mv.par_iter_mut().zip(vv.par_iter_mut()))
+            .zip(gv.par_iter())
+            .for_each(|((p, (m, v)), &g)| {
+                adamw_scalar(p, m, v, g, &hp, bc1, bc2);
+            });
+        Ok(())
+    }
+}
+
+/// One AdamW element update, PyTorch's formulation: decay, moments, bias-corrected step.
+pub fn adamw_scalar(p: &mut f32, m: &mut f32, v: &mut f32, g: f32, hp: &AdamW, bc1: f32, bc2: f32) {
+    *p -= hp.lr * hp.weight_decay * *p;
+    *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+    *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+    let denom = (*v).sqrt() / bc2.sqrt() + hp.eps;
+    *p -= hp.lr / bc1 * *m / denom;
+}
+
+/// Cosine of two rows with norms clamped at 1e-8: `(cos, ‖a‖, ‖b‖, a unclamped, b unclamped)`.
+fn cos_parts(a: &[f32], b: &[f32]) -> (f32, f32, f32, bool, bool) {
+    const EPS: f32 = 1e-8;
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let (ca, cb) = (na > EPS, nb > EPS);
+    let (na, nb) = (na.max(EPS), nb.max(EPS));
+    (dot / (na * nb), na, nb, ca, cb)
+}
+
+fn loss_dims(op: &'static str, logits: &Tensor, labels: usize) -> Result<(usize, usize)> {
+    ensure_shape!(
+        logits.rank() == 2,
+        op,
+        "logits must be [B, C], got {:?}",
+        logits.shape()
+    );
+    ensure_shape!(
+        labels == logits.dim(0),
+        op,
+        "{labels} labels for {} rows of logits",
+        logits.dim(0)
+    );
+    Ok((logits.dim(0), logits.dim(1)))
+}
+
+fn masked_dims(x: &[usize], mask: &Tensor) -> Result<(usize, usize, usize)> {
+    ensure_shape!(
+        x.len() == 3 && mask.shape() == &x[..2],
+        "masked_mean",
+        "input {x:?} and mask {:?} must be [B, T, d] and [B, T]",
+        mask.shape()
+    );
+    Ok((x[0], x[1], x[2]))
+}
+
+pub(crate) fn attention_dims(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+) -> Result<(usize, usize, usize)> {
+    same_shape("attention", q, k)?;
+    same_shape("attention", q, v)?;
+    ensure_shape!(
+        q.rank() == 3 && heads > 0 && q.dim(2) % heads == 0,
+        "attention",
+        "q {:?} cannot split into {heads} heads",
+        q.shape()
+    );
+    ensure_shape!(
+        mask.shape() == &q.shape()[..2],
+        "attention",
+        "mask {:?} does not fit q {:?}",
+        mask.shape(),
+        q.shape()
+    );
+    Ok((q.dim(0), q.dim(1), q.dim(2) / heads))
+}

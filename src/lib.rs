@@ -1,0 +1,12 @@
+//! delo: a training engine for DeLo (Dual Decomposed Low-Rank Experts) on continual
+//! missing-modality learning, with a frozen ViLT backbone, a CPU reference backend and
+//! hand-written CUDA kernels.
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod tensor;
+
+pub use backend::{Backend, Device};
+pub use error::{Error, Result};
+pub use tensor::{DType, Tensor};
