@@ -5,6 +5,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod error;
+pub mod params;
 pub mod tensor;
 
 pub use backend::{Backend, Device};

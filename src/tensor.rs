@@ -196,6 +196,34 @@ impl Tensor {
         })
     }
 
+    /// Runs `f` on a view of `self` (elements `offset..offset + numel(shape)`) that may be
+    /// updated in place, e.g. one parameter's slice of a flat gradient buffer.
+    pub fn with_view_mut<R>(
+        &mut self,
+        offset: usize,
+        shape: &[usize],
+        f: impl FnOnce(&mut Tensor) -> Result<R>,
+    ) -> Result<R> {
+        if offset + numel(shape) > self.numel() {
+            return Err(Error::shape(
+                "with_view_mut",
+                format!(
+                    "range {offset}..{} outside {:?}",
+                    offset + numel(shape),
+                    self.shape
+                ),
+            ));
+        }
+        let saved = (
+            std::mem::replace(&mut self.shape, shape.to_vec()),
+            self.offset,
+        );
+        self.offset += offset;
+        let r = f(self);
+        (self.shape, self.offset) = saved;
+        r
+    }
+
     /// Exclusive access to the storage, for in-place updates; fails while other tensors share it.
     pub fn storage_mut(&mut self) -> Result<(&mut Storage, usize, usize)> {
         let (off, n) = (self.offset, self.numel());

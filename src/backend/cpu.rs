@@ -19,6 +19,15 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer `off` elements in. A method (not a field access) so that closures capture
+    /// the whole `Send` wrapper rather than the bare pointer.
+    fn at(self, off: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the allocation the pointer came from.
+        unsafe { self.0.add(off) }
+    }
+}
+
 fn out(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_f32(data, shape)
 }
@@ -572,7 +581,6 @@ impl Backend for CpuBackend {
                 let src = row.to_vec();
                 softmax_row(&src, row);
             }
-            let optr = optr;
             // Each (b, h) writes its own columns h·dh.. of batch b's rows.
             sgemm(
                 (t, dh, t),
@@ -582,7 +590,7 @@ impl Backend for CpuBackend {
                 &vv[base..],
                 dm,
                 false,
-                unsafe { optr.0.add(base) },
+                optr.at(base),
                 dm,
                 1.0,
                 0.0,
@@ -626,7 +634,6 @@ impl Backend for CpuBackend {
             let (b, h) = (bh / heads, bh % heads);
             let base = b * t * dm + h * dh;
             let p = &pv[bh * t * t..(bh + 1) * t * t];
-            let (dqp, dkp, dvp) = (dqp, dkp, dvp);
             // dV = Pᵀ · dO
             sgemm(
                 (t, dh, t),
@@ -636,7 +643,7 @@ impl Backend for CpuBackend {
                 &gv[base..],
                 dm,
                 false,
-                unsafe { dvp.0.add(base) },
+                dvp.at(base),
                 dm,
                 1.0,
                 0.0,
@@ -673,7 +680,7 @@ impl Backend for CpuBackend {
                 &kv[base..],
                 dm,
                 false,
-                unsafe { dqp.0.add(base) },
+                dqp.at(base),
                 dm,
                 scale,
                 0.0,
@@ -687,7 +694,7 @@ impl Backend for CpuBackend {
                 &qv[base..],
                 dm,
                 false,
-                unsafe { dkp.0.add(base) },
+                dkp.at(base),
                 dm,
                 scale,
                 0.0,
@@ -729,7 +736,7 @@ impl Backend for CpuBackend {
     fn scatter_add_rows(&self, dy: &Tensor, idx: &Tensor, m: usize) -> Result<Tensor> {
         let n = idx.numel();
         ensure_shape!(
-            n > 0 && dy.numel() % n == 0 && dy.shape().starts_with(idx.shape()),
+            n > 0 && dy.numel().is_multiple_of(n) && dy.shape().starts_with(idx.shape()),
             "scatter_add_rows",
             "gradient {:?} does not fit indices {:?}",
             dy.shape(),
@@ -1070,7 +1077,7 @@ pub(crate) fn attention_dims(
     same_shape("attention", q, k)?;
     same_shape("attention", q, v)?;
     ensure_shape!(
-        q.rank() == 3 && heads > 0 && q.dim(2) % heads == 0,
+        q.rank() == 3 && heads > 0 && q.dim(2).is_multiple_of(heads),
         "attention",
         "q {:?} cannot split into {heads} heads",
         q.shape()

@@ -1,0 +1,162 @@
+//! Trainable parameters in one flat f32 buffer, with a flat gradient buffer and the AdamW
+//! moments beside it, so that one kernel launch updates every parameter of a task.
+
+use crate::autograd::{Grads, ParamId, Tape, Var};
+use crate::backend::{AdamW, Device};
+use crate::error::{Error, Result};
+use crate::tensor::{numel, DType, Tensor};
+
+/// Where one parameter lives in the flat buffers.
+#[derive(Clone, Debug)]
+pub struct ParamSlot {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+pub struct ParamSet {
+    device: Device,
+    slots: Vec<ParamSlot>,
+    values: Tensor,
+    grads: Tensor,
+    m: Tensor,
+    v: Tensor,
+    step: u32,
+}
+
+impl ParamSet {
+    /// Packs named host tensors (f32) into flat buffers on `device`.
+    pub fn new(device: &Device, params: Vec<(String, Tensor)>) -> Result<ParamSet> {
+        let mut flat = Vec::new();
+        let mut slots = Vec::with_capacity(params.len());
+        for (name, t) in params {
+            let values = t
+                .to_vec_f32()
+                .map_err(|e| Error::Msg(format!("parameter {name}: {e}")))?;
+            slots.push(ParamSlot {
+                name,
+                shape: t.shape().to_vec(),
+                offset: flat.len(),
+            });
+            flat.extend(values);
+        }
+        let n = flat.len();
+        let be = device.backend();
+        Ok(ParamSet {
+            device: device.clone(),
+            slots,
+            values: Tensor::from_f32(flat, &[n])?.to_device(device)?,
+            grads: be.zeros(&[n], DType::F32)?,
+            m: be.zeros(&[n], DType::F32)?,
+            v: be.zeros(&[n], DType::F32)?,
+            step: 0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+    /// Total number of trainable scalars.
+    pub fn numel(&self) -> usize {
+        self.values.numel()
+    }
+    pub fn slots(&self) -> &[ParamSlot] {
+        &self.slots
+    }
+    pub fn id(&self, name: &str) -> Option<ParamId> {
+        self.slots.iter().position(|s| s.name == name).map(ParamId)
+    }
+    /// The current value of one parameter (a view into the flat buffer).
+    pub fn value(&self, id: ParamId) -> Result<Tensor> {
+        let s = &self.slots[id.0];
+        self.values.view(s.offset, &s.shape)
+    }
+    /// The accumulated gradient of one parameter.
+    pub fn grad(&self, id: ParamId) -> Result<Tensor> {
+        let s = &self.slots[id.0];
+        self.grads.view(s.offset, &s.shape)
+    }
+    pub fn flat_values(&self) -> &Tensor {
+        &self.values
+    }
+    pub fn steps_taken(&self) -> u32 {
+        self.step
+    }
+
+    /// Puts a parameter on the tape as a trainable leaf.
+    pub fn bind(&self, tape: &mut Tape, id: ParamId) -> Result<Var> {
+        Ok(tape.param(id, self.value(id)?))
+    }
+
+    pub fn zero_grads(&mut self) -> Result<()> {
+        self.grads = self
+            .device
+            .backend()
+            .zeros(&[self.values.numel()], DType::F32)?;
+        Ok(())
+    }
+
+    /// Adds one backward pass's gradients into the flat gradient buffer (`+=`).
+    pub fn accumulate(&mut self, grads: &Grads) -> Result<()> {
+        let be = self.device.backend();
+        for (id, g) in &grads.by_param {
+            let s = self
+                .slots
+                .get(id.0)
+                .ok_or_else(|| Error::Msg(format!("gradient for unknown parameter #{}", id.0)))?;
+            if g.shape() != s.shape.as_slice() {
+                return Err(Error::shape(
+                    "accumulate",
+                    format!(
+                        "gradient {:?} for parameter {} of shape {:?}",
+                        g.shape(),
+                        s.name,
+                        s.shape
+                    ),
+                ));
+            }
+            self.grads
+                .with_view_mut(s.offset, &s.shape, |dst| be.add_assign(dst, g))?;
+        }
+        Ok(())
+    }
+
+    /// One AdamW step over every parameter with the accumulated gradients.
+    pub fn adamw_step(
+        &mut self,
+        lr: f32,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+    ) -> Result<()> {
+        self.step += 1;
+        let hp = AdamW {
+            lr,
+            beta1: betas.0,
+            beta2: betas.1,
+            eps,
+            weight_decay,
+            step: self.step,
+        };
+        self.device
+            .backend()
+            .adamw(&mut self.values, &self.grads, &mut self.m, &mut self.v, hp)
+    }
+
+    /// Every parameter as a named host tensor.
+    pub fn to_host(&self) -> Result<Vec<(String, Tensor)>> {
+        let all = self.values.to_vec_f32()?;
+        self.slots
+            .iter()
+            .map(|s| {
+                Ok((
+                    s.name.clone(),
+                    Tensor::from_f32(all[s.offset..s.offset + numel(&s.shape)].to_vec(), &s.shape)?,
+                ))
+            })
+            .collect()
+    }
+}
