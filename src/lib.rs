@@ -4,6 +4,7 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod params;
 pub mod tensor;
