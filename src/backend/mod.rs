@@ -7,6 +7,7 @@
 //! against.
 
 pub mod cpu;
+mod cpu_experts;
 pub mod cuda;
 
 use std::sync::Arc;
@@ -277,4 +278,150 @@ pub trait Backend: Send + Sync {
         v: &mut Tensor,
         hp: AdamW,
     ) -> Result<()>;
+    // ---- DeLo experts -------------------------------------------------------------------
+    /// Factor selection of one pool pair for every sample (DELO.md "Routing", eq. 3): softmax
+    /// of the router logits `la, lb [B, E]`, top-r of p_A, the compatibility term from the
+    /// selected A factors `a_pool [E, ρ, d]` and `wc [r, d, E]`, top-r of p_B + λ·c.
+    /// The default runs the CPU reference through the host; device backends override it.
+    fn route(
+        &self,
+        la: &Tensor,
+        lb: &Tensor,
+        a_pool: &Tensor,
+        wc: &Tensor,
+        lambda: f32,
+    ) -> Result<Routing> {
+        let h = |t: &Tensor| t.to_device(&Device::Cpu);
+        let r = CpuBackend.route(&h(la)?, &h(lb)?, &h(a_pool)?, &h(wc)?, lambda)?;
+        r.to_device(&self.device())
+    }
+    /// Gradients of the selected probabilities `P_A, P_B [B, r]` back to the router logits and
+    /// the compatibility router: `(dla, dlb, dwc)`.
+    fn route_backward(
+        &self,
+        d_pa: &Tensor,
+        d_pb: &Tensor,
+        routing: &Routing,
+        lambda: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let h = |t: &Tensor| t.to_device(&Device::Cpu);
+        let (a, b, c) = CpuBackend.route_backward(
+            &h(d_pa)?,
+            &h(d_pb)?,
+            &routing.to_device(&Device::Cpu)?,
+            lambda,
+        )?;
+        let d = self.device();
+        Ok((a.to_device(&d)?, b.to_device(&d)?, c.to_device(&d)?))
+    }
+    /// The gathered factor composition, eq. (2)/(4): for every sample b and token t,
+    /// `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)` with `x [B, T, d_in]`, `a_pool [E, ρ, d_in]`,
+    /// `b_pool [E, d_out, ρ]`, selections `[B, r]` (i32) and gates `[B, r]`. Returns the update
+    /// `[B, T, d_out]` and the factor activations `u = A_sel x`, `[B, T, r·ρ]`, for backward.
+    #[allow(clippy::too_many_arguments)]
+    fn expert_forward(
+        &self,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        alpha: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        let h = |t: &Tensor| t.to_device(&Device::Cpu);
+        let (y, u) = CpuBackend.expert_forward(
+            &h(x)?,
+            &h(a_pool)?,
+            &h(b_pool)?,
+            &h(sel_a)?,
+            &h(sel_b)?,
+            &h(gates)?,
+            alpha,
+        )?;
+        let d = self.device();
+        Ok((y.to_device(&d)?, u.to_device(&d)?))
+    }
+    /// Gradients of [`Backend::expert_forward`] to the input, both pools (scattered back into
+    /// pool shape) and the gates.
+    #[allow(clippy::too_many_arguments)]
+    fn expert_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        u: &Tensor,
+        alpha: f32,
+    ) -> Result<ExpertGrads> {
+        let h = |t: &Tensor| t.to_device(&Device::Cpu);
+        let g = CpuBackend.expert_backward(
+            &h(dy)?,
+            &h(x)?,
+            &h(a_pool)?,
+            &h(b_pool)?,
+            &h(sel_a)?,
+            &h(sel_b)?,
+            &h(gates)?,
+            &h(u)?,
+            alpha,
+        )?;
+        let d = self.device();
+        Ok(ExpertGrads {
+            dx: g.dx.to_device(&d)?,
+            da_pool: g.da_pool.to_device(&d)?,
+            db_pool: g.db_pool.to_device(&d)?,
+            dgates: g.dgates.to_device(&d)?,
+        })
+    }
+}
+
+/// What [`Backend::route`] decides, with what its backward needs.
+#[derive(Clone, Debug)]
+pub struct Routing {
+    /// Selected A factors per sample, best first, `[B, r]` i32.
+    pub sel_a: Tensor,
+    /// Selected B factors per sample, best first, `[B, r]` i32.
+    pub sel_b: Tensor,
+    /// softmax(W_A q + b_A), `[B, E]`.
+    pub p_a: Tensor,
+    /// softmax(W_B q + b_B), `[B, E]` (without the compatibility term).
+    pub p_b: Tensor,
+    /// Per-slot softmax_E(ā_i · W_C[i]), `[B, r, E]`.
+    pub compat: Tensor,
+    /// ā_i, the selected A factors summed over their ρ rows, `[B, r, d]` (stop-gradient).
+    pub abar: Tensor,
+    /// P_A,i = p_A[S_A[i]], `[B, r]`.
+    pub pa_sel: Tensor,
+    /// P_B,i = (p_B + λ·c)[S_B[i]], `[B, r]`.
+    pub pb_sel: Tensor,
+}
+
+impl Routing {
+    pub fn to_device(&self, d: &Device) -> Result<Routing> {
+        Ok(Routing {
+            sel_a: self.sel_a.to_device(d)?,
+            sel_b: self.sel_b.to_device(d)?,
+            p_a: self.p_a.to_device(d)?,
+            p_b: self.p_b.to_device(d)?,
+            compat: self.compat.to_device(d)?,
+            abar: self.abar.to_device(d)?,
+            pa_sel: self.pa_sel.to_device(d)?,
+            pb_sel: self.pb_sel.to_device(d)?,
+        })
+    }
+}
+
+/// Gradients of the gathered factor composition.
+pub struct ExpertGrads {
+    pub dx: Tensor,
+    /// `[E, ρ, d_in]`, zero for factors no sample selected.
+    pub da_pool: Tensor,
+    /// `[E, d_out, ρ]`.
+    pub db_pool: Tensor,
+    /// `[B, r]`.
+    pub dgates: Tensor,
 }

@@ -4,7 +4,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use delo::Tensor;
+use delo::autograd::{ParamId, Tape, Var};
+use delo::{Device, Tensor};
 
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
@@ -28,5 +29,86 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], atol: f32, rtol: f32) {
             (x - y).abs() <= atol + rtol * y.abs() && x.is_finite() == y.is_finite(),
             "{what}: element {i}: got {x}, expected {y} (atol {atol}, rtol {rtol})"
         );
+    }
+}
+
+// ---- finite differences ---------------------------------------------------------------
+//
+// Each check makes every input a trainable parameter, reduces the op's output to a scalar
+// with fixed random weights (L = Σ wᵢ·yᵢ, through a frozen linear, itself checked), and
+// compares the tape's gradient with central differences. The CPU backend computes in f32, so
+// the step is h = 1e-2 and the tolerance |analytic − numeric| ≤ 2e-3 + 2e-2·|numeric|: the
+// truncation error is O(h²·f‴) ≈ 1e-4 and the f32 rounding error ≈ 1e-7·|L|/h ≈ 1e-4 at
+// these sizes, so a wrong gradient (typically off by O(1)) cannot pass.
+
+pub const H: f32 = 1e-2;
+pub const ATOL: f32 = 2e-3;
+pub const RTOL: f32 = 2e-2;
+
+/// Builds the graph `f` over `inputs` and returns the scalar L (sum of weighted outputs).
+pub fn scalar_loss(tape: &mut Tape, y: Var, weights: &Tensor) -> Var {
+    let n = tape.value(y).numel();
+    if n == 1 {
+        return y;
+    }
+    let flat = tape.reshape(y, &[1, n]).unwrap();
+    let s = tape
+        .linear(flat, &weights.reshape(&[1, n]).unwrap(), None)
+        .unwrap();
+    tape.reshape(s, &[1]).unwrap()
+}
+
+pub fn eval(f: &dyn Fn(&mut Tape, &[Var]) -> Var, inputs: &[Tensor], weights: &Tensor) -> f64 {
+    let mut tape = Tape::new(Device::Cpu);
+    let vars: Vec<Var> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| tape.param(ParamId(i), t.clone()))
+        .collect();
+    let y = f(&mut tape, &vars);
+    let l = scalar_loss(&mut tape, y, weights);
+    tape.value(l).item().unwrap() as f64
+}
+
+/// Checks d L / d input for every input element, on the inputs listed in `check`.
+pub fn check(
+    name: &str,
+    inputs: Vec<Tensor>,
+    check: &[usize],
+    f: impl Fn(&mut Tape, &[Var]) -> Var,
+) {
+    let mut r = rng(7);
+    let mut tape = Tape::new(Device::Cpu);
+    let vars: Vec<Var> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| tape.param(ParamId(i), t.clone()))
+        .collect();
+    let y = f(&mut tape, &vars);
+    let weights = randn(&mut r, &[tape.value(y).numel()]);
+    let l = scalar_loss(&mut tape, y, &weights);
+    let grads = tape.backward(l).unwrap();
+    for &i in check {
+        let analytic = grads
+            .get(ParamId(i))
+            .unwrap_or_else(|| panic!("{name}: no gradient for input {i}"))
+            .to_vec_f32()
+            .unwrap();
+        let base = inputs[i].to_vec_f32().unwrap();
+        for j in 0..base.len() {
+            let at = |delta: f32| {
+                let mut v = base.clone();
+                v[j] += delta;
+                let mut ins = inputs.clone();
+                ins[i] = Tensor::from_f32(v, inputs[i].shape()).unwrap();
+                eval(&f, &ins, &weights)
+            };
+            let numeric = ((at(H) - at(-H)) / (2.0 * H as f64)) as f32;
+            let a = analytic[j];
+            assert!(
+                (a - numeric).abs() <= ATOL + RTOL * numeric.abs(),
+                "{name}: d/d input{i}[{j}]: analytic {a}, numeric {numeric}"
+            );
+        }
     }
 }

@@ -1,0 +1,506 @@
+//! CPU reference of the DeLo expert ops: routing with the compatibility term and the
+//! gathered factor composition, forward and backward. Loops are per sample (in parallel);
+//! each sample's products go through the same `sgemm` as the rest of the CPU backend.
+
+use rayon::prelude::*;
+
+use crate::backend::cpu::sgemm;
+use crate::backend::{ExpertGrads, Routing};
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Indices of the `r` largest values, largest first; ties go to the lower index (eq. 3).
+pub fn top_r(p: &[f32], r: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&i, &j| p[j].total_cmp(&p[i]).then(i.cmp(&j)));
+    idx.truncate(r);
+    idx
+}
+
+fn softmax_into(x: &[f32], y: &mut [f32]) {
+    let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0.0;
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = (v - mx).exp();
+        s += *o;
+    }
+    y.iter_mut().for_each(|o| *o /= s);
+}
+
+/// `dx = y ⊙ (dy − Σ dy·y)`, the softmax backward of one row.
+fn softmax_grad(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    let dot: f32 = dy.iter().zip(y).map(|(a, b)| a * b).sum();
+    dy.iter().zip(y).map(|(g, p)| p * (g - dot)).collect()
+}
+
+fn ids(t: &Tensor) -> Result<Vec<usize>> {
+    Ok(t.i32s()?.iter().map(|&v| v as usize).collect())
+}
+
+fn check_selection(sel: &[usize], e: usize, what: &str) -> Result<()> {
+    match sel.iter().find(|&&s| s >= e) {
+        Some(s) => Err(Error::shape(
+            "experts",
+            format!("{what} selects factor {s} of a pool of {e}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+pub fn route(
+    la: &Tensor,
+    lb: &Tensor,
+    a_pool: &Tensor,
+    wc: &Tensor,
+    lambda: f32,
+) -> Result<Routing> {
+    const OP: &str = "route";
+    ensure_shape!(
+        la.rank() == 2 && la.shape() == lb.shape(),
+        OP,
+        "router logits {:?} and {:?} must both be [B, E]",
+        la.shape(),
+        lb.shape()
+    );
+    let (bsz, e) = (la.dim(0), la.dim(1));
+    ensure_shape!(
+        a_pool.rank() == 3 && a_pool.dim(0) == e,
+        OP,
+        "A pool {:?} must be [E={e}, ρ, d]",
+        a_pool.shape()
+    );
+    let (rho, d) = (a_pool.dim(1), a_pool.dim(2));
+    ensure_shape!(
+        wc.rank() == 3 && wc.dim(1) == d && wc.dim(2) == e,
+        OP,
+        "compatibility router {:?} must be [r, d={d}, E={e}]",
+        wc.shape()
+    );
+    let r = wc.dim(0);
+    ensure_shape!(r <= e, OP, "cannot select r={r} of E={e} factors");
+    let (lav, lbv, av, wv) = (la.f32s()?, lb.f32s()?, a_pool.f32s()?, wc.f32s()?);
+    struct Row {
+        sel_a: Vec<usize>,
+        sel_b: Vec<usize>,
+        p_a: Vec<f32>,
+        p_b: Vec<f32>,
+        compat: Vec<f32>,
+        abar: Vec<f32>,
+    }
+    let rows: Vec<Row> = (0..bsz)
+        .into_par_iter()
+        .map(|b| {
+            let mut p_a = vec![0f32; e];
+            softmax_into(&lav[b * e..(b + 1) * e], &mut p_a);
+            let sel_a = top_r(&p_a, r);
+            let mut abar = vec![0f32; r * d];
+            let mut compat = vec![0f32; r * e];
+            let mut c = vec![0f32; e];
+            for (i, &s) in sel_a.iter().enumerate() {
+                let ai = &mut abar[i * d..(i + 1) * d];
+                for j in 0..rho {
+                    ai.iter_mut()
+                        .zip(&av[(s * rho + j) * d..(s * rho + j + 1) * d])
+                        .for_each(|(o, &v)| *o += v);
+                }
+                let w = &wv[i * d * e..(i + 1) * d * e];
+                let z: Vec<f32> = (0..e)
+                    .map(|k| (0..d).map(|m| ai[m] * w[m * e + k]).sum())
+                    .collect();
+                softmax_into(&z, &mut compat[i * e..(i + 1) * e]);
+                c.iter_mut()
+                    .zip(&compat[i * e..(i + 1) * e])
+                    .for_each(|(o, &v)| *o += v);
+            }
+            let mut p_b = vec![0f32; e];
+            softmax_into(&lbv[b * e..(b + 1) * e], &mut p_b);
+            let full: Vec<f32> = p_b.iter().zip(&c).map(|(p, c)| p + lambda * c).collect();
+            let sel_b = top_r(&full, r);
+            Row {
+                sel_a,
+                sel_b,
+                p_a,
+                p_b,
+                compat,
+                abar,
+            }
+        })
+        .collect();
+    let cat = |f: &dyn Fn(&Row) -> Vec<f32>| rows.iter().flat_map(f).collect::<Vec<f32>>();
+    let sel = |f: &dyn Fn(&Row) -> &Vec<usize>| {
+        rows.iter()
+            .flat_map(|x| f(x).iter().map(|&v| v as i32))
+            .collect::<Vec<i32>>()
+    };
+    let pa_sel = cat(&|x| x.sel_a.iter().map(|&s| x.p_a[s]).collect());
+    let pb_sel = cat(&|x| {
+        x.sel_b
+            .iter()
+            .map(|&s| x.p_b[s] + lambda * (0..r).map(|i| x.compat[i * e + s]).sum::<f32>())
+            .collect()
+    });
+    Ok(Routing {
+        sel_a: Tensor::from_i32(sel(&|x| &x.sel_a), &[bsz, r])?,
+        sel_b: Tensor::from_i32(sel(&|x| &x.sel_b), &[bsz, r])?,
+        p_a: Tensor::from_f32(cat(&|x| x.p_a.clone()), &[bsz, e])?,
+        p_b: Tensor::from_f32(cat(&|x| x.p_b.clone()), &[bsz, e])?,
+        compat: Tensor::from_f32(cat(&|x| x.compat.clone()), &[bsz, r, e])?,
+        abar: Tensor::from_f32(cat(&|x| x.abar.clone()), &[bsz, r, d])?,
+        pa_sel: Tensor::from_f32(pa_sel, &[bsz, r])?,
+        pb_sel: Tensor::from_f32(pb_sel, &[bsz, r])?,
+    })
+}
+
+pub fn route_backward(
+    d_pa: &Tensor,
+    d_pb: &Tensor,
+    rt: &Routing,
+    lambda: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (bsz, e) = (rt.p_a.dim(0), rt.p_a.dim(1));
+    let (r, d) = (rt.abar.dim(1), rt.abar.dim(2));
+    ensure_shape!(
+        d_pa.shape() == [bsz, r] && d_pb.shape() == [bsz, r],
+        "route_backward",
+        "gradients {:?}, {:?} must be [B={bsz}, r={r}]",
+        d_pa.shape(),
+        d_pb.shape()
+    );
+    let (gpa, gpb) = (d_pa.f32s()?, d_pb.f32s()?);
+    let (sa, sb) = (ids(&rt.sel_a)?, ids(&rt.sel_b)?);
+    let (pa, pb, comp, abar) = (
+        rt.p_a.f32s()?,
+        rt.p_b.f32s()?,
+        rt.compat.f32s()?,
+        rt.abar.f32s()?,
+    );
+    let mut dla = vec![0f32; bsz * e];
+    let mut dlb = vec![0f32; bsz * e];
+    let mut dwc = vec![0f32; r * d * e];
+    for b in 0..bsz {
+        // Scatter the selected-probability gradients back to the full distributions.
+        let (mut dpa, mut dpb) = (vec![0f32; e], vec![0f32; e]);
+        for i in 0..r {
+            dpa[sa[b * r + i]] += gpa[b * r + i];
+            dpb[sb[b * r + i]] += gpb[b * r + i];
+        }
+        dla[b * e..(b + 1) * e].copy_from_slice(&softmax_grad(&dpa, &pa[b * e..(b + 1) * e]));
+        dlb[b * e..(b + 1) * e].copy_from_slice(&softmax_grad(&dpb, &pb[b * e..(b + 1) * e]));
+        // c = Σᵢ softmax(zᵢ) enters p_B scaled by λ; zᵢ = āᵢ · W_C[i] with ā held constant.
+        let dc: Vec<f32> = dpb.iter().map(|g| lambda * g).collect();
+        for i in 0..r {
+            let dz = softmax_grad(&dc, &comp[(b * r + i) * e..(b * r + i + 1) * e]);
+            let ai = &abar[(b * r + i) * d..(b * r + i + 1) * d];
+            let w = &mut dwc[i * d * e..(i + 1) * d * e];
+            for m in 0..d {
+                for k in 0..e {
+                    w[m * e + k] += ai[m] * dz[k];
+                }
+            }
+        }
+    }
+    Ok((
+        Tensor::from_f32(dla, &[bsz, e])?,
+        Tensor::from_f32(dlb, &[bsz, e])?,
+        Tensor::from_f32(dwc, &[r, d, e])?,
+    ))
+}
+
+/// Shapes of one expert composition: `(B, T, d_in, d_out, E, ρ, r)`.
+type Dims = (usize, usize, usize, usize, usize, usize, usize);
+
+fn expert_dims(
+    x: &Tensor,
+    a_pool: &Tensor,
+    b_pool: &Tensor,
+    sel_a: &Tensor,
+    sel_b: &Tensor,
+    gates: &Tensor,
+) -> Result<Dims> {
+    const OP: &str = "expert";
+    ensure_shape!(
+        x.rank() == 3,
+        OP,
+        "input {:?} must be [B, T, d_in]",
+        x.shape()
+    );
+    let (bsz, t, din) = (x.dim(0), x.dim(1), x.dim(2));
+    ensure_shape!(
+        a_pool.rank() == 3 && a_pool.dim(2) == din,
+        OP,
+        "A pool {:?} must be [E, ρ, d_in={din}]",
+        a_pool.shape()
+    );
+    let (e, rho) = (a_pool.dim(0), a_pool.dim(1));
+    ensure_shape!(
+        b_pool.rank() == 3 && b_pool.dim(0) == e && b_pool.dim(2) == rho,
+        OP,
+        "B pool {:?} must be [E={e}, d_out, ρ={rho}]",
+        b_pool.shape()
+    );
+    ensure_shape!(
+        sel_a.rank() == 2
+            && sel_a.dim(0) == bsz
+            && sel_a.shape() == sel_b.shape()
+            && sel_a.shape() == gates.shape(),
+        OP,
+        "selections {:?}, {:?} and gates {:?} must all be [B={bsz}, r]",
+        sel_a.shape(),
+        sel_b.shape(),
+        gates.shape()
+    );
+    Ok((bsz, t, din, b_pool.dim(1), e, rho, sel_a.dim(1)))
+}
+
+/// The selected factors of sample `b` as dense matrices: `A_sel [r·ρ, d_in]` and
+/// `B_sel [d_out, r·ρ]`, slot i's ρ rows/columns at i·ρ.
+fn gather_factors(
+    av: &[f32],
+    bv: &[f32],
+    sa: &[usize],
+    sb: &[usize],
+    (din, dout, rho): (usize, usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let k = sa.len() * rho;
+    let mut a_sel = Vec::with_capacity(k * din);
+    for &s in sa {
+        a_sel.extend_from_slice(&av[s * rho * din..(s + 1) * rho * din]);
+    }
+    let mut b_sel = vec![0f32; dout * k];
+    for (i, &s) in sb.iter().enumerate() {
+        for o in 0..dout {
+            for j in 0..rho {
+                b_sel[o * k + i * rho + j] = bv[(s * dout + o) * rho + j];
+            }
+        }
+    }
+    (a_sel, b_sel)
+}
+
+pub fn expert_forward(
+    x: &Tensor,
+    a_pool: &Tensor,
+    b_pool: &Tensor,
+    sel_a: &Tensor,
+    sel_b: &Tensor,
+    gates: &Tensor,
+    alpha: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (bsz, t, din, dout, e, rho, r) = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
+    let (sa, sb) = (ids(sel_a)?, ids(sel_b)?);
+    check_selection(&sa, e, "sel_a")?;
+    check_selection(&sb, e, "sel_b")?;
+    let (xv, av, bv, gv) = (x.f32s()?, a_pool.f32s()?, b_pool.f32s()?, gates.f32s()?);
+    let k = r * rho;
+    let mut y = vec![0f32; bsz * t * dout];
+    let mut u = vec![0f32; bsz * t * k];
+    y.par_chunks_mut(t * dout)
+        .zip(u.par_chunks_mut(t * k))
+        .enumerate()
+        .for_each(|(b, (yb, ub))| {
+            let (a_sel, b_sel) = gather_factors(
+                av,
+                bv,
+                &sa[b * r..(b + 1) * r],
+                &sb[b * r..(b + 1) * r],
+                (din, dout, rho),
+            );
+            let xb = &xv[b * t * din..(b + 1) * t * din];
+            sgemm(
+                (t, k, din),
+                xb,
+                din,
+                false,
+                &a_sel,
+                din,
+                true,
+                ub.as_mut_ptr(),
+                k,
+                1.0,
+                0.0,
+                1,
+            );
+            let ug: Vec<f32> = ub
+                .iter()
+                .enumerate()
+                .map(|(n, &v)| v * gv[b * r + (n % k) / rho])
+                .collect();
+            sgemm(
+                (t, dout, k),
+                &ug,
+                k,
+                false,
+                &b_sel,
+                k,
+                true,
+                yb.as_mut_ptr(),
+                dout,
+                alpha,
+                0.0,
+                1,
+            );
+        });
+    Ok((
+        Tensor::from_f32(y, &[bsz, t, dout])?,
+        Tensor::from_f32(u, &[bsz, t, k])?,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn expert_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    a_pool: &Tensor,
+    b_pool: &Tensor,
+    sel_a: &Tensor,
+    sel_b: &Tensor,
+    gates: &Tensor,
+    u: &Tensor,
+    alpha: f32,
+) -> Result<ExpertGrads> {
+    let (bsz, t, din, dout, e, rho, r) = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
+    let k = r * rho;
+    ensure_shape!(
+        dy.shape() == [bsz, t, dout] && u.shape() == [bsz, t, k],
+        "expert_backward",
+        "gradient {:?} / activations {:?} do not fit [B, T, d_out] / [B, T, r·ρ]",
+        dy.shape(),
+        u.shape()
+    );
+    let (sa, sb) = (ids(sel_a)?, ids(sel_b)?);
+    let (gyv, xv, av, bv, gv, uv) = (
+        dy.f32s()?,
+        x.f32s()?,
+        a_pool.f32s()?,
+        b_pool.f32s()?,
+        gates.f32s()?,
+        u.f32s()?,
+    );
+    struct Sample {
+        dx: Vec<f32>,
+        da_sel: Vec<f32>,
+        db_sel: Vec<f32>,
+        dg: Vec<f32>,
+    }
+    let per: Vec<Sample> = (0..bsz)
+        .into_par_iter()
+        .map(|b| {
+            let (a_sel, b_sel) = gather_factors(
+                av,
+                bv,
+                &sa[b * r..(b + 1) * r],
+                &sb[b * r..(b + 1) * r],
+                (din, dout, rho),
+            );
+            let (gy, xb, ub) = (
+                &gyv[b * t * dout..(b + 1) * t * dout],
+                &xv[b * t * din..(b + 1) * t * din],
+                &uv[b * t * k..(b + 1) * t * k],
+            );
+            let g = |n: usize| gv[b * r + (n % k) / rho];
+            // dug = α·dy·B_sel; the B factors see the gated activations ug.
+            let mut dug = vec![0f32; t * k];
+            sgemm(
+                (t, k, dout),
+                gy,
+                dout,
+                false,
+                &b_sel,
+                k,
+                false,
+                dug.as_mut_ptr(),
+                k,
+                alpha,
+                0.0,
+                1,
+            );
+            let ug: Vec<f32> = ub.iter().enumerate().map(|(n, &v)| v * g(n)).collect();
+            let mut db_sel = vec![0f32; dout * k];
+            sgemm(
+                (dout, k, t),
+                gy,
+                dout,
+                true,
+                &ug,
+                k,
+                false,
+                db_sel.as_mut_ptr(),
+                k,
+                alpha,
+                0.0,
+                1,
+            );
+            let mut dg = vec![0f32; r];
+            for (n, (&d, &v)) in dug.iter().zip(ub).enumerate() {
+                dg[(n % k) / rho] += d * v;
+            }
+            let du: Vec<f32> = dug.iter().enumerate().map(|(n, &v)| v * g(n)).collect();
+            let mut da_sel = vec![0f32; k * din];
+            sgemm(
+                (k, din, t),
+                &du,
+                k,
+                true,
+                xb,
+                din,
+                false,
+                da_sel.as_mut_ptr(),
+                din,
+                1.0,
+                0.0,
+                1,
+            );
+            let mut dx = vec![0f32; t * din];
+            sgemm(
+                (t, din, k),
+                &du,
+                k,
+                false,
+                &a_sel,
+                din,
+                false,
+                dx.as_mut_ptr(),
+                din,
+                1.0,
+                0.0,
+                1,
+            );
+            Sample {
+                dx,
+                da_sel,
+                db_sel,
+                dg,
+            }
+        })
+        .collect();
+    // Scatter the per-sample factor gradients into the pools (serially: samples may share factors).
+    let mut da = vec![0f32; e * rho * din];
+    let mut db = vec![0f32; e * dout * rho];
+    for (b, s) in per.iter().enumerate() {
+        for i in 0..r {
+            let (fa, fb) = (sa[b * r + i], sb[b * r + i]);
+            da[fa * rho * din..(fa + 1) * rho * din]
+                .iter_mut()
+                .zip(&s.da_sel[i * rho * din..(i + 1) * rho * din])
+                .for_each(|(o, &v)| *o += v);
+            for o in 0..dout {
+                for j in 0..rho {
+                    db[(fb * dout + o) * rho + j] += s.db_sel[o * k + i * rho + j];
+                }
+            }
+        }
+    }
+    Ok(ExpertGrads {
+        dx: Tensor::from_f32(
+            per.iter().flat_map(|s| s.dx.iter().copied()).collect(),
+            x.shape(),
+        )?,
+        da_pool: Tensor::from_f32(da, a_pool.shape())?,
+        db_pool: Tensor::from_f32(db, b_pool.shape())?,
+        dgates: Tensor::from_f32(
+            per.iter().flat_map(|s| s.dg.iter().copied()).collect(),
+            &[bsz, r],
+        )?,
+    })
+}
