@@ -1,4 +1,5 @@
 //! DeLo: per-task pools of low-rank factors, chosen per sample by routers, added to the frozen
 //! linears of ViLT (DELO.md).
 
+pub mod config;
 pub mod experts;
