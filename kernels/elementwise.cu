@@ -74,9 +74,14 @@ extern "C" __global__ void cast_f32_to_bf16(const float* x, unsigned short* out,
     }
 }
 
-// bf16 -> f32 is exact: the bf16 bits are the high half of the f32.
+// bf16 -> f32 is exact: the bf16 bits are the high half of the f32 (a NaN is made quiet, as
+// half::bf16::to_f32 does).
 extern "C" __global__ void cast_bf16_to_f32(const unsigned short* x, float* out, long long n) {
-    DELO_GRID_LOOP(i, n) out[i] = __uint_as_float(((unsigned int)x[i]) << 16);
+    DELO_GRID_LOOP(i, n) {
+        unsigned int h = x[i];
+        if ((h & 0x7fffu) > 0x7f80u) h |= 0x0040u;
+        out[i] = __uint_as_float(h << 16);
+    }
 }
 
 // One AdamW element update per thread: PyTorch's formulation, the twin of `adamw_scalar`. The
