@@ -95,6 +95,18 @@ fn device_parse_is_a_clear_result() {
     let r = r.expect("Device::parse(\"cuda\") must not panic");
     if PTX.is_some() && cuda_available() {
         assert_eq!(r.expect("a CUDA device is present"), "cuda:0");
+        // one shared backend per device; a private one's tensors are refused by it
+        let (Device::Cuda(a), Device::Cuda(b)) = (
+            Device::parse("cuda").unwrap(),
+            Device::parse("cuda:0").unwrap(),
+        ) else {
+            unreachable!()
+        };
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let private = Device::Cuda(delo::backend::CudaBackend::new_private(0).unwrap());
+        let t = Tensor::scalar(1.0).to_device(&private).unwrap();
+        let e = a.scale(&t, 2.0).unwrap_err().to_string();
+        assert!(e.contains("another CUDA backend"), "{e}");
     } else {
         let e = r
             .expect_err("no CUDA here, so parsing \"cuda\" must fail")
@@ -615,7 +627,7 @@ fn gather_scatter_concat_split() {
 fn invalid_indices_fail_at_the_next_sync() {
     gpu_or_skip!();
     // A backend of its own: its error word must not fail the tests running beside it.
-    let d = Device::Cuda(delo::backend::CudaBackend::new(0).unwrap());
+    let d = Device::Cuda(delo::backend::CudaBackend::new_private(0).unwrap());
     let b = d.backend();
     let mut r = rng(12);
     let table = up(&d, &randn(&mut r, &[5, 4]));

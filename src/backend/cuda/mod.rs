@@ -123,8 +123,24 @@ fn kernel_error(code: i32) -> Error {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal`: context, stream, cuBLAS handle, and every kernel of the PTX.
+    /// The backend of device `ordinal`, shared by every caller while one is alive, so that
+    /// tensors made through any `Device::parse("cuda")` work together (one stream orders them).
     pub fn new(ordinal: usize) -> Result<Arc<CudaBackend>> {
+        use std::collections::HashMap;
+        static OPEN: Mutex<Option<HashMap<usize, Weak<CudaBackend>>>> = Mutex::new(None);
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        let map = open.get_or_insert_with(HashMap::new);
+        if let Some(b) = map.get(&ordinal).and_then(Weak::upgrade) {
+            return Ok(b);
+        }
+        let b = CudaBackend::new_private(ordinal)?;
+        map.insert(ordinal, Arc::downgrade(&b));
+        Ok(b)
+    }
+
+    /// A backend of its own on device `ordinal`: its own stream, cuBLAS handle and error word.
+    /// Its tensors cannot be mixed with those of any other backend instance.
+    pub fn new_private(ordinal: usize) -> Result<Arc<CudaBackend>> {
         let Some(ptx) = PTX else {
             return Err(Error::Cuda(
                 "this delo binary was built without nvcc, so it has no CUDA kernels; rebuild \
@@ -219,12 +235,8 @@ impl CudaBackend {
             .clone_dtoh(&self.err)
             .map_err(cuda_err("reading the error word"))?;
         if v[0] != 0 {
-            let p = self.raw(&self.err);
             // SAFETY: the error word is a live 4-byte allocation of this stream.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(p.0, 0, 4, self.stream.cu_stream())
-                    .map_err(cuda_err("clearing the error word"))?;
-            }
+            unsafe { self.memset0(self.raw(&self.err), 4)? };
             return Err(kernel_error(v[0]));
         }
         Ok(())
@@ -314,16 +326,38 @@ impl CudaBackend {
         Ok((self.wrap(data, shape)?, p))
     }
 
+    /// A fresh tensor of zeros and its address.
+    fn zeros_of(&self, shape: &[usize], dtype: DType) -> Result<(Tensor, Ptr)> {
+        let (t, p) = self.empty(shape, dtype)?;
+        // SAFETY: `p` addresses the whole fresh allocation (at least one element).
+        unsafe { self.memset0(p, crate::tensor::numel(shape).max(1) * dtype.size_bytes())? };
+        Ok((t, p))
+    }
+
     /// A fresh f32 tensor of zeros and its address.
     fn zeros_f32(&self, shape: &[usize]) -> Result<(Tensor, Ptr)> {
-        let (t, p) = self.empty(shape, DType::F32)?;
-        let bytes = crate::tensor::numel(shape).max(1) * 4;
-        // SAFETY: `p` addresses the whole fresh allocation of `bytes` bytes.
-        unsafe {
-            cudarc::driver::result::memset_d8_async(p.0, 0, bytes, self.stream.cu_stream())
-                .map_err(cuda_err("zeroing device memory"))?;
-        }
-        Ok((t, p))
+        self.zeros_of(shape, DType::F32)
+    }
+
+    /// Queues the zeroing of `bytes` bytes at `p`.
+    ///
+    /// # Safety
+    /// `p..p + bytes` must lie in a live allocation of this backend.
+    unsafe fn memset0(&self, p: Ptr, bytes: usize) -> Result<()> {
+        // Raw driver calls need the context current on this thread (cudarc's own calls bind it).
+        self.bind()?;
+        cudarc::driver::result::memset_d8_async(p.0, 0, bytes, self.stream.cu_stream())
+            .map_err(cuda_err("zeroing device memory"))
+    }
+
+    /// Queues a device-to-device copy of `bytes` bytes.
+    ///
+    /// # Safety
+    /// Both ranges must lie in live allocations of this backend.
+    unsafe fn memcpy_dtod(&self, dst: Ptr, src: Ptr, bytes: usize) -> Result<()> {
+        self.bind()?;
+        cudarc::driver::result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream())
+            .map_err(cuda_err("copying device memory"))
     }
 }
 

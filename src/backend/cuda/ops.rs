@@ -257,14 +257,7 @@ impl Backend for CudaBackend {
         Ok(out)
     }
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let (t, p) = self.empty(shape, dtype)?;
-        let bytes = crate::tensor::numel(shape).max(1) * dtype.size_bytes();
-        // SAFETY: `p` addresses the whole fresh allocation.
-        unsafe {
-            cudarc::driver::result::memset_d8_async(p.0, 0, bytes, self.stream.cu_stream())
-                .map_err(cuda_err("zeros"))?;
-        }
-        Ok(t)
+        Ok(self.zeros_of(shape, dtype)?.0)
     }
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
         const OP: &str = "cast";
@@ -299,16 +292,8 @@ impl Backend for CudaBackend {
         let (out, po) = self.empty(x.shape(), x.dtype())?;
         let bytes = x.numel() * x.dtype().size_bytes();
         if bytes > 0 {
-            // SAFETY: both ranges are `bytes` long inside live allocations of this stream.
-            unsafe {
-                cudarc::driver::result::memcpy_dtod_async(
-                    po.0,
-                    px.0,
-                    bytes,
-                    self.stream.cu_stream(),
-                )
-                .map_err(cuda_err("copy"))?;
-            }
+            // SAFETY: both ranges are `bytes` long inside live allocations of this backend.
+            unsafe { self.memcpy_dtod(po, px, bytes)? };
         }
         Ok(out)
     }
@@ -363,10 +348,7 @@ impl Backend for CudaBackend {
                 };
             }
             // SAFETY: `pc` addresses the `n` elements of `out`.
-            unsafe {
-                cudarc::driver::result::memset_d8_async(pc.0, 0, n * 4, self.stream.cu_stream())
-                    .map_err(cuda_err(OP))?;
-            }
+            unsafe { self.memset0(pc, n * 4)? };
             return Ok(());
         }
         self.gemm(&self.matmul_call(&d, g, a, b, pa, pb, pc, beta))
