@@ -193,7 +193,8 @@ for bin in "$DIST"/tests/*; do
   skip=$(grep -c 'SKIP: no CUDA device' "$log" || true)
   status=ok
   if [ "$rc" -ne 0 ]; then
-    status="FAILED (exit $rc$([ "$rc" -eq 124 ] && echo ", timed out after ${TEST_TIMEOUT}s"))"
+    status="FAILED (exit $rc)"
+    if [ "$rc" -eq 124 ]; then status="FAILED (timed out after ${TEST_TIMEOUT}s)"; fi
     failed_bins+=("$name")
     if [ "$fail" -eq 0 ]; then fail=1; fi
   fi
