@@ -34,7 +34,7 @@ fn out(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_f32(data, shape)
 }
 
-fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     ensure_shape!(
         a.shape() == b.shape(),
         op,
@@ -46,7 +46,7 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
 }
 
 /// `[rows, last]` of a tensor of rank ≥ 1.
-fn rows_cols(t: &Tensor) -> (usize, usize) {
+pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
     let d = *t.shape().last().unwrap_or(&1);
     (t.numel() / d.max(1), d)
 }
@@ -113,16 +113,16 @@ pub(crate) fn sgemm(
 }
 
 /// Resolved dimensions of a batched matmul.
-struct MatmulDims {
-    batch: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    b_batched: bool,
-    out_shape: Vec<usize>,
+pub(crate) struct MatmulDims {
+    pub(crate) batch: usize,
+    pub(crate) m: usize,
+    pub(crate) n: usize,
+    pub(crate) k: usize,
+    pub(crate) b_batched: bool,
+    pub(crate) out_shape: Vec<usize>,
 }
 
-fn matmul_dims(a: &Tensor, b: &Tensor, g: Gemm) -> Result<MatmulDims> {
+pub(crate) fn matmul_dims(a: &Tensor, b: &Tensor, g: Gemm) -> Result<MatmulDims> {
     const OP: &str = "matmul";
     ensure_shape!(
         a.rank() >= 2 && b.rank() >= 2,
@@ -1089,7 +1089,11 @@ fn cos_parts(a: &[f32], b: &[f32]) -> (f32, f32, f32, bool, bool) {
     (dot / (na * nb), na, nb, ca, cb)
 }
 
-fn loss_dims(op: &'static str, logits: &Tensor, labels: usize) -> Result<(usize, usize)> {
+pub(crate) fn loss_dims(
+    op: &'static str,
+    logits: &Tensor,
+    labels: usize,
+) -> Result<(usize, usize)> {
     ensure_shape!(
         logits.rank() == 2,
         op,
@@ -1105,7 +1109,7 @@ fn loss_dims(op: &'static str, logits: &Tensor, labels: usize) -> Result<(usize,
     Ok((logits.dim(0), logits.dim(1)))
 }
 
-fn masked_dims(x: &[usize], mask: &Tensor) -> Result<(usize, usize, usize)> {
+pub(crate) fn masked_dims(x: &[usize], mask: &Tensor) -> Result<(usize, usize, usize)> {
     ensure_shape!(
         x.len() == 3 && mask.shape() == &x[..2],
         "masked_mean",

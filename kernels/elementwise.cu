@@ -1,0 +1,105 @@
+// Elementwise kernels over flat f32 buffers (grid-stride, 64-bit indices) and the f32 <-> bf16
+// casts. Twins of the CPU backend's `map`/`zip` closures in src/backend/cpu.rs.
+#include "common.cuh"
+
+extern "C" __global__ void ew_add_f32(const float* a, const float* b, float* out, long long n) {
+    DELO_GRID_LOOP(i, n) out[i] = a[i] + b[i];
+}
+
+// a += b (a may alias nothing else).
+extern "C" __global__ void ew_add_assign_f32(float* a, const float* b, long long n) {
+    DELO_GRID_LOOP(i, n) a[i] += b[i];
+}
+
+// out = x * s; out may be x itself.
+extern "C" __global__ void ew_scale_f32(const float* x, float s, float* out, long long n) {
+    DELO_GRID_LOOP(i, n) out[i] = x[i] * s;
+}
+
+extern "C" __global__ void ew_mul_f32(const float* a, const float* b, float* out, long long n) {
+    DELO_GRID_LOOP(i, n) out[i] = a[i] * b[i];
+}
+
+// out[r, j] = x[r, j] + b[j] over n = rows * d elements.
+extern "C" __global__ void ew_bias_add_f32(const float* x, const float* b, float* out,
+                                           long long n, long long d) {
+    DELO_GRID_LOOP(i, n) out[i] = x[i] + b[i % d];
+}
+
+#define DELO_SQRT_1_2 0.70710678118654752f
+#define DELO_INV_SQRT_2PI 0.3989423f
+
+// Exact GELU, x * Phi(x).
+extern "C" __global__ void ew_gelu_f32(const float* x, float* out, long long n) {
+    DELO_GRID_LOOP(i, n) {
+        const float v = x[i];
+        out[i] = 0.5f * v * (1.0f + erff(v * DELO_SQRT_1_2));
+    }
+}
+
+// dy * (Phi(x) + x * phi(x)).
+extern "C" __global__ void ew_gelu_backward_f32(const float* dy, const float* x, float* out,
+                                                long long n) {
+    DELO_GRID_LOOP(i, n) {
+        const float v = x[i];
+        const float cdf = 0.5f * (1.0f + erff(v * DELO_SQRT_1_2));
+        out[i] = dy[i] * (cdf + v * DELO_INV_SQRT_2PI * expf(-0.5f * v * v));
+    }
+}
+
+extern "C" __global__ void ew_tanh_f32(const float* x, float* out, long long n) {
+    DELO_GRID_LOOP(i, n) out[i] = tanhf(x[i]);
+}
+
+// dy * (1 - y^2) given the forward output y.
+extern "C" __global__ void ew_tanh_backward_f32(const float* dy, const float* y, float* out,
+                                                long long n) {
+    DELO_GRID_LOOP(i, n) {
+        const float t = y[i];
+        out[i] = dy[i] * (1.0f - t * t);
+    }
+}
+
+// f32 -> bf16, round to nearest even, NaN kept quiet: bit-identical to half::bf16::from_f32.
+extern "C" __global__ void cast_f32_to_bf16(const float* x, unsigned short* out, long long n) {
+    DELO_GRID_LOOP(i, n) {
+        const unsigned int u = __float_as_uint(x[i]);
+        unsigned short r;
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            r = (unsigned short)((u >> 16) | 0x0040u);
+        } else {
+            r = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+        out[i] = r;
+    }
+}
+
+// bf16 -> f32 is exact: the bf16 bits are the high half of the f32 (a NaN is made quiet, as
+// half::bf16::to_f32 does).
+extern "C" __global__ void cast_bf16_to_f32(const unsigned short* x, float* out, long long n) {
+    DELO_GRID_LOOP(i, n) {
+        unsigned int h = x[i];
+        if ((h & 0x7fffu) > 0x7f80u) h |= 0x0040u;
+        out[i] = __uint_as_float(h << 16);
+    }
+}
+
+// One AdamW element update per thread: PyTorch's formulation, the twin of `adamw_scalar`. The
+// bias corrections bc1 = 1 - beta1^t and bc2 = 1 - beta2^t come from the host.
+extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long long n,
+                                     float lr, float beta1, float beta2, float eps, float wd,
+                                     float bc1, float bc2) {
+    const float sqrt_bc2 = sqrtf(bc2);
+    const float step = lr / bc1;
+    DELO_GRID_LOOP(i, n) {
+        const float gi = g[i];
+        float pi = p[i];
+        pi -= lr * wd * pi;
+        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        const float denom = sqrtf(vi) / sqrt_bc2 + eps;
+        p[i] = pi - step * mi / denom;
+    }
+}

@@ -1,0 +1,109 @@
+// LayerNorm and softmax over the last dimension, one warp a row (DELO_ROWS_PER_BLOCK rows in a
+// 256-thread block), f32 statistics. Twins of CpuBackend::{layernorm, softmax}(_backward).
+#include "common.cuh"
+
+// y = (x - mean) * rstd * w + b with rstd = 1 / sqrt(var + eps) (biased variance).
+extern "C" __global__ void layernorm_f32(const float* x, const float* w, const float* b,
+                                         int rows, int d, float eps, float* y, float* mean,
+                                         float* rstd) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
+    if (r >= rows) return;
+    const float* xr = x + (long long)r * d;
+    float* yr = y + (long long)r * d;
+    float s = 0.0f;
+    for (int j = lane; j < d; j += 32) s += xr[j];
+    const float mu = delo_warp_sum(s) / (float)d;
+    float v = 0.0f;
+    for (int j = lane; j < d; j += 32) {
+        const float c = xr[j] - mu;
+        v += c * c;
+    }
+    const float var = delo_warp_sum(v) / (float)d;
+    const float rs = 1.0f / sqrtf(var + eps);
+    for (int j = lane; j < d; j += 32) yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
+    if (lane == 0) {
+        mean[r] = mu;
+        rstd[r] = rs;
+    }
+}
+
+// dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)).
+extern "C" __global__ void layernorm_backward_f32(const float* dy, const float* x,
+                                                  const float* w, const float* mean,
+                                                  const float* rstd, int rows, int d,
+                                                  float* dx) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
+    if (r >= rows) return;
+    const long long base = (long long)r * d;
+    const float mu = mean[r], rs = rstd[r];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int j = lane; j < d; j += 32) {
+        const float g = dy[base + j] * w[j];
+        s1 += g;
+        s2 += g * ((x[base + j] - mu) * rs);
+    }
+    const float m1 = delo_warp_sum(s1) / (float)d;
+    const float m2 = delo_warp_sum(s2) / (float)d;
+    for (int j = lane; j < d; j += 32) {
+        const float xhat = (x[base + j] - mu) * rs;
+        dx[base + j] = rs * (dy[base + j] * w[j] - m1 - xhat * m2);
+    }
+}
+
+// Softmax of one row of length d held by one warp; y may be x itself.
+static __device__ __forceinline__ void delo_softmax_row(const float* x, float* y, int d,
+                                                        int lane) {
+    float mx = -INFINITY;
+    for (int j = lane; j < d; j += 32) mx = fmaxf(mx, x[j]);
+    mx = delo_warp_max(mx);
+    float s = 0.0f;
+    for (int j = lane; j < d; j += 32) {
+        const float e = expf(x[j] - mx);
+        y[j] = e;
+        s += e;
+    }
+    s = delo_warp_sum(s);
+    for (int j = lane; j < d; j += 32) y[j] = y[j] / s;
+}
+
+extern "C" __global__ void softmax_f32(const float* x, int rows, int d, float* y) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
+    if (r >= rows) return;
+    delo_softmax_row(x + (long long)r * d, y + (long long)r * d, d, lane);
+}
+
+// dx = y * (dy - sum(dy * y)); dx may be dy itself (attention backward does it in place).
+extern "C" __global__ void softmax_backward_f32(const float* dy, const float* y, int rows,
+                                                int d, float* dx) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
+    if (r >= rows) return;
+    const long long base = (long long)r * d;
+    float dot = 0.0f;
+    for (int j = lane; j < d; j += 32) dot += dy[base + j] * y[base + j];
+    dot = delo_warp_sum(dot);
+    for (int j = lane; j < d; j += 32) {
+        const float p = y[base + j];
+        dx[base + j] = p * (dy[base + j] - dot);
+    }
+}
+
+// In-place masked softmax of attention scores s [B, H, T, T] (already scaled by 1/sqrt(Dh)):
+// keys with mask[b, key] == 0 get f32::MIN added first, as the CPU backend does.
+extern "C" __global__ void attn_masked_softmax_f32(float* s, const float* mask, int rows, int t,
+                                                   int heads) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
+    if (r >= rows) return;
+    const long long b = r / ((long long)heads * t);
+    const float* m = mask + b * t;
+    float* row = s + (long long)r * t;
+    for (int j = lane; j < t; j += 32) {
+        if (m[j] == 0.0f) row[j] += DELO_F32_MIN;
+    }
+    __syncwarp();
+    delo_softmax_row(row, row, t, lane);
+}

@@ -1,0 +1,170 @@
+//! The kernel table: every `extern "C"` kernel of `kernels/*.cu`, loaded once at init, with a
+//! typed launcher per kernel.
+//!
+//! Each kernel is declared once below with the Rust types of its parameters, in order: [`Ptr`]
+//! for a device pointer, `i32` for `int`, `i64` for `long long`, `f32` for `float`. The macro
+//! generates the field that holds the loaded function, a launcher that takes exactly those
+//! arguments (so a pointer cannot be passed where a count is expected, nor an argument left
+//! out), and [`kernel_signatures`], which `tests/cuda_ptx.rs` checks against the `.param` list
+//! of every `.entry` of the embedded PTX, kernel by kernel.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig};
+
+use crate::error::{Error, Result};
+
+/// A device address (`T*` in a kernel signature), already offset to the tensor's first element.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ptr(pub u64);
+
+// SAFETY: a device pointer is passed to a kernel as its 64-bit value.
+unsafe impl DeviceRepr for Ptr {}
+
+/// PTX parameter type of each Rust argument type of the launchers.
+macro_rules! ptx_type {
+    (Ptr) => {
+        ".u64"
+    };
+    (i64) => {
+        ".u64"
+    };
+    (i32) => {
+        ".u32"
+    };
+    (f32) => {
+        ".f32"
+    };
+}
+
+macro_rules! kernels {
+    ($( $name:ident ( $( $arg:ident : $ty:ident ),* $(,)? ); )*) => {
+        /// Every kernel function of the embedded PTX.
+        pub(crate) struct Kernels {
+            $( $name: CudaFunction, )*
+        }
+
+        impl Kernels {
+            pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Kernels> {
+                Ok(Kernels {
+                    $(
+                        $name: module.load_function(stringify!($name)).map_err(|e| {
+                            Error::Cuda(format!(
+                                "kernel {} is missing from the PTX: {e}",
+                                stringify!($name)
+                            ))
+                        })?,
+                    )*
+                })
+            }
+
+            $(
+                /// Launches the kernel of this name on `stream`.
+                ///
+                /// # Safety
+                /// The pointers must address device memory of the sizes the kernel reads and
+                /// writes for these dimensions, alive until the stream has run the kernel.
+                #[allow(clippy::too_many_arguments, dead_code)]
+                pub(crate) unsafe fn $name(
+                    &self,
+                    stream: &CudaStream,
+                    cfg: LaunchConfig,
+                    $( $arg: $ty, )*
+                ) -> Result<()> {
+                    use cudarc::driver::PushKernelArg;
+                    let mut b = stream.launch_builder(&self.$name);
+                    $( b.arg(&$arg); )*
+                    b.launch(cfg).map(|_| ()).map_err(|e| {
+                        Error::Cuda(format!("launching {}: {e}", stringify!($name)))
+                    })
+                }
+            )*
+        }
+
+        /// `(kernel name, PTX parameter types)` of every kernel the backend launches.
+        pub fn kernel_signatures() -> Vec<(&'static str, Vec<&'static str>)> {
+            vec![ $( (stringify!($name), vec![ $( ptx_type!($ty) ),* ]), )* ]
+        }
+    };
+}
+
+kernels! {
+    // elementwise.cu
+    ew_add_f32(a: Ptr, b: Ptr, out: Ptr, n: i64);
+    ew_add_assign_f32(a: Ptr, b: Ptr, n: i64);
+    ew_scale_f32(x: Ptr, s: f32, out: Ptr, n: i64);
+    ew_mul_f32(a: Ptr, b: Ptr, out: Ptr, n: i64);
+    ew_bias_add_f32(x: Ptr, b: Ptr, out: Ptr, n: i64, d: i64);
+    ew_gelu_f32(x: Ptr, out: Ptr, n: i64);
+    ew_gelu_backward_f32(dy: Ptr, x: Ptr, out: Ptr, n: i64);
+    ew_tanh_f32(x: Ptr, out: Ptr, n: i64);
+    ew_tanh_backward_f32(dy: Ptr, y: Ptr, out: Ptr, n: i64);
+    cast_f32_to_bf16(x: Ptr, out: Ptr, n: i64);
+    cast_bf16_to_f32(x: Ptr, out: Ptr, n: i64);
+    adamw_f32(
+        p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: i64,
+        lr: f32, beta1: f32, beta2: f32, eps: f32, wd: f32, bc1: f32, bc2: f32,
+    );
+    // reduce.cu
+    colsum_partial_f32(x: Ptr, rows: i32, d: i32, rpc: i32, partial: Ptr);
+    ln_affine_partial_f32(
+        dy: Ptr, x: Ptr, mean: Ptr, rstd: Ptr, rows: i32, d: i32, rpc: i32, pdw: Ptr, pdb: Ptr,
+    );
+    colsum_final_f32(partial: Ptr, nchunks: i32, d: i32, out: Ptr);
+    masked_mean_f32(x: Ptr, mask: Ptr, t: i32, d: i32, out: Ptr);
+    masked_mean_backward_f32(dy: Ptr, mask: Ptr, t: i32, d: i32, dx: Ptr);
+    cosine_f32(a: Ptr, b: Ptr, rows: i32, d: i32, out: Ptr);
+    cosine_backward_f32(dc: Ptr, a: Ptr, b: Ptr, rows: i32, d: i32, da: Ptr, db: Ptr);
+    reduce_mean_f32(v: Ptr, n: i64, div: i64, out: Ptr);
+    // norm.cu
+    layernorm_f32(
+        x: Ptr, w: Ptr, b: Ptr, rows: i32, d: i32, eps: f32, y: Ptr, mean: Ptr, rstd: Ptr,
+    );
+    layernorm_backward_f32(
+        dy: Ptr, x: Ptr, w: Ptr, mean: Ptr, rstd: Ptr, rows: i32, d: i32, dx: Ptr,
+    );
+    softmax_f32(x: Ptr, rows: i32, d: i32, y: Ptr);
+    softmax_backward_f32(dy: Ptr, y: Ptr, rows: i32, d: i32, dx: Ptr);
+    attn_masked_softmax_f32(s: Ptr, mask: Ptr, rows: i32, t: i32, heads: i32);
+    // indexing.cu
+    gather_rows_f32(table: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
+    scatter_add_rows_f32(dy: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
+    copy2d_f32(src: Ptr, src_ld: i64, dst: Ptr, dst_ld: i64, rows: i64, cols: i64);
+    // losses.cu
+    ce_rows_f32(logits: Ptr, labels: Ptr, rows: i32, c: i32, loss: Ptr, err: Ptr);
+    ce_backward_f32(
+        dloss: Ptr, logits: Ptr, labels: Ptr, rows: i32, c: i32, dx: Ptr, err: Ptr,
+    );
+    bce_elems_f32(x: Ptr, t: Ptr, n: i64, out: Ptr);
+    bce_backward_f32(dloss: Ptr, x: Ptr, t: Ptr, n: i64, div: i64, dx: Ptr);
+    kl_cat_rows_f32(target: Ptr, logits: Ptr, rows: i32, c: i32, out: Ptr);
+    kl_cat_backward_f32(dloss: Ptr, target: Ptr, logits: Ptr, rows: i32, c: i32, dx: Ptr);
+    kl_bern_elems_f32(t: Ptr, l: Ptr, n: i64, out: Ptr);
+    kl_bern_backward_f32(dloss: Ptr, t: Ptr, l: Ptr, n: i64, div: i64, dx: Ptr);
+}
+
+/// Threads of a block in the flat (grid-stride) and one-warp-per-row kernels.
+pub(crate) const BLOCK: u32 = 256;
+/// Rows per block of the one-warp-per-row kernels (`DELO_ROWS_PER_BLOCK` in common.cuh).
+pub(crate) const ROWS_PER_BLOCK: usize = 8;
+
+/// Grid-stride launch over `n` elements (at least one block; the kernels bound-check).
+pub(crate) fn cfg_flat(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// One warp per row, [`ROWS_PER_BLOCK`] rows per 256-thread block.
+pub(crate) fn cfg_rows(rows: usize) -> LaunchConfig {
+    let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}

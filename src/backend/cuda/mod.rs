@@ -1,0 +1,388 @@
+//! The CUDA backend: one context, one stream, cuBLAS for GEMMs, kernels from `kernels/*.cu`.
+//!
+//! Every op queues its kernels (or cuBLAS calls) on the backend's one stream and returns at
+//! once; nothing inside an op copies through the host. Outputs are fresh stream-ordered
+//! allocations from the device's memory pool. Because there is only one stream, cudarc's
+//! per-buffer event tracking is turned off: stream order alone makes every read follow the
+//! write it depends on, and every free follow the last use.
+//!
+//! Invalid indices (class labels, gather/scatter rows) cannot be reported by the op that meets
+//! them without a host round trip, so the kernel sets a device error word and writes NaN (or
+//! zeros); the next [`Backend::synchronize`] or download reads the word and fails with the op's
+//! name.
+
+mod gemm;
+mod kernels;
+mod ops;
+
+use std::sync::{Arc, Mutex, Weak};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
+use half::bf16;
+
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Storage, Tensor};
+
+pub use kernels::kernel_signatures;
+use kernels::{Kernels, Ptr};
+
+/// The PTX of every kernel, embedded by `build.rs` when nvcc was found.
+pub const PTX: Option<&str> = {
+    #[cfg(delo_ptx)]
+    {
+        Some(include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx")))
+    }
+    #[cfg(not(delo_ptx))]
+    {
+        None
+    }
+};
+
+/// Device memory of a tensor, with the backend that owns it.
+pub struct CudaStorage {
+    pub backend: Arc<CudaBackend>,
+    pub data: CudaData,
+    /// Elements of the storage. An empty storage still holds a one-element allocation
+    /// (zero-byte allocations are not portable across drivers), so this can be below the
+    /// slice's length.
+    len: usize,
+}
+
+pub enum CudaData {
+    F32(CudaSlice<f32>),
+    BF16(CudaSlice<bf16>),
+    I32(CudaSlice<i32>),
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({:?}, {})", self.dtype(), self.len())
+    }
+}
+
+impl CudaStorage {
+    pub fn dtype(&self) -> DType {
+        match &self.data {
+            CudaData::F32(_) => DType::F32,
+            CudaData::BF16(_) => DType::BF16,
+            CudaData::I32(_) => DType::I32,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn backend(&self) -> Arc<CudaBackend> {
+        self.backend.clone()
+    }
+}
+
+pub struct CudaBackend {
+    // Field order is drop order: the cuBLAS handle and the module go before the stream and
+    // the context they live in.
+    blas: Mutex<CudaBlas>,
+    k: Kernels,
+    /// The device error word (see the module docs); 0 when no kernel met an invalid input.
+    err: CudaSlice<i32>,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    me: Weak<CudaBackend>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBackend(cuda:{})", self.ctx.ordinal())
+    }
+}
+
+/// Whether a CUDA driver and at least one device are present (cudarc panics without libcuda,
+/// so this is asked before anything else touches CUDA).
+pub fn cuda_available() -> bool {
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    present && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+}
+
+fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Cuda(format!("{what}: {e}"))
+}
+
+/// What a code of the device error word means (codes from kernels/common.cuh).
+fn kernel_error(code: i32) -> Error {
+    let what = match code {
+        1 => "cross_entropy: a class label is outside 0..C",
+        2 => "gather_rows: an index is outside the table's rows",
+        3 => "scatter_add_rows: an index is outside 0..m",
+        _ => "unknown kernel error code",
+    };
+    Error::Cuda(format!(
+        "{what} (device error code {code}, found at the next synchronisation)"
+    ))
+}
+
+impl CudaBackend {
+    /// The backend of device `ordinal`, shared by every caller while one is alive, so that
+    /// tensors made through any `Device::parse("cuda")` work together (one stream orders them).
+    pub fn new(ordinal: usize) -> Result<Arc<CudaBackend>> {
+        use std::collections::HashMap;
+        static OPEN: Mutex<Option<HashMap<usize, Weak<CudaBackend>>>> = Mutex::new(None);
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        let map = open.get_or_insert_with(HashMap::new);
+        if let Some(b) = map.get(&ordinal).and_then(Weak::upgrade) {
+            return Ok(b);
+        }
+        let b = CudaBackend::new_private(ordinal)?;
+        map.insert(ordinal, Arc::downgrade(&b));
+        Ok(b)
+    }
+
+    /// A backend of its own on device `ordinal`: its own stream, cuBLAS handle and error word.
+    /// Its tensors cannot be mixed with those of any other backend instance.
+    pub fn new_private(ordinal: usize) -> Result<Arc<CudaBackend>> {
+        let Some(ptx) = PTX else {
+            return Err(Error::Cuda(
+                "this delo binary was built without nvcc, so it has no CUDA kernels; rebuild \
+                 with nvcc on PATH (or NVCC=/path/to/nvcc) and REQUIRE_NVCC=1"
+                    .into(),
+            ));
+        };
+        // SAFETY: only tries to dlopen the driver library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Cuda(
+                "no CUDA driver: libcuda.so was not found (no NVIDIA driver on this machine, \
+                 or its library is outside the loader path)"
+                    .into(),
+            ));
+        }
+        let count = CudaContext::device_count().map_err(cuda_err("initialising the driver"))?;
+        if count <= 0 {
+            return Err(Error::Cuda("the CUDA driver reports no device".into()));
+        }
+        if ordinal >= count as usize {
+            return Err(Error::Cuda(format!(
+                "cuda:{ordinal} asked for, but there are only {count} device(s)"
+            )));
+        }
+        // SAFETY: only tries to dlopen libcublas (which needs libcublasLt beside it).
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(Error::Cuda(
+                "cuBLAS was not found: libcublas.so.13 (with libcublasLt.so.13) must be on the \
+                 loader path; add its directory to LD_LIBRARY_PATH (scripts/gpu-check.sh \
+                 searches the usual places)"
+                    .into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err("creating the context"))?;
+        // SAFETY: this backend uses one stream only, so stream order is all the
+        // synchronisation there is to do; buffers allocated from now on carry no events.
+        unsafe { ctx.disable_event_tracking() };
+        keep_pool_memory(&ctx);
+        let stream = ctx.new_stream().map_err(cuda_err("creating the stream"))?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .map_err(|e| {
+                Error::Cuda(format!(
+                    "loading the kernels' PTX failed: {e} (a driver older than the CUDA 13 \
+                     toolkit that compiled them, or CUDA_ARCH above this GPU)"
+                ))
+            })?;
+        let k = Kernels::load(&module)?;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
+        let err = stream
+            .alloc_zeros::<i32>(1)
+            .map_err(cuda_err("allocating the error word"))?;
+        stream.synchronize().map_err(cuda_err("initialising"))?;
+        Ok(Arc::new_cyclic(|me| CudaBackend {
+            blas: Mutex::new(blas),
+            k,
+            err,
+            stream,
+            ctx,
+            me: me.clone(),
+        }))
+    }
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> Result<String> {
+        self.ctx.name().map_err(cuda_err("device name"))
+    }
+
+    fn arc(&self) -> Arc<CudaBackend> {
+        self.me
+            .upgrade()
+            .expect("a live backend is owned by an Arc")
+    }
+
+    /// Makes the context current on the calling thread (cuBLAS calls need it).
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the context"))
+    }
+
+    /// Reads and clears the device error word (a stream synchronisation).
+    fn check_kernel_errors(&self) -> Result<()> {
+        let v = self
+            .stream
+            .clone_dtoh(&self.err)
+            .map_err(cuda_err("reading the error word"))?;
+        if v[0] != 0 {
+            // SAFETY: the error word is a live 4-byte allocation of this stream.
+            unsafe { self.memset0(self.raw(&self.err), 4)? };
+            return Err(kernel_error(v[0]));
+        }
+        Ok(())
+    }
+
+    /// The device address of a slice of this backend.
+    fn raw<T>(&self, s: &CudaSlice<T>) -> Ptr {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        Ptr(p)
+    }
+
+    /// The CUDA storage of `t`, which must live on this very backend.
+    fn storage_of<'a>(&self, t: &'a Tensor, op: &'static str) -> Result<&'a CudaStorage> {
+        match t.storage() {
+            Storage::Cuda(s) if std::ptr::eq(Arc::as_ptr(&s.backend), self) => Ok(s),
+            Storage::Cuda(_) => Err(Error::Cuda(format!(
+                "{op}: a tensor of another CUDA backend instance was given"
+            ))),
+            Storage::Cpu(_) => Err(Error::Msg(format!(
+                "{op}: a host tensor was given to a CUDA operation; move it with to_device first"
+            ))),
+        }
+    }
+
+    /// The address of `t`'s first element, checking its device and dtype.
+    fn ptr(&self, t: &Tensor, dtype: DType, op: &'static str) -> Result<Ptr> {
+        let s = self.storage_of(t, op)?;
+        if s.dtype() != dtype {
+            return Err(Error::shape(
+                op,
+                format!("expected a {dtype:?} tensor, got {:?}", s.dtype()),
+            ));
+        }
+        let base = match &s.data {
+            CudaData::F32(d) => self.raw(d),
+            CudaData::BF16(d) => self.raw(d),
+            CudaData::I32(d) => self.raw(d),
+        };
+        Ok(Ptr(base.0 + (t.offset() * dtype.size_bytes()) as u64))
+    }
+
+    /// Like [`Self::ptr`] for an in-place update: fails unless `t` alone holds its storage.
+    fn ptr_mut(&self, t: &mut Tensor, dtype: DType, op: &'static str) -> Result<Ptr> {
+        self.storage_of(t, op)?;
+        t.storage_mut()?;
+        self.ptr(t, dtype, op)
+    }
+
+    /// An uninitialised slice of `n` elements (one when `n` is 0).
+    fn alloc_slice<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller writes all `n` elements before they are read.
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(cuda_err("allocating device memory"))
+    }
+
+    fn wrap(&self, data: CudaData, shape: &[usize]) -> Result<Tensor> {
+        let len = crate::tensor::numel(shape);
+        Tensor::from_storage(
+            Storage::Cuda(CudaStorage {
+                backend: self.arc(),
+                data,
+                len,
+            }),
+            shape,
+        )
+    }
+
+    /// A fresh, uninitialised tensor of `dtype` and its address; the caller fills it.
+    fn empty(&self, shape: &[usize], dtype: DType) -> Result<(Tensor, Ptr)> {
+        let n = crate::tensor::numel(shape);
+        let (data, p) = match dtype {
+            DType::F32 => {
+                let s = self.alloc_slice::<f32>(n)?;
+                let p = self.raw(&s);
+                (CudaData::F32(s), p)
+            }
+            DType::BF16 => {
+                let s = self.alloc_slice::<bf16>(n)?;
+                let p = self.raw(&s);
+                (CudaData::BF16(s), p)
+            }
+            DType::I32 => {
+                let s = self.alloc_slice::<i32>(n)?;
+                let p = self.raw(&s);
+                (CudaData::I32(s), p)
+            }
+        };
+        Ok((self.wrap(data, shape)?, p))
+    }
+
+    /// A fresh tensor of zeros and its address.
+    fn zeros_of(&self, shape: &[usize], dtype: DType) -> Result<(Tensor, Ptr)> {
+        let (t, p) = self.empty(shape, dtype)?;
+        // SAFETY: `p` addresses the whole fresh allocation (at least one element).
+        unsafe { self.memset0(p, crate::tensor::numel(shape).max(1) * dtype.size_bytes())? };
+        Ok((t, p))
+    }
+
+    /// A fresh f32 tensor of zeros and its address.
+    fn zeros_f32(&self, shape: &[usize]) -> Result<(Tensor, Ptr)> {
+        self.zeros_of(shape, DType::F32)
+    }
+
+    /// Queues the zeroing of `bytes` bytes at `p`.
+    ///
+    /// # Safety
+    /// `p..p + bytes` must lie in a live allocation of this backend.
+    unsafe fn memset0(&self, p: Ptr, bytes: usize) -> Result<()> {
+        // Raw driver calls need the context current on this thread (cudarc's own calls bind it).
+        self.bind()?;
+        cudarc::driver::result::memset_d8_async(p.0, 0, bytes, self.stream.cu_stream())
+            .map_err(cuda_err("zeroing device memory"))
+    }
+
+    /// Queues a device-to-device copy of `bytes` bytes.
+    ///
+    /// # Safety
+    /// Both ranges must lie in live allocations of this backend.
+    unsafe fn memcpy_dtod(&self, dst: Ptr, src: Ptr, bytes: usize) -> Result<()> {
+        self.bind()?;
+        cudarc::driver::result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream())
+            .map_err(cuda_err("copying device memory"))
+    }
+}
+
+/// Keeps freed blocks in the device's default memory pool instead of returning them to the
+/// driver at every synchronisation (the pool's default release threshold is 0), so that the
+/// allocations of a training step are served from the pool after the first step.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) {
+    use cudarc::driver::sys;
+    if !ctx.has_async_alloc() {
+        return;
+    }
+    // SAFETY: plain driver calls on this context's device with valid out-pointers.
+    unsafe {
+        let mut pool = std::mem::MaybeUninit::<sys::CUmemoryPool>::uninit();
+        if sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), ctx.cu_device())
+            .result()
+            .is_ok()
+        {
+            let mut threshold: u64 = u64::MAX;
+            // A failure only costs speed, never correctness: ignore it.
+            let _ = sys::cuMemPoolSetAttribute(
+                pool.assume_init(),
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
+}

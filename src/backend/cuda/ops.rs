@@ -1,0 +1,1260 @@
+//! `Backend for CudaBackend`: every op of the trait on the device. Shape checks are the CPU
+//! backend's own (shared helpers), so both backends refuse the same inputs with the same words.
+
+use cudarc::driver::LaunchConfig;
+use half::bf16;
+
+use super::gemm::GemmCall;
+use super::kernels::{cfg_flat, cfg_rows, Ptr};
+use super::{cuda_err, CudaBackend, CudaData};
+use crate::backend::cpu::{
+    attention_dims, loss_dims, masked_dims, matmul_dims, rows_cols, same_shape, MatmulDims,
+};
+use crate::backend::{AdamW, Backend, Device, Gemm, LayerNormGrads, LayerNormOut};
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::tensor::{CpuStorage, DType, Tensor};
+
+const F32: DType = DType::F32;
+const I32: DType = DType::I32;
+
+/// A dimension as a kernel's `int`.
+fn int(v: usize, op: &'static str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::shape(op, format!("dimension {v} exceeds i32")))
+}
+
+/// A count as a kernel's `long long`.
+fn long(v: usize) -> i64 {
+    v as i64
+}
+
+/// `p` advanced by `elems` f32 elements.
+fn at(p: Ptr, elems: usize) -> Ptr {
+    Ptr(p.0 + (elems * 4) as u64)
+}
+
+/// Block (32, 8) over 32 columns by a chunk of rows, for the column-sum kernels.
+fn cfg_colsum(d: usize, nchunks: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (d.div_ceil(32) as u32, nchunks as u32, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// How a column sum over `rows` rows is cut into chunks: `(nchunks, rows per chunk)`. Aims at
+/// about a thousand blocks in all, with at least 32 rows a chunk; at most 1024 chunks. The cut
+/// depends only on the shape, so the summation order (and the result) is reproducible.
+fn colsum_chunks(rows: usize, d: usize) -> (usize, usize) {
+    let want = (1024 / d.div_ceil(32).max(1)).max(1);
+    let rpc = rows.div_ceil(want).max(32);
+    (rows.div_ceil(rpc), rpc)
+}
+
+/// One block of 1024 threads (the scalar loss reduction).
+const CFG_ONE_BLOCK: LaunchConfig = LaunchConfig {
+    grid_dim: (1, 1, 1),
+    block_dim: (1024, 1, 1),
+    shared_mem_bytes: 0,
+};
+
+impl CudaBackend {
+    /// Column sums of `x [rows, d]` (rows ≥ 1, d ≥ 1) into `out [d]`, deterministically.
+    fn colsum(&self, x: Ptr, rows: usize, d: usize, out: Ptr, op: &'static str) -> Result<()> {
+        let (nchunks, rpc) = colsum_chunks(rows, d);
+        let partial = self.alloc_slice::<f32>(nchunks * d)?;
+        let pp = self.raw(&partial);
+        let (r, dd) = (int(rows, op)?, int(d, op)?);
+        unsafe {
+            self.k.colsum_partial_f32(
+                &self.stream,
+                cfg_colsum(d, nchunks),
+                x,
+                r,
+                dd,
+                int(rpc, op)?,
+                pp,
+            )?;
+            self.k
+                .colsum_final_f32(&self.stream, cfg_flat(d), pp, int(nchunks, op)?, dd, out)
+        }
+    }
+
+    /// The mean of `n` f32 values divided by `div`, into a fresh `[1]` tensor.
+    fn mean_scalar(&self, v: Ptr, n: usize, div: usize) -> Result<Tensor> {
+        let (out, po) = self.empty(&[1], F32)?;
+        unsafe {
+            self.k
+                .reduce_mean_f32(&self.stream, CFG_ONE_BLOCK, v, long(n), long(div), po)?;
+        }
+        Ok(out)
+    }
+
+    /// The address of a one-element f32 upstream loss gradient.
+    fn dloss_ptr(&self, t: &Tensor, op: &'static str) -> Result<Ptr> {
+        ensure_shape!(
+            t.numel() == 1,
+            op,
+            "upstream loss gradient must have one element, got {:?}",
+            t.shape()
+        );
+        self.ptr(t, F32, op)
+    }
+
+    /// An f32 map `out = f(x)` of one input by a flat kernel.
+    fn map1(
+        &self,
+        x: &Tensor,
+        op: &'static str,
+        launch: impl FnOnce(Ptr, Ptr, i64) -> Result<()>,
+    ) -> Result<Tensor> {
+        let px = self.ptr(x, F32, op)?;
+        let (out, po) = self.empty(x.shape(), F32)?;
+        launch(px, po, long(x.numel()))?;
+        Ok(out)
+    }
+
+    /// An f32 map `out = f(a, b)` of two inputs of one shape by a flat kernel.
+    fn map2(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        op: &'static str,
+        launch: impl FnOnce(Ptr, Ptr, Ptr, i64) -> Result<()>,
+    ) -> Result<Tensor> {
+        same_shape(op, a, b)?;
+        let (pa, pb) = (self.ptr(a, F32, op)?, self.ptr(b, F32, op)?);
+        let (out, po) = self.empty(a.shape(), F32)?;
+        launch(pa, pb, po, long(a.numel()))?;
+        Ok(out)
+    }
+
+    /// The cuBLAS call of a (batched) matmul; a shared 2-D `b` under an untransposed `a` folds
+    /// the batch into the rows of one GEMM.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_call(
+        &self,
+        d: &MatmulDims,
+        g: Gemm,
+        a: &Tensor,
+        b: &Tensor,
+        pa: Ptr,
+        pb: Ptr,
+        pc: Ptr,
+        beta: f32,
+    ) -> GemmCall {
+        let fold = !d.b_batched && !g.trans_a && d.batch > 1;
+        GemmCall {
+            dtype: a.dtype(),
+            trans_a: g.trans_a,
+            trans_b: g.trans_b,
+            m: if fold { d.batch * d.m } else { d.m },
+            n: d.n,
+            k: d.k,
+            alpha: g.alpha,
+            beta,
+            a: pa,
+            lda: a.dim(-1),
+            stride_a: d.m * d.k,
+            b: pb,
+            ldb: b.dim(-1),
+            stride_b: if d.b_batched { d.k * d.n } else { 0 },
+            c: pc,
+            ldc: d.n,
+            stride_c: d.m * d.n,
+            batch: if fold { 1 } else { d.batch },
+        }
+    }
+
+    fn copy2d(
+        &self,
+        src: Ptr,
+        src_ld: usize,
+        dst: Ptr,
+        dst_ld: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        unsafe {
+            self.k.copy2d_f32(
+                &self.stream,
+                cfg_flat(rows * cols),
+                src,
+                long(src_ld),
+                dst,
+                long(dst_ld),
+                long(rows),
+                long(cols),
+            )
+        }
+    }
+
+    fn err_ptr(&self) -> Ptr {
+        self.raw(&self.err)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn device(&self) -> Device {
+        Device::Cuda(self.arc())
+    }
+
+    // ---- memory ---------------------------------------------------------------------------
+    fn upload(&self, host: &Tensor) -> Result<Tensor> {
+        fn htod<T: cudarc::driver::DeviceRepr>(
+            be: &CudaBackend,
+            v: &[T],
+        ) -> Result<cudarc::driver::CudaSlice<T>> {
+            if v.is_empty() {
+                return be.alloc_slice(0);
+            }
+            be.stream.clone_htod(v).map_err(cuda_err("upload"))
+        }
+        let data = match host.cpu()? {
+            CpuStorage::F32(_) => CudaData::F32(htod(self, host.f32s()?)?),
+            CpuStorage::BF16(_) => CudaData::BF16(htod(self, host.bf16s()?)?),
+            CpuStorage::I32(_) => CudaData::I32(htod(self, host.i32s()?)?),
+        };
+        self.wrap(data, host.shape())
+    }
+    fn download(&self, t: &Tensor) -> Result<Tensor> {
+        let s = self.storage_of(t, "download")?;
+        let (off, n) = (t.offset(), t.numel());
+        let err = cuda_err("download");
+        let out = match &s.data {
+            CudaData::F32(d) => {
+                let v = if n == 0 {
+                    Vec::new()
+                } else {
+                    self.stream
+                        .clone_dtoh(&d.slice(off..off + n))
+                        .map_err(err)?
+                };
+                Tensor::from_f32(v, t.shape())?
+            }
+            CudaData::BF16(d) => {
+                let v: Vec<bf16> = if n == 0 {
+                    Vec::new()
+                } else {
+                    self.stream
+                        .clone_dtoh(&d.slice(off..off + n))
+                        .map_err(err)?
+                };
+                Tensor::from_bf16(v, t.shape())?
+            }
+            CudaData::I32(d) => {
+                let v = if n == 0 {
+                    Vec::new()
+                } else {
+                    self.stream
+                        .clone_dtoh(&d.slice(off..off + n))
+                        .map_err(err)?
+                };
+                Tensor::from_i32(v, t.shape())?
+            }
+        };
+        self.check_kernel_errors()?;
+        Ok(out)
+    }
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Ok(self.zeros_of(shape, dtype)?.0)
+    }
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        const OP: &str = "cast";
+        let n = x.numel();
+        match (x.dtype(), dtype) {
+            (a, b) if a == b => self.copy(x),
+            (DType::F32, DType::BF16) => {
+                let px = self.ptr(x, F32, OP)?;
+                let (out, po) = self.empty(x.shape(), DType::BF16)?;
+                unsafe {
+                    self.k
+                        .cast_f32_to_bf16(&self.stream, cfg_flat(n), px, po, long(n))?
+                };
+                Ok(out)
+            }
+            (DType::BF16, DType::F32) => {
+                let px = self.ptr(x, DType::BF16, OP)?;
+                let (out, po) = self.empty(x.shape(), F32)?;
+                unsafe {
+                    self.k
+                        .cast_bf16_to_f32(&self.stream, cfg_flat(n), px, po, long(n))?
+                };
+                Ok(out)
+            }
+            (from, to) => Err(Error::Msg(format!(
+                "cast from {from:?} to {to:?} is not supported"
+            ))),
+        }
+    }
+    fn copy(&self, x: &Tensor) -> Result<Tensor> {
+        let px = self.ptr(x, x.dtype(), "copy")?;
+        let (out, po) = self.empty(x.shape(), x.dtype())?;
+        let bytes = x.numel() * x.dtype().size_bytes();
+        if bytes > 0 {
+            // SAFETY: both ranges are `bytes` long inside live allocations of this backend.
+            unsafe { self.memcpy_dtod(po, px, bytes)? };
+        }
+        Ok(out)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))?;
+        self.check_kernel_errors()
+    }
+
+    // ---- GEMM -------------------------------------------------------------------------------
+    fn matmul(&self, a: &Tensor, b: &Tensor, g: Gemm) -> Result<Tensor> {
+        let d = matmul_dims(a, b, g)?;
+        let (pa, pb) = (
+            self.ptr(a, a.dtype(), "matmul")?,
+            self.ptr(b, a.dtype(), "matmul")?,
+        );
+        if d.batch * d.m * d.n == 0 || d.k == 0 {
+            return self.zeros(&d.out_shape, F32);
+        }
+        let (out, pc) = self.empty(&d.out_shape, F32)?;
+        self.gemm(&self.matmul_call(&d, g, a, b, pa, pb, pc, 0.0))?;
+        Ok(out)
+    }
+    fn matmul_into(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        g: Gemm,
+        out: &mut Tensor,
+        beta: f32,
+    ) -> Result<()> {
+        const OP: &str = "matmul_into";
+        let d = matmul_dims(a, b, g)?;
+        ensure_shape!(
+            out.shape() == d.out_shape,
+            OP,
+            "output has shape {:?}, the product {:?}",
+            out.shape(),
+            d.out_shape
+        );
+        let (pa, pb) = (self.ptr(a, a.dtype(), OP)?, self.ptr(b, a.dtype(), OP)?);
+        let pc = self.ptr_mut(out, F32, OP)?;
+        let n = out.numel();
+        if n == 0 {
+            return Ok(());
+        }
+        if d.k == 0 {
+            // An empty inner dimension: out = beta · out, never reading out when beta is 0.
+            if beta != 0.0 {
+                return unsafe {
+                    self.k
+                        .ew_scale_f32(&self.stream, cfg_flat(n), pc, beta, pc, long(n))
+                };
+            }
+            // SAFETY: `pc` addresses the `n` elements of `out`.
+            unsafe { self.memset0(pc, n * 4)? };
+            return Ok(());
+        }
+        self.gemm(&self.matmul_call(&d, g, a, b, pa, pb, pc, beta))
+    }
+
+    // ---- elementwise ----------------------------------------------------------------------
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.map2(a, b, "add", |pa, pb, po, n| unsafe {
+            self.k
+                .ew_add_f32(&self.stream, cfg_flat(n as usize), pa, pb, po, n)
+        })
+    }
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        const OP: &str = "add_assign";
+        same_shape(OP, a, b)?;
+        let pb = self.ptr(b, F32, OP)?;
+        let pa = self.ptr_mut(a, F32, OP)?;
+        let n = a.numel();
+        unsafe {
+            self.k
+                .ew_add_assign_f32(&self.stream, cfg_flat(n), pa, pb, long(n))
+        }
+    }
+    fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
+        self.map1(x, "scale", |px, po, n| unsafe {
+            self.k
+                .ew_scale_f32(&self.stream, cfg_flat(n as usize), px, s, po, n)
+        })
+    }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.map2(a, b, "mul", |pa, pb, po, n| unsafe {
+            self.k
+                .ew_mul_f32(&self.stream, cfg_flat(n as usize), pa, pb, po, n)
+        })
+    }
+    fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "bias_add";
+        let (_, d) = rows_cols(x);
+        ensure_shape!(
+            b.shape() == [d],
+            OP,
+            "bias {:?} does not fit input {:?}",
+            b.shape(),
+            x.shape()
+        );
+        let pb = self.ptr(b, F32, OP)?;
+        self.map1(x, OP, |px, po, n| unsafe {
+            self.k
+                .ew_bias_add_f32(&self.stream, cfg_flat(n as usize), px, pb, po, n, long(d))
+        })
+    }
+    fn sum_rows(&self, x: &Tensor) -> Result<Tensor> {
+        const OP: &str = "sum_rows";
+        let (rows, d) = rows_cols(x);
+        let px = self.ptr(x, F32, OP)?;
+        if rows == 0 || d == 0 {
+            return self.zeros(&[d], F32);
+        }
+        let (out, po) = self.empty(&[d], F32)?;
+        self.colsum(px, rows, d, po, OP)?;
+        Ok(out)
+    }
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.map1(x, "gelu", |px, po, n| unsafe {
+            self.k
+                .ew_gelu_f32(&self.stream, cfg_flat(n as usize), px, po, n)
+        })
+    }
+    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.map2(dy, x, "gelu_backward", |pg, px, po, n| unsafe {
+            self.k
+                .ew_gelu_backward_f32(&self.stream, cfg_flat(n as usize), pg, px, po, n)
+        })
+    }
+    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
+        self.map1(x, "tanh", |px, po, n| unsafe {
+            self.k
+                .ew_tanh_f32(&self.stream, cfg_flat(n as usize), px, po, n)
+        })
+    }
+    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        self.map2(dy, y, "tanh_backward", |pg, py, po, n| unsafe {
+            self.k
+                .ew_tanh_backward_f32(&self.stream, cfg_flat(n as usize), pg, py, po, n)
+        })
+    }
+
+    // ---- normalisation and softmax ----------------------------------------------------------
+    fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut> {
+        const OP: &str = "layernorm";
+        let (rows, d) = rows_cols(x);
+        ensure_shape!(
+            w.shape() == [d] && b.shape() == [d],
+            OP,
+            "weight {:?} / bias {:?} do not fit input {:?}",
+            w.shape(),
+            b.shape(),
+            x.shape()
+        );
+        let (px, pw, pb) = (
+            self.ptr(x, F32, OP)?,
+            self.ptr(w, F32, OP)?,
+            self.ptr(b, F32, OP)?,
+        );
+        let (y, py) = self.empty(x.shape(), F32)?;
+        let (mean, pm) = self.empty(&[rows], F32)?;
+        let (rstd, pr) = self.empty(&[rows], F32)?;
+        unsafe {
+            self.k.layernorm_f32(
+                &self.stream,
+                cfg_rows(rows),
+                px,
+                pw,
+                pb,
+                int(rows, OP)?,
+                int(d, OP)?,
+                eps,
+                py,
+                pm,
+                pr,
+            )?;
+        }
+        Ok(LayerNormOut { y, mean, rstd })
+    }
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        w: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        affine_grads: bool,
+    ) -> Result<LayerNormGrads> {
+        const OP: &str = "layernorm_backward";
+        same_shape(OP, dy, x)?;
+        let (rows, d) = rows_cols(x);
+        ensure_shape!(
+            w.shape() == [d] && mean.numel() == rows && rstd.numel() == rows,
+            OP,
+            "weight {:?}, mean {:?}, rstd {:?} do not fit input {:?}",
+            w.shape(),
+            mean.shape(),
+            rstd.shape(),
+            x.shape()
+        );
+        let (pg, px, pw, pm, pr) = (
+            self.ptr(dy, F32, OP)?,
+            self.ptr(x, F32, OP)?,
+            self.ptr(w, F32, OP)?,
+            self.ptr(mean, F32, OP)?,
+            self.ptr(rstd, F32, OP)?,
+        );
+        let (ri, di) = (int(rows, OP)?, int(d, OP)?);
+        let (dx, pdx) = self.empty(x.shape(), F32)?;
+        unsafe {
+            self.k.layernorm_backward_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pg,
+                px,
+                pw,
+                pm,
+                pr,
+                ri,
+                di,
+                pdx,
+            )?;
+        }
+        let (dw, db) = if !affine_grads {
+            (None, None)
+        } else if rows == 0 || d == 0 {
+            (Some(self.zeros(&[d], F32)?), Some(self.zeros(&[d], F32)?))
+        } else {
+            let (nchunks, rpc) = colsum_chunks(rows, d);
+            let pdw_part = self.alloc_slice::<f32>(nchunks * d)?;
+            let pdb_part = self.alloc_slice::<f32>(nchunks * d)?;
+            let (qw, qb) = (self.raw(&pdw_part), self.raw(&pdb_part));
+            let (dw, pdw) = self.empty(&[d], F32)?;
+            let (db, pdb) = self.empty(&[d], F32)?;
+            let nc = int(nchunks, OP)?;
+            unsafe {
+                self.k.ln_affine_partial_f32(
+                    &self.stream,
+                    cfg_colsum(d, nchunks),
+                    pg,
+                    px,
+                    pm,
+                    pr,
+                    ri,
+                    di,
+                    int(rpc, OP)?,
+                    qw,
+                    qb,
+                )?;
+                self.k
+                    .colsum_final_f32(&self.stream, cfg_flat(d), qw, nc, di, pdw)?;
+                self.k
+                    .colsum_final_f32(&self.stream, cfg_flat(d), qb, nc, di, pdb)?;
+            }
+            (Some(dw), Some(db))
+        };
+        Ok(LayerNormGrads { dx, dw, db })
+    }
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        const OP: &str = "softmax";
+        let (rows, d) = rows_cols(x);
+        let px = self.ptr(x, F32, OP)?;
+        let (y, py) = self.empty(x.shape(), F32)?;
+        unsafe {
+            self.k.softmax_f32(
+                &self.stream,
+                cfg_rows(rows),
+                px,
+                int(rows, OP)?,
+                int(d, OP)?,
+                py,
+            )?;
+        }
+        Ok(y)
+    }
+    fn softmax_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
+        const OP: &str = "softmax_backward";
+        same_shape(OP, dy, y)?;
+        let (rows, d) = rows_cols(y);
+        let (pg, py) = (self.ptr(dy, F32, OP)?, self.ptr(y, F32, OP)?);
+        let (dx, pdx) = self.empty(y.shape(), F32)?;
+        unsafe {
+            self.k.softmax_backward_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pg,
+                py,
+                int(rows, OP)?,
+                int(d, OP)?,
+                pdx,
+            )?;
+        }
+        Ok(dx)
+    }
+
+    // ---- attention --------------------------------------------------------------------------
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        heads: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "attention";
+        let (bsz, t, dh) = attention_dims(q, k, v, mask, heads)?;
+        let dm = heads * dh;
+        let (pq, pk, pv, pmask) = (
+            self.ptr(q, F32, OP)?,
+            self.ptr(k, F32, OP)?,
+            self.ptr(v, F32, OP)?,
+            self.ptr(mask, F32, OP)?,
+        );
+        let rows = bsz * heads * t;
+        let pshape = [bsz, heads, t, t];
+        if rows == 0 {
+            return Ok((self.zeros(q.shape(), F32)?, self.zeros(&pshape, F32)?));
+        }
+        let scale = 1.0 / (dh as f32).sqrt();
+        let dims = (bsz, t, heads, dh);
+        let (out, po) = self.empty(q.shape(), F32)?;
+        let (probs, pp) = if dh == 0 {
+            self.zeros_f32(&pshape)?
+        } else {
+            let (probs, pp) = self.empty(&pshape, F32)?;
+            // S = scale · Q Kᵀ per (b, h)
+            self.gemm_heads(
+                GemmCall {
+                    dtype: F32,
+                    trans_a: false,
+                    trans_b: true,
+                    m: t,
+                    n: t,
+                    k: dh,
+                    alpha: scale,
+                    beta: 0.0,
+                    a: pq,
+                    lda: dm,
+                    stride_a: 0,
+                    b: pk,
+                    ldb: dm,
+                    stride_b: 0,
+                    c: pp,
+                    ldc: t,
+                    stride_c: 0,
+                    batch: 1,
+                },
+                dims,
+                true,
+                true,
+                false,
+            )?;
+            (probs, pp)
+        };
+        unsafe {
+            self.k.attn_masked_softmax_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pp,
+                pmask,
+                int(rows, OP)?,
+                int(t, OP)?,
+                int(heads, OP)?,
+            )?;
+        }
+        if dh > 0 {
+            // O = P V per (b, h), into the head's columns of [B, T, H·Dh]
+            self.gemm_heads(
+                GemmCall {
+                    dtype: F32,
+                    trans_a: false,
+                    trans_b: false,
+                    m: t,
+                    n: dh,
+                    k: t,
+                    alpha: 1.0,
+                    beta: 0.0,
+                    a: pp,
+                    lda: t,
+                    stride_a: 0,
+                    b: pv,
+                    ldb: dm,
+                    stride_b: 0,
+                    c: po,
+                    ldc: dm,
+                    stride_c: 0,
+                    batch: 1,
+                },
+                dims,
+                false,
+                true,
+                true,
+            )?;
+        }
+        Ok((out, probs))
+    }
+    fn attention_backward(
+        &self,
+        dout: &Tensor,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        probs: &Tensor,
+        heads: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "attention_backward";
+        same_shape(OP, dout, q)?;
+        same_shape(OP, k, q)?;
+        same_shape(OP, v, q)?;
+        ensure_shape!(
+            q.rank() == 3 && heads > 0 && q.dim(2).is_multiple_of(heads),
+            OP,
+            "q {:?} cannot split into {heads} heads",
+            q.shape()
+        );
+        let (bsz, t, dm) = (q.dim(0), q.dim(1), q.dim(2));
+        let dh = dm / heads;
+        ensure_shape!(
+            probs.shape() == [bsz, heads, t, t],
+            OP,
+            "probs {:?} do not fit q {:?}",
+            probs.shape(),
+            q.shape()
+        );
+        let (pg, pq, pk, pv, pp) = (
+            self.ptr(dout, F32, OP)?,
+            self.ptr(q, F32, OP)?,
+            self.ptr(k, F32, OP)?,
+            self.ptr(v, F32, OP)?,
+            self.ptr(probs, F32, OP)?,
+        );
+        if bsz * t * dh == 0 {
+            return Ok((
+                self.zeros(q.shape(), F32)?,
+                self.zeros(q.shape(), F32)?,
+                self.zeros(q.shape(), F32)?,
+            ));
+        }
+        let scale = 1.0 / (dh as f32).sqrt();
+        let dims = (bsz, t, heads, dh);
+        let rows = bsz * heads * t;
+        let (dq, pdq) = self.empty(q.shape(), F32)?;
+        let (dk, pdk) = self.empty(q.shape(), F32)?;
+        let (dv, pdv) = self.empty(q.shape(), F32)?;
+        let ds = self.alloc_slice::<f32>(rows * t)?;
+        let pds = self.raw(&ds);
+        let base = GemmCall {
+            dtype: F32,
+            trans_a: false,
+            trans_b: false,
+            m: t,
+            n: dh,
+            k: t,
+            alpha: 1.0,
+            beta: 0.0,
+            a: pp,
+            lda: t,
+            stride_a: 0,
+            b: pg,
+            ldb: dm,
+            stride_b: 0,
+            c: pdv,
+            ldc: dm,
+            stride_c: 0,
+            batch: 1,
+        };
+        // dV = Pᵀ · dO
+        self.gemm_heads(
+            GemmCall {
+                trans_a: true,
+                ..base
+            },
+            dims,
+            false,
+            true,
+            true,
+        )?;
+        // dP = dO · Vᵀ
+        self.gemm_heads(
+            GemmCall {
+                trans_b: true,
+                m: t,
+                n: t,
+                k: dh,
+                a: pg,
+                lda: dm,
+                b: pv,
+                ldb: dm,
+                c: pds,
+                ldc: t,
+                ..base
+            },
+            dims,
+            true,
+            true,
+            false,
+        )?;
+        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place
+        unsafe {
+            self.k.softmax_backward_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pds,
+                pp,
+                int(rows, OP)?,
+                int(t, OP)?,
+                pds,
+            )?;
+        }
+        // dQ = scale · dS · K
+        self.gemm_heads(
+            GemmCall {
+                alpha: scale,
+                a: pds,
+                lda: t,
+                b: pk,
+                ldb: dm,
+                c: pdq,
+                ldc: dm,
+                ..base
+            },
+            dims,
+            false,
+            true,
+            true,
+        )?;
+        // dK = scale · dSᵀ · Q
+        self.gemm_heads(
+            GemmCall {
+                trans_a: true,
+                alpha: scale,
+                a: pds,
+                lda: t,
+                b: pq,
+                ldb: dm,
+                c: pdk,
+                ldc: dm,
+                ..base
+            },
+            dims,
+            false,
+            true,
+            true,
+        )?;
+        drop(ds);
+        Ok((dq, dk, dv))
+    }
+
+    // ---- indexing ---------------------------------------------------------------------------
+    fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor> {
+        const OP: &str = "gather_rows";
+        ensure_shape!(table.rank() >= 1, OP, "table must have rank ≥ 1");
+        let m = table.dim(0);
+        let row = table.numel() / m.max(1);
+        let (pt, pi) = (self.ptr(table, F32, OP)?, self.ptr(idx, I32, OP)?);
+        let mut shape = idx.shape().to_vec();
+        shape.extend(&table.shape()[1..]);
+        let n_idx = idx.numel();
+        let (out, po) = self.empty(&shape, F32)?;
+        unsafe {
+            self.k.gather_rows_f32(
+                &self.stream,
+                cfg_flat(n_idx * row),
+                pt,
+                pi,
+                long(n_idx),
+                long(row),
+                int(m, OP)?,
+                po,
+                self.err_ptr(),
+            )?;
+        }
+        Ok(out)
+    }
+    fn scatter_add_rows(&self, dy: &Tensor, idx: &Tensor, m: usize) -> Result<Tensor> {
+        const OP: &str = "scatter_add_rows";
+        let n = idx.numel();
+        ensure_shape!(
+            n > 0 && dy.numel().is_multiple_of(n) && dy.shape().starts_with(idx.shape()),
+            OP,
+            "gradient {:?} does not fit indices {:?}",
+            dy.shape(),
+            idx.shape()
+        );
+        let row = dy.numel() / n;
+        let (pg, pi) = (self.ptr(dy, F32, OP)?, self.ptr(idx, I32, OP)?);
+        let mut shape = vec![m];
+        shape.extend(&dy.shape()[idx.rank()..]);
+        let (out, po) = self.zeros_f32(&shape)?;
+        unsafe {
+            self.k.scatter_add_rows_f32(
+                &self.stream,
+                cfg_flat(n * row),
+                pg,
+                pi,
+                long(n),
+                long(row),
+                int(m, OP)?,
+                po,
+                self.err_ptr(),
+            )?;
+        }
+        Ok(out)
+    }
+    fn concat_seq(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "concat_seq";
+        ensure_shape!(
+            a.rank() == 3 && b.rank() == 3 && a.dim(0) == b.dim(0) && a.dim(2) == b.dim(2),
+            OP,
+            "cannot concatenate {:?} and {:?} along the sequence",
+            a.shape(),
+            b.shape()
+        );
+        let (bsz, t1, t2, d) = (a.dim(0), a.dim(1), b.dim(1), a.dim(2));
+        let (pa, pb) = (self.ptr(a, F32, OP)?, self.ptr(b, F32, OP)?);
+        let (out, po) = self.empty(&[bsz, t1 + t2, d], F32)?;
+        let ld = (t1 + t2) * d;
+        self.copy2d(pa, t1 * d, po, ld, bsz, t1 * d)?;
+        self.copy2d(pb, t2 * d, at(po, t1 * d), ld, bsz, t2 * d)?;
+        Ok(out)
+    }
+    fn split_seq(&self, x: &Tensor, t1: usize) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "split_seq";
+        ensure_shape!(
+            x.rank() == 3 && t1 <= x.dim(1),
+            OP,
+            "cannot split {:?} after {t1}",
+            x.shape()
+        );
+        let (bsz, t, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let px = self.ptr(x, F32, OP)?;
+        let (a, pa) = self.empty(&[bsz, t1, d], F32)?;
+        let (b, pb) = self.empty(&[bsz, t - t1, d], F32)?;
+        self.copy2d(px, t * d, pa, t1 * d, bsz, t1 * d)?;
+        self.copy2d(at(px, t1 * d), t * d, pb, (t - t1) * d, bsz, (t - t1) * d)?;
+        Ok((a, b))
+    }
+
+    // ---- reductions -------------------------------------------------------------------------
+    fn masked_mean(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        const OP: &str = "masked_mean";
+        let (bsz, t, d) = masked_dims(x.shape(), mask)?;
+        let (px, pm) = (self.ptr(x, F32, OP)?, self.ptr(mask, F32, OP)?);
+        let (out, po) = self.empty(&[bsz, d], F32)?;
+        if bsz * d == 0 {
+            return Ok(out);
+        }
+        ensure_shape!(bsz <= 65_535, OP, "batch {bsz} exceeds the grid's 65535");
+        const THREADS: usize = 128;
+        let cfg = LaunchConfig {
+            grid_dim: (d.div_ceil(THREADS) as u32, bsz as u32, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe {
+            self.k
+                .masked_mean_f32(&self.stream, cfg, px, pm, int(t, OP)?, int(d, OP)?, po)?;
+        }
+        Ok(out)
+    }
+    fn masked_mean_backward(&self, dy: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        const OP: &str = "masked_mean_backward";
+        ensure_shape!(
+            dy.rank() == 2 && mask.rank() == 2 && dy.dim(0) == mask.dim(0),
+            OP,
+            "gradient {:?} does not fit mask {:?}",
+            dy.shape(),
+            mask.shape()
+        );
+        let (bsz, t, d) = (mask.dim(0), mask.dim(1), dy.dim(1));
+        let (pg, pm) = (self.ptr(dy, F32, OP)?, self.ptr(mask, F32, OP)?);
+        let (out, po) = self.empty(&[bsz, t, d], F32)?;
+        let rows = bsz * t;
+        if rows * d == 0 {
+            return Ok(out);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (
+                u32::try_from(rows).map_err(|_| Error::shape(OP, "too many rows"))?,
+                1,
+                1,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe {
+            self.k.masked_mean_backward_f32(
+                &self.stream,
+                cfg,
+                pg,
+                pm,
+                int(t, OP)?,
+                int(d, OP)?,
+                po,
+            )?;
+        }
+        Ok(out)
+    }
+    fn cosine(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "cosine";
+        same_shape(OP, a, b)?;
+        let (rows, d) = rows_cols(a);
+        let (pa, pb) = (self.ptr(a, F32, OP)?, self.ptr(b, F32, OP)?);
+        let (out, po) = self.empty(&[rows], F32)?;
+        unsafe {
+            self.k.cosine_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pa,
+                pb,
+                int(rows, OP)?,
+                int(d, OP)?,
+                po,
+            )?;
+        }
+        Ok(out)
+    }
+    fn cosine_backward(&self, dc: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "cosine_backward";
+        same_shape(OP, a, b)?;
+        let (rows, d) = rows_cols(a);
+        ensure_shape!(
+            dc.numel() == rows,
+            OP,
+            "gradient {:?} does not fit {rows} rows",
+            dc.shape()
+        );
+        let (pg, pa, pb) = (
+            self.ptr(dc, F32, OP)?,
+            self.ptr(a, F32, OP)?,
+            self.ptr(b, F32, OP)?,
+        );
+        let (da, pda) = self.empty(a.shape(), F32)?;
+        let (db, pdb) = self.empty(b.shape(), F32)?;
+        unsafe {
+            self.k.cosine_backward_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pg,
+                pa,
+                pb,
+                int(rows, OP)?,
+                int(d, OP)?,
+                pda,
+                pdb,
+            )?;
+        }
+        Ok((da, db))
+    }
+
+    // ---- losses -----------------------------------------------------------------------------
+    fn cross_entropy(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        const OP: &str = "cross_entropy";
+        let (rows, c) = loss_dims(OP, logits, labels.numel())?;
+        let (pl, py) = (self.ptr(logits, F32, OP)?, self.ptr(labels, I32, OP)?);
+        let per_row = self.alloc_slice::<f32>(rows)?;
+        let pr = self.raw(&per_row);
+        unsafe {
+            self.k.ce_rows_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pl,
+                py,
+                int(rows, OP)?,
+                int(c, OP)?,
+                pr,
+                self.err_ptr(),
+            )?;
+        }
+        self.mean_scalar(pr, rows, rows)
+    }
+    fn cross_entropy_backward(
+        &self,
+        dloss: &Tensor,
+        logits: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
+        const OP: &str = "cross_entropy_backward";
+        let (rows, c) = loss_dims(OP, logits, labels.numel())?;
+        let pg = self.dloss_ptr(dloss, OP)?;
+        let (pl, py) = (self.ptr(logits, F32, OP)?, self.ptr(labels, I32, OP)?);
+        let (dx, pdx) = self.empty(logits.shape(), F32)?;
+        unsafe {
+            self.k.ce_backward_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pg,
+                pl,
+                py,
+                int(rows, OP)?,
+                int(c, OP)?,
+                pdx,
+                self.err_ptr(),
+            )?;
+        }
+        Ok(dx)
+    }
+    fn bce_with_logits(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        const OP: &str = "bce_with_logits";
+        same_shape(OP, logits, targets)?;
+        let n = logits.numel();
+        let (px, pt) = (self.ptr(logits, F32, OP)?, self.ptr(targets, F32, OP)?);
+        let elems = self.alloc_slice::<f32>(n)?;
+        let pe = self.raw(&elems);
+        unsafe {
+            self.k
+                .bce_elems_f32(&self.stream, cfg_flat(n), px, pt, long(n), pe)?;
+        }
+        self.mean_scalar(pe, n, n.max(1))
+    }
+    fn bce_with_logits_backward(
+        &self,
+        dloss: &Tensor,
+        logits: &Tensor,
+        targets: &Tensor,
+    ) -> Result<Tensor> {
+        const OP: &str = "bce_with_logits_backward";
+        let pg = self.dloss_ptr(dloss, OP)?;
+        same_shape(OP, logits, targets)?;
+        let n = logits.numel();
+        let (px, pt) = (self.ptr(logits, F32, OP)?, self.ptr(targets, F32, OP)?);
+        let (dx, pdx) = self.empty(logits.shape(), F32)?;
+        unsafe {
+            self.k.bce_backward_f32(
+                &self.stream,
+                cfg_flat(n),
+                pg,
+                px,
+                pt,
+                long(n),
+                long(n.max(1)),
+                pdx,
+            )?;
+        }
+        Ok(dx)
+    }
+    fn kl_categorical(&self, target: &Tensor, logits: &Tensor) -> Result<Tensor> {
+        const OP: &str = "kl_categorical";
+        same_shape(OP, target, logits)?;
+        let (rows, c) = rows_cols(logits);
+        let (pt, pl) = (self.ptr(target, F32, OP)?, self.ptr(logits, F32, OP)?);
+        let per_row = self.alloc_slice::<f32>(rows)?;
+        let pr = self.raw(&per_row);
+        unsafe {
+            self.k.kl_cat_rows_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pt,
+                pl,
+                int(rows, OP)?,
+                int(c, OP)?,
+                pr,
+            )?;
+        }
+        self.mean_scalar(pr, rows, rows)
+    }
+    fn kl_categorical_backward(
+        &self,
+        dloss: &Tensor,
+        target: &Tensor,
+        logits: &Tensor,
+    ) -> Result<Tensor> {
+        const OP: &str = "kl_categorical_backward";
+        same_shape(OP, target, logits)?;
+        let (rows, c) = rows_cols(logits);
+        let pg = self.dloss_ptr(dloss, OP)?;
+        let (pt, pl) = (self.ptr(target, F32, OP)?, self.ptr(logits, F32, OP)?);
+        let (dx, pdx) = self.empty(logits.shape(), F32)?;
+        unsafe {
+            self.k.kl_cat_backward_f32(
+                &self.stream,
+                cfg_rows(rows),
+                pg,
+                pt,
+                pl,
+                int(rows, OP)?,
+                int(c, OP)?,
+                pdx,
+            )?;
+        }
+        Ok(dx)
+    }
+    fn kl_bernoulli(&self, target: &Tensor, logits: &Tensor) -> Result<Tensor> {
+        const OP: &str = "kl_bernoulli";
+        same_shape(OP, target, logits)?;
+        let n = target.numel();
+        let (pt, pl) = (self.ptr(target, F32, OP)?, self.ptr(logits, F32, OP)?);
+        let elems = self.alloc_slice::<f32>(n)?;
+        let pe = self.raw(&elems);
+        unsafe {
+            self.k
+                .kl_bern_elems_f32(&self.stream, cfg_flat(n), pt, pl, long(n), pe)?;
+        }
+        self.mean_scalar(pe, n, n.max(1))
+    }
+    fn kl_bernoulli_backward(
+        &self,
+        dloss: &Tensor,
+        target: &Tensor,
+        logits: &Tensor,
+    ) -> Result<Tensor> {
+        const OP: &str = "kl_bernoulli_backward";
+        let pg = self.dloss_ptr(dloss, OP)?;
+        same_shape(OP, target, logits)?;
+        let n = target.numel();
+        let (pt, pl) = (self.ptr(target, F32, OP)?, self.ptr(logits, F32, OP)?);
+        let (dx, pdx) = self.empty(logits.shape(), F32)?;
+        unsafe {
+            self.k.kl_bern_backward_f32(
+                &self.stream,
+                cfg_flat(n),
+                pg,
+                pt,
+                pl,
+                long(n),
+                long(n.max(1)),
+                pdx,
+            )?;
+        }
+        Ok(dx)
+    }
+
+    // ---- optimiser --------------------------------------------------------------------------
+    fn adamw(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        hp: AdamW,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        same_shape(OP, params, grads)?;
+        same_shape(OP, params, m)?;
+        same_shape(OP, params, v)?;
+        ensure_shape!(hp.step >= 1, OP, "step numbers start at 1");
+        // Bias corrections exactly as the CPU backend computes them, passed as arguments.
+        let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
+        let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let pg = self.ptr(grads, F32, OP)?;
+        let pp = self.ptr_mut(params, F32, OP)?;
+        let pm = self.ptr_mut(m, F32, OP)?;
+        let pv = self.ptr_mut(v, F32, OP)?;
+        let n = params.numel();
+        unsafe {
+            self.k.adamw_f32(
+                &self.stream,
+                cfg_flat(n),
+                pp,
+                pg,
+                pm,
+                pv,
+                long(n),
+                hp.lr,
+                hp.beta1,
+                hp.beta2,
+                hp.eps,
+                hp.weight_decay,
+                bc1,
+                bc2,
+            )
+        }
+    }
+}
