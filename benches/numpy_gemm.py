@@ -1,6 +1,6 @@
 """Times numpy's float32 matmul (OpenBLAS) on the linear-layer shapes `delo bench gemm` uses.
 
-Usage: python3 numpy_gemm.py M,N,K [M,N,K ...]   (y[M,N] = x[M,K] · W[N,K]ᵀ)
+Usage: python3 numpy_gemm.py REPS M,N,K [M,N,K ...]   (y[M,N] = x[M,K] · W[N,K]ᵀ)
 Prints one JSON object: {"M,N,K": best seconds, ..., "numpy": version, "blas": name}.
 """
 
@@ -34,9 +34,10 @@ def blas_name():
 
 def main():
     out = {"numpy": np.__version__, "blas": blas_name()}
-    for spec in sys.argv[1:]:
+    reps = int(sys.argv[1])
+    for spec in sys.argv[2:]:
         m, n, k = (int(v) for v in spec.split(","))
-        out[spec] = best_time(m, n, k, reps=10)
+        out[spec] = best_time(m, n, k, reps)
     print(json.dumps(out))
 
 

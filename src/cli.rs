@@ -30,6 +30,9 @@ enum BenchCommand {
         /// Timed repetitions per shape (the best is kept).
         #[arg(long, default_value_t = 10)]
         reps: usize,
+        /// Alternating rounds of delo and numpy (each keeps its best).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -45,13 +48,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 Err(e) => println!("cuda: unavailable ({e})"),
             }
         }
-        Command::Bench(BenchCommand::Gemm { reps }) => {
+        Command::Bench(BenchCommand::Gemm { reps, rounds }) => {
             let script =
                 std::env::temp_dir().join(format!("delo-numpy-gemm-{}.py", std::process::id()));
             std::fs::write(&script, NUMPY_GEMM_PY)
                 .with_context(|| format!("writing {}", script.display()))?;
-            let result =
-                delo::bench::gemm_cpu_vs_numpy(&delo::bench::vilt_gemm_shapes(), &script, reps);
+            let result = delo::bench::gemm_cpu_vs_numpy(
+                &delo::bench::vilt_gemm_shapes(),
+                &script,
+                reps,
+                rounds,
+            );
             let _ = std::fs::remove_file(&script);
             let (rows, info) = result?;
             print!("{}", delo::bench::gemm_table(&rows, &info));
