@@ -63,7 +63,9 @@ fn malformed_json_names_file_line_and_column() {
     );
     let e = Benchmark::load(&p).unwrap_err().to_string();
     assert!(e.contains("b.json") && e.contains("line 3, column"), "{e}");
-    let e = Benchmark::load(dir.join("absent.json")).unwrap_err().to_string();
+    let e = Benchmark::load(dir.join("absent.json"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("absent.json"), "{e}");
 }
 
@@ -122,7 +124,14 @@ fn synth_is_deterministic_and_seed_dependent() {
         std::fs::read(a.join(png)).unwrap(),
         std::fs::read(c.join(png)).unwrap()
     );
-    let e = synth(a.path(), &SynthConfig { tasks: 11, ..small_cfg(1) }).unwrap_err();
+    let e = synth(
+        a.path(),
+        &SynthConfig {
+            tasks: 11,
+            ..small_cfg(1)
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("tasks"), "{e}");
 }
 
@@ -133,10 +142,7 @@ fn features(path: &std::path::Path) -> Vec<f32> {
     small.pixels().flat_map(|p| p.0.map(f32::from)).collect()
 }
 
-fn nearest_centroid_accuracy(
-    train: &[(usize, Vec<f32>)],
-    test: &[(usize, Vec<f32>)],
-) -> f64 {
+fn nearest_centroid_accuracy(train: &[(usize, Vec<f32>)], test: &[(usize, Vec<f32>)]) -> f64 {
     let mut sums: HashMap<usize, (Vec<f32>, usize)> = HashMap::new();
     for (y, f) in train {
         let e = sums.entry(*y).or_insert_with(|| (vec![0.0; f.len()], 0));
@@ -153,7 +159,8 @@ fn nearest_centroid_accuracy(
             let best = cents
                 .iter()
                 .min_by(|a, b| {
-                    let d = |c: &Vec<f32>| c.iter().zip(f).map(|(x, z)| (x - z).powi(2)).sum::<f32>();
+                    let d =
+                        |c: &Vec<f32>| c.iter().zip(f).map(|(x, z)| (x - z).powi(2)).sum::<f32>();
                     d(&a.1).total_cmp(&d(&b.1))
                 })
                 .unwrap();
@@ -200,12 +207,19 @@ fn synth_classes_and_tasks_are_learnable_from_each_modality_alone() {
         _ => unreachable!(),
     };
     let pick = |split: Split| -> Vec<&delo::data::Item> {
-        (0..b.num_tasks()).flat_map(|t| b.split_items(t, split)).collect()
+        (0..b.num_tasks())
+            .flat_map(|t| b.split_items(t, split))
+            .collect()
     };
     let (train, test) = (pick(Split::Train), pick(Split::Test));
     let img = |v: &[&delo::data::Item], by_task: bool| -> Vec<(usize, Vec<f32>)> {
         v.iter()
-            .map(|it| (if by_task { it.task } else { class(it) }, features(&it.image_path)))
+            .map(|it| {
+                (
+                    if by_task { it.task } else { class(it) },
+                    features(&it.image_path),
+                )
+            })
             .collect()
     };
     let txt = |v: &[&delo::data::Item], by_task: bool| -> Vec<(usize, String)> {
@@ -235,7 +249,13 @@ fn benchmark_missing_table_aligns_with_splits() {
     let t = b.missing_table(1, Split::Train, &spec, 9);
     assert_eq!(t.len(), n);
     let m = n / 2;
-    assert_eq!(t.iter().filter(|&&x| x == MissingType::Image).count(), m / 2);
-    assert_eq!(t.iter().filter(|&&x| x == MissingType::Text).count(), m - m / 2);
+    assert_eq!(
+        t.iter().filter(|&&x| x == MissingType::Image).count(),
+        m / 2
+    );
+    assert_eq!(
+        t.iter().filter(|&&x| x == MissingType::Text).count(),
+        m - m / 2
+    );
     assert_eq!(t, b.missing_table(1, Split::Train, &spec, 9));
 }

@@ -75,8 +75,14 @@ fn batches_do_not_depend_on_the_thread_count() {
         assert_eq!(a, z, "epoch {epoch}: 1 thread vs inline");
     }
     // Epochs differ, and every item appears exactly once per epoch.
-    let e0: Vec<usize> = collect(&l3, 0).iter().flat_map(|b| b.samples.iter().map(|s| s.index)).collect();
-    let e1: Vec<usize> = collect(&l3, 1).iter().flat_map(|b| b.samples.iter().map(|s| s.index)).collect();
+    let e0: Vec<usize> = collect(&l3, 0)
+        .iter()
+        .flat_map(|b| b.samples.iter().map(|s| s.index))
+        .collect();
+    let e1: Vec<usize> = collect(&l3, 1)
+        .iter()
+        .flat_map(|b| b.samples.iter().map(|s| s.index))
+        .collect();
     assert_ne!(e0, e1);
     let all: BTreeSet<usize> = b.split_indices(1, Split::Train).iter().copied().collect();
     assert_eq!(e0.len(), all.len());
@@ -109,7 +115,10 @@ fn unshuffled_order_drop_last_and_labels() {
     assert_eq!(l.num_batches(), 4);
     let batches = collect(&l, 0);
     assert_eq!(batches.len(), 4);
-    let idx: Vec<usize> = batches.iter().flat_map(|x| x.samples.iter().map(|s| s.index)).collect();
+    let idx: Vec<usize> = batches
+        .iter()
+        .flat_map(|x| x.samples.iter().map(|s| s.index))
+        .collect();
     assert_eq!(idx, b.split_indices(1, Split::Train)[..20].to_vec());
     for batch in &batches {
         assert_eq!(batch.data.pixels.len(), batch.len() * 3 * 64);
@@ -199,7 +208,15 @@ fn bad_images_fail_clearly_or_are_skipped() {
     assert!(e.contains(&format!("item {}", items[3].item.index)), "{e}");
     assert!(it.next().is_none(), "the epoch stops at the first error");
 
-    let l = Loader::new(items.clone(), prep(), LoaderConfig { skip_bad: true, ..c.clone() }).unwrap();
+    let l = Loader::new(
+        items.clone(),
+        prep(),
+        LoaderConfig {
+            skip_bad: true,
+            ..c.clone()
+        },
+    )
+    .unwrap();
     let mut it = l.epoch(0);
     let batches: Vec<_> = it.by_ref().map(|b| b.unwrap()).collect();
     assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 8);
@@ -256,20 +273,38 @@ fn image_cache_serves_later_epochs() {
     assert_eq!(first, again);
     assert_eq!(collect(&l, 1).len(), 3);
     // Without the cache the deleted files are an error.
-    let l = Loader::new(items, prep(), LoaderConfig { cache_images: false, ..c }).unwrap();
+    let l = Loader::new(
+        items,
+        prep(),
+        LoaderConfig {
+            cache_images: false,
+            ..c
+        },
+    )
+    .unwrap();
     assert!(l.epoch(0).next().unwrap().is_err());
 }
 
 #[test]
 fn empty_input_and_zero_batch_are_errors() {
-    let e = Loader::new(Vec::new(), prep(), cfg(1)).err().unwrap().to_string();
-    assert!(e.contains("no items"), "{e}");
-    let dir = TempDir::new("loader-empty");
-    let items = jpeg_items(&dir, 2);
-    let e = Loader::new(items, prep(), LoaderConfig { batch_size: 0, ..cfg(1) })
+    let e = Loader::new(Vec::new(), prep(), cfg(1))
         .err()
         .unwrap()
         .to_string();
+    assert!(e.contains("no items"), "{e}");
+    let dir = TempDir::new("loader-empty");
+    let items = jpeg_items(&dir, 2);
+    let e = Loader::new(
+        items,
+        prep(),
+        LoaderConfig {
+            batch_size: 0,
+            ..cfg(1)
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("batch size"), "{e}");
 }
 
@@ -318,7 +353,10 @@ fn a_panicking_prep_is_reported_and_early_drop_stops_workers() {
     assert_eq!(results.len(), 3);
     assert_eq!(results[0].as_ref().unwrap().data, vec![0, 1]);
     let e = results[2].as_ref().unwrap_err().to_string();
-    assert!(e.contains("batch 2") && e.contains("flaky prep cannot handle item 5"), "{e}");
+    assert!(
+        e.contains("batch 2") && e.contains("flaky prep cannot handle item 5"),
+        "{e}"
+    );
     // Taking one batch of a long epoch and dropping the rest returns promptly.
     let mut it = l.epoch(1);
     assert!(it.next().unwrap().is_ok());
@@ -329,7 +367,9 @@ fn a_panicking_prep_is_reported_and_early_drop_stops_workers() {
 fn basic_prep_resizes_and_normalises() {
     let dir = TempDir::new("loader-basic");
     let p = dir.join("im.png");
-    image::RgbImage::from_pixel(5, 3, image::Rgb([255, 0, 51])).save(&p).unwrap();
+    image::RgbImage::from_pixel(5, 3, image::Rgb([255, 0, 51]))
+        .save(&p)
+        .unwrap();
     let item = Item {
         index: 0,
         task: 0,
@@ -343,7 +383,9 @@ fn basic_prep_resizes_and_normalises() {
     assert_eq!(px.len(), 48);
     assert!(px[..16].iter().all(|&v| (v - 1.0).abs() < 1e-6));
     assert!(px[16..32].iter().all(|&v| (v + 1.0).abs() < 1e-6));
-    assert!(px[32..].iter().all(|&v| (v - (51.0 / 127.5 - 1.0)).abs() < 1e-6));
+    assert!(px[32..]
+        .iter()
+        .all(|&v| (v - (51.0 / 127.5 - 1.0)).abs() < 1e-6));
     let e = BasicPrep { size: 4 }
         .image(&Item {
             image_path: Path::new("/nonexistent/x.jpg").into(),

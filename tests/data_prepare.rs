@@ -28,8 +28,10 @@ fn food_tree(raw: &Path, classes: &[String], n_train: usize, n_test: usize) {
                     (ci * 100 + k) as u32,
                 );
                 // Quoted text with a comma and a doubled quote on some rows.
-                if k % 3 == 0 {
-                    csv.push_str(&format!("{file},\"{c} recipe, the \"\"best\"\" {k}\",{c}\r\n"));
+                if k.is_multiple_of(3) {
+                    csv.push_str(&format!(
+                        "{file},\"{c} recipe, the \"\"best\"\" {k}\",{c}\r\n"
+                    ));
                 } else {
                     csv.push_str(&format!("{file},simple {c} {k},{c}\n"));
                 }
@@ -82,7 +84,11 @@ fn food101_counts_classes_tasks_and_links() {
         assert_eq!(it.task, c / 2);
         let folder = it.image.split('/').nth(1).unwrap();
         assert_eq!(folder, class_names[c]);
-        let dir = if it.split == Split::Test { "test" } else { "train" };
+        let dir = if it.split == Split::Test {
+            "test"
+        } else {
+            "train"
+        };
         assert!(it.image.starts_with(dir), "{}", it.image);
         assert_eq!(
             std::fs::read(&it.image_path).unwrap(),
@@ -189,7 +195,10 @@ fn food101_bad_inputs() {
     let e = prepare_food101(raw.path(), out.path(), &small_food_opts(0))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("test_titles.csv") && e.contains("line 7") && e.contains("3 columns"), "{e}");
+    assert!(
+        e.contains("test_titles.csv") && e.contains("line 7") && e.contains("3 columns"),
+        "{e}"
+    );
     // A test class with no train rows.
     write_image(&raw.join("images/test/ramen/ramen_0.jpg"), 4, 4, 1);
     write(&csv, "ramen_0.jpg,noodles,ramen\n");
@@ -214,10 +223,33 @@ fn food101_bad_inputs() {
 /// 27 genres with known frequencies: genre k is in `COUNTS[k]` movies; "Biography" (k = 19)
 /// and "Western" (k = 20) tie at the boundary, so the tie-break by name keeps Biography.
 const GENRES: [&str; 27] = [
-    "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror",
-    "Documentary", "Mystery", "Sci-Fi", "Fantasy", "Family", "Animation", "War", "History",
-    "Music", "Musical", "Sport", "Biography", "Western", "Short", "Adult", "News", "Reality-TV",
-    "Talk-Show", "Film-Noir",
+    "Drama",
+    "Comedy",
+    "Romance",
+    "Thriller",
+    "Crime",
+    "Action",
+    "Adventure",
+    "Horror",
+    "Documentary",
+    "Mystery",
+    "Sci-Fi",
+    "Fantasy",
+    "Family",
+    "Animation",
+    "War",
+    "History",
+    "Music",
+    "Musical",
+    "Sport",
+    "Biography",
+    "Western",
+    "Short",
+    "Adult",
+    "News",
+    "Reality-TV",
+    "Talk-Show",
+    "Film-Noir",
 ];
 
 fn count(k: usize) -> usize {
@@ -240,7 +272,10 @@ fn imdb_tree(raw: &Path, map_layout: bool) -> BTreeMap<String, Vec<&'static str>
     let mut split: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for m in 0..30usize {
         let id = format!("{m:07}");
-        let genres: Vec<&str> = (0..27).filter(|&k| count(k) > m).map(|k| GENRES[k]).collect();
+        let genres: Vec<&str> = (0..27)
+            .filter(|&k| count(k) > m)
+            .map(|k| GENRES[k])
+            .collect();
         movies.insert(id.clone(), genres);
         let s = match m % 5 {
             0..=2 => "train",
@@ -259,10 +294,16 @@ fn imdb_tree(raw: &Path, map_layout: bool) -> BTreeMap<String, Vec<&'static str>
             &serde_json::json!({"plot": plot, "genres": genres, "title": "x"}).to_string(),
         );
     }
-    write(&lbl_dir.join("0000098.json"), r#"{"plot":["p"],"genres":["Drama"]}"#);
+    write(
+        &lbl_dir.join("0000098.json"),
+        r#"{"plot":["p"],"genres":["Drama"]}"#,
+    );
     split.get_mut("test").unwrap().push("0000098".into());
     split.get_mut("dev").unwrap().push("0000097".into());
-    write(&raw.join("split.json"), &serde_json::to_string(&split).unwrap());
+    write(
+        &raw.join("split.json"),
+        &serde_json::to_string(&split).unwrap(),
+    );
     movies
 }
 
@@ -353,12 +394,21 @@ fn mmimdb_bad_inputs() {
         .to_string();
     assert!(e.contains("split.json"), "{e}");
     imdb_tree(raw.path(), false);
-    write(&raw.join("0000005.json"), r#"{"plot": ["p"], "genres": "Drama"}"#);
+    write(
+        &raw.join("0000005.json"),
+        r#"{"plot": ["p"], "genres": "Drama"}"#,
+    );
     let e = prepare_mmimdb(raw.path(), out.path(), &MmImdbOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("0000005.json") && e.contains("\"genres\""), "{e}");
-    write(&raw.join("0000005.json"), "{\"plot\": [\"p\"],\n \"genres\": [\"Drama\"");
+    assert!(
+        e.contains("0000005.json") && e.contains("\"genres\""),
+        "{e}"
+    );
+    write(
+        &raw.join("0000005.json"),
+        "{\"plot\": [\"p\"],\n \"genres\": [\"Drama\"",
+    );
     let e = prepare_mmimdb(raw.path(), out.path(), &MmImdbOptions::default())
         .unwrap_err()
         .to_string();

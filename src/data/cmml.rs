@@ -707,8 +707,8 @@ fn parse_item(path: &Path, i: usize, v: &Value, image_dir: &Path) -> Result<Item
                 let x = match e {
                     Value::Bool(b) => Some(u8::from(*b)),
                     Value::Number(n) => match n.as_f64() {
-                        Some(f) if f == 0.0 => Some(0),
-                        Some(f) if f == 1.0 => Some(1),
+                        Some(0.0) => Some(0),
+                        Some(1.0) => Some(1),
                         _ => None,
                     },
                     _ => None,

@@ -111,7 +111,7 @@ pub struct PrepareReport {
 
 impl std::fmt::Display for PrepareReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
+        write!(
             f,
             "wrote {} ({} items: {} train, {} val, {} test; {} classes in {} tasks)",
             self.json_path.display(),
@@ -123,13 +123,15 @@ impl std::fmt::Display for PrepareReport {
             self.num_tasks
         )?;
         if !self.dropped_classes.is_empty() {
-            writeln!(f, "dropped classes: {}", self.dropped_classes.join(", "))?;
+            write!(f, "\ndropped classes: {}", self.dropped_classes.join(", "))?;
         }
-        write!(
-            f,
-            "images: {} linked, {} copied",
-            self.images_linked, self.images_copied
-        )?;
+        if self.images_linked + self.images_copied > 0 {
+            write!(
+                f,
+                "\nimages: {} linked, {} copied",
+                self.images_linked, self.images_copied
+            )?;
+        }
         if !self.skipped.is_empty() {
             write!(f, "\nskipped {} raw entries:", self.skipped.len())?;
             for s in self.skipped.iter().take(10) {
