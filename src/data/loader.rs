@@ -351,13 +351,27 @@ impl<P: SamplePrep> Loader<P> {
             let (tx, rx) = sync_channel(self.inner.cfg.prefetch.max(1));
             let inner = Arc::clone(&self.inner);
             let batches = Arc::clone(&batches);
-            let stop = Arc::clone(&stop);
-            let handle = std::thread::Builder::new()
+            let worker_stop = Arc::clone(&stop);
+            let spawned = std::thread::Builder::new()
                 .name(format!("delo-loader-{w}"))
-                .spawn(move || worker(inner, batches, w, threads, stop, tx))
-                .expect("spawning a loader thread");
-            receivers.push(rx);
-            workers.push(Some(handle));
+                .spawn(move || worker(inner, batches, w, threads, worker_stop, tx));
+            match spawned {
+                Ok(handle) => {
+                    receivers.push(rx);
+                    workers.push(Some(handle));
+                }
+                Err(_) => {
+                    // No thread to be had (resource limits): prepare this epoch inline
+                    // rather than fail; the batches are the same either way.
+                    stop.store(true, Ordering::Relaxed);
+                    receivers.clear();
+                    for h in workers.drain(..).flatten() {
+                        let _ = h.join();
+                    }
+                    stop.store(false, Ordering::Relaxed);
+                    break;
+                }
+            }
         }
         EpochIter {
             inner: Arc::clone(&self.inner),
