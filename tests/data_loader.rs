@@ -192,6 +192,11 @@ fn bad_images_fail_clearly_or_are_skipped() {
     let items = jpeg_items(&dir, 10);
     let corrupt = items[3].item.image_path.clone();
     std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+    // A JPEG (by its magic bytes) whose data is garbage.
+    let bad_jpeg = items[5].item.image_path.clone();
+    let mut bytes = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00".to_vec();
+    bytes.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
+    std::fs::write(&bad_jpeg, bytes).unwrap();
     let gone = items[7].item.image_path.clone();
     std::fs::remove_file(&gone).unwrap();
     let c = LoaderConfig {
@@ -219,19 +224,28 @@ fn bad_images_fail_clearly_or_are_skipped() {
     .unwrap();
     let mut it = l.epoch(0);
     let batches: Vec<_> = it.by_ref().map(|b| b.unwrap()).collect();
-    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 8);
+    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 7);
     let skipped: Vec<_> = it.skipped().to_vec();
-    assert_eq!(skipped.len(), 2);
+    assert_eq!(skipped.len(), 3);
     assert_eq!(skipped[0].path, corrupt);
-    assert_eq!(skipped[1].path, gone);
-    assert!(skipped[1].error.contains(&gone.display().to_string()));
-    assert_eq!(batches[1].skipped.len(), 1);
+    assert_eq!(skipped[1].path, bad_jpeg);
+    assert_eq!(skipped[2].path, gone);
+    for s in &skipped {
+        assert!(
+            s.error.contains(&s.path.display().to_string()),
+            "{}",
+            s.error
+        );
+    }
+    assert!(skipped[1].error.contains("decode"), "{}", skipped[1].error);
+    assert_eq!(batches[1].skipped.len(), 2);
     assert_eq!(batches[2].skipped.len(), 1);
 
     // A missing file that is marked image-missing is never read.
     let mut items2 = items.clone();
-    items2[3].missing = MissingType::Image;
-    items2[7].missing = MissingType::Image;
+    for k in [3, 5, 7] {
+        items2[k].missing = MissingType::Image;
+    }
     let l = Loader::new(items2, prep(), c).unwrap();
     assert_eq!(collect(&l, 0).iter().map(|b| b.len()).sum::<usize>(), 10);
 }
