@@ -8,11 +8,11 @@ pub enum Error {
     #[error("shape error in {op}: {msg}")]
     Shape { op: &'static str, msg: String },
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// The reason is part of the message (not a `source`), so a report prints it once.
+    #[error("{}: {reason}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// A file was read but its content is not what was expected.
     #[error("{}: {msg}", path.display())]
@@ -40,7 +40,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            reason: source,
         }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

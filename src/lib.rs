@@ -5,6 +5,7 @@
 pub mod autograd;
 pub mod backend;
 pub mod bench;
+pub mod data;
 pub mod delo;
 pub mod error;
 pub mod params;

@@ -1,0 +1,168 @@
+//! Loader throughput (samples/s) with the reference `BasicPrep`: the synthetic benchmark
+//! (64×64 PNG) and 384×384 JPEGs (the paper's image size), with 0 (inline), 1 and 2 worker
+//! threads, plus a second epoch served from the image cache. The consumer only touches the
+//! pixels, so this is the rate the loader can feed a training step at.
+//!
+//! Run: `cargo bench --bench loader`. Absolute numbers on a shared machine are noise; compare
+//! rows of one run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use delo::data::{
+    synth, BasicPrep, Benchmark, Loader, LoaderConfig, MissingSpec, Split, SynthConfig,
+};
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp(tag: &str) -> Dir {
+    let p = std::env::temp_dir().join(format!("delo-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    Dir(p)
+}
+
+/// A benchmark of `n` 384×384 JPEGs (one task, two classes) with photo-like content: smooth
+/// gradients plus noise, so decoding costs what a real photo costs.
+fn jpeg_benchmark(dir: &Path, n: usize) -> PathBuf {
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut items = Vec::new();
+    let mut state = 0x1234_5678u32;
+    for k in 0..n {
+        let img = image::RgbImage::from_fn(384, 384, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = state % 48;
+            image::Rgb([
+                ((x + k as u32 * 7) % 256 / 2 + noise) as u8,
+                ((y * 2) % 256 / 2 + noise) as u8,
+                (((x + y) / 3) % 256 / 2 + noise) as u8,
+            ])
+        });
+        let name = format!("{k:04}.jpg");
+        img.save(images.join(&name)).unwrap();
+        for split in ["train", "val", "test"] {
+            if split == "train" || k < 2 {
+                items.push(serde_json::json!({
+                    "task_id": 0, "split": split, "image": name,
+                    "text": format!("a photo number {k}"), "label": k % 2,
+                }));
+            }
+        }
+    }
+    let json = dir.join("jpeg.json");
+    std::fs::write(&json, serde_json::to_string(&items).unwrap()).unwrap();
+    json
+}
+
+/// Samples/s over one epoch (best of `reps` epochs, epochs 0..reps).
+fn rate(loader: &Loader<BasicPrep>, reps: u64) -> f64 {
+    let mut best = 0f64;
+    for epoch in 0..reps {
+        let t0 = Instant::now();
+        let mut n = 0usize;
+        let mut sink = 0f32;
+        for b in loader.epoch(epoch) {
+            let b = b.unwrap();
+            n += b.len();
+            sink += b.data.pixels.iter().step_by(97).sum::<f32>();
+        }
+        std::hint::black_box(sink);
+        best = best.max(n as f64 / t0.elapsed().as_secs_f64());
+    }
+    best
+}
+
+fn main() {
+    let synth_dir = temp("synth");
+    let cfg = SynthConfig {
+        per_class: 100,
+        ..SynthConfig::default()
+    };
+    let t0 = Instant::now();
+    let rep = synth(&synth_dir.0, &cfg).unwrap();
+    let synth_s = t0.elapsed().as_secs_f64();
+    let synth_default = temp("synth-default");
+    let t0 = Instant::now();
+    synth(&synth_default.0, &SynthConfig::default()).unwrap();
+    let synth_default_s = t0.elapsed().as_secs_f64();
+
+    let jpeg_dir = temp("jpeg");
+    let t0 = Instant::now();
+    let jpeg_json = jpeg_benchmark(&jpeg_dir.0, 96);
+    let jpeg_s = t0.elapsed().as_secs_f64();
+
+    println!("synth defaults: {synth_default_s:.2} s; synth 3x4x100: {synth_s:.2} s; 96 JPEGs 384x384 written in {jpeg_s:.2} s");
+    println!(
+        "{:<28} {:>7} {:>6} {:>12}",
+        "data (prep)", "threads", "cache", "samples/s"
+    );
+    let cases = [
+        ("synth 64px PNG (64px)", rep.json_path.clone(), 64u32),
+        ("synth 64px PNG (384px)", rep.json_path.clone(), 384),
+        ("JPEG 384px (384px)", jpeg_json, 384),
+    ];
+    for (name, json, size) in cases {
+        let bench = Benchmark::load(&json).unwrap();
+        for threads in [0usize, 1, 2] {
+            let loader = Loader::from_benchmark(
+                &bench,
+                0,
+                Split::Train,
+                &MissingSpec::NONE,
+                0,
+                Arc::new(BasicPrep { size }),
+                LoaderConfig {
+                    batch_size: 16,
+                    shuffle: true,
+                    threads,
+                    prefetch: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            println!(
+                "{name:<28} {threads:>7} {:>6} {:>12.0}",
+                "off",
+                rate(&loader, 2)
+            );
+        }
+        // The cache: the first epoch fills it, the timed ones are served from memory.
+        let loader = Loader::from_benchmark(
+            &bench,
+            0,
+            Split::Train,
+            &MissingSpec::NONE,
+            0,
+            Arc::new(BasicPrep { size }),
+            LoaderConfig {
+                batch_size: 16,
+                shuffle: true,
+                threads: 2,
+                cache_images: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        rate(&loader, 1);
+        println!(
+            "{name:<28} {:>7} {:>6} {:>12.0}",
+            2,
+            "warm",
+            rate(&loader, 2)
+        );
+    }
+    println!(
+        "(shared machine with {} CPUs: compare rows of one run, not absolute numbers)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+}

@@ -1,0 +1,299 @@
+//! UPMC-Food101 → CMML (single-label, 10 tasks × 10 classes by default).
+//!
+//! Raw layout (as in the MAP instructions): `images/{train,test}/<class>/<file>.jpg` and
+//! `texts/{train,test}_titles.csv` (no header; columns: image file name, text, class name),
+//! optionally `split.json` (`{"train": [files], "val" | "dev": [files], "test": [files]}`).
+//!
+//! - Rows whose image file does not exist, duplicate rows and (with `split.json`) rows it
+//!   does not list are left out and reported.
+//! - Val: the files `split.json` lists under `val`/`dev`; without it, a seeded 10% of each
+//!   class's train rows (rounded, at least one when the class has two or more).
+//! - Classes: the class names of the train rows, sorted; a seeded choice of them is dropped so
+//!   that `tasks × classes_per_task` remain (101 → 100); the rest are put in a seeded order.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::{
+    csv, read_json, string_list, write_benchmark, ImageLinker, OutItem, OutMeta, OutText,
+    PrepareReport,
+};
+use crate::data::cmml::{Label, LabelKind, Split};
+use crate::data::rng::{hash_str, DetRng};
+use crate::error::{Error, Result};
+
+/// The benchmark file name the RebQ code uses.
+pub const FOOD101_JSON: &str = "UPMC-Food101-CMML.json";
+
+/// Options of `delo prepare food101`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Food101Options {
+    pub seed: u64,
+    pub tasks: usize,
+    pub classes_per_task: usize,
+}
+
+impl Default for Food101Options {
+    fn default() -> Self {
+        Food101Options {
+            seed: 0,
+            tasks: 10,
+            classes_per_task: 10,
+        }
+    }
+}
+
+/// One usable CSV row.
+struct Row {
+    file: String,
+    text: String,
+    class: String,
+}
+
+/// Reads `texts/<split>_titles.csv`, keeping rows whose image exists (others go to `skipped`).
+fn read_rows(raw: &Path, split_dir: &str, skipped: &mut Vec<String>) -> Result<Vec<Row>> {
+    let path = raw.join("texts").join(format!("{split_dir}_titles.csv"));
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let mut rows = Vec::new();
+    let mut seen = HashSet::new();
+    for (line, fields) in csv::parse(&text, &path)? {
+        if fields.len() != 3 {
+            return Err(Error::format(
+                &path,
+                format!(
+                    "line {line}: expected 3 columns (image file, text, class), found {}",
+                    fields.len()
+                ),
+            ));
+        }
+        let [file, text, class]: [String; 3] = fields.try_into().expect("three fields");
+        let (file, class) = (file.trim().to_string(), class.trim().to_string());
+        if file.is_empty() || class.is_empty() {
+            return Err(Error::format(
+                &path,
+                format!("line {line}: the image file name and the class name must not be empty"),
+            ));
+        }
+        if class.contains(['/', '\\']) || file.contains(['/', '\\']) || class == ".." {
+            return Err(Error::format(
+                &path,
+                format!("line {line}: file and class names must not contain path separators"),
+            ));
+        }
+        if !seen.insert(file.clone()) {
+            skipped.push(format!("{split_dir}/{file}: duplicate row (line {line})"));
+            continue;
+        }
+        let image = raw.join("images").join(split_dir).join(&class).join(&file);
+        if !image.is_file() {
+            skipped.push(format!("{split_dir}/{class}/{file}: image file not found"));
+            continue;
+        }
+        rows.push(Row { file, text, class });
+    }
+    Ok(rows)
+}
+
+/// The file lists of an optional `split.json`.
+struct SplitFile {
+    train: Option<HashSet<String>>,
+    val: HashSet<String>,
+    test: Option<HashSet<String>>,
+}
+
+fn read_split_file(path: &Path) -> Result<SplitFile> {
+    let v = read_json(path)?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| Error::format(path, "expected an object of file lists"))?;
+    let list = |k: &str| -> Result<Option<HashSet<String>>> {
+        obj.get(k)
+            .map(|x| {
+                Ok(string_list(x, path, &format!("field \"{k}\""))?
+                    .into_iter()
+                    .collect())
+            })
+            .transpose()
+    };
+    let val = match (list("val")?, list("dev")?) {
+        (Some(v), _) | (None, Some(v)) => v,
+        (None, None) => {
+            return Err(Error::format(
+                path,
+                "no \"val\" (or \"dev\") list: it is what split.json is read for",
+            ))
+        }
+    };
+    Ok(SplitFile {
+        train: list("train")?,
+        val,
+        test: list("test")?,
+    })
+}
+
+/// Prepares UPMC-Food101-CMML from `raw` into `out`. See the module doc for the rules.
+pub fn prepare_food101(raw: &Path, out: &Path, opts: &Food101Options) -> Result<PrepareReport> {
+    if opts.tasks == 0 || opts.classes_per_task == 0 {
+        return Err(Error::Msg(
+            "tasks and classes per task must be at least 1".into(),
+        ));
+    }
+    let mut skipped = Vec::new();
+    let train_rows = read_rows(raw, "train", &mut skipped)?;
+    let test_rows = read_rows(raw, "test", &mut skipped)?;
+
+    let all_classes: Vec<String> = train_rows
+        .iter()
+        .map(|r| r.class.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let keep = opts.tasks * opts.classes_per_task;
+    if all_classes.len() < keep {
+        return Err(Error::Msg(format!(
+            "{}: the train rows have {} classes, fewer than {} tasks × {} classes",
+            raw.display(),
+            all_classes.len(),
+            opts.tasks,
+            opts.classes_per_task
+        )));
+    }
+    let known: HashSet<&str> = all_classes.iter().map(String::as_str).collect();
+    if let Some(r) = test_rows.iter().find(|r| !known.contains(r.class.as_str())) {
+        return Err(Error::format(
+            raw.join("texts/test_titles.csv"),
+            format!("row {}: class {:?} has no train rows", r.file, r.class),
+        ));
+    }
+
+    // Drop, then order, each from its own seeded stream.
+    let mut shuffled = all_classes.clone();
+    DetRng::derived("food101-drop", &[opts.seed]).shuffle(&mut shuffled);
+    let mut dropped: Vec<String> = shuffled[..all_classes.len() - keep].to_vec();
+    dropped.sort();
+    let mut order: Vec<String> = all_classes
+        .iter()
+        .filter(|c| !dropped.contains(c))
+        .cloned()
+        .collect();
+    DetRng::derived("food101-order", &[opts.seed]).shuffle(&mut order);
+    let class_id: BTreeMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+
+    // (split, global class) → rows sorted by file name.
+    let mut groups: BTreeMap<(Split, usize), Vec<&Row>> = BTreeMap::new();
+    let split_file = raw.join("split.json");
+    let split_lists = if split_file.is_file() {
+        Some(read_split_file(&split_file)?)
+    } else {
+        None
+    };
+    if let Some(sf) = &split_lists {
+        for r in &train_rows {
+            let Some(&c) = class_id.get(r.class.as_str()) else {
+                continue;
+            };
+            let split = if sf.val.contains(&r.file) {
+                Split::Val
+            } else if sf.train.as_ref().is_some_and(|t| !t.contains(&r.file)) {
+                skipped.push(format!(
+                    "train/{}/{}: not listed in split.json",
+                    r.class, r.file
+                ));
+                continue;
+            } else {
+                Split::Train
+            };
+            groups.entry((split, c)).or_default().push(r);
+        }
+    } else {
+        let mut by_class: BTreeMap<usize, Vec<&Row>> = BTreeMap::new();
+        for r in &train_rows {
+            if let Some(&c) = class_id.get(r.class.as_str()) {
+                by_class.entry(c).or_default().push(r);
+            }
+        }
+        for (c, mut rows) in by_class {
+            rows.sort_by(|a, b| a.file.cmp(&b.file));
+            // Seeded per class (by its name, so the choice does not move when classes drop).
+            DetRng::derived("food101-val", &[opts.seed, hash_str(&order[c])]).shuffle(&mut rows);
+            let n = rows.len();
+            let n_val = if n >= 2 {
+                ((n as f64 * 0.1).round() as usize).max(1)
+            } else {
+                0
+            };
+            let (val, train) = rows.split_at(n_val);
+            groups.entry((Split::Val, c)).or_default().extend(val);
+            groups.entry((Split::Train, c)).or_default().extend(train);
+        }
+    }
+    let test_list = split_lists.and_then(|s| s.test);
+    for r in &test_rows {
+        let Some(&c) = class_id.get(r.class.as_str()) else {
+            continue;
+        };
+        if test_list.as_ref().is_some_and(|t| !t.contains(&r.file)) {
+            skipped.push(format!(
+                "test/{}/{}: not listed in split.json",
+                r.class, r.file
+            ));
+            continue;
+        }
+        groups.entry((Split::Test, c)).or_default().push(r);
+    }
+
+    let mut linker = ImageLinker::new(raw, out)?;
+    let mut items = Vec::new();
+    for t in 0..opts.tasks {
+        for split in Split::ALL {
+            let dir = if split == Split::Test {
+                "test"
+            } else {
+                "train"
+            };
+            for c in t * opts.classes_per_task..(t + 1) * opts.classes_per_task {
+                let mut rows = groups.remove(&(split, c)).unwrap_or_default();
+                rows.sort_by(|a, b| a.file.cmp(&b.file));
+                for r in rows {
+                    let rel = format!("{dir}/{}/{}", r.class, r.file);
+                    let src: PathBuf = raw.join("images").join(&rel);
+                    linker.link(&src, &rel)?;
+                    items.push(OutItem::new(
+                        t,
+                        split,
+                        rel,
+                        OutText::One(r.text.clone()),
+                        Label::Single(c),
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut meta = OutMeta::new(
+        "UPMC-Food101-CMML",
+        LabelKind::Single,
+        order.clone(),
+        "delo prepare food101",
+    );
+    meta.tasks = opts.tasks;
+    meta.classes_per_task = opts.classes_per_task;
+    meta.seed = opts.seed;
+    meta.dropped_classes = dropped.clone();
+    let (json_path, split_counts) = write_benchmark(out, FOOD101_JSON, &items, &meta)?;
+    Ok(PrepareReport {
+        json_path,
+        num_items: items.len(),
+        split_counts,
+        num_classes: keep,
+        num_tasks: opts.tasks,
+        dropped_classes: dropped,
+        skipped,
+        images_linked: linker.linked,
+        images_copied: linker.copied,
+    })
+}
