@@ -4,8 +4,10 @@
 
 pub mod autograd;
 pub mod backend;
+pub mod data;
 pub mod error;
 pub mod tensor;
+pub mod vilt;
 
 pub use backend::{Backend, Device};
 pub use error::{Error, Result};

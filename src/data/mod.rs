@@ -1,0 +1,4 @@
+//! Data: tokenizer and image pre-processing.
+
+pub mod image;
+pub mod tokenizer;
