@@ -3,11 +3,11 @@
 //! Decode (the `image` crate, JPEG and PNG) → RGB8 → resize → x/255 → (x − 0.5)/0.5 → CHW f32.
 //! Resizing is a port of Pillow's `Image.resize(..., BICUBIC)` for 8-bit images (separable
 //! Keys cubic with a = −0.5, support scaled by the down-sampling factor, 22-bit fixed-point
-//! coefficients, horizontal pass then vertical pass, each rounded and clipped to u8), which is
-//! what transformers' PIL image processor calls. It is bit-exact with Pillow (checked against
-//! Pillow 11 by `scripts/fixtures/make_image_fixture.py`), not the `image` crate's own
-//! CatmullRom filter, which keeps f32 intermediates, runs the passes in the other order and so
-//! differs from PIL by up to a few grey levels.
+//! coefficients, two separable passes each rounded and clipped to u8), which is
+//! what transformers' PIL image processor calls. It is bit-exact with Pillow 13 (checked by
+//! `tests/vilt_preprocess.rs` against `scripts/fixtures/make_preprocess_fixture.py`). The
+//! `image` crate's own CatmullRom filter is the same kernel but keeps f32 intermediates and
+//! different rounding, so it is not used.
 //!
 //! Two resize modes: ViLT's shortest-edge resize (shortest side 384, longest ≤ 639, both sides
 //! floored to multiples of 32), and a forced S×S square (`--image-size S`, as the CMML code).
@@ -193,7 +193,9 @@ fn normalize(img: &RgbImage) -> PixelImage {
 /// pixel mask, as `ViltImageProcessor(do_pad=True)`.
 pub fn collate_images(images: &[PixelImage]) -> Result<ImageBatch> {
     if images.is_empty() {
-        return Err(Error::Msg("cannot build an image batch of zero images".into()));
+        return Err(Error::Msg(
+            "cannot build an image batch of zero images".into(),
+        ));
     }
     for (i, im) in images.iter().enumerate() {
         if im.data.len() != 3 * im.height * im.width {
@@ -302,55 +304,80 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Pillow's horizontal pass over RGB8 rows (`ImagingResampleHorizontal_8bpc`).
+fn pass_horizontal(src: &[u8], w: usize, h: usize, out_w: usize) -> Vec<u8> {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let c = precompute_coeffs(w, out_w);
+    let mut out = vec![0u8; h * out_w * 3];
+    for y in 0..h {
+        let row = &src[y * w * 3..(y + 1) * w * 3];
+        for (xx, &(xmin, xmax)) in c.bounds.iter().enumerate() {
+            let k = &c.kk[xx * c.ksize..xx * c.ksize + xmax];
+            let mut ss = [half; 3];
+            for (x, &kx) in k.iter().enumerate() {
+                let p = &row[(x + xmin) * 3..(x + xmin) * 3 + 3];
+                for ch in 0..3 {
+                    ss[ch] += p[ch] as i32 * kx;
+                }
+            }
+            for ch in 0..3 {
+                out[(y * out_w + xx) * 3 + ch] = clip8(ss[ch]);
+            }
+        }
+    }
+    out
+}
+
+/// Pillow's vertical pass over RGB8 columns (`ImagingResampleVertical_8bpc`).
+fn pass_vertical(src: &[u8], w: usize, h: usize, out_h: usize) -> Vec<u8> {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let c = precompute_coeffs(h, out_h);
+    let mut out = vec![0u8; out_h * w * 3];
+    for (yy, &(ymin, ymax)) in c.bounds.iter().enumerate() {
+        let k = &c.kk[yy * c.ksize..yy * c.ksize + ymax];
+        for xx in 0..w * 3 {
+            let mut ss = half;
+            for (y, &ky) in k.iter().enumerate() {
+                ss += src[(y + ymin) * w * 3 + xx] as i32 * ky;
+            }
+            out[yy * w * 3 + xx] = clip8(ss);
+        }
+    }
+    out
+}
+
 /// Resizes an RGB8 image to `out_w × out_h` exactly as Pillow's
 /// `Image.resize((out_w, out_h), Image.BICUBIC)` does (see the module doc).
+///
+/// Pass order follows Pillow ≥ 13 (python-pillow/Pillow#9549): the vertical pass runs first
+/// when the height shrinks by more than twice as many pixels as the width; older Pillow always
+/// runs the horizontal pass first. The order only changes rounding of the 8-bit intermediate
+/// (±1 grey level on some pixels), e.g. for portrait photos squashed to a square.
 pub fn resize_bicubic_pil(img: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     let (out_w, out_h) = (out_w as usize, out_h as usize);
     if out_w == 0 || out_h == 0 {
         return RgbImage::new(out_w as u32, out_h as u32);
     }
-    let half = 1i32 << (PRECISION_BITS - 1);
+    let dh = in_h as i64 - out_h as i64;
+    let dw = in_w as i64 - out_w as i64;
+    let vertical_first = dh > 0 && dh > 2 * dw;
     let mut cur: Vec<u8> = img.as_raw().clone();
-    let mut cur_w = in_w;
-    if out_w != in_w {
-        let c = precompute_coeffs(in_w, out_w);
-        let mut out = vec![0u8; in_h * out_w * 3];
-        for y in 0..in_h {
-            let row = &cur[y * cur_w * 3..(y + 1) * cur_w * 3];
-            for (xx, &(xmin, xmax)) in c.bounds.iter().enumerate() {
-                let k = &c.kk[xx * c.ksize..xx * c.ksize + xmax];
-                let mut ss = [half; 3];
-                for (x, &kx) in k.iter().enumerate() {
-                    let p = &row[(x + xmin) * 3..(x + xmin) * 3 + 3];
-                    for ch in 0..3 {
-                        ss[ch] += p[ch] as i32 * kx;
-                    }
-                }
-                for ch in 0..3 {
-                    out[(y * out_w + xx) * 3 + ch] = clip8(ss[ch]);
-                }
-            }
+    // Pillow skips a pass whose size does not change; so do we.
+    if vertical_first {
+        cur = pass_vertical(&cur, in_w, in_h, out_h);
+        if out_w != in_w {
+            cur = pass_horizontal(&cur, in_w, out_h, out_w);
         }
-        cur = out;
-        cur_w = out_w;
-    }
-    if out_h != in_h {
-        let c = precompute_coeffs(in_h, out_h);
-        let mut out = vec![0u8; out_h * cur_w * 3];
-        for (yy, &(ymin, ymax)) in c.bounds.iter().enumerate() {
-            let k = &c.kk[yy * c.ksize..yy * c.ksize + ymax];
-            for xx in 0..cur_w * 3 {
-                let mut ss = half;
-                for (y, &ky) in k.iter().enumerate() {
-                    ss += cur[(y + ymin) * cur_w * 3 + xx] as i32 * ky;
-                }
-                out[yy * cur_w * 3 + xx] = clip8(ss);
-            }
+    } else {
+        if out_w != in_w {
+            cur = pass_horizontal(&cur, in_w, in_h, out_w);
         }
-        cur = out;
+        if out_h != in_h {
+            cur = pass_vertical(&cur, out_w, in_h, out_h);
+        }
     }
-    RgbImage::from_raw(cur_w as u32, out_h as u32, cur).expect("buffer sized for the image")
+    RgbImage::from_raw(out_w as u32, out_h as u32, cur).expect("buffer sized for the image")
 }
 
 #[cfg(test)]

@@ -117,15 +117,18 @@ impl BertTokenizer {
 
     /// bert-base-uncased from the embedded vocabulary.
     pub fn bert_base_uncased() -> Self {
-        Self::from_vocab_str(BERT_UNCASED_VOCAB, Path::new("<embedded bert-base-uncased vocab>"))
-            .expect("the embedded vocabulary is a valid BERT vocabulary")
+        Self::from_vocab_str(
+            BERT_UNCASED_VOCAB,
+            Path::new("<embedded bert-base-uncased vocab>"),
+        )
+        .expect("the embedded vocabulary is a valid BERT vocabulary")
     }
 
     fn wrap(tok: Tokenizer, source: &Path) -> Result<Self> {
         let id = |t: &str| -> Result<i32> {
-            tok.token_to_id(t).map(|i| i as i32).ok_or_else(|| {
-                Error::format(source, format!("the vocabulary has no {t} token"))
-            })
+            tok.token_to_id(t)
+                .map(|i| i as i32)
+                .ok_or_else(|| Error::format(source, format!("the vocabulary has no {t} token")))
         };
         let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
         let vocab_size = tok.get_vocab_size(true);

@@ -224,9 +224,11 @@ mod tests {
 
     #[test]
     fn missing_fields_take_b32_defaults() {
-        let cfg =
-            ViltConfig::from_json_str(r#"{"hidden_size": 64, "num_attention_heads": 4}"#, Path::new("c.json"))
-                .unwrap();
+        let cfg = ViltConfig::from_json_str(
+            r#"{"hidden_size": 64, "num_attention_heads": 4}"#,
+            Path::new("c.json"),
+        )
+        .unwrap();
         assert_eq!(cfg.hidden_size, 64);
         assert_eq!(cfg.num_hidden_layers, 12);
         assert_eq!(cfg.max_position_embeddings, 40);
@@ -243,7 +245,10 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("dir/config.json"), "{err}");
-        assert!(err.contains("not a multiple of num_attention_heads 4"), "{err}");
+        assert!(
+            err.contains("not a multiple of num_attention_heads 4"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -16,9 +16,7 @@ use crate::data::tokenizer::BERT_UNCASED_VOCAB;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::vilt::config::ViltConfig;
-use crate::vilt::weights::{
-    expected_shapes, write_atomic, ViltWeights, CONFIG_FILE, WEIGHTS_FILE,
-};
+use crate::vilt::weights::{expected_shapes, write_atomic, ViltWeights, CONFIG_FILE, WEIGHTS_FILE};
 
 /// A named model size for `init-model`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,13 +145,28 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(w.layers[0].layernorm_before.weight.f32s().unwrap().iter().all(|&x| x == 1.0));
+        assert!(w.layers[0]
+            .layernorm_before
+            .weight
+            .f32s()
+            .unwrap()
+            .iter()
+            .all(|&x| x == 1.0));
         assert!(w.pooler.bias.f32s().unwrap().iter().all(|&x| x == 0.0));
-        assert!(w.embeddings.cls_token.f32s().unwrap().iter().all(|&x| x == 0.0));
+        assert!(w
+            .embeddings
+            .cls_token
+            .f32s()
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0.0));
         let q = w.layers[1].attention.query.weight.f32s().unwrap();
         let mean = q.iter().sum::<f32>() / q.len() as f32;
         let sd = (q.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / q.len() as f32).sqrt();
-        assert!(mean.abs() < 0.01 && (sd - 0.02).abs() < 0.005, "mean {mean} sd {sd}");
+        assert!(
+            mean.abs() < 0.01 && (sd - 0.02).abs() < 0.005,
+            "mean {mean} sd {sd}"
+        );
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub fn image_positions_padded(
     let r = resize_image_positions(grid, grid_h, grid_w, dim, h_b, w_b)?;
     let mut out = vec![0f32; gh * gw * dim];
     for i in 0..h_b {
-        out[i * gw * dim..(i * gw + w_b) * dim].copy_from_slice(&r[i * w_b * dim..(i + 1) * w_b * dim]);
+        out[i * gw * dim..(i * gw + w_b) * dim]
+            .copy_from_slice(&r[i * w_b * dim..(i + 1) * w_b * dim]);
     }
     Ok(out)
 }
@@ -177,7 +178,10 @@ mod tests {
         assert_eq!(stretch_text_positions(&t, 2, 2, 2).unwrap(), t);
         let out = stretch_text_positions(&t, 2, 2, 4).unwrap();
         assert_eq!(&out[..2], &[1.0, -1.0]);
-        assert!((out[2] - 1.25).abs() < 1e-6 && (out[3] + 1.25).abs() < 1e-6, "{out:?}");
+        assert!(
+            (out[2] - 1.25).abs() < 1e-6 && (out[3] + 1.25).abs() < 1e-6,
+            "{out:?}"
+        );
         assert!(stretch_text_positions(&t, 3, 2, 4).is_err());
     }
 
@@ -191,7 +195,10 @@ mod tests {
             assert!((a - b).abs() < 1e-6, "{out:?}");
         }
         // To 1×1: align_corners picks cell (0, 0).
-        assert_eq!(resize_image_positions(&g, 2, 2, 1, 1, 1).unwrap(), vec![0.0]);
+        assert_eq!(
+            resize_image_positions(&g, 2, 2, 1, 1, 1).unwrap(),
+            vec![0.0]
+        );
         assert!(resize_image_positions(&g, 2, 2, 1, 0, 3).is_err());
     }
 

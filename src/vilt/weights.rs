@@ -315,9 +315,9 @@ struct Taker<'a> {
 
 impl Taker<'_> {
     fn take(&mut self, name: &str) -> Result<Tensor> {
-        self.map.remove(name).ok_or_else(|| {
-            Error::format(self.source, format!("missing tensor `{name}`"))
-        })
+        self.map
+            .remove(name)
+            .ok_or_else(|| Error::format(self.source, format!("missing tensor `{name}`")))
     }
     fn linear(&mut self, prefix: &str) -> Result<Linear> {
         Ok(Linear {
@@ -460,7 +460,10 @@ impl ViltWeights {
         let mut v: Vec<(String, &Tensor)> = Vec::new();
         let e = &self.embeddings;
         let te = "embeddings.text_embeddings";
-        v.push((format!("{te}.word_embeddings.weight"), &e.text.word_embeddings));
+        v.push((
+            format!("{te}.word_embeddings.weight"),
+            &e.text.word_embeddings,
+        ));
         v.push((
             format!("{te}.position_embeddings.weight"),
             &e.text.position_embeddings,
@@ -480,7 +483,10 @@ impl ViltWeights {
             &e.patch.bias,
         ));
         v.push(("embeddings.cls_token".into(), &e.cls_token));
-        v.push(("embeddings.position_embeddings".into(), &e.position_embeddings));
+        v.push((
+            "embeddings.position_embeddings".into(),
+            &e.position_embeddings,
+        ));
         v.push((
             "embeddings.token_type_embeddings.weight".into(),
             &e.token_type_embeddings,
@@ -500,10 +506,22 @@ impl ViltWeights {
             lin(&mut v, format!("{pre}.attention.attention.key"), &a.key);
             lin(&mut v, format!("{pre}.attention.attention.value"), &a.value);
             lin(&mut v, format!("{pre}.attention.output.dense"), &a.output);
-            lin(&mut v, format!("{pre}.intermediate.dense"), &layer.intermediate);
+            lin(
+                &mut v,
+                format!("{pre}.intermediate.dense"),
+                &layer.intermediate,
+            );
             lin(&mut v, format!("{pre}.output.dense"), &layer.output);
-            ln(&mut v, format!("{pre}.layernorm_before"), &layer.layernorm_before);
-            ln(&mut v, format!("{pre}.layernorm_after"), &layer.layernorm_after);
+            ln(
+                &mut v,
+                format!("{pre}.layernorm_before"),
+                &layer.layernorm_before,
+            );
+            ln(
+                &mut v,
+                format!("{pre}.layernorm_after"),
+                &layer.layernorm_after,
+            );
         }
         ln(&mut v, "layernorm".into(), &self.layernorm);
         lin(&mut v, "pooler.dense".into(), &self.pooler);
