@@ -10,6 +10,7 @@ pub mod delo;
 pub mod error;
 pub mod params;
 pub mod tensor;
+pub mod vilt;
 
 pub use backend::{Backend, Device};
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Data: the CMML benchmark format, `delo prepare` for the raw datasets, the synthetic
-//! benchmark, missing-modality tables and the threaded prefetching loader.
+//! benchmark, missing-modality tables, the threaded prefetching loader, and the model's input
+//! pre-processing (BERT tokenizer, ViLT image processor).
 //!
 //! The pieces fit together like this:
 //! - [`Benchmark::load`] reads a CMML JSON (RebQ's format, see `spec/CMML.md`) and validates it;
@@ -13,11 +14,13 @@
 //! the `rand` crate and across platforms.
 
 pub mod cmml;
+pub mod image;
 pub mod loader;
 pub mod missing;
 pub mod prepare;
 pub mod rng;
 pub mod synth;
+pub mod tokenizer;
 
 pub use cmml::{Benchmark, Item, Label, LabelKind, Meta, Split, Task};
 pub use loader::{

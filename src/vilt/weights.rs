@@ -1,0 +1,604 @@
+//! The backbone's parameters, pulled by their Hugging Face names from a model directory.
+//!
+//! One struct per HF module (the candle style), every weight a host f32 [`Tensor`] in HF's
+//! layout: Linear weights are `[out, in]` (y = x·Wᵀ + b), the patch projection keeps its conv
+//! shape `[d, 3, p, p]` (row-major, so `reshape([d, 3·p·p])` is the matmul form over patches
+//! flattened in (channel, row, col) order).
+//!
+//! Accepted directories: `model.safetensors`, or `model.safetensors.index.json` plus its shards.
+//! Keys may carry the `vilt.` prefix of `ViltForMaskedLM` / `ViltFor*` checkpoints (stripped);
+//! heads (`mlm_score.*`, `classifier.*`, …) and buffers (`*.position_ids`, `*.token_type_ids`)
+//! are skipped. F32, F16, BF16 and F64 tensors are converted to f32.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::vilt::config::ViltConfig;
+
+/// File names of a Hugging Face model directory.
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+pub const TORCH_WEIGHTS_FILE: &str = "pytorch_model.bin";
+
+/// `y = x·Wᵀ + b` with `weight [out, in]`, `bias [out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+/// LayerNorm over the last dimension; the epsilon is `ViltConfig::layer_norm_eps`.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+/// BERT-style text embeddings (`embeddings.text_embeddings.*`).
+#[derive(Clone, Debug)]
+pub struct TextEmbeddings {
+    /// `[vocab_size, d]`
+    pub word_embeddings: Tensor,
+    /// `[max_position_embeddings, d]`; stretch with [`crate::vilt::interp::stretch_text_positions`]
+    /// when the text is longer.
+    pub position_embeddings: Tensor,
+    /// Segment table `[type_vocab_size, d]`.
+    pub token_type_embeddings: Tensor,
+    /// HF name `LayerNorm`.
+    pub layer_norm: LayerNorm,
+}
+
+/// Patch projection (`embeddings.patch_embeddings.projection`), a conv with kernel = stride = p.
+#[derive(Clone, Debug)]
+pub struct PatchEmbeddings {
+    /// `[d, num_channels, p, p]`
+    pub weight: Tensor,
+    /// `[d]`
+    pub bias: Tensor,
+}
+
+/// `embeddings.*`: text side, patch side, image CLS, image positions and modality table.
+#[derive(Clone, Debug)]
+pub struct ViltEmbeddings {
+    pub text: TextEmbeddings,
+    pub patch: PatchEmbeddings,
+    /// `[1, 1, d]`
+    pub cls_token: Tensor,
+    /// `[1, 1 + (S/p)^2, d]`: row 0 for the image CLS, then the (S/p)×(S/p) grid row-major;
+    /// resize with [`crate::vilt::interp::resize_image_positions`].
+    pub position_embeddings: Tensor,
+    /// Modality table `[modality_type_vocab_size, d]` (0 text, 1 image).
+    pub token_type_embeddings: Tensor,
+}
+
+/// `encoder.layer.N.attention.*`
+#[derive(Clone, Debug)]
+pub struct ViltAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    /// `attention.output.dense`
+    pub output: Linear,
+}
+
+/// One pre-LN transformer block, `encoder.layer.N.*`.
+#[derive(Clone, Debug)]
+pub struct ViltLayer {
+    pub attention: ViltAttention,
+    /// `intermediate.dense`, `[intermediate_size, d]`
+    pub intermediate: Linear,
+    /// `output.dense`, `[d, intermediate_size]`
+    pub output: Linear,
+    pub layernorm_before: LayerNorm,
+    pub layernorm_after: LayerNorm,
+}
+
+/// Every parameter of `ViltModel` (with its pooler).
+#[derive(Clone, Debug)]
+pub struct ViltWeights {
+    pub embeddings: ViltEmbeddings,
+    pub layers: Vec<ViltLayer>,
+    /// Final LayerNorm (`layernorm`).
+    pub layernorm: LayerNorm,
+    /// `pooler.dense`; pooler_output = tanh(dense(last_hidden_state[:, 0])).
+    pub pooler: Linear,
+}
+
+/// Every parameter name of `ViltModel` (no `vilt.` prefix) with the shape `cfg` implies, in
+/// module order. The single source of truth for loading, checking and initialisation.
+pub fn expected_shapes(cfg: &ViltConfig) -> Vec<(String, Vec<usize>)> {
+    let d = cfg.hidden_size;
+    let f = cfg.intermediate_size;
+    let p = cfg.patch_size;
+    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut push = |name: String, shape: &[usize]| v.push((name, shape.to_vec()));
+    let te = "embeddings.text_embeddings";
+    push(format!("{te}.word_embeddings.weight"), &[cfg.vocab_size, d]);
+    push(
+        format!("{te}.position_embeddings.weight"),
+        &[cfg.max_position_embeddings, d],
+    );
+    push(
+        format!("{te}.token_type_embeddings.weight"),
+        &[cfg.type_vocab_size, d],
+    );
+    push(format!("{te}.LayerNorm.weight"), &[d]);
+    push(format!("{te}.LayerNorm.bias"), &[d]);
+    push(
+        "embeddings.patch_embeddings.projection.weight".into(),
+        &[d, cfg.num_channels, p, p],
+    );
+    push("embeddings.patch_embeddings.projection.bias".into(), &[d]);
+    push("embeddings.cls_token".into(), &[1, 1, d]);
+    push(
+        "embeddings.position_embeddings".into(),
+        &[1, 1 + cfg.num_patches(), d],
+    );
+    push(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[cfg.modality_type_vocab_size, d],
+    );
+    for l in 0..cfg.num_hidden_layers {
+        let pre = format!("encoder.layer.{l}");
+        for q in ["query", "key", "value"] {
+            push(format!("{pre}.attention.attention.{q}.weight"), &[d, d]);
+            push(format!("{pre}.attention.attention.{q}.bias"), &[d]);
+        }
+        push(format!("{pre}.attention.output.dense.weight"), &[d, d]);
+        push(format!("{pre}.attention.output.dense.bias"), &[d]);
+        push(format!("{pre}.intermediate.dense.weight"), &[f, d]);
+        push(format!("{pre}.intermediate.dense.bias"), &[f]);
+        push(format!("{pre}.output.dense.weight"), &[d, f]);
+        push(format!("{pre}.output.dense.bias"), &[d]);
+        for ln in ["layernorm_before", "layernorm_after"] {
+            push(format!("{pre}.{ln}.weight"), &[d]);
+            push(format!("{pre}.{ln}.bias"), &[d]);
+        }
+    }
+    push("layernorm.weight".into(), &[d]);
+    push("layernorm.bias".into(), &[d]);
+    push("pooler.dense.weight".into(), &[d, d]);
+    push("pooler.dense.bias".into(), &[d]);
+    v
+}
+
+/// Maps a checkpoint key to the `ViltModel` name this engine loads, or `None` for keys that
+/// belong to heads or are buffers.
+fn backbone_name(key: &str) -> Option<&str> {
+    let name = key.strip_prefix("vilt.").unwrap_or(key);
+    let backbone = ["embeddings.", "encoder.", "layernorm.", "pooler."]
+        .iter()
+        .any(|p| name.starts_with(p));
+    // position_ids / token_type_ids are index buffers older transformers saved; they carry no
+    // parameters.
+    let buffer = name.ends_with("position_ids") || name.ends_with(".token_type_ids");
+    (backbone && !buffer).then_some(name)
+}
+
+/// Converts a safetensors tensor to a host f32 tensor; `file` and `name` only label errors.
+fn view_to_f32(
+    view: &safetensors::tensor::TensorView<'_>,
+    file: &Path,
+    name: &str,
+) -> Result<Tensor> {
+    let bytes = view.data();
+    let data: Vec<f32> = match view.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32)
+            .collect(),
+        other => {
+            return Err(Error::format(
+                file,
+                format!("tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F64"),
+            ))
+        }
+    };
+    Tensor::from_f32(data, view.shape())
+}
+
+/// Reads every backbone tensor of one safetensors file into `out` (names without `vilt.`).
+fn read_safetensors_into(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::format(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
+    })?;
+    for (key, view) in st.iter() {
+        let Some(name) = backbone_name(key) else {
+            continue;
+        };
+        if out.contains_key(name) {
+            return Err(Error::format(
+                path,
+                format!("tensor `{name}` appears twice (with and without the `vilt.` prefix, or in two shards)"),
+            ));
+        }
+        let t = view_to_f32(&view, path, key)?;
+        out.insert(name.to_string(), t);
+    }
+    Ok(())
+}
+
+/// The conversion a user needs when a directory only has PyTorch pickles. `clone()` because
+/// the pickle's tied `mlm_score.decoder.weight` shares storage with the word embeddings, which
+/// `save_file` refuses.
+fn conversion_hint(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "this engine reads only safetensors; convert once with:\n  python -c \"import torch; from safetensors.torch import save_file; \
+sd = torch.load('{d}/pytorch_model.bin', map_location='cpu', weights_only=True); \
+save_file({{k: v.clone().contiguous() for k, v in sd.items()}}, '{d}/model.safetensors', metadata={{'format': 'pt'}})\""
+    )
+}
+
+/// Reads every backbone tensor of a model directory (single file or sharded), by HF name
+/// without the `vilt.` prefix, converted to f32. Shapes are not checked here.
+pub fn read_dir_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join(WEIGHTS_FILE);
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    let mut out = HashMap::new();
+    if single.is_file() {
+        read_safetensors_into(&single, &mut out)?;
+    } else if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&index, format!("not valid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::format(&index, "no `weight_map` object"))?;
+        let mut shards = BTreeSet::new();
+        for (key, file) in map {
+            let file = file.as_str().ok_or_else(|| {
+                Error::format(&index, format!("weight_map[`{key}`] is not a file name"))
+            })?;
+            // A shard must sit in the directory: refuse paths that climb out of it.
+            if file.contains('/') || file.contains('\\') || file == ".." {
+                return Err(Error::format(
+                    &index,
+                    format!("shard `{file}` of `{key}` is not a plain file name"),
+                ));
+            }
+            if backbone_name(key).is_some() {
+                shards.insert(file.to_string());
+            }
+        }
+        for file in shards {
+            read_safetensors_into(&dir.join(file), &mut out)?;
+        }
+    } else if dir.join(TORCH_WEIGHTS_FILE).is_file()
+        || dir.join("pytorch_model.bin.index.json").is_file()
+    {
+        return Err(Error::format(
+            dir,
+            format!(
+                "no {WEIGHTS_FILE}, only PyTorch pickle weights; {}",
+                conversion_hint(dir)
+            ),
+        ));
+    } else if !dir.is_dir() {
+        return Err(Error::format(dir, "model directory does not exist"));
+    } else {
+        return Err(Error::format(
+            dir,
+            format!("no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in the model directory"),
+        ));
+    }
+    Ok(out)
+}
+
+/// Takes named tensors out of a map, checking each against its expected shape.
+struct Taker<'a> {
+    map: HashMap<String, Tensor>,
+    source: &'a Path,
+}
+
+impl Taker<'_> {
+    fn take(&mut self, name: &str) -> Result<Tensor> {
+        self.map
+            .remove(name)
+            .ok_or_else(|| Error::format(self.source, format!("missing tensor `{name}`")))
+    }
+    fn linear(&mut self, prefix: &str) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.take(&format!("{prefix}.weight"))?,
+            bias: self.take(&format!("{prefix}.bias"))?,
+        })
+    }
+    fn layer_norm(&mut self, prefix: &str) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: self.take(&format!("{prefix}.weight"))?,
+            bias: self.take(&format!("{prefix}.bias"))?,
+        })
+    }
+}
+
+impl ViltWeights {
+    /// Builds the weights from tensors keyed by `ViltModel` names (no `vilt.` prefix). Every
+    /// expected tensor must be present with the shape `cfg` implies; a backbone tensor the
+    /// config does not know (e.g. a 13th layer) is an error too, since it means the config and
+    /// the weights disagree. `source` names the directory or file in errors.
+    pub fn from_tensors(
+        cfg: &ViltConfig,
+        mut tensors: HashMap<String, Tensor>,
+        source: &Path,
+    ) -> Result<Self> {
+        let expected = expected_shapes(cfg);
+        for (name, shape) in &expected {
+            match tensors.get(name) {
+                None => {
+                    return Err(Error::format(
+                        source,
+                        format!("missing tensor `{name}` (expected shape {shape:?})"),
+                    ))
+                }
+                Some(t) if t.shape() != shape.as_slice() => {
+                    return Err(Error::format(
+                        source,
+                        format!(
+                            "tensor `{name}` has shape {:?}, expected {shape:?} from config.json \
+                             (hidden_size {}, intermediate_size {}, vocab_size {}, \
+                             max_position_embeddings {}, image_size {}, patch_size {})",
+                            t.shape(),
+                            cfg.hidden_size,
+                            cfg.intermediate_size,
+                            cfg.vocab_size,
+                            cfg.max_position_embeddings,
+                            cfg.image_size,
+                            cfg.patch_size
+                        ),
+                    ))
+                }
+                Some(t) if !t.is_cpu() || t.f32s().is_err() => {
+                    return Err(Error::format(
+                        source,
+                        format!("tensor `{name}` must be a host f32 tensor"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let known: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+        let mut extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !known.contains(k.as_str()))
+            .collect();
+        if !extra.is_empty() {
+            extra.sort();
+            return Err(Error::format(
+                source,
+                format!(
+                    "unexpected backbone tensor `{}` ({} in all) that config.json \
+                     (num_hidden_layers {}) does not describe",
+                    extra[0],
+                    extra.len(),
+                    cfg.num_hidden_layers
+                ),
+            ));
+        }
+        // Drop everything but the expected names so `take` sees exactly those.
+        tensors.retain(|k, _| known.contains(k.as_str()));
+        let mut t = Taker {
+            map: tensors,
+            source,
+        };
+        let te = "embeddings.text_embeddings";
+        let embeddings = ViltEmbeddings {
+            text: TextEmbeddings {
+                word_embeddings: t.take(&format!("{te}.word_embeddings.weight"))?,
+                position_embeddings: t.take(&format!("{te}.position_embeddings.weight"))?,
+                token_type_embeddings: t.take(&format!("{te}.token_type_embeddings.weight"))?,
+                layer_norm: t.layer_norm(&format!("{te}.LayerNorm"))?,
+            },
+            patch: {
+                let l = t.linear("embeddings.patch_embeddings.projection")?;
+                PatchEmbeddings {
+                    weight: l.weight,
+                    bias: l.bias,
+                }
+            },
+            cls_token: t.take("embeddings.cls_token")?,
+            position_embeddings: t.take("embeddings.position_embeddings")?,
+            token_type_embeddings: t.take("embeddings.token_type_embeddings.weight")?,
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let pre = format!("encoder.layer.{l}");
+            layers.push(ViltLayer {
+                attention: ViltAttention {
+                    query: t.linear(&format!("{pre}.attention.attention.query"))?,
+                    key: t.linear(&format!("{pre}.attention.attention.key"))?,
+                    value: t.linear(&format!("{pre}.attention.attention.value"))?,
+                    output: t.linear(&format!("{pre}.attention.output.dense"))?,
+                },
+                intermediate: t.linear(&format!("{pre}.intermediate.dense"))?,
+                output: t.linear(&format!("{pre}.output.dense"))?,
+                layernorm_before: t.layer_norm(&format!("{pre}.layernorm_before"))?,
+                layernorm_after: t.layer_norm(&format!("{pre}.layernorm_after"))?,
+            });
+        }
+        let layernorm = t.layer_norm("layernorm")?;
+        let pooler = t.linear("pooler.dense")?;
+        Ok(ViltWeights {
+            embeddings,
+            layers,
+            layernorm,
+            pooler,
+        })
+    }
+
+    /// Loads the weights of a model directory whose config is `cfg` (see the module doc for
+    /// the accepted layouts).
+    pub fn load_dir(dir: &Path, cfg: &ViltConfig) -> Result<Self> {
+        let tensors = read_dir_tensors(dir)?;
+        Self::from_tensors(cfg, tensors, dir)
+    }
+
+    /// Every tensor with its `ViltModel` name, in module order (the order of
+    /// [`expected_shapes`]).
+    pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
+        let mut v: Vec<(String, &Tensor)> = Vec::new();
+        let e = &self.embeddings;
+        let te = "embeddings.text_embeddings";
+        v.push((
+            format!("{te}.word_embeddings.weight"),
+            &e.text.word_embeddings,
+        ));
+        v.push((
+            format!("{te}.position_embeddings.weight"),
+            &e.text.position_embeddings,
+        ));
+        v.push((
+            format!("{te}.token_type_embeddings.weight"),
+            &e.text.token_type_embeddings,
+        ));
+        v.push((format!("{te}.LayerNorm.weight"), &e.text.layer_norm.weight));
+        v.push((format!("{te}.LayerNorm.bias"), &e.text.layer_norm.bias));
+        v.push((
+            "embeddings.patch_embeddings.projection.weight".into(),
+            &e.patch.weight,
+        ));
+        v.push((
+            "embeddings.patch_embeddings.projection.bias".into(),
+            &e.patch.bias,
+        ));
+        v.push(("embeddings.cls_token".into(), &e.cls_token));
+        v.push((
+            "embeddings.position_embeddings".into(),
+            &e.position_embeddings,
+        ));
+        v.push((
+            "embeddings.token_type_embeddings.weight".into(),
+            &e.token_type_embeddings,
+        ));
+        fn lin<'a>(v: &mut Vec<(String, &'a Tensor)>, p: String, l: &'a Linear) {
+            v.push((format!("{p}.weight"), &l.weight));
+            v.push((format!("{p}.bias"), &l.bias));
+        }
+        fn ln<'a>(v: &mut Vec<(String, &'a Tensor)>, p: String, l: &'a LayerNorm) {
+            v.push((format!("{p}.weight"), &l.weight));
+            v.push((format!("{p}.bias"), &l.bias));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let pre = format!("encoder.layer.{i}");
+            let a = &layer.attention;
+            lin(&mut v, format!("{pre}.attention.attention.query"), &a.query);
+            lin(&mut v, format!("{pre}.attention.attention.key"), &a.key);
+            lin(&mut v, format!("{pre}.attention.attention.value"), &a.value);
+            lin(&mut v, format!("{pre}.attention.output.dense"), &a.output);
+            lin(
+                &mut v,
+                format!("{pre}.intermediate.dense"),
+                &layer.intermediate,
+            );
+            lin(&mut v, format!("{pre}.output.dense"), &layer.output);
+            ln(
+                &mut v,
+                format!("{pre}.layernorm_before"),
+                &layer.layernorm_before,
+            );
+            ln(
+                &mut v,
+                format!("{pre}.layernorm_after"),
+                &layer.layernorm_after,
+            );
+        }
+        ln(&mut v, "layernorm".into(), &self.layernorm);
+        lin(&mut v, "pooler.dense".into(), &self.pooler);
+        v
+    }
+
+    /// Writes the weights as an f32 safetensors file with `ViltModel` names (loadable by
+    /// `ViltModel.from_pretrained`), atomically: a temporary file renamed into place.
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let mut views: BTreeMap<String, safetensors::tensor::TensorView<'_>> = BTreeMap::new();
+        for (name, t) in self.named_tensors() {
+            let data = t.f32s()?;
+            let view = safetensors::tensor::TensorView::new(
+                Dtype::F32,
+                t.shape().to_vec(),
+                bytemuck::cast_slice(data),
+            )
+            .map_err(|e| Error::format(path, format!("tensor `{name}`: {e}")))?;
+            views.insert(name, view);
+        }
+        // transformers checks this metadata key before loading a safetensors checkpoint.
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let bytes = safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::format(path, format!("serialising safetensors: {e}")))?;
+        write_atomic(path, &bytes)
+    }
+}
+
+/// Writes `bytes` to a sibling temporary file, then renames it over `path`, so a crash never
+/// leaves a half-written file under the final name.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = PathBuf::from(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tmp.set_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Loads `config.json` and the weights of a Hugging Face ViLT model directory.
+pub fn load_model_dir(dir: &Path) -> Result<(ViltConfig, ViltWeights)> {
+    let cfg_path = dir.join(CONFIG_FILE);
+    if !cfg_path.is_file() {
+        return Err(Error::format(
+            dir,
+            format!("no {CONFIG_FILE}: not a Hugging Face model directory"),
+        ));
+    }
+    let cfg = ViltConfig::from_file(&cfg_path)?;
+    let w = ViltWeights::load_dir(dir, &cfg)?;
+    Ok((cfg, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backbone_names_strip_prefix_and_skip_heads() {
+        assert_eq!(
+            backbone_name("vilt.encoder.layer.0.output.dense.bias"),
+            Some("encoder.layer.0.output.dense.bias")
+        );
+        assert_eq!(backbone_name("layernorm.weight"), Some("layernorm.weight"));
+        assert_eq!(backbone_name("mlm_score.decoder.weight"), None);
+        assert_eq!(backbone_name("classifier.0.weight"), None);
+        assert_eq!(
+            backbone_name("vilt.embeddings.text_embeddings.position_ids"),
+            None
+        );
+    }
+
+    #[test]
+    fn expected_count_matches_b32() {
+        // 10 embedding tensors + 16 per layer + 4 (final LN, pooler).
+        assert_eq!(expected_shapes(&ViltConfig::base()).len(), 10 + 16 * 12 + 4);
+    }
+}
