@@ -5,65 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::delo::experts::GateMode;
 use crate::error::{Error, Result};
-
-/// A frozen linear of a ViLT block that can carry experts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Fc1,
-    Fc2,
-}
-
-impl Target {
-    pub const ALL: [Target; 6] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Fc1,
-        Target::Fc2,
-    ];
-
-    /// `(d_in, d_out)` for hidden size `d` and MLP size `d_ff`.
-    pub fn dims(self, d: usize, d_ff: usize) -> (usize, usize) {
-        match self {
-            Target::Q | Target::K | Target::V | Target::O => (d, d),
-            Target::Fc1 => (d, d_ff),
-            Target::Fc2 => (d_ff, d),
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Q => "q",
-            Target::K => "k",
-            Target::V => "v",
-            Target::O => "o",
-            Target::Fc1 => "fc1",
-            Target::Fc2 => "fc2",
-        }
-    }
-    /// Parses a comma-separated list such as `q,k,v`.
-    pub fn parse_list(s: &str) -> Result<Vec<Target>> {
-        let mut out: Vec<Target> = s
-            .split(',')
-            .map(|t| {
-                Target::ALL
-                    .into_iter()
-                    .find(|x| x.name() == t.trim())
-                    .ok_or_else(|| {
-                        Error::Msg(format!("target '{t}': expected one of q,k,v,o,fc1,fc2"))
-                    })
-            })
-            .collect::<Result<_>>()?;
-        out.sort();
-        out.dedup();
-        Ok(out)
-    }
-}
+pub use crate::vilt::Target;
 
 /// The method variants of DELO.md "Variants".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,9 +14,10 @@ use rand_distr::{Distribution, Normal};
 
 use crate::data::tokenizer::BERT_UNCASED_VOCAB;
 use crate::error::{Error, Result};
+use crate::st::write_atomic;
 use crate::tensor::Tensor;
 use crate::vilt::config::ViltConfig;
-use crate::vilt::weights::{expected_shapes, write_atomic, ViltWeights, CONFIG_FILE, WEIGHTS_FILE};
+use crate::vilt::weights::{expected_shapes, ViltWeights, CONFIG_FILE, WEIGHTS_FILE};
 
 /// A named model size for `init-model`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,11 +4,13 @@
 pub mod config;
 pub mod init;
 pub mod interp;
+pub mod target;
 pub mod weights;
 
 pub use config::ViltConfig;
 pub use init::{init_model_dir, init_weights, write_model_dir, InitOptions, Preset};
 pub use interp::{image_positions_padded, resize_image_positions, stretch_text_positions};
+pub use target::Target;
 pub use weights::{
     expected_shapes, load_model_dir, LayerNorm, Linear, PatchEmbeddings, TextEmbeddings,
     ViltAttention, ViltEmbeddings, ViltLayer, ViltWeights,

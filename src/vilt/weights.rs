@@ -11,7 +11,7 @@
 //! are skipped. F32, F16, BF16 and F64 tensors are converted to f32.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
@@ -180,40 +180,6 @@ fn backbone_name(key: &str) -> Option<&str> {
     (backbone && !buffer).then_some(name)
 }
 
-/// Converts a safetensors tensor to a host f32 tensor; `file` and `name` only label errors.
-fn view_to_f32(
-    view: &safetensors::tensor::TensorView<'_>,
-    file: &Path,
-    name: &str,
-) -> Result<Tensor> {
-    let bytes = view.data();
-    let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32)
-            .collect(),
-        other => {
-            return Err(Error::format(
-                file,
-                format!("tensor `{name}` has dtype {other:?}; expected F32, F16, BF16 or F64"),
-            ))
-        }
-    };
-    Tensor::from_f32(data, view.shape())
-}
-
 /// Reads every backbone tensor of one safetensors file into `out` (names without `vilt.`).
 fn read_safetensors_into(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -233,7 +199,13 @@ fn read_safetensors_into(path: &Path, out: &mut HashMap<String, Tensor>) -> Resu
                 format!("tensor `{name}` appears twice (with and without the `vilt.` prefix, or in two shards)"),
             ));
         }
-        let t = view_to_f32(&view, path, key)?;
+        let t = crate::st::view_to_tensor(&view, path, key)?;
+        if t.dtype() != crate::tensor::DType::F32 {
+            return Err(Error::format(
+                path,
+                format!("tensor `{key}` is an integer tensor; expected floating point weights"),
+            ));
+        }
         out.insert(name.to_string(), t);
     }
     Ok(())
@@ -546,21 +518,8 @@ impl ViltWeights {
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
         let bytes = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::format(path, format!("serialising safetensors: {e}")))?;
-        write_atomic(path, &bytes)
+        crate::st::write_atomic(path, &bytes)
     }
-}
-
-/// Writes `bytes` to a sibling temporary file, then renames it over `path`, so a crash never
-/// leaves a half-written file under the final name.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = PathBuf::from(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    tmp.set_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Loads `config.json` and the weights of a Hugging Face ViLT model directory.

@@ -17,7 +17,6 @@ pub mod mmimdb;
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -145,17 +144,6 @@ impl std::fmt::Display for PrepareReport {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a reader never sees a
-/// half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp-write");
-    let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// Serialises items one per line inside a JSON list: valid JSON, stable bytes, easy to diff.
 pub fn items_json(items: &[OutItem]) -> String {
     let mut s = String::from("[\n");
@@ -176,9 +164,9 @@ pub fn write_benchmark(
 ) -> Result<(PathBuf, [usize; 3])> {
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json_path = out.join(file_name);
-    write_atomic(&json_path, items_json(items).as_bytes())?;
+    crate::st::write_atomic(&json_path, items_json(items).as_bytes())?;
     let meta_json = serde_json::to_string_pretty(meta).expect("meta serialises") + "\n";
-    write_atomic(&out.join(META_FILE), meta_json.as_bytes())?;
+    crate::st::write_atomic(&out.join(META_FILE), meta_json.as_bytes())?;
     let mut counts = [0; 3];
     for it in items {
         let s: Split = it.split.parse().expect("written from a Split");
