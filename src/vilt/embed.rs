@@ -1,0 +1,274 @@
+//! ViLT's input side (VILT.md §Forward 1–7): text embeddings, the patch mask, per-image
+//! position grids, the deterministic patch selection and the joint sequence with its masks.
+//!
+//! What depends on the pixel mask (patch selection, interpolated positions) is decided on the
+//! host, like a data loader would; the heavy parts (patch projection, table lookups,
+//! LayerNorm) run on the model's device.
+
+use crate::backend::{Backend, Device, Gemm};
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::vilt::{image_positions_padded, ViltConfig};
+
+/// One batch in Hugging Face's input names, as host tensors.
+#[derive(Clone, Debug)]
+pub struct ViltInputs {
+    /// `[B, T]` i32.
+    pub input_ids: Tensor,
+    /// `[B, T]` i32 or f32, 1 on real tokens.
+    pub attention_mask: Tensor,
+    /// `[B, T]` i32 segment ids; zeros when absent.
+    pub token_type_ids: Option<Tensor>,
+    /// `[B, 3, H, W]` f32.
+    pub pixel_values: Tensor,
+    /// `[B, H, W]` i32 or f32, 1 on each image's real region.
+    pub pixel_mask: Tensor,
+}
+
+/// The embedded joint sequence `[text (T) ; image CLS ; L patches]` and its masks, all `[B, S]`
+/// f32 on the model's device.
+pub struct Embedded {
+    /// `[B, S, d]`
+    pub x: Tensor,
+    /// Attention key mask.
+    pub mask: Tensor,
+    /// Valid text tokens (the positions q_t averages).
+    pub text_mask: Tensor,
+    /// Image CLS and valid patches (the positions q_v averages).
+    pub image_mask: Tensor,
+    pub text_len: usize,
+}
+
+/// Mask values as f32 whatever integer or float type they came in.
+fn mask_f32(t: &Tensor) -> Result<Vec<f32>> {
+    match t.dtype() {
+        crate::DType::I32 => Ok(t
+            .to_vec_i32()?
+            .into_iter()
+            .map(|v| (v != 0) as i32 as f32)
+            .collect()),
+        _ => Ok(t
+            .to_vec_f32()?
+            .into_iter()
+            .map(|v| (v != 0.0) as i32 as f32)
+            .collect()),
+    }
+}
+
+/// Patch selection of one image (§Forward 5): its valid cells in row-major order, then, if it
+/// has fewer than `l`, its invalid cells cyclically; with the mask of each chosen cell.
+pub fn select_patches(cell_mask: &[bool], l: usize) -> Result<Vec<(usize, bool)>> {
+    let valid: Vec<usize> = (0..cell_mask.len()).filter(|&i| cell_mask[i]).collect();
+    let invalid: Vec<usize> = (0..cell_mask.len()).filter(|&i| !cell_mask[i]).collect();
+    let mut out: Vec<(usize, bool)> = valid.iter().take(l).map(|&i| (i, true)).collect();
+    if out.len() < l {
+        if invalid.is_empty() {
+            return Err(Error::Msg(format!(
+                "an image has {} patches, {l} are needed",
+                out.len()
+            )));
+        }
+        out.extend((0..l - out.len()).map(|j| (invalid[j % invalid.len()], false)));
+    }
+    Ok(out)
+}
+
+/// Frozen embedding tables on the model's device, plus what the host-side steps need.
+pub struct EmbeddingTables {
+    pub word: Tensor,
+    /// Stretched to `max_text_len` rows when that exceeds the table (MAP/RebQ).
+    pub text_pos: Tensor,
+    pub segment: Tensor,
+    pub ln_w: Tensor,
+    pub ln_b: Tensor,
+    /// Patch projection as a matrix `[d, 3·p·p]`, and its bias.
+    pub patch_w: Tensor,
+    pub patch_b: Tensor,
+    /// Host copies: image position table `[1 + n², d]`, CLS `[d]`, modality table `[2, d]`.
+    pub image_pos: Vec<f32>,
+    pub cls: Vec<f32>,
+    pub modality: Vec<f32>,
+}
+
+impl EmbeddingTables {
+    /// Text tokens: word[ids] + segment[tt] + position[0..T) → LayerNorm → + modality[0].
+    pub fn text(&self, be: &dyn Backend, cfg: &ViltConfig, inputs: &ViltInputs) -> Result<Tensor> {
+        let ids = &inputs.input_ids;
+        ensure_shape!(
+            ids.rank() == 2,
+            "vilt text",
+            "input_ids must be [B, T], got {:?}",
+            ids.shape()
+        );
+        let (b, t) = (ids.dim(0), ids.dim(1));
+        let d = cfg.hidden_size;
+        ensure_shape!(
+            t <= self.text_pos.dim(0),
+            "vilt text",
+            "text of {t} tokens is longer than the position table ({} rows); raise --max-text-len",
+            self.text_pos.dim(0)
+        );
+        let dev = be.device();
+        let ids_d = ids.to_device(&dev)?;
+        let tt = match &inputs.token_type_ids {
+            Some(tt) => tt.clone(),
+            None => Tensor::from_i32(vec![0; b * t], &[b, t])?,
+        };
+        let pos = Tensor::from_i32((0..b * t).map(|i| (i % t) as i32).collect(), &[b, t])?;
+        let x = be.gather_rows(&self.word, &ids_d)?;
+        let x = be.add(&x, &be.gather_rows(&self.segment, &tt.to_device(&dev)?)?)?;
+        let x = be.add(&x, &be.gather_rows(&self.text_pos, &pos.to_device(&dev)?)?)?;
+        let x = be
+            .layernorm(&x, &self.ln_w, &self.ln_b, cfg.layer_norm_eps as f32)?
+            .y;
+        let m0 = Tensor::from_f32(self.modality[..d].repeat(b * t), &[b, t, d])?.to_device(&dev)?;
+        be.add(&x, &m0)
+    }
+
+    /// Image tokens `[B, 1 + L, d]` and their mask `[B, 1 + L]` (§Forward 2–6).
+    pub fn image(
+        &self,
+        be: &dyn Backend,
+        cfg: &ViltConfig,
+        inputs: &ViltInputs,
+    ) -> Result<(Tensor, Vec<f32>)> {
+        let pv = &inputs.pixel_values;
+        ensure_shape!(
+            pv.rank() == 4 && pv.dim(1) == cfg.num_channels,
+            "vilt image",
+            "pixel_values must be [B, {}, H, W], got {:?}",
+            cfg.num_channels,
+            pv.shape()
+        );
+        let (b, c, h, w) = (pv.dim(0), pv.dim(1), pv.dim(2), pv.dim(3));
+        ensure_shape!(
+            inputs.pixel_mask.shape() == [b, h, w],
+            "vilt image",
+            "pixel_mask {:?} does not fit pixel_values {:?}",
+            inputs.pixel_mask.shape(),
+            pv.shape()
+        );
+        let (p, d, n) = (cfg.patch_size, cfg.hidden_size, cfg.patch_grid());
+        let (gh, gw) = (h / p, w / p);
+        ensure_shape!(
+            gh > 0 && gw > 0,
+            "vilt image",
+            "images of {h}×{w} are smaller than one {p}×{p} patch"
+        );
+        let pm = mask_f32(&inputs.pixel_mask)?;
+        // Patch mask by nearest downsampling; the valid region is a top-left rectangle.
+        let cells: Vec<Vec<bool>> = (0..b)
+            .map(|bi| {
+                (0..gh * gw)
+                    .map(|k| pm[bi * h * w + (k / gw * h / gh) * w + (k % gw * w / gw)] != 0.0)
+                    .collect()
+            })
+            .collect();
+        let hw: Vec<(usize, usize)> = cells
+            .iter()
+            .map(|m| {
+                (
+                    (0..gh).filter(|&i| m[i * gw]).count(),
+                    (0..gw).filter(|&j| m[j]).count(),
+                )
+            })
+            .collect();
+        let mut l = hw.iter().map(|&(a, b)| a * b).max().unwrap_or(0);
+        if cfg.max_image_length > 0 {
+            l = l.min(cfg.max_image_length as usize);
+        }
+        let pix = pv.to_vec_f32()?;
+        let grid = &self.image_pos[d..];
+        let pp = c * p * p;
+        let mut patches = vec![0f32; b * l * pp];
+        let mut add = vec![0f32; b * (1 + l) * d];
+        let mut mask = vec![0f32; b * (1 + l)];
+        let (mod1, pos0) = (&self.modality[d..2 * d], &self.image_pos[..d]);
+        for bi in 0..b {
+            let (hb, wb) = hw[bi];
+            let pos = image_positions_padded(grid, n, n, d, hb, wb, gh, gw)?;
+            let sel = select_patches(&cells[bi], l)?;
+            let row = &mut add[bi * (1 + l) * d..(bi + 1) * (1 + l) * d];
+            for k in 0..d {
+                row[k] = self.cls[k] + pos0[k] + mod1[k];
+            }
+            mask[bi * (1 + l)] = 1.0;
+            for (s, &(cell, valid)) in sel.iter().enumerate() {
+                mask[bi * (1 + l) + 1 + s] = valid as i32 as f32;
+                let dst = &mut row[(1 + s) * d..(2 + s) * d];
+                for k in 0..d {
+                    dst[k] = pos[cell * d + k] + mod1[k];
+                }
+                // The patch flattened in (channel, row, col) order, as the conv weight is.
+                let (ci, cj) = (cell / gw, cell % gw);
+                let out = &mut patches[(bi * l + s) * pp..(bi * l + s + 1) * pp];
+                for ch in 0..c {
+                    for y in 0..p {
+                        let src = ((bi * c + ch) * h + ci * p + y) * w + cj * p;
+                        out[(ch * p + y) * p..(ch * p + y + 1) * p]
+                            .copy_from_slice(&pix[src..src + p]);
+                    }
+                }
+            }
+        }
+        let dev = be.device();
+        let proj = be.matmul(
+            &Tensor::from_f32(patches, &[b * l, pp])?.to_device(&dev)?,
+            &self.patch_w,
+            Gemm::nt(),
+        )?;
+        let proj = be.bias_add(&proj, &self.patch_b)?.reshape(&[b, l, d])?;
+        let add = Tensor::from_f32(add, &[b, 1 + l, d])?.to_device(&dev)?;
+        let (cls_add, patch_add) = be.split_seq(&add, 1)?;
+        let tokens = be.concat_seq(&cls_add, &be.add(&proj, &patch_add)?)?;
+        Ok((tokens, mask))
+    }
+
+    /// The joint sequence and its masks.
+    pub fn embed(
+        &self,
+        be: &dyn Backend,
+        cfg: &ViltConfig,
+        inputs: &ViltInputs,
+    ) -> Result<Embedded> {
+        let text = self.text(be, cfg, inputs)?;
+        let (image, image_mask) = self.image(be, cfg, inputs)?;
+        let (b, t) = (text.dim(0), text.dim(1));
+        ensure_shape!(
+            image.dim(0) == b,
+            "vilt",
+            "{b} texts but {} images",
+            image.dim(0)
+        );
+        let li = image.dim(1);
+        let am = mask_f32(&inputs.attention_mask)?;
+        ensure_shape!(
+            am.len() == b * t,
+            "vilt",
+            "attention_mask has {} values for input_ids [{b}, {t}]",
+            am.len()
+        );
+        let s = t + li;
+        let (mut mask, mut tm, mut im) = (vec![0f32; b * s], vec![0f32; b * s], vec![0f32; b * s]);
+        for bi in 0..b {
+            for j in 0..t {
+                mask[bi * s + j] = am[bi * t + j];
+                tm[bi * s + j] = am[bi * t + j];
+            }
+            for j in 0..li {
+                mask[bi * s + t + j] = image_mask[bi * li + j];
+                im[bi * s + t + j] = image_mask[bi * li + j];
+            }
+        }
+        let dev: Device = be.device();
+        let up = |v: Vec<f32>| Tensor::from_f32(v, &[b, s])?.to_device(&dev);
+        Ok(Embedded {
+            x: be.concat_seq(&text, &image)?,
+            mask: up(mask)?,
+            text_mask: up(tm)?,
+            image_mask: up(im)?,
+            text_len: t,
+        })
+    }
+}

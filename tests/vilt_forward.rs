@@ -1,0 +1,72 @@
+//! Golden test: the ViLT forward against Hugging Face `ViltModel` (fixtures made by
+//! `scripts/fixtures/make_vilt_fixture.py`): padded images of different sizes with padded
+//! text, text longer than the position table (stretched first), and a bigger image grid.
+
+mod common;
+
+use std::path::Path;
+
+use common::assert_close;
+use delo::autograd::Tape;
+use delo::vilt::{load_model_dir, NoAdapter, Vilt, ViltInputs};
+use delo::{DType, Device};
+
+/// HF computes in f32 too; 1e-4 absolute plus relative bounds the difference of two f32
+/// summation orders over a 2-layer model.
+const TOL: f32 = 1e-4;
+
+fn run_case(name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vilt-tiny");
+    let case = delo::st::read_file(&dir.join(format!("case_{name}.safetensors"))).unwrap();
+    let max_text_len = case
+        .get("max_text_len")
+        .map(|t| t.to_vec_i32().unwrap()[0] as usize)
+        .unwrap_or(0);
+    let (cfg, weights) = load_model_dir(&dir).unwrap();
+    let model = Vilt::new(cfg, weights, &Device::Cpu, max_text_len, DType::F32).unwrap();
+    let inputs = ViltInputs {
+        input_ids: case["input_ids"].clone(),
+        attention_mask: case["attention_mask"].clone(),
+        token_type_ids: case.get("token_type_ids").cloned(),
+        pixel_values: case["pixel_values"].clone(),
+        pixel_mask: case["pixel_mask"].clone(),
+    };
+    let mut tape = Tape::new(Device::Cpu);
+    let out = model.forward(&mut tape, &inputs, &mut NoAdapter).unwrap();
+    assert_eq!(tape.recorded(), 0, "a frozen forward records nothing");
+    let last = tape.value(out.last_hidden_state);
+    assert_eq!(
+        last.shape(),
+        case["last_hidden_state"].shape(),
+        "{name}: last_hidden_state shape"
+    );
+    assert_close(
+        &format!("{name} last_hidden_state"),
+        &last.to_vec_f32().unwrap(),
+        &case["last_hidden_state"].to_vec_f32().unwrap(),
+        TOL,
+        TOL,
+    );
+    assert_close(
+        &format!("{name} pooler_output"),
+        &tape.value(out.pooled).to_vec_f32().unwrap(),
+        &case["pooler_output"].to_vec_f32().unwrap(),
+        TOL,
+        TOL,
+    );
+}
+
+#[test]
+fn padded_images_and_padded_text() {
+    run_case("a_padded");
+}
+
+#[test]
+fn text_longer_than_the_position_table() {
+    run_case("b_longtext");
+}
+
+#[test]
+fn bigger_image_grid_with_partial_patches() {
+    run_case("c_bigimage");
+}
