@@ -30,6 +30,28 @@ enum Command {
     },
     /// Write the small synthetic CMML benchmark (demo, tests).
     Synth(SynthArgs),
+    /// Run the frozen ViLT on HF-named inputs (pixel_values, pixel_mask, input_ids,
+    /// attention_mask, token_type_ids) and write last_hidden_state and pooler_output.
+    Forward {
+        /// A Hugging Face ViLT model directory (config.json, model.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Input safetensors file.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Output safetensors file.
+        #[arg(long)]
+        output: PathBuf,
+        /// Stretch the text position table to this many rows when longer (MAP/RebQ use 512).
+        #[arg(long, default_value_t = 0)]
+        max_text_len: usize,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Keep the frozen linear weights in bf16 (GPU mixed precision).
+        #[arg(long)]
+        bf16: bool,
+    },
     /// Write a randomly initialised ViLT model directory in the Hugging Face layout
     /// (config.json, model.safetensors, vocab.txt).
     InitModel {
@@ -195,6 +217,30 @@ pub fn run(cli: Cli) -> Result<()> {
                 seed: a.seed,
             };
             println!("{}", delo::data::synth(&a.out, &cfg)?);
+        }
+        Command::Forward {
+            model,
+            inputs,
+            output,
+            max_text_len,
+            device,
+            bf16,
+        } => {
+            let device = delo::Device::parse(&device)?;
+            let dtype = if bf16 {
+                delo::DType::BF16
+            } else {
+                delo::DType::F32
+            };
+            delo::vilt::model::forward_file(
+                &model,
+                &inputs,
+                &output,
+                max_text_len,
+                &device,
+                dtype,
+            )?;
+            println!("wrote {}", output.display());
         }
         Command::InitModel {
             preset,

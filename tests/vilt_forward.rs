@@ -70,3 +70,46 @@ fn text_longer_than_the_position_table() {
 fn bigger_image_grid_with_partial_patches() {
     run_case("c_bigimage");
 }
+
+#[test]
+fn forward_command_writes_hf_named_outputs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vilt-tiny");
+    let out = std::env::temp_dir().join(format!("delo-forward-{}.safetensors", std::process::id()));
+    let run = |inputs: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_delo"))
+            .args(["forward", "--model"])
+            .arg(&dir)
+            .arg("--inputs")
+            .arg(inputs)
+            .arg("--output")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&dir.join("case_a_padded.safetensors"));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let got = delo::st::read_file(&out).unwrap();
+    let want = delo::st::read_file(&dir.join("case_a_padded.safetensors")).unwrap();
+    for name in ["last_hidden_state", "pooler_output"] {
+        assert_close(
+            name,
+            &got[name].to_vec_f32().unwrap(),
+            &want[name].to_vec_f32().unwrap(),
+            TOL,
+            TOL,
+        );
+    }
+    // A file without the model inputs is refused with the missing tensor's name.
+    let bad = run(&dir.join("interp.safetensors"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("missing tensor `input_ids`"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let _ = std::fs::remove_file(&out);
+}

@@ -212,3 +212,57 @@ impl Vilt {
         self.encode(tape, emb, ad)
     }
 }
+
+/// `delo forward`: reads HF-named inputs from a safetensors file, runs the frozen model and
+/// writes `last_hidden_state` and `pooler_output` beside them in `output`.
+pub fn forward_file(
+    model_dir: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    max_text_len: usize,
+    device: &Device,
+    linear_dtype: DType,
+) -> Result<()> {
+    let t = crate::st::read_file(input)?;
+    let get = |name: &str| {
+        t.get(name).cloned().ok_or_else(|| crate::Error::format(input, format!("missing tensor `{name}` (expected pixel_values, pixel_mask, input_ids, attention_mask, optional token_type_ids)")))
+    };
+    let inputs = ViltInputs {
+        input_ids: get("input_ids")?,
+        attention_mask: get("attention_mask")?,
+        token_type_ids: t.get("token_type_ids").cloned(),
+        pixel_values: get("pixel_values")?,
+        pixel_mask: get("pixel_mask")?,
+    };
+    for (name, want) in [("input_ids", DType::I32), ("pixel_values", DType::F32)] {
+        let have = t[name].dtype();
+        if have != want {
+            return Err(crate::Error::format(
+                input,
+                format!(
+                    "tensor `{name}` has dtype {have:?}; expected {}",
+                    if want == DType::I32 {
+                        "an integer type"
+                    } else {
+                        "a float type"
+                    }
+                ),
+            ));
+        }
+    }
+    let (cfg, weights) = crate::vilt::load_model_dir(model_dir)?;
+    let model = Vilt::new(cfg, weights, device, max_text_len, linear_dtype)?;
+    let mut tape = Tape::new(device.clone());
+    let out = model.forward(&mut tape, &inputs, &mut NoAdapter)?;
+    crate::st::write_file(
+        output,
+        &[
+            (
+                "last_hidden_state".into(),
+                tape.value(out.last_hidden_state).clone(),
+            ),
+            ("pooler_output".into(), tape.value(out.pooled).clone()),
+        ],
+        None,
+    )
+}
