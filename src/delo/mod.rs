@@ -1,5 +1,8 @@
 //! DeLo: per-task pools of low-rank factors, chosen per sample by routers, added to the frozen
 //! linears of ViLT (DELO.md).
 
+pub mod adapter;
 pub mod config;
 pub mod experts;
+pub mod losses;
+pub mod params;

@@ -272,3 +272,46 @@ impl EmbeddingTables {
         })
     }
 }
+
+fn pick_any<T: Copy>(v: &[T], rows: &[usize], per: usize) -> Vec<T> {
+    rows.iter()
+        .flat_map(|&r| v[r * per..(r + 1) * per].iter().copied())
+        .collect()
+}
+
+/// Rows `rows` of a host tensor's first dimension, whatever its dtype.
+pub fn select_host_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let host = t.to_device(&Device::Cpu)?;
+    let n = host.dim(0);
+    let per = host.numel() / n.max(1);
+    if let Some(&r) = rows.iter().find(|&&r| r >= n) {
+        return Err(Error::shape(
+            "select rows",
+            format!("row {r} of a tensor with {n}"),
+        ));
+    }
+    let mut shape = host.shape().to_vec();
+    shape[0] = rows.len();
+    match host.dtype() {
+        crate::DType::I32 => Tensor::from_i32(pick_any(host.i32s()?, rows, per), &shape),
+        crate::DType::F32 => Tensor::from_f32(pick_any(host.f32s()?, rows, per), &shape),
+        crate::DType::BF16 => Tensor::from_bf16(pick_any(host.bf16s()?, rows, per), &shape),
+    }
+}
+
+impl ViltInputs {
+    /// The samples `rows` of the batch (for the consistency forward on complete samples).
+    pub fn select(&self, rows: &[usize]) -> Result<ViltInputs> {
+        Ok(ViltInputs {
+            input_ids: select_host_rows(&self.input_ids, rows)?,
+            attention_mask: select_host_rows(&self.attention_mask, rows)?,
+            token_type_ids: self
+                .token_type_ids
+                .as_ref()
+                .map(|t| select_host_rows(t, rows))
+                .transpose()?,
+            pixel_values: select_host_rows(&self.pixel_values, rows)?,
+            pixel_mask: select_host_rows(&self.pixel_mask, rows)?,
+        })
+    }
+}

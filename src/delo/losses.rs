@@ -1,0 +1,174 @@
+//! The training objective, eq. (9)–(10): L = L_c + λ_align·L_align + λ_con·L_con.
+
+use crate::autograd::{Tape, Var};
+use crate::data::MissingType;
+use crate::delo::adapter::{BoundTask, DeloAdapter, Proxy};
+use crate::delo::config::{ConProxy, DeloConfig, Variant};
+use crate::error::Result;
+use crate::tensor::Tensor;
+use crate::vilt::{Vilt, ViltInputs};
+
+/// Labels of a batch in the head's local classes.
+#[derive(Clone, Debug)]
+pub enum Targets {
+    /// Class ids `[B]` (i32): cross-entropy.
+    Single(Tensor),
+    /// Multi-hot `[B, n]` (f32): mean binary cross-entropy with logits.
+    Multi(Tensor),
+}
+
+/// The loss terms of one batch, on the tape.
+pub struct Losses {
+    pub total: Var,
+    pub c: Var,
+    pub align: Option<Var>,
+    pub con: Option<Var>,
+    pub logits: Var,
+    /// Logits of the consistency forward(s) on the complete samples.
+    pub proxy_logits: Vec<Var>,
+    /// (q̂_v + q̂_t)/2 of the layer-0 input per sample, `[B, d]`: the task-key query.
+    pub task_query: Tensor,
+}
+
+/// Mean of all elements as a `[1]` value.
+fn mean_all(tape: &mut Tape, x: Var) -> Result<Var> {
+    let n = tape.value(x).numel();
+    let flat = tape.reshape(x, &[1, n])?;
+    let w = Tensor::from_f32(vec![1.0 / n as f32; n], &[1, n])?.to_device(tape.device())?;
+    let m = tape.linear(flat, &w, None)?;
+    tape.reshape(m, &[1])
+}
+
+/// `c + s·x` for scalars, skipping absent terms.
+fn add_scaled(tape: &mut Tape, c: Var, x: Option<Var>, s: f32) -> Result<Var> {
+    match x {
+        Some(x) if s != 0.0 => {
+            let sx = tape.scale(x, s)?;
+            tape.add(c, sx)
+        }
+        _ => Ok(c),
+    }
+}
+
+fn indices(tape: &Tape, rows: &[usize]) -> Result<Tensor> {
+    Tensor::from_i32(rows.iter().map(|&r| r as i32).collect(), &[rows.len()])?
+        .to_device(tape.device())
+}
+
+/// L_c: cross-entropy over head k (single-label) or mean BCE with logits (multi-label).
+pub fn classification_loss(tape: &mut Tape, logits: Var, targets: &Targets) -> Result<Var> {
+    match targets {
+        Targets::Single(y) => tape.cross_entropy(logits, &y.to_device(tape.device())?),
+        Targets::Multi(y) => tape.bce_with_logits(logits, &y.to_device(tape.device())?),
+    }
+}
+
+/// L_align: mean over the complete samples of 1 − cos(q_v, q_t) (queries at the input of the
+/// last adapted layer).
+pub fn alignment_loss(tape: &mut Tape, qv: Var, qt: Var, complete: &[usize]) -> Result<Var> {
+    let idx = indices(tape, complete)?;
+    let (a, b) = (tape.gather_rows(qv, &idx)?, tape.gather_rows(qt, &idx)?);
+    let cos = tape.cosine(a, b)?;
+    let m = mean_all(tape, cos)?;
+    let neg = tape.scale(m, -1.0)?;
+    let one = tape.constant(Tensor::scalar(1.0).to_device(tape.device())?);
+    tape.add(one, neg)
+}
+
+/// The head of a bound task on a pooled feature.
+pub fn head_logits(tape: &mut Tape, task: &BoundTask, pooled: Var) -> Result<Var> {
+    let (w, b) = (task.var("head.weight")?, task.var("head.bias")?);
+    tape.linear_param(pooled, w, Some(b))
+}
+
+/// The full objective of one batch for one task (eq. 9–10).
+pub fn batch_losses(
+    vilt: &Vilt,
+    cfg: &DeloConfig,
+    tape: &mut Tape,
+    task: &BoundTask,
+    inputs: &ViltInputs,
+    missing: &[MissingType],
+    targets: &Targets,
+) -> Result<Losses> {
+    let layers = vilt.cfg.num_hidden_layers;
+    let mut ad = DeloAdapter::new(cfg, task, missing, layers, Proxy::None);
+    let emb = vilt.embed(inputs)?;
+    let task_query = task_query(tape, &emb, missing, cfg.cross_modal_guide)?;
+    let out = vilt.encode(tape, emb, &mut ad)?;
+    let logits = head_logits(tape, task, out.pooled)?;
+    let c = classification_loss(tape, logits, targets)?;
+    let complete: Vec<usize> = (0..missing.len())
+        .filter(|&i| missing[i] == MissingType::None)
+        .collect();
+    let align = match ad.last_queries {
+        Some((qv, qt)) if cfg.lambda_align > 0.0 && !complete.is_empty() => {
+            Some(alignment_loss(tape, qv, qt, &complete)?)
+        }
+        _ => None,
+    };
+    let mut proxy_logits = Vec::new();
+    let routed = matches!(cfg.variant, Variant::Delo | Variant::UnifiedPool);
+    let con = if cfg.lambda_con > 0.0 && routed && !complete.is_empty() {
+        let sub = inputs.select(&complete)?;
+        let sub_missing = vec![MissingType::None; complete.len()];
+        let idx = indices(tape, &complete)?;
+        let target = tape
+            .device()
+            .backend()
+            .gather_rows(tape.value(logits), &idx)?;
+        let proxies: &[Proxy] = match cfg.con_proxy {
+            ConProxy::Text => &[Proxy::Text],
+            ConProxy::Image => &[Proxy::Image],
+            ConProxy::Both => &[Proxy::Text, Proxy::Image],
+        };
+        let mut terms = Vec::new();
+        for &p in proxies {
+            let mut ad = DeloAdapter::new(cfg, task, &sub_missing, layers, p);
+            let out = vilt.forward(tape, &sub, &mut ad)?;
+            let pl = head_logits(tape, task, out.pooled)?;
+            proxy_logits.push(pl);
+            terms.push(match targets {
+                Targets::Single(_) => tape.kl_categorical(&target, pl)?,
+                Targets::Multi(_) => tape.kl_bernoulli(&target, pl)?,
+            });
+        }
+        // With both directions, L_con is the mean of the two divergences.
+        let mut sum = terms[0];
+        for &t in &terms[1..] {
+            sum = tape.add(sum, t)?;
+        }
+        Some(tape.scale(sum, 1.0 / terms.len() as f32)?)
+    } else {
+        None
+    };
+    let total = add_scaled(tape, c, align, cfg.lambda_align)?;
+    let total = add_scaled(tape, total, con, cfg.lambda_con)?;
+    Ok(Losses {
+        total,
+        c,
+        align,
+        con,
+        logits,
+        proxy_logits,
+        task_query,
+    })
+}
+
+/// The Task-Key query at the `input` source (eq. 7): (q̂_v + q̂_t)/2 of the frozen
+/// embeddings, with cross-modal guidance; `[B, d]`, no gradient.
+pub fn task_query(
+    tape: &mut Tape,
+    emb: &crate::vilt::Embedded,
+    missing: &[MissingType],
+    guide: bool,
+) -> Result<Tensor> {
+    let dev = tape.device().clone();
+    let be = dev.backend();
+    let qv = be.masked_mean(&emb.x, &emb.image_mask)?;
+    let qt = be.masked_mean(&emb.x, &emb.text_mask)?;
+    let (cv, ct) = (tape.constant(qv), tape.constant(qt));
+    let (hv, ht) = crate::delo::adapter::guide_queries(tape, cv, ct, missing, guide, Proxy::None)?;
+    let s = be.add(tape.value(hv), tape.value(ht))?;
+    be.scale(&s, 0.5)
+}
