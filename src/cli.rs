@@ -52,6 +52,21 @@ enum Command {
         #[arg(long)]
         bf16: bool,
     },
+    /// Trainable parameters per task and total parameters of a DeLo model (paper Table 5).
+    Params {
+        /// A model directory (its config.json); default: the ViLT-B/32 dimensions.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        tasks: usize,
+        #[arg(long, default_value_t = 10)]
+        classes_per_task: usize,
+        /// Rows of the stretched text position table (512 as in the CMML code).
+        #[arg(long, default_value_t = 512)]
+        text_positions: usize,
+        #[command(flatten)]
+        delo: DeloArgs,
+    },
     /// Write a randomly initialised ViLT model directory in the Hugging Face layout
     /// (config.json, model.safetensors, vocab.txt).
     InitModel {
@@ -72,6 +87,82 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Every DeLo setting of DELO.md, with its defaults.
+#[derive(Args, Clone)]
+struct DeloArgs {
+    /// delo, lora, unified-pool, heads-only or seq-lora.
+    #[arg(long, default_value = "delo")]
+    variant: String,
+    /// Pool size E.
+    #[arg(long = "experts", default_value_t = 16)]
+    experts: usize,
+    /// Selected rank r.
+    #[arg(long, default_value_t = 4)]
+    rank: usize,
+    /// Rows per factor ρ: a number, or `r` for ρ = r (the released code's shapes).
+    #[arg(long, default_value = "1")]
+    factor_rank: String,
+    #[arg(long, default_value_t = 2.0)]
+    alpha: f32,
+    /// Adapted linears of every layer, from q,k,v,o,fc1,fc2.
+    #[arg(long, default_value = "q,k,v")]
+    targets: String,
+    /// st (straight-through), score or hard.
+    #[arg(long, default_value = "st")]
+    gate: String,
+    #[arg(long, default_value_t = 1.0)]
+    lambda_cfs: f32,
+    #[arg(long, default_value_t = 0.1)]
+    lambda_align: f32,
+    #[arg(long, default_value_t = 0.1)]
+    lambda_con: f32,
+    /// EMA momentum β of the task keys.
+    #[arg(long, default_value_t = 0.99)]
+    ema_beta: f32,
+    /// Ablation: route dummy modalities by their own queries.
+    #[arg(long)]
+    no_cross_modal_guide: bool,
+    /// input, frozen, layer or oracle.
+    #[arg(long, default_value = "input")]
+    task_key: String,
+    /// text, image or both.
+    #[arg(long, default_value = "text")]
+    con_proxy: String,
+}
+
+impl DeloArgs {
+    fn config(&self) -> Result<delo::delo::config::DeloConfig> {
+        use delo::delo::config::{DeloConfig, Target};
+        let word = |s: &str| serde_json::Value::String(s.to_string());
+        let cfg = DeloConfig {
+            variant: self.variant.parse()?,
+            experts: self.experts,
+            rank: self.rank,
+            factor_rank: if self.factor_rank == "r" {
+                self.rank
+            } else {
+                self.factor_rank
+                    .parse()
+                    .context("--factor-rank: a number or `r`")?
+            },
+            alpha: self.alpha,
+            targets: Target::parse_list(&self.targets)?,
+            gate: self.gate.parse()?,
+            lambda_cfs: self.lambda_cfs,
+            lambda_align: self.lambda_align,
+            lambda_con: self.lambda_con,
+            ema_beta: self.ema_beta,
+            cross_modal_guide: !self.no_cross_modal_guide,
+            task_key: serde_json::from_value(word(&self.task_key))
+                .context("--task-key: input, frozen, layer or oracle")?,
+            con_proxy: serde_json::from_value(word(&self.con_proxy))
+                .context("--con-proxy: text, image or both")?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 #[derive(Subcommand)]
@@ -241,6 +332,43 @@ pub fn run(cli: Cli) -> Result<()> {
                 dtype,
             )?;
             println!("wrote {}", output.display());
+        }
+        Command::Params {
+            model,
+            tasks,
+            classes_per_task,
+            text_positions,
+            delo: d,
+        } => {
+            let cfg = d.config()?;
+            let vcfg = match model {
+                Some(dir) => delo::vilt::ViltConfig::from_file(&dir.join("config.json"))?,
+                None => delo::vilt::ViltConfig::base(),
+            };
+            let c = delo::delo::config::count_params(
+                &cfg,
+                &vcfg,
+                tasks,
+                classes_per_task,
+                text_positions,
+            );
+            let m = |n: usize| format!("{:.1}M", n as f64 / 1e6);
+            println!(
+                "| variant | E | r | ρ | trainable per task | backbone | total ({tasks} tasks) |"
+            );
+            println!("|---|---|---|---|---|---|---|");
+            println!(
+                "| {:?} | {} | {} | {} | {} ({}) | {} | {} ({}) |",
+                cfg.variant,
+                cfg.experts,
+                cfg.rank,
+                cfg.factor_rank,
+                m(c.trainable_per_task),
+                c.trainable_per_task,
+                m(c.backbone),
+                m(c.total),
+                c.total
+            );
         }
         Command::InitModel {
             preset,

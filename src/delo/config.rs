@@ -119,30 +119,44 @@ impl DeloConfig {
         }
         Ok(())
     }
+}
 
-    /// Trainable scalars of one adapted target for one task: `d_in × d_out` linear.
-    pub fn adapter_params(&self, d_in: usize, d_out: usize) -> usize {
-        let (e, r, rho) = (self.experts, self.rank, self.factor_rank);
-        // A pool, B pool, routers A and B (weights + biases), compatibility router.
-        let pool = e * rho * d_in + e * d_out * rho + 2 * (e * d_in + e) + r * d_in * e;
-        match self.variant {
-            Variant::Delo => 2 * pool,
-            Variant::UnifiedPool => pool,
-            Variant::Lora | Variant::SeqLora => r * d_in + d_out * r,
-            Variant::HeadsOnly => 0,
-        }
-    }
+/// Parameter counts of a DeLo model (what `delo params` prints).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ParamCounts {
+    /// Trainable scalars of one task (its adapters and its head).
+    pub trainable_per_task: usize,
+    /// The frozen backbone, with the text position table at `text_positions` rows.
+    pub backbone: usize,
+    /// Backbone plus every task's parameters.
+    pub total: usize,
+}
 
-    /// Trainable scalars of one task: every target of every layer, plus its head.
-    pub fn task_params(&self, layers: usize, d: usize, d_ff: usize, classes: usize) -> usize {
-        let adapters: usize = self
-            .targets
-            .iter()
-            .map(|t| {
-                let (i, o) = t.dims(d, d_ff);
-                self.adapter_params(i, o)
-            })
-            .sum();
-        layers * adapters + d * classes + classes
+/// Counts for `tasks` tasks of `classes` classes each on backbone `vcfg`, whose text position
+/// table is stretched to `text_positions` rows (512 in the CMML code).
+pub fn count_params(
+    cfg: &DeloConfig,
+    vcfg: &crate::vilt::ViltConfig,
+    tasks: usize,
+    classes: usize,
+    text_positions: usize,
+) -> ParamCounts {
+    let backbone: usize = crate::vilt::expected_shapes(vcfg)
+        .iter()
+        .map(|(name, shape)| match name.as_str() {
+            "embeddings.text_embeddings.position_embeddings.weight" => {
+                text_positions.max(shape[0]) * shape[1]
+            }
+            _ => shape.iter().product(),
+        })
+        .sum();
+    let per_task = crate::delo::params::task_specs(cfg, vcfg, classes)
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum();
+    ParamCounts {
+        trainable_per_task: per_task,
+        backbone,
+        total: backbone + tasks * per_task,
     }
 }
