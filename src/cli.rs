@@ -52,6 +52,8 @@ enum Command {
         #[arg(long)]
         bf16: bool,
     },
+    /// Train DeLo on a CMML benchmark, task after task, evaluating and checkpointing each.
+    Train(TrainArgs),
     /// Trainable parameters per task and total parameters of a DeLo model (paper Table 5).
     Params {
         /// A model directory (its config.json); default: the ViLT-B/32 dimensions.
@@ -87,6 +89,81 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The CMML benchmark JSON (or its folder).
+    #[arg(long, required_unless_present = "resume")]
+    data: Option<PathBuf>,
+    /// A Hugging Face ViLT model directory.
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<PathBuf>,
+    /// The run directory to create.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last finished task.
+    #[arg(long, conflicts_with_all = ["data", "model", "out"])]
+    resume: Option<PathBuf>,
+    /// Missing modality, `type:η` with type text, image or both (CMML.md).
+    #[arg(long, default_value = "both:0.7")]
+    missing: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 16)]
+    eval_batch_size: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 512)]
+    max_text_len: usize,
+    /// Square image size (0: ViLT's shortest-edge resize).
+    #[arg(long, default_value_t = 384)]
+    image_size: u32,
+    /// Stop each task after this many steps (quick runs).
+    #[arg(long)]
+    max_steps_per_task: Option<usize>,
+    #[arg(long, default_value_t = 2)]
+    loader_threads: usize,
+    /// Keep decoded images in memory (small datasets).
+    #[arg(long)]
+    cache_images: bool,
+    /// Leave out unreadable images (counted and reported) instead of failing.
+    #[arg(long)]
+    skip_bad: bool,
+    #[command(flatten)]
+    delo: DeloArgs,
+}
+
+impl TrainArgs {
+    fn settings(&self) -> Result<delo::train::TrainSettings> {
+        Ok(delo::train::TrainSettings {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            eval_batch_size: self.eval_batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+            missing: self.missing.clone(),
+            max_text_len: self.max_text_len,
+            image_size: (self.image_size > 0).then_some(self.image_size),
+            loader_threads: self.loader_threads,
+            cache_images: self.cache_images,
+            skip_bad: self.skip_bad,
+            device: self.device.clone(),
+            max_steps_per_task: self.max_steps_per_task,
+            delo: self.delo.config()?,
+            ..Default::default()
+        })
+    }
 }
 
 /// Every DeLo setting of DELO.md, with its defaults.
@@ -332,6 +409,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 dtype,
             )?;
             println!("wrote {}", output.display());
+        }
+        Command::Train(a) => {
+            let mut trainer = match &a.resume {
+                Some(dir) => delo::train::Trainer::resume(dir)?,
+                None => {
+                    let (data, model, out) = (a.data.as_ref().unwrap(), a.model.as_ref().unwrap(), a.out.as_ref().unwrap());
+                    delo::train::Trainer::create(data, model, out, a.settings()?)?
+                }
+            };
+            trainer.run(&mut |line| eprintln!("{line}"))?;
+            println!("run finished: {}", trainer.run_dir.display());
         }
         Command::Params {
             model,

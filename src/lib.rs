@@ -9,8 +9,10 @@ pub mod data;
 pub mod delo;
 pub mod error;
 pub mod params;
+pub mod report;
 pub mod st;
 pub mod tensor;
+pub mod train;
 pub mod vilt;
 
 pub use backend::{Backend, Device};

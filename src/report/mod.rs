@@ -1,0 +1,3 @@
+//! Run reports: metrics, results.json, report.md and plots.
+
+pub mod metrics;
