@@ -414,7 +414,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut trainer = match &a.resume {
                 Some(dir) => delo::train::Trainer::resume(dir)?,
                 None => {
-                    let (data, model, out) = (a.data.as_ref().unwrap(), a.model.as_ref().unwrap(), a.out.as_ref().unwrap());
+                    let (data, model, out) = (
+                        a.data.as_ref().unwrap(),
+                        a.model.as_ref().unwrap(),
+                        a.out.as_ref().unwrap(),
+                    );
                     delo::train::Trainer::create(data, model, out, a.settings()?)?
                 }
             };

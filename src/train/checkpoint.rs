@@ -33,7 +33,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
     crate::st::write_atomic(path, text.as_bytes())
 }
 
@@ -44,7 +45,10 @@ pub fn write_run(dir: &Path, spec: &RunSpec) -> Result<()> {
 pub fn read_run(dir: &Path) -> Result<RunSpec> {
     let path = dir.join(RUN_FILE);
     if !path.is_file() {
-        return Err(Error::format(dir, format!("no {RUN_FILE}: not a delo run directory")));
+        return Err(Error::format(
+            dir,
+            format!("no {RUN_FILE}: not a delo run directory"),
+        ));
     }
     read_json(&path)
 }
@@ -52,9 +56,17 @@ pub fn read_run(dir: &Path) -> Result<RunSpec> {
 /// Writes task `t`'s tensors and key, then the progress that counts it.
 pub fn save_task(tr: &Trainer, t: usize) -> Result<()> {
     let mut tensors = tr.tasks[t].params.clone();
-    tensors.push(("key".into(), Tensor::from_f32(tr.keys.keys[t].clone(), &[tr.keys.keys[t].len()])?));
+    tensors.push((
+        "key".into(),
+        Tensor::from_f32(tr.keys.keys[t].clone(), &[tr.keys.keys[t].len()])?,
+    ));
     crate::st::write_file(&tr.run_dir.join(task_file(t)), &tensors, None)?;
-    let progress = Progress { tasks_done: t + 1, keys: tr.keys.clone(), stats: tr.stats.clone(), evals: tr.evals.clone() };
+    let progress = Progress {
+        tasks_done: t + 1,
+        keys: tr.keys.clone(),
+        stats: tr.stats.clone(),
+        evals: tr.evals.clone(),
+    };
     write_json(&tr.run_dir.join(PROGRESS_FILE), &progress)
 }
 
@@ -65,17 +77,33 @@ pub fn restore(tr: &mut Trainer) -> Result<()> {
         return Ok(());
     }
     let p: Progress = read_json(&path)?;
-    if p.keys.keys.len() < p.tasks_done || p.stats.len() < p.tasks_done || p.evals.len() < p.tasks_done {
-        return Err(Error::format(&path, format!("records {} finished tasks but not their keys, statistics and evaluations", p.tasks_done)));
+    if p.keys.keys.len() < p.tasks_done
+        || p.stats.len() < p.tasks_done
+        || p.evals.len() < p.tasks_done
+    {
+        return Err(Error::format(
+            &path,
+            format!(
+                "records {} finished tasks but not their keys, statistics and evaluations",
+                p.tasks_done
+            ),
+        ));
     }
     for t in 0..p.tasks_done {
         let file = tr.run_dir.join(task_file(t));
         let mut tensors = crate::st::read_file(&file)?;
-        tensors.remove("key").ok_or_else(|| Error::format(&file, "no `key` tensor"))?;
-        let params = tensors.into_iter().map(|(n, v)| Ok((n, v.to_device(&tr.device)?))).collect::<Result<Vec<_>>>()?;
+        tensors
+            .remove("key")
+            .ok_or_else(|| Error::format(&file, "no `key` tensor"))?;
+        let params = tensors
+            .into_iter()
+            .map(|(n, v)| Ok((n, v.to_device(&tr.device)?)))
+            .collect::<Result<Vec<_>>>()?;
         tr.tasks.push(FrozenTask { params });
     }
-    tr.keys = TaskKeys { keys: p.keys.keys[..p.tasks_done].to_vec() };
+    tr.keys = TaskKeys {
+        keys: p.keys.keys[..p.tasks_done].to_vec(),
+    };
     tr.stats = p.stats[..p.tasks_done].to_vec();
     tr.evals = p.evals[..p.tasks_done].to_vec();
     Ok(())

@@ -54,13 +54,23 @@ enum Prediction {
 }
 
 /// Evaluates `task` on `split` with the tasks trained so far (0..=`trained`).
-pub fn evaluate(tr: &Trainer, task: usize, split: Split, trained: usize, mut probes: Option<&mut Probes>) -> Result<(Cell, Vec<(usize, usize, Vec<f32>)>)> {
+pub fn evaluate(
+    tr: &Trainer,
+    task: usize,
+    split: Split,
+    trained: usize,
+    mut probes: Option<&mut Probes>,
+) -> Result<(Cell, Vec<(usize, usize, Vec<f32>)>)> {
     let s = tr.settings();
     let d = tr.vilt.cfg.hidden_size;
     let n_cls = tr.bench.tasks[task].classes.len();
     let loader = tr.loader(task, split, false)?;
     let (mut total, mut correct, mut id_correct) = (0usize, 0usize, 0usize);
-    let mut f1 = F1Counts { tp: vec![0; n_cls], fp: vec![0; n_cls], fn_: vec![0; n_cls] };
+    let mut f1 = F1Counts {
+        tp: vec![0; n_cls],
+        fp: vec![0; n_cls],
+        fn_: vec![0; n_cls],
+    };
     let mut predictions = Vec::new();
     for batch in loader.epoch(0) {
         let batch = batch?;
@@ -77,11 +87,21 @@ pub fn evaluate(tr: &Trainer, task: usize, split: Split, trained: usize, mut pro
             if rows.is_empty() {
                 continue;
             }
-            let sub = if rows.len() == picked.len() { batch.data.clone() } else { batch.data.select(&rows)? };
+            let sub = if rows.len() == picked.len() {
+                batch.data.clone()
+            } else {
+                batch.data.select(&rows)?
+            };
             let sub_missing: Vec<MissingType> = rows.iter().map(|&i| missing[i]).collect();
             let mut tape = Tape::new(tr.device.clone());
             let bound = BoundTask::constants(&mut tape, &tr.tasks[k].params);
-            let mut ad = DeloAdapter::new(&s.delo, &bound, &sub_missing, tr.vilt.cfg.num_hidden_layers, Proxy::None);
+            let mut ad = DeloAdapter::new(
+                &s.delo,
+                &bound,
+                &sub_missing,
+                tr.vilt.cfg.num_hidden_layers,
+                Proxy::None,
+            );
             if probes.is_some() {
                 ad = ad.record_selections();
             }
@@ -102,10 +122,16 @@ pub fn evaluate(tr: &Trainer, task: usize, split: Split, trained: usize, mut pro
                         let best = (0..nk).fold(0, |b, c| if row[c] > row[b] { c } else { b });
                         Prediction::Class(tr.bench.tasks[k].classes[best])
                     }
-                    LabelKind::Multi => Prediction::Positives(if k == task { row.iter().map(|&x| x > 0.0).collect() } else { vec![false; n_cls] }),
+                    LabelKind::Multi => Prediction::Positives(if k == task {
+                        row.iter().map(|&x| x > 0.0).collect()
+                    } else {
+                        vec![false; n_cls]
+                    }),
                 };
                 match (&pred, &sample.label, &sample.local_label) {
-                    (Prediction::Class(c), Label::Single(truth), _) => correct += (c == truth) as usize,
+                    (Prediction::Class(c), Label::Single(truth), _) => {
+                        correct += (c == truth) as usize
+                    }
                     (Prediction::Positives(p), _, Label::Multi(truth)) => {
                         for c in 0..n_cls {
                             let (yp, yt) = (p[c], truth[c] != 0);
@@ -114,7 +140,11 @@ pub fn evaluate(tr: &Trainer, task: usize, split: Split, trained: usize, mut pro
                             f1.fn_[c] += (!yp && yt) as u64;
                         }
                     }
-                    _ => return Err(crate::Error::Msg("label kind and prediction kind disagree".into())),
+                    _ => {
+                        return Err(crate::Error::Msg(
+                            "label kind and prediction kind disagree".into(),
+                        ))
+                    }
                 }
                 predictions.push((sample.index, k, row.to_vec()));
             }
@@ -124,10 +154,21 @@ pub fn evaluate(tr: &Trainer, task: usize, split: Split, trained: usize, mut pro
         LabelKind::Single => 100.0 * correct as f64 / total.max(1) as f64,
         LabelKind::Multi => crate::report::metrics::f1_macro_from_counts(&f1.tp, &f1.fp, &f1.fn_),
     };
-    Ok((Cell { metric, task_id: 100.0 * id_correct as f64 / total.max(1) as f64 }, predictions))
+    Ok((
+        Cell {
+            metric,
+            task_id: 100.0 * id_correct as f64 / total.max(1) as f64,
+        },
+        predictions,
+    ))
 }
 
-fn collect_probes(p: &mut Probes, tape: &Tape, ad: &DeloAdapter<'_>, missing: &[MissingType]) -> Result<()> {
+fn collect_probes(
+    p: &mut Probes,
+    tape: &Tape,
+    ad: &DeloAdapter<'_>,
+    missing: &[MissingType],
+) -> Result<()> {
     for (name, sa, sb) in ad.selections.iter().flatten() {
         for (map, sel) in [(&mut p.selection_a, sa), (&mut p.selection_b, sb)] {
             let counts = map.entry(name.clone()).or_default();
@@ -143,7 +184,12 @@ fn collect_probes(p: &mut Probes, tape: &Tape, ad: &DeloAdapter<'_>, missing: &[
     if let Some((qv, qt)) = ad.last_queries {
         let be = tape.device().backend();
         let cos = be.cosine(tape.value(qv), tape.value(qt))?.to_vec_f32()?;
-        p.cos_qv_qt.extend(cos.iter().zip(missing).filter(|(_, m)| **m == MissingType::None).map(|(c, _)| *c));
+        p.cos_qv_qt.extend(
+            cos.iter()
+                .zip(missing)
+                .filter(|(_, m)| **m == MissingType::None)
+                .map(|(c, _)| *c),
+        );
     }
     Ok(())
 }
@@ -159,7 +205,24 @@ pub fn evaluate_after(tr: &Trainer, t: usize) -> Result<TaskRow> {
 }
 
 pub fn row_summary(t: usize, row: &TaskRow) -> String {
-    let f = |cells: &[Cell]| cells.iter().map(|c| format!("{:.1}", c.metric)).collect::<Vec<_>>().join(" ");
-    let id = |cells: &[Cell]| cells.iter().map(|c| format!("{:.0}", c.task_id)).collect::<Vec<_>>().join(" ");
-    format!("after task {t}: test [{}] (task-id % [{}]); val [{}]", f(&row.test), id(&row.test), f(&row.val))
+    let f = |cells: &[Cell]| {
+        cells
+            .iter()
+            .map(|c| format!("{:.1}", c.metric))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let id = |cells: &[Cell]| {
+        cells
+            .iter()
+            .map(|c| format!("{:.0}", c.task_id))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "after task {t}: test [{}] (task-id % [{}]); val [{}]",
+        f(&row.test),
+        id(&row.test),
+        f(&row.val)
+    )
 }

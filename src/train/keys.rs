@@ -32,10 +32,18 @@ impl TaskKeys {
         let m = batch_mean(q, d);
         match task.cmp(&self.keys.len()) {
             std::cmp::Ordering::Less => {
-                self.keys[task].iter_mut().zip(&m).for_each(|(k, &v)| *k = beta * *k + (1.0 - beta) * v);
+                self.keys[task]
+                    .iter_mut()
+                    .zip(&m)
+                    .for_each(|(k, &v)| *k = beta * *k + (1.0 - beta) * v);
             }
             std::cmp::Ordering::Equal => self.keys.push(m),
-            std::cmp::Ordering::Greater => return Err(Error::Msg(format!("task key {task} updated before key {}", self.keys.len()))),
+            std::cmp::Ordering::Greater => {
+                return Err(Error::Msg(format!(
+                    "task key {task} updated before key {}",
+                    self.keys.len()
+                )))
+            }
         }
         Ok(())
     }
@@ -47,7 +55,13 @@ impl TaskKeys {
             .map(|row| {
                 (0..seen.min(self.keys.len()))
                     .map(|k| (k, cosine(row, &self.keys[k])))
-                    .fold((0, f32::NEG_INFINITY), |best, (k, c)| if c > best.1 { (k, c) } else { best })
+                    .fold((0, f32::NEG_INFINITY), |best, (k, c)| {
+                        if c > best.1 {
+                            (k, c)
+                        } else {
+                            best
+                        }
+                    })
                     .0
             })
             .collect()

@@ -19,7 +19,9 @@ use crate::autograd::Tape;
 use crate::backend::Device;
 use crate::data::image::ImageProcessor;
 use crate::data::tokenizer::BertTokenizer;
-use crate::data::{Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Split};
+use crate::data::{
+    Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Split,
+};
 use crate::delo::adapter::BoundTask;
 use crate::delo::config::{DeloConfig, TaskKeySource, Variant};
 use crate::delo::losses::{batch_losses, Targets};
@@ -130,13 +132,25 @@ fn progress_line(task: usize, step: usize, total: usize, loss: f32, lr: f32, sps
 
 impl Trainer {
     /// Opens a new run (or fails if `run_dir` already holds one; resume it instead).
-    pub fn create(data: &Path, model: &Path, run_dir: &Path, settings: TrainSettings) -> Result<Trainer> {
+    pub fn create(
+        data: &Path,
+        model: &Path,
+        run_dir: &Path,
+        settings: TrainSettings,
+    ) -> Result<Trainer> {
         settings.delo.validate()?;
         if run_dir.join(checkpoint::RUN_FILE).exists() {
-            return Err(Error::Msg(format!("{} already holds a run; use --resume to continue it", run_dir.display())));
+            return Err(Error::Msg(format!(
+                "{} already holds a run; use --resume to continue it",
+                run_dir.display()
+            )));
         }
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        let spec = RunSpec { data: data.to_path_buf(), model: model.to_path_buf(), settings };
+        let spec = RunSpec {
+            data: data.to_path_buf(),
+            model: model.to_path_buf(),
+            settings,
+        };
         let t = Trainer::open(spec, run_dir)?;
         checkpoint::write_run(run_dir, &t.spec)?;
         Ok(t)
@@ -161,13 +175,33 @@ impl Trainer {
         let device = Device::parse(&s.device)?;
         let bench = Benchmark::load(&spec.data)?;
         let (vcfg, weights) = load_model_dir(&spec.model)?;
-        let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+        let dtype = if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        };
         let vilt = Vilt::new(vcfg, weights, &device, s.max_text_len, dtype)?;
         let tokenizer = Arc::new(BertTokenizer::from_model_dir(&spec.model)?);
         let images = ImageProcessor::with_image_size(s.image_size);
-        let prep = Arc::new(ViltPrep { tokenizer, images, max_text_len: s.max_text_len });
+        let prep = Arc::new(ViltPrep {
+            tokenizer,
+            images,
+            max_text_len: s.max_text_len,
+        });
         let missing: MissingSpec = s.missing.parse()?;
-        Ok(Trainer { run_dir: run_dir.to_path_buf(), device, vilt, bench, prep, missing, tasks: Vec::new(), keys: TaskKeys::default(), stats: Vec::new(), evals: Vec::new(), spec })
+        Ok(Trainer {
+            run_dir: run_dir.to_path_buf(),
+            device,
+            vilt,
+            bench,
+            prep,
+            missing,
+            tasks: Vec::new(),
+            keys: TaskKeys::default(),
+            stats: Vec::new(),
+            evals: Vec::new(),
+            spec,
+        })
     }
 
     pub fn settings(&self) -> &TrainSettings {
@@ -177,7 +211,11 @@ impl Trainer {
     pub fn loader(&self, task: usize, split: Split, train: bool) -> Result<Loader<ViltPrep>> {
         let s = self.settings();
         let cfg = LoaderConfig {
-            batch_size: if train { s.batch_size } else { s.eval_batch_size },
+            batch_size: if train {
+                s.batch_size
+            } else {
+                s.eval_batch_size
+            },
             shuffle: train,
             seed: s.seed,
             threads: s.loader_threads,
@@ -186,7 +224,15 @@ impl Trainer {
             skip_bad: s.skip_bad,
             drop_last: false,
         };
-        Loader::from_benchmark(&self.bench, task, split, &self.missing, s.seed, self.prep.clone(), cfg)
+        Loader::from_benchmark(
+            &self.bench,
+            task,
+            split,
+            &self.missing,
+            s.seed,
+            self.prep.clone(),
+            cfg,
+        )
     }
 
     /// Local labels of a batch as the loss wants them.
@@ -194,10 +240,15 @@ impl Trainer {
         let n = self.bench.tasks[task].classes.len();
         match self.bench.kind {
             LabelKind::Single => {
-                let v: Vec<i32> = labels.iter().map(|l| match l {
-                    Label::Single(c) => Ok(*c as i32),
-                    Label::Multi(_) => Err(Error::Msg("a multi-hot label in a single-label benchmark".into())),
-                }).collect::<Result<_>>()?;
+                let v: Vec<i32> = labels
+                    .iter()
+                    .map(|l| match l {
+                        Label::Single(c) => Ok(*c as i32),
+                        Label::Multi(_) => Err(Error::Msg(
+                            "a multi-hot label in a single-label benchmark".into(),
+                        )),
+                    })
+                    .collect::<Result<_>>()?;
                 Ok(Targets::Single(Tensor::from_i32(v, &[labels.len()])?))
             }
             LabelKind::Multi => {
@@ -205,7 +256,11 @@ impl Trainer {
                 for l in labels {
                     match l {
                         Label::Multi(h) if h.len() == n => v.extend(h.iter().map(|&x| x as f32)),
-                        _ => return Err(Error::Msg(format!("a label that is not a {n}-class multi-hot vector"))),
+                        _ => {
+                            return Err(Error::Msg(format!(
+                                "a label that is not a {n}-class multi-hot vector"
+                            )))
+                        }
                     }
                 }
                 Ok(Targets::Multi(Tensor::from_f32(v, &[labels.len(), n])?))
@@ -214,15 +269,28 @@ impl Trainer {
     }
 
     /// The task-key query of a batch at the configured source (`oracle` needs none).
-    pub fn task_query(&self, tape: &mut Tape, inputs: &ViltInputs, missing: &[MissingType]) -> Result<Vec<f32>> {
+    pub fn task_query(
+        &self,
+        tape: &mut Tape,
+        inputs: &ViltInputs,
+        missing: &[MissingType],
+    ) -> Result<Vec<f32>> {
         match self.settings().delo.task_key {
             TaskKeySource::Frozen => {
-                let out = self.vilt.forward(tape, inputs, &mut crate::vilt::NoAdapter)?;
+                let out = self
+                    .vilt
+                    .forward(tape, inputs, &mut crate::vilt::NoAdapter)?;
                 tape.value(out.pooled).to_vec_f32()
             }
             _ => {
                 let emb = self.vilt.embed(inputs)?;
-                crate::delo::losses::task_query(tape, &emb, missing, self.settings().delo.cross_modal_guide)?.to_vec_f32()
+                crate::delo::losses::task_query(
+                    tape,
+                    &emb,
+                    missing,
+                    self.settings().delo.cross_modal_guide,
+                )?
+                .to_vec_f32()
             }
         }
     }
@@ -244,7 +312,10 @@ impl Trainer {
         let s = self.settings().clone();
         let classes = self.bench.tasks[t].classes.len();
         let specs = task_specs(&s.delo, &self.vilt.cfg, classes);
-        let mut params = ParamSet::new(&self.device, init_params(&specs, s.seed.wrapping_add(1000 * t as u64 + 1))?)?;
+        let mut params = ParamSet::new(
+            &self.device,
+            init_params(&specs, s.seed.wrapping_add(1000 * t as u64 + 1))?,
+        )?;
         let loader = self.loader(t, Split::Train, true)?;
         let per_epoch = loader.num_batches();
         let mut total = per_epoch * s.epochs;
@@ -261,13 +332,34 @@ impl Trainer {
                 }
                 let batch = batch?;
                 let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
-                let labels: Vec<Label> = batch.samples.iter().map(|x| x.local_label.clone()).collect();
+                let labels: Vec<Label> = batch
+                    .samples
+                    .iter()
+                    .map(|x| x.local_label.clone())
+                    .collect();
                 let targets = self.targets(t, &labels)?;
                 let mut tape = Tape::new(self.device.clone());
                 let q = self.task_query(&mut tape, &batch.data, &missing)?;
-                let vars: HashMap<String, _> = names.iter().enumerate().map(|(i, n)| Ok((n.clone(), params.bind(&mut tape, crate::autograd::ParamId(i))?))).collect::<Result<_>>()?;
+                let vars: HashMap<String, _> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        Ok((
+                            n.clone(),
+                            params.bind(&mut tape, crate::autograd::ParamId(i))?,
+                        ))
+                    })
+                    .collect::<Result<_>>()?;
                 let bound = BoundTask::new(vars);
-                let losses = batch_losses(&self.vilt, &s.delo, &mut tape, &bound, &batch.data, &missing, &targets)?;
+                let losses = batch_losses(
+                    &self.vilt,
+                    &s.delo,
+                    &mut tape,
+                    &bound,
+                    &batch.data,
+                    &missing,
+                    &targets,
+                )?;
                 let loss = tape.value(losses.total).item()?;
                 if !loss.is_finite() {
                     return Err(Error::Numeric(format!(
@@ -280,20 +372,39 @@ impl Trainer {
                 let lr = schedule::cosine_with_warmup(s.lr, step, total, s.warmup);
                 params.adamw_step(lr, s.betas, s.eps, s.weight_decay)?;
                 params.zero_grads()?;
-                self.keys.ema_update(t, &q, self.vilt.cfg.hidden_size, s.delo.ema_beta)?;
+                self.keys
+                    .ema_update(t, &q, self.vilt.cfg.hidden_size, s.delo.ema_beta)?;
                 step += 1;
                 samples += batch.samples.len();
                 last_loss = loss;
                 if step % 10 == 0 || step == total {
-                    log(&progress_line(t, step, total, loss, lr, samples as f64 / started.elapsed().as_secs_f64()));
+                    log(&progress_line(
+                        t,
+                        step,
+                        total,
+                        loss,
+                        lr,
+                        samples as f64 / started.elapsed().as_secs_f64(),
+                    ));
                 }
             }
         }
         if step == 0 {
             return Err(Error::Msg(format!("task {t} has no training batch")));
         }
-        self.tasks.push(FrozenTask { params: params.to_host()?.into_iter().map(|(n, t)| Ok((n, t.to_device(&self.device)?))).collect::<Result<_>>()? });
+        self.tasks.push(FrozenTask {
+            params: params
+                .to_host()?
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.to_device(&self.device)?)))
+                .collect::<Result<_>>()?,
+        });
         let wall = started.elapsed().as_secs_f64();
-        Ok(TaskStats { wall_seconds: wall, train_samples_per_second: samples as f64 / wall, steps: step, final_loss: last_loss })
+        Ok(TaskStats {
+            wall_seconds: wall,
+            train_samples_per_second: samples as f64 / wall,
+            steps: step,
+            final_loss: last_loss,
+        })
     }
 }

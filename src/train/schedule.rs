@@ -21,10 +21,19 @@ mod tests {
     fn warms_up_then_anneals() {
         let lr = |s| cosine_with_warmup(1.0, s, 100, 0.1);
         assert!((lr(0) - 0.1).abs() < 1e-6, "first warm-up step");
-        assert!((lr(9) - 1.0).abs() < 1e-6, "end of warm-up reaches the base rate");
-        assert!((lr(10) - 1.0).abs() < 1e-6, "cosine starts at the base rate");
+        assert!(
+            (lr(9) - 1.0).abs() < 1e-6,
+            "end of warm-up reaches the base rate"
+        );
+        assert!(
+            (lr(10) - 1.0).abs() < 1e-6,
+            "cosine starts at the base rate"
+        );
         assert!((lr(55) - 0.5).abs() < 1e-2, "half-way through the cosine");
         assert!(lr(99) < 1e-3, "ends near zero");
-        assert!((1..100).all(|s| s < 10 || lr(s) <= lr(s - 1)), "monotone after warm-up");
+        assert!(
+            (1..100).all(|s| s < 10 || lr(s) <= lr(s - 1)),
+            "monotone after warm-up"
+        );
     }
 }
