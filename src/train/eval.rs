@@ -12,6 +12,7 @@ use crate::delo::adapter::{BoundTask, DeloAdapter, Proxy};
 use crate::delo::config::TaskKeySource;
 use crate::delo::losses::head_logits;
 use crate::error::Result;
+use crate::report::metrics::MultiLabelCounts;
 use crate::train::Trainer;
 
 /// One evaluated (split, task) cell: the metric in percent and the task-id accuracy in percent.
@@ -36,14 +37,6 @@ pub struct Probes {
     pub selection_b: BTreeMap<String, Vec<u64>>,
     /// cos(q_v, q_t) at the last layer's input, per complete sample.
     pub cos_qv_qt: Vec<f32>,
-}
-
-/// Per-class confusion counts of a multi-label task.
-#[derive(Clone, Debug, Default)]
-struct F1Counts {
-    tp: Vec<u64>,
-    fp: Vec<u64>,
-    fn_: Vec<u64>,
 }
 
 /// Predicted label of one sample, in global terms: a class id, or the positives among the
@@ -133,12 +126,8 @@ pub fn evaluate(
                         correct += (c == truth) as usize
                     }
                     (Prediction::Positives(p), _, Label::Multi(truth)) => {
-                        for c in 0..n_cls {
-                            let (yp, yt) = (p[c], truth[c] != 0);
-                            f1.tp[c] += (yp && yt) as u64;
-                            f1.fp[c] += (yp && !yt) as u64;
-                            f1.fn_[c] += (!yp && yt) as u64;
-                        }
+                        let truth: Vec<bool> = truth.iter().map(|&x| x != 0).collect();
+                        f1.add(p, &truth)?;
                     }
                     _ => {
                         return Err(crate::Error::Msg(
@@ -152,7 +141,7 @@ pub fn evaluate(
     }
     let metric = match tr.bench.kind {
         LabelKind::Single => 100.0 * correct as f64 / total.max(1) as f64,
-        LabelKind::Multi => crate::report::metrics::f1_macro_from_counts(&f1.tp, &f1.fp, &f1.fn_),
+        LabelKind::Multi => f1.f1_macro()?,
     };
     Ok((
         Cell {
@@ -195,11 +184,12 @@ fn collect_probes(
 }
 
 /// Val and test of every task seen so far, after training task `t`.
-pub fn evaluate_after(tr: &Trainer, t: usize) -> Result<TaskRow> {
+/// With `probes`, the test evaluations also record factor selections and cos(q_v, q_t).
+pub fn evaluate_after(tr: &Trainer, t: usize, mut probes: Option<&mut Probes>) -> Result<TaskRow> {
     let mut row = TaskRow::default();
     for j in 0..=t {
         row.val.push(evaluate(tr, j, Split::Val, t, None)?.0);
-        row.test.push(evaluate(tr, j, Split::Test, t, None)?.0);
+        row.test.push(evaluate(tr, j, Split::Test, t, probes.as_deref_mut())?.0);
     }
     Ok(row)
 }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod eval;
 pub mod keys;
 pub mod prep;
+pub mod results;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -99,6 +100,7 @@ pub struct RunSpec {
 /// Per-task training statistics.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TaskStats {
+    pub epochs: usize,
     pub wall_seconds: f64,
     pub train_samples_per_second: f64,
     pub steps: usize,
@@ -295,17 +297,31 @@ impl Trainer {
         }
     }
 
-    /// Trains every task not yet done, evaluating and checkpointing after each.
-    pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<()> {
-        for t in self.tasks.len()..self.bench.num_tasks() {
+    /// Trains every task not yet done, evaluating, checkpointing and reporting after each.
+    pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<crate::report::Results> {
+        self.run_until(self.bench.num_tasks(), log)
+    }
+
+    /// Trains the tasks before `until` that are not yet done (a partial run, e.g. to be
+    /// resumed later); results.json covers the tasks finished so far.
+    pub fn run_until(&mut self, until: usize, log: &mut dyn FnMut(&str)) -> Result<crate::report::Results> {
+        let total = self.bench.num_tasks();
+        let mut probes = eval::Probes::default();
+        for t in self.tasks.len()..until.min(total) {
             let stats = self.train_task(t, log)?;
             self.stats.push(stats);
-            let row = eval::evaluate_after(self, t)?;
+            // The final evaluation also feeds the report's selection and cos(q_v, q_t) plots.
+            let last = t + 1 == total;
+            let row = eval::evaluate_after(self, t, last.then_some(&mut probes))?;
             log(&eval::row_summary(t, &row));
             self.evals.push(row);
             checkpoint::save_task(self, t)?;
+            if !last {
+                results::write(self, None)?;
+            }
         }
-        Ok(())
+        let done = self.evals.len() == total;
+        results::write(self, done.then_some(&probes))
     }
 
     fn train_task(&mut self, t: usize, log: &mut dyn FnMut(&str)) -> Result<TaskStats> {

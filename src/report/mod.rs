@@ -1,3 +1,0 @@
-//! Run reports: metrics, results.json, report.md and plots.
-
-pub mod metrics;

@@ -1,0 +1,63 @@
+//! A run's results: the matrices of every evaluation so far, AP/FG, per-task statistics and
+//! the probes of the final evaluation, written as results.json, report.md and plots.
+
+use crate::data::{LabelKind, Split};
+use crate::error::Result;
+use crate::report::{FactorSide, Metric, Results, TaskStats as ReportStats};
+use crate::train::eval::Probes;
+use crate::train::Trainer;
+
+/// The display name of a variant in reports.
+pub fn method_name(tr: &Trainer) -> String {
+    match tr.settings().delo.variant {
+        crate::delo::config::Variant::Delo => "DeLo".into(),
+        v => serde_json::to_value(v).ok().and_then(|x| x.as_str().map(String::from)).unwrap_or_default(),
+    }
+}
+
+/// Results of every task finished so far (a partial run gives a partial lower triangle).
+pub fn build(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
+    let metric = match tr.bench.kind {
+        LabelKind::Single => Metric::Accuracy,
+        LabelKind::Multi => Metric::F1Macro,
+    };
+    let config = serde_json::json!({
+        "data": tr.spec.data,
+        "model": tr.spec.model,
+        "benchmark": tr.bench.name,
+        "settings": tr.spec.settings,
+        "backbone": tr.vilt.cfg,
+    });
+    let mut r = Results::new(metric, tr.bench.num_tasks(), config);
+    for (t, row) in tr.evals.iter().enumerate() {
+        for (split, cells) in [(Split::Val, &row.val), (Split::Test, &row.test)] {
+            for (j, c) in cells.iter().enumerate() {
+                r.set_entry(split, t, j, c.metric, c.task_id)?;
+            }
+        }
+    }
+    for (t, s) in tr.stats.iter().enumerate() {
+        let stats = ReportStats { wall_seconds: s.wall_seconds, train_samples_per_second: s.train_samples_per_second, epochs: s.epochs, steps: s.steps as u64, final_loss: s.final_loss as f64 };
+        r.set_task_stats(t, stats)?;
+    }
+    if let Some(p) = probes {
+        for (side, map) in [(FactorSide::A, &p.selection_a), (FactorSide::B, &p.selection_b)] {
+            for (pool, counts) in map {
+                r.add_selection_counts(side, pool, counts)?;
+            }
+        }
+        r.add_cos_samples(&p.cos_qv_qt)?;
+    }
+    Ok(r)
+}
+
+/// Writes results.json, report.md and the plots into the run directory.
+pub fn write(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
+    let mut r = build(tr, probes)?;
+    if tr.evals.len() == tr.bench.num_tasks() {
+        r.finalize()?;
+    }
+    let missing = crate::report::missing_label(&tr.missing);
+    crate::report::write_all(&r, &tr.run_dir, &method_name(tr), &missing)?;
+    Ok(r)
+}
