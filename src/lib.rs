@@ -9,6 +9,7 @@ pub mod data;
 pub mod delo;
 pub mod error;
 pub mod params;
+pub mod report;
 pub mod st;
 pub mod tensor;
 pub mod vilt;
