@@ -32,11 +32,10 @@ fn task_id(t: usize, j: usize) -> f64 {
 fn full_results() -> Results {
     let config = serde_json::json!({"variant": "delo", "pool_size": 4, "seed": 7});
     let mut r = Results::new(Metric::Accuracy, 3, config);
-    for t in 0..3 {
-        for j in 0..=t {
-            r.set_entry(Split::Test, t, j, TEST[t][j], task_id(t, j))
-                .unwrap();
-            r.set_entry(Split::Val, t, j, TEST[t][j] - 1.0, task_id(t, j))
+    for (t, row) in TEST.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate().take(t + 1) {
+            r.set_entry(Split::Test, t, j, v, task_id(t, j)).unwrap();
+            r.set_entry(Split::Val, t, j, v - 1.0, task_id(t, j))
                 .unwrap();
         }
         r.set_task_stats(
@@ -359,7 +358,7 @@ fn check_well_formed(doc: &str) -> Result<(), String> {
         {
             return Err(format!("bad tag name {name:?}"));
         }
-        if tag.matches('"').count() % 2 != 0 {
+        if !tag.matches('"').count().is_multiple_of(2) {
             return Err(format!("unbalanced quotes in <{tag}>"));
         }
         check_text(tag)?;
@@ -432,8 +431,8 @@ fn plots_are_well_formed_with_one_cell_per_entry() {
     assert_eq!(sel.matches("class=\"cell\"").count(), 24);
     let pos = |s: &str| sel.find(&format!(">{s}</text>")).unwrap();
     assert!(pos("layer2.q.t") < pos("layer2.q.v") && pos("layer2.q.v") < pos("layer10.q.v"));
-    // layer2.q.v A: counts [6, 1, 4, 2] → 46.2 % for factor 0.
-    assert!(sel.contains("A pools layer2.q.v factor 0: 46.2% (6 selections)"));
+    // layer2.q.v A: counts [6, 1, 4, 2] → 46.2 % for factor 0 (its tooltip).
+    assert!(sel.contains("<title>46.2% (6)</title>"));
 
     let hist = read("cos_qv_qt.svg");
     assert_eq!(hist.matches("class=\"bar\"").count(), report::svg::COS_BINS);

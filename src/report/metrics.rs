@@ -142,7 +142,7 @@ pub fn f1_macro(predicted: &[bool], targets: &[bool], num_classes: usize) -> Res
     if num_classes == 0 {
         return Err(Error::Msg("f1_macro: no classes".into()));
     }
-    if predicted.len() != targets.len() || targets.len() % num_classes != 0 {
+    if predicted.len() != targets.len() || !targets.len().is_multiple_of(num_classes) {
         return Err(Error::Msg(format!(
             "f1_macro: {} predictions and {} targets are not both N × {num_classes}",
             predicted.len(),

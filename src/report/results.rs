@@ -106,26 +106,39 @@ impl SplitResults {
             .count()
     }
 
-    /// The summaries the matrices imply: (tasks_evaluated, ap, fg, ap_task_id).
-    fn summaries(&self) -> Result<(usize, Option<f64>, Option<f64>, Option<f64>)> {
+    /// The summaries the matrices imply.
+    fn summaries(&self) -> Result<Summaries> {
         let t = self.complete_rows();
         if t == 0 {
-            return Ok((0, None, None, None));
+            return Ok(Summaries::default());
         }
         let m = &self.matrix[..t];
         let ti = &self.task_id_matrix[..t];
-        Ok((
-            t,
-            Some(average_performance(m)?),
-            Some(forgetting(m)?),
-            Some(average_performance(ti)?),
-        ))
+        Ok(Summaries {
+            tasks_evaluated: t,
+            ap: Some(average_performance(m)?),
+            fg: Some(forgetting(m)?),
+            ap_task_id: Some(average_performance(ti)?),
+        })
     }
 
     fn recompute(&mut self) -> Result<()> {
-        (self.tasks_evaluated, self.ap, self.fg, self.ap_task_id) = self.summaries()?;
+        let s = self.summaries()?;
+        self.tasks_evaluated = s.tasks_evaluated;
+        self.ap = s.ap;
+        self.fg = s.fg;
+        self.ap_task_id = s.ap_task_id;
         Ok(())
     }
+}
+
+/// The derived fields of a [`SplitResults`], computed from its matrices.
+#[derive(Debug, Default)]
+struct Summaries {
+    tasks_evaluated: usize,
+    ap: Option<f64>,
+    fg: Option<f64>,
+    ap_task_id: Option<f64>,
 }
 
 /// Training statistics of one task.
@@ -414,7 +427,12 @@ impl Results {
                     }
                 }
             }
-            let (te, ap, fg, apt) = s.summaries().map_err(|e| e.to_string())?;
+            let Summaries {
+                tasks_evaluated: te,
+                ap,
+                fg,
+                ap_task_id: apt,
+            } = s.summaries().map_err(|e| e.to_string())?;
             let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) => (a - b).abs() <= SUMMARY_TOLERANCE * (1.0 + b.abs()),
                 (None, None) => true,

@@ -233,13 +233,9 @@ fn colour_legend(
 ) {
     let w = 14.0;
     let mut grad = format!(r#"<defs><linearGradient id="{id}" x1="0" y1="1" x2="0" y2="0">"#);
-    for k in 0..VIRIDIS.len() {
+    for (k, &c) in VIRIDIS.iter().enumerate() {
         let off = k as f64 / (VIRIDIS.len() - 1) as f64;
-        let _ = write!(
-            grad,
-            r#"<stop offset="{off:.3}" stop-color="{}"/>"#,
-            hex(VIRIDIS[k])
-        );
+        let _ = write!(grad, r#"<stop offset="{off:.3}" stop-color="{}"/>"#, hex(c));
     }
     grad.push_str("</linearGradient></defs>");
     svg.raw(&grad);
@@ -277,6 +273,10 @@ pub fn accuracy_heatmap_svg(results: &Results, split: Split) -> Result<String> {
         results.metric.display_name(),
         split.as_str(),
         match (s.ap, s.fg) {
+            (Some(ap), Some(fg)) if s.tasks_evaluated < results.num_tasks => format!(
+                " (AP {ap:.2}, FG {fg:.2} after task {} of {})",
+                s.tasks_evaluated, results.num_tasks
+            ),
             (Some(ap), Some(fg)) => format!(" (AP {ap:.2}, FG {fg:.2})"),
             _ => String::new(),
         }
@@ -293,12 +293,14 @@ pub fn matrix_heatmap_svg(title: &str, matrix: &[Vec<Option<f64>>]) -> String {
     let (left, top) = (78.0, 48.0);
     let grid = cell * matrix.len() as f64;
     let legend_x = left + grid + 24.0;
-    let width = legend_x + 60.0;
+    // Wide enough for the title too (≈ 0.55 em per character at 14 px), which matters for one
+    // or two tasks.
+    let width = (legend_x + 60.0).max(title.chars().count() as f64 * 7.7 + 40.0);
     // The legend keeps a readable minimum height even for one or two tasks.
     let legend_h = grid.max(100.0);
     let height = top + legend_h + 56.0;
-    let mut svg = Svg::new(width.max(320.0), height);
-    svg.text(left + grid / 2.0, 24.0, 14.0, "middle", "", title);
+    let mut svg = Svg::new(width, height);
+    svg.text(width / 2.0, 24.0, 14.0, "middle", "", title);
     let tick_font = font.clamp(8.0, 11.0);
     for (i, row) in matrix.iter().enumerate() {
         let y = top + i as f64 * cell;
@@ -310,9 +312,9 @@ pub fn matrix_heatmap_svg(title: &str, matrix: &[Vec<Option<f64>>]) -> String {
             "",
             &(i + 1).to_string(),
         );
-        for j in 0..=i.min(row.len().saturating_sub(1)) {
+        for (j, v) in row.iter().enumerate().take(i + 1) {
             let x = left + j as f64 * cell;
-            let (fill, label, fg, class) = match row[j] {
+            let (fill, label, fg, class) = match *v {
                 Some(v) => {
                     let c = viridis(v / 100.0);
                     (hex(c), format!("{v:.1}"), text_colour(c), "cell")
@@ -485,6 +487,9 @@ pub fn selection_frequency_svg(sel: &SelectionFrequency) -> Option<String> {
         let x0 = left + k as f64 * (panel_w + panel_gap);
         svg.text(x0 + panel_w / 2.0, top - 10.0, 12.0, "middle", "", name);
         let map = sel.side(side);
+        // 2 × 72 × 16 cells: the shared stroke sits on one group and tooltips stay short
+        // (the pool is the row label, the factor the column) to keep the file small.
+        svg.raw(r##"<g stroke="#fff" stroke-width="0.5">"##);
         for (r, pool) in pools.iter().enumerate() {
             let y = top + r as f64 * ch;
             let Some(counts) = map.get(*pool) else {
@@ -494,12 +499,12 @@ pub fn selection_frequency_svg(sel: &SelectionFrequency) -> Option<String> {
                 let x = x0 + f as f64 * cw;
                 let fill = hex(viridis(s / hi));
                 svg.raw(&format!(
-                    r##"<rect class="cell" x="{x:.1}" y="{y:.1}" width="{cw:.1}" height="{ch:.1}" fill="{fill}" stroke="#fff" stroke-width="0.5"><title>{} factor {f}: {s:.1}% ({} selections)</title></rect>"##,
-                    esc(&format!("{name} {pool}")),
+                    r#"<rect class="cell" x="{x:.1}" y="{y:.1}" width="{cw}" height="{ch}" fill="{fill}"><title>{s:.1}% ({})</title></rect>"#,
                     counts[f]
                 ));
             }
         }
+        svg.raw("</g>");
         // Factor indices below the panel; every 4th when pools are large.
         let every = if e > 32 { 4 } else { 1 };
         for f in (0..e).step_by(every) {
@@ -630,6 +635,13 @@ pub fn cos_histogram_svg(samples: &[f32], bins: usize) -> Option<String> {
         r##"<line class="mean" x1="{mx:.1}" y1="{top:.1}" x2="{mx:.1}" y2="{:.1}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="5,3"/>"##,
         top + ph
     ));
+    // The label sits on the side of the line with room for it.
+    let (lx, anchor) = if mx > left + pw - 40.0 {
+        (mx - 4.0, "end")
+    } else {
+        (mx + 4.0, "start")
+    };
+    svg.text(lx, top + 10.0, 10.0, anchor, r##" fill="#c0392b""##, "mean");
     svg.text(
         left + pw / 2.0,
         top + ph + 40.0,
