@@ -59,11 +59,7 @@ pub fn evaluate(
     let n_cls = tr.bench.tasks[task].classes.len();
     let loader = tr.loader(task, split, false)?;
     let (mut total, mut correct, mut id_correct) = (0usize, 0usize, 0usize);
-    let mut f1 = F1Counts {
-        tp: vec![0; n_cls],
-        fp: vec![0; n_cls],
-        fn_: vec![0; n_cls],
-    };
+    let mut f1 = MultiLabelCounts::new(n_cls);
     let mut predictions = Vec::new();
     for batch in loader.epoch(0) {
         let batch = batch?;

@@ -417,6 +417,7 @@ impl Trainer {
         });
         let wall = started.elapsed().as_secs_f64();
         Ok(TaskStats {
+            epochs: s.epochs.min(step.div_ceil(per_epoch.max(1))),
             wall_seconds: wall,
             train_samples_per_second: samples as f64 / wall,
             steps: step,
