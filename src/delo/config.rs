@@ -19,7 +19,14 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 6] = [Target::Q, Target::K, Target::V, Target::O, Target::Fc1, Target::Fc2];
+    pub const ALL: [Target; 6] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Fc1,
+        Target::Fc2,
+    ];
 
     /// `(d_in, d_out)` for hidden size `d` and MLP size `d_ff`.
     pub fn dims(self, d: usize, d_ff: usize) -> (usize, usize) {
@@ -47,7 +54,9 @@ impl Target {
                 Target::ALL
                     .into_iter()
                     .find(|x| x.name() == t.trim())
-                    .ok_or_else(|| Error::Msg(format!("target '{t}': expected one of q,k,v,o,fc1,fc2")))
+                    .ok_or_else(|| {
+                        Error::Msg(format!("target '{t}': expected one of q,k,v,o,fc1,fc2"))
+                    })
             })
             .collect::<Result<_>>()?;
         out.sort();
@@ -75,8 +84,11 @@ pub enum Variant {
 impl std::str::FromStr for Variant {
     type Err = Error;
     fn from_str(s: &str) -> Result<Variant> {
-        serde_json::from_value(serde_json::Value::String(s.into()))
-            .map_err(|_| Error::Msg(format!("variant '{s}': expected delo, lora, unified-pool, heads-only or seq-lora")))
+        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+            Error::Msg(format!(
+                "variant '{s}': expected delo, lora, unified-pool, heads-only or seq-lora"
+            ))
+        })
     }
 }
 
@@ -146,10 +158,16 @@ impl DeloConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Msg(format!("DeLo settings: {m}")));
         if self.experts == 0 || self.rank == 0 || self.factor_rank == 0 {
-            return bad(format!("experts ({}), rank ({}) and factor rank ({}) must be positive", self.experts, self.rank, self.factor_rank));
+            return bad(format!(
+                "experts ({}), rank ({}) and factor rank ({}) must be positive",
+                self.experts, self.rank, self.factor_rank
+            ));
         }
         if self.rank > self.experts {
-            return bad(format!("cannot select rank {} of {} experts", self.rank, self.experts));
+            return bad(format!(
+                "cannot select rank {} of {} experts",
+                self.rank, self.experts
+            ));
         }
         if self.targets.is_empty() && self.variant != Variant::HeadsOnly {
             return bad("no adapted targets".into());
@@ -175,10 +193,14 @@ impl DeloConfig {
 
     /// Trainable scalars of one task: every target of every layer, plus its head.
     pub fn task_params(&self, layers: usize, d: usize, d_ff: usize, classes: usize) -> usize {
-        let adapters: usize = self.targets.iter().map(|t| {
-            let (i, o) = t.dims(d, d_ff);
-            self.adapter_params(i, o)
-        }).sum();
+        let adapters: usize = self
+            .targets
+            .iter()
+            .map(|t| {
+                let (i, o) = t.dims(d, d_ff);
+                self.adapter_params(i, o)
+            })
+            .sum();
         layers * adapters + d * classes + classes
     }
 }
