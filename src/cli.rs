@@ -31,6 +31,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
+    /// CUDA kernel microbenchmarks: the fused gathered factor composition (DeLo experts)
+    /// against gather + cuBLAS, forward and backward, at the paper's shapes, in GB/s and % of
+    /// the device's peak memory bandwidth. Needs a CUDA device (exits non-zero without one).
+    Kernels {
+        /// Timed calls per entry (averaged between two CUDA events).
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+    },
 }
 
 /// The numpy reference script, embedded so that `delo bench` works from any directory.
@@ -55,6 +63,11 @@ pub fn run(cli: Cli) -> Result<()> {
             let _ = std::fs::remove_file(&script);
             let (rows, info) = result?;
             print!("{}", delo::bench::gemm_table(&rows, &info));
+        }
+        Command::Bench(BenchCommand::Kernels { reps }) => {
+            use delo::bench::kernels;
+            let rep = kernels::expert_kernels(&kernels::paper_shapes(), reps.max(1))?;
+            print!("{}", kernels::kernel_table(&rep));
         }
     }
     Ok(())
