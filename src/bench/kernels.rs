@@ -1,6 +1,6 @@
-//! `delo bench kernels`: the fused gathered factor composition against the unfused one (gather
-//! + cuBLAS strided-batched GEMMs), forward and backward, at the paper's shapes, on a CUDA
-//! device, timed with CUDA events.
+//! `delo bench kernels`: the fused gathered factor composition against the unfused one (a
+//! gather, then cuBLAS strided-batched GEMMs), forward and backward, at the paper's shapes, on
+//! a CUDA device, timed with CUDA events.
 //!
 //! Byte model (f32, 4 bytes an element; the minimum traffic of the op, the same for both paths,
 //! so the unfused path's extra traffic shows as a lower effective bandwidth):

@@ -65,7 +65,7 @@ fn stage_cols(n: usize, km: usize) -> usize {
 }
 
 fn aligned16(p: Ptr) -> bool {
-    p.0 % 16 == 0
+    p.0.is_multiple_of(16)
 }
 
 /// Device addresses of the operands of one expert composition.
@@ -917,7 +917,7 @@ mod tests {
             for n in [1, 3, 768, 3072, 4099] {
                 let c = stage_cols(n, km);
                 assert!(
-                    c % 4 == 0 && c >= 4 && km * c <= STAGE_FLOATS,
+                    c.is_multiple_of(4) && c >= 4 && km * c <= STAGE_FLOATS,
                     "{n} {km} {c}"
                 );
                 // the static tiles (3 × TT_MAX × KM floats at most) and the stage fit 48 KiB
