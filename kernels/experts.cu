@@ -220,7 +220,7 @@ static __device__ void delo_expert_fwd(const float* __restrict__ x,
                                        int* err) {
     extern __shared__ float4 delo_exp_smem[];
     float* fs = reinterpret_cast<float*>(delo_exp_smem);  // [KM][cha]
-    __shared__ float sug[DELO_EXP_TT_MAX][KM];  // u, then alpha * g * u, of the tile
+    __shared__ __align__(16) float sug[DELO_EXP_TT_MAX][KM];  // u, then alpha * g * u, of the tile
     __shared__ int ssa[KM], ssb[KM];
     __shared__ float sg[KM];
     const int K = r * rho;
@@ -304,9 +304,9 @@ static __device__ void delo_expert_bwd(const float* __restrict__ dy,
                                        int* err) {
     extern __shared__ float4 delo_exp_smem[];
     float* fs = reinterpret_cast<float*>(delo_exp_smem);  // [KM][chb]
-    __shared__ float su[DELO_EXP_TT_MAX][KM];   // u
-    __shared__ float sug[DELO_EXP_TT_MAX][KM];  // alpha g u
-    __shared__ float sdu[DELO_EXP_TT_MAX][KM];  // dy B_sel, then dug, then du
+    __shared__ __align__(16) float su[DELO_EXP_TT_MAX][KM];   // u
+    __shared__ __align__(16) float sug[DELO_EXP_TT_MAX][KM];  // alpha g u
+    __shared__ __align__(16) float sdu[DELO_EXP_TT_MAX][KM];  // dy B_sel, then dug, then du
     __shared__ int ssa[KM], ssb[KM];
     __shared__ float sg[KM];
     const int K = r * rho;
