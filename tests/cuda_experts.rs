@@ -6,9 +6,12 @@
 //! selections, and the whole routed expert layer on a tape.
 //!
 //! Tolerances: selections must match exactly (inputs are drawn so that the r-th and (r+1)-th
-//! scores differ by far more than rounding); floats `|cuda − cpu| ≤ atol + rtol·|cpu|` as
-//! stated at each check: the kernels sum in another order than the CPU's sgemm (f32, no TF32),
-//! so sums of n terms differ by a few ulp × √n of their magnitude.
+//! scores differ by far more than rounding); floats `|cuda − cpu| ≤ a·max|cpu| + rtol·|cpu|`
+//! (`check_scaled`, a and rtol stated at each check): the kernels sum in another order than
+//! the CPU's sgemm (f32, no TF32) and use FMAs, so sums of n terms differ by a few ulp × √n of
+//! their magnitude. Outputs (u, y, dx, probabilities): a = 2e-6..5e-6, rtol 2e-5..5e-5;
+//! reductions over tokens or samples (pool, gate, router gradients, compat): a = 1e-5,
+//! rtol 1e-4. A wrong index or a missing term is an error of order 1.
 //!
 //! Without a CUDA device (or without the embedded PTX) every test prints
 //! `SKIP: no CUDA device` and returns.
@@ -190,14 +193,14 @@ fn check_routing(what: &str, got: &Routing, want: &Routing) {
         "{what}: S_B"
     );
     // softmax: expf vs the host's exp and another summation order, a few ulp
-    check_scaled(&format!("{what}: p_a"), &got.p_a, &want.p_a, 1e-6, 1e-5);
-    check_scaled(&format!("{what}: p_b"), &got.p_b, &want.p_b, 1e-6, 1e-5);
+    check_scaled(&format!("{what}: p_a"), &got.p_a, &want.p_a, 2e-6, 2e-5);
+    check_scaled(&format!("{what}: p_b"), &got.p_b, &want.p_b, 2e-6, 2e-5);
     check_scaled(
         &format!("{what}: pa_sel"),
         &got.pa_sel,
         &want.pa_sel,
-        1e-6,
-        1e-5,
+        2e-6,
+        2e-5,
     );
     // ā: the same ρ-row sum in the same order: exact
     check_scaled(&format!("{what}: abar"), &got.abar, &want.abar, 0.0, 0.0);
@@ -284,11 +287,11 @@ fn route_backward_matches_cpu() {
             )
             .unwrap();
         let what = format!("route_backward E={} r={} ρ={}", c.e, c.r, c.rho);
-        // E-term dot products (warp order vs sequential): a few ulp of the largest term
-        check_scaled(&format!("{what}: dla"), &ga, &wa, 1e-6, 1e-5);
-        check_scaled(&format!("{what}: dlb"), &gb, &wb, 1e-6, 1e-5);
+        // E-term dot products (warp order vs sequential) and cancellation in p·(g − dot)
+        check_scaled(&format!("{what}: dla"), &ga, &wa, 1e-5, 1e-4);
+        check_scaled(&format!("{what}: dlb"), &gb, &wb, 1e-5, 1e-4);
         // sums over B samples of ā·dz (FMA vs multiply-then-add)
-        check_scaled(&format!("{what}: dwc"), &gw, &ww, 1e-6, 1e-5);
+        check_scaled(&format!("{what}: dwc"), &gw, &ww, 1e-5, 1e-4);
     }
 }
 
@@ -439,8 +442,8 @@ fn check_case(g: &Arc<CudaBackend>, c: Case, seed: u64, path: ExpertPath) {
         .expert_forward_path(path, &gx, &ga, &gb, &gsa, &gsb, &gg, ALPHA)
         .unwrap();
     // u: d_in-term dot products; y: K-term sums of those
-    check_scaled(&format!("{what}: u"), &ug, &u, 2e-6, 1e-5);
-    check_scaled(&format!("{what}: y"), &yg, &y, 2e-6, 1e-5);
+    check_scaled(&format!("{what}: u"), &ug, &u, 5e-6, 5e-5);
+    check_scaled(&format!("{what}: y"), &yg, &y, 5e-6, 5e-5);
     let want = CPU
         .expert_backward(
             &i.dy, &i.x, &i.a_pool, &i.b_pool, &i.sel_a, &i.sel_b, &i.gates, &u, ALPHA,
@@ -451,26 +454,26 @@ fn check_case(g: &Arc<CudaBackend>, c: Case, seed: u64, path: ExpertPath) {
         .expert_backward_path(path, &gdy, &gx, &ga, &gb, &gsa, &gsb, &gg, &d(&u), ALPHA)
         .unwrap();
     // dx: d_out- then K-term sums; pool and gate gradients: sums over up to B·T tokens
-    check_scaled(&format!("{what}: dx"), &got.dx, &want.dx, 2e-6, 1e-5);
+    check_scaled(&format!("{what}: dx"), &got.dx, &want.dx, 5e-6, 5e-5);
     check_scaled(
         &format!("{what}: da_pool"),
         &got.da_pool,
         &want.da_pool,
-        5e-6,
+        1e-5,
         1e-4,
     );
     check_scaled(
         &format!("{what}: db_pool"),
         &got.db_pool,
         &want.db_pool,
-        5e-6,
+        1e-5,
         1e-4,
     );
     check_scaled(
         &format!("{what}: dgates"),
         &got.dgates,
         &want.dgates,
-        5e-6,
+        1e-5,
         1e-4,
     );
 }
@@ -565,7 +568,7 @@ fn misaligned_views_take_the_scalar_path() {
         let (yg, ug) = g
             .expert_forward_path(path, &x, &ga, &gb, &gsa, &gsb, &gg, ALPHA)
             .unwrap();
-        check_scaled(&format!("{path:?} misaligned: y"), &yg, &y, 2e-6, 1e-5);
+        check_scaled(&format!("{path:?} misaligned: y"), &yg, &y, 5e-6, 5e-5);
         let got = g
             .expert_backward_path(path, &dy, &x, &ga, &gb, &gsa, &gsb, &gg, &ug, ALPHA)
             .unwrap();
@@ -573,14 +576,14 @@ fn misaligned_views_take_the_scalar_path() {
             &format!("{path:?} misaligned: dx"),
             &got.dx,
             &want.dx,
-            2e-6,
-            1e-5,
+            5e-6,
+            5e-5,
         );
         check_scaled(
             &format!("{path:?} misaligned: da"),
             &got.da_pool,
             &want.da_pool,
-            5e-6,
+            1e-5,
             1e-4,
         );
     }
