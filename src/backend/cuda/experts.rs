@@ -164,7 +164,8 @@ impl CudaBackend {
 
     // ---- routing ------------------------------------------------------------------------------
 
-    /// [`crate::backend::Backend::route`] on the device: one block per sample.
+    /// [`crate::backend::Backend::route`] on the device, eq. (3) with the compatibility term
+    /// (DELO.md "Routing", steps 1–3): one block per sample.
     pub(super) fn route_device(
         &self,
         la: &Tensor,
@@ -347,7 +348,8 @@ impl CudaBackend {
 
     // ---- the gathered factor composition -------------------------------------------------------
 
-    /// [`crate::backend::Backend::expert_forward`] by the chosen implementation.
+    /// [`crate::backend::Backend::expert_forward`], eq. (2)/(4): `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)`
+    /// for every token, by the chosen implementation.
     #[allow(clippy::too_many_arguments)]
     pub fn expert_forward_path(
         &self,
@@ -381,7 +383,8 @@ impl CudaBackend {
         }
     }
 
-    /// [`crate::backend::Backend::expert_backward`] by the chosen implementation.
+    /// [`crate::backend::Backend::expert_backward`] (gradients of eq. (2)/(4)) by the chosen
+    /// implementation.
     #[allow(clippy::too_many_arguments)]
     pub fn expert_backward_path(
         &self,
