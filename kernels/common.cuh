@@ -7,6 +7,7 @@
 #define DELO_ERR_LABEL 1
 #define DELO_ERR_GATHER 2
 #define DELO_ERR_SCATTER 3
+#define DELO_ERR_SELECT 4
 
 // Rust's f32::MIN, the additive mask of attention scores.
 #define DELO_F32_MIN (-3.40282347e+38f)
@@ -81,4 +82,21 @@ static __device__ __forceinline__ float delo_sigmoid(float x) {
 // log(1 + e^x) without overflow (the CPU backend's `softplus`).
 static __device__ __forceinline__ float delo_softplus(float x) {
     return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
+}
+
+// Softmax of one row of length d held by one warp; y may be x itself (softmax, attention,
+// routing).
+static __device__ __forceinline__ void delo_softmax_row(const float* x, float* y, int d,
+                                                        int lane) {
+    float mx = -INFINITY;
+    for (int j = lane; j < d; j += 32) mx = fmaxf(mx, x[j]);
+    mx = delo_warp_max(mx);
+    float s = 0.0f;
+    for (int j = lane; j < d; j += 32) {
+        const float e = expf(x[j] - mx);
+        y[j] = e;
+        s += e;
+    }
+    s = delo_warp_sum(s);
+    for (int j = lane; j < d; j += 32) y[j] = y[j] / s;
 }

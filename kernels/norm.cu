@@ -52,22 +52,6 @@ extern "C" __global__ void layernorm_backward_f32(const float* dy, const float* 
     }
 }
 
-// Softmax of one row of length d held by one warp; y may be x itself.
-static __device__ __forceinline__ void delo_softmax_row(const float* x, float* y, int d,
-                                                        int lane) {
-    float mx = -INFINITY;
-    for (int j = lane; j < d; j += 32) mx = fmaxf(mx, x[j]);
-    mx = delo_warp_max(mx);
-    float s = 0.0f;
-    for (int j = lane; j < d; j += 32) {
-        const float e = expf(x[j] - mx);
-        y[j] = e;
-        s += e;
-    }
-    s = delo_warp_sum(s);
-    for (int j = lane; j < d; j += 32) y[j] = y[j] / s;
-}
-
 extern "C" __global__ void softmax_f32(const float* x, int rows, int d, float* y) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs, on a GPU machine that has neither cargo nor network, what scripts/gpu-build.sh built:
 # every test binary in gpu-dist/ (the CUDA parity tests among them) and the `delo bench`
-# benchmarks, and writes one report, ${OUT:-gpu-dist}/gpu-report.md, with pass/fail counts.
+# benchmarks (`delo bench kernels`, the CUDA kernel microbenchmarks, first and in full), and
+# writes one report, ${OUT:-gpu-dist}/gpu-report.md, with pass/fail counts.
 #
 # Run it from the repository root (it uses ./gpu-dist) or from inside gpu-dist (the build copies
 # it there); DIST=/path/to/gpu-dist overrides both. It finds the CUDA driver library and cuBLAS
@@ -98,6 +99,11 @@ libnotes=()
 find_lib() {
   local what=$1
   shift
+  local optional=0
+  if [ "$1" = --optional ]; then
+    optional=1
+    shift
+  fi
   local soname d
   for soname in "$@"; do
     if loader_has "$soname"; then
@@ -111,6 +117,10 @@ find_lib() {
       return 0
     fi
   done
+  if [ "$optional" = 1 ]; then
+    libnotes+=("$what: not found (optional; looked for $*)")
+    return 1
+  fi
   # Last resort: a bounded search of the whole file system for the first name.
   # (Toolkit stubs/ libraries only link; loading one makes every CUDA call fail.)
   d=$(timeout 60 find / -xdev \( -path /proc -o -path /sys \) -prune -o -name "$1*" \
@@ -127,6 +137,9 @@ find_lib() {
 find_lib "CUDA driver" libcuda.so.1 libcuda.so || true
 find_lib "cuBLAS" libcublas.so.13 libcublas.so.12 libcublas.so || true
 find_lib "cuBLASLt" libcublasLt.so.13 libcublasLt.so.12 libcublasLt.so || true
+# NVTX ranges (nsys timelines) need libnvToolsExt, which CUDA 13 toolkits no longer ship; older
+# toolkits, Nsight Systems and the nvidia-nvtx wheels do. Without it the ranges are no-ops.
+find_lib "NVTX" --optional libnvToolsExt.so.1 libnvToolsExt.so || true
 
 # ---- report header ---------------------------------------------------------------------------
 smi=$( (timeout 60 nvidia-smi 2>&1) || echo "(nvidia-smi unavailable)")
@@ -243,7 +256,34 @@ elif [ -x "$DIST/delo" ] && "$DIST/delo" bench --help >/dev/null 2>&1; then
   if [ -z "$subs" ]; then
     echo "\`delo bench\` lists no benchmark." >>"$REPORT"
   fi
+  # The CUDA kernel microbenchmarks first, their whole output in the report: fused vs unfused
+  # DeLo expert composition in GB/s and % of the device's peak bandwidth.
+  if echo "$subs" | grep -qx kernels; then
+    log=$LOGS/bench-kernels.log
+    echo "=== delo bench kernels"
+    set +e
+    (cd "$REPO" && timeout "$BENCH_TIMEOUT" "$DIST/delo" bench kernels) >"$log" 2>&1
+    rc=$?
+    set -e
+    cat "$log"
+    {
+      echo "### Kernel microbenchmarks: delo bench kernels (exit $rc)"
+      echo
+      if [ "$rc" -ne 0 ]; then
+        echo "**delo bench kernels failed** (exit $rc$([ "$rc" -eq 124 ] && echo ", timed out after ${BENCH_TIMEOUT}s"))."
+        echo
+      fi
+      echo '```'
+      cat "$log"
+      echo '```'
+      echo
+    } >>"$REPORT"
+    if [ "$rc" -ne 0 ]; then failed_bins+=("delo bench kernels"); fi
+  else
+    echo "This \`delo\` has no \`bench kernels\` command." >>"$REPORT"
+  fi
   for sub in $subs; do
+    [ "$sub" = kernels ] && continue
     log=$LOGS/bench-$sub.log
     echo "=== delo bench $sub"
     set +e
@@ -266,5 +306,5 @@ fi
 
 echo
 echo "gpu-check: $total_pass passed ($total_skip of them skipped: no CUDA device)," \
-  "$total_fail failed; report: $REPORT"
+  "$total_fail failed; failing: ${failed_bins[*]:-none}; report: $REPORT"
 [ "${#failed_bins[@]}" -eq 0 ]

@@ -315,6 +315,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// CUDA kernel microbenchmarks: the fused gathered factor composition (DeLo experts)
+    /// against gather + cuBLAS, forward and backward, at the paper's shapes, in GB/s and % of
+    /// the device's peak memory bandwidth. Needs a CUDA device (exits non-zero without one).
+    Kernels {
+        /// Timed calls per entry (averaged between two CUDA events).
+        #[arg(long, default_value_t = 50)]
+        reps: usize,
+    },
 }
 
 /// The numpy reference script, embedded so that `delo bench` works from any directory.
@@ -476,6 +484,11 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             delo::vilt::init_model_dir(&out, preset, opts, force)?;
             println!("wrote a {preset:?} ViLT model to {}", out.display());
+        }
+        Command::Bench(BenchCommand::Kernels { reps }) => {
+            use delo::bench::kernels;
+            let rep = kernels::expert_kernels(&kernels::paper_shapes(), reps.max(1))?;
+            print!("{}", kernels::kernel_table(&rep));
         }
     }
     Ok(())

@@ -83,3 +83,108 @@ fn ptx_is_loadable_by_cuda_13_0_drivers() {
         "arch-specific target {target}"
     );
 }
+
+/// The DeLo kernels (routing, the fused composition in its three register widths, the shared
+/// deterministic reductions, the unfused path's helpers) are launched through typed launchers
+/// (so `every_launcher_matches_its_ptx_entry` covers their parameter lists).
+#[test]
+fn expert_and_route_kernels_are_declared() {
+    let declared: Vec<&str> = kernel_signatures().iter().map(|(n, _)| *n).collect();
+    for name in [
+        "route_f32",
+        "route_backward_f32",
+        "route_dwc_f32",
+        "expert_fwd_k4",
+        "expert_fwd_k8",
+        "expert_fwd_k16",
+        "expert_bwd_k4",
+        "expert_bwd_k8",
+        "expert_bwd_k16",
+        "expert_sum_tiles_f32",
+        "expert_scatter_pool_f32",
+        "expert_gather_f32",
+        "expert_gate_scale_f32",
+        "expert_dgates_f32",
+    ] {
+        assert!(declared.contains(&name), "no launcher for {name}");
+    }
+}
+
+/// ptxas, next to the nvcc that built the PTX ($NVCC, $CUDA_HOME/bin or PATH), if any.
+fn ptxas() -> Option<std::path::PathBuf> {
+    let nvcc = std::env::var_os("NVCC")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CUDA_HOME").map(|h| std::path::Path::new(&h).join("bin/nvcc"))
+        })
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("nvcc"))
+                    .find(|p| p.exists())
+            })
+        })?;
+    let p = nvcc.parent()?.join("ptxas");
+    p.exists().then_some(p)
+}
+
+/// Assembles the embedded PTX for sm_80 and sm_90 and checks that no kernel spills registers
+/// or keeps a stack frame (local memory would turn the memory-bound kernels into
+/// local-memory-bound ones), and that the fused kernels fit 256 threads a block.
+#[test]
+fn kernels_assemble_without_spills() {
+    let Some(ptx) = PTX else {
+        println!("SKIP: built without nvcc, no PTX embedded");
+        return;
+    };
+    let Some(ptxas) = ptxas() else {
+        println!("SKIP: no ptxas found (set NVCC)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("delo-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("kernels.ptx");
+    std::fs::write(&src, ptx).unwrap();
+    for arch in ["sm_80", "sm_90"] {
+        let out = std::process::Command::new(&ptxas)
+            .arg(format!("-arch={arch}"))
+            .arg("-v")
+            .arg(&src)
+            .arg("-o")
+            .arg(dir.join(format!("{arch}.cubin")))
+            .output()
+            .expect("running ptxas");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ptxas {arch} failed:\n{log}");
+        // "Compiling entry function 'NAME' for 'sm_XX'" then "N bytes stack frame, N bytes
+        // spill stores, N bytes spill loads" and "Used N registers".
+        let mut current = String::new();
+        let mut seen = 0;
+        for line in log.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                current = rest.split('\'').next().unwrap_or_default().to_string();
+                seen += 1;
+            } else if line.contains("bytes stack frame") {
+                let nums: Vec<u64> = line
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().unwrap())
+                    .collect();
+                assert_eq!(
+                    nums,
+                    [0, 0, 0],
+                    "{arch} {current}: stack frame / spill stores / spill loads: {line}"
+                );
+            } else if let Some(rest) = line.split("Used ").nth(1) {
+                let regs: u32 = rest.split_whitespace().next().unwrap().parse().unwrap();
+                if current.starts_with("expert_") || current.starts_with("route_") {
+                    // 65536 registers per SM: a 256-thread block needs at most 255 each
+                    assert!(regs <= 255, "{arch} {current}: {regs} registers");
+                    println!("{arch} {current}: {regs} registers");
+                }
+            }
+        }
+        assert_eq!(seen, kernel_signatures().len(), "{arch}: kernels assembled");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

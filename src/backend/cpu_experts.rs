@@ -48,13 +48,13 @@ fn check_selection(sel: &[usize], e: usize, what: &str) -> Result<()> {
     }
 }
 
-pub fn route(
+/// Shapes of one routing: `(B, E, ρ, d, r)`, checked as both backends require.
+pub(crate) fn route_dims(
     la: &Tensor,
     lb: &Tensor,
     a_pool: &Tensor,
     wc: &Tensor,
-    lambda: f32,
-) -> Result<Routing> {
+) -> Result<(usize, usize, usize, usize, usize)> {
     const OP: &str = "route";
     ensure_shape!(
         la.rank() == 2 && la.shape() == lb.shape(),
@@ -79,6 +79,17 @@ pub fn route(
     );
     let r = wc.dim(0);
     ensure_shape!(r <= e, OP, "cannot select r={r} of E={e} factors");
+    Ok((bsz, e, rho, d, r))
+}
+
+pub fn route(
+    la: &Tensor,
+    lb: &Tensor,
+    a_pool: &Tensor,
+    wc: &Tensor,
+    lambda: f32,
+) -> Result<Routing> {
+    let (bsz, e, rho, d, r) = route_dims(la, lb, a_pool, wc)?;
     let (lav, lbv, av, wv) = (la.f32s()?, lb.f32s()?, a_pool.f32s()?, wc.f32s()?);
     struct Row {
         sel_a: Vec<usize>,
@@ -208,9 +219,9 @@ pub fn route_backward(
 }
 
 /// Shapes of one expert composition: `(B, T, d_in, d_out, E, ρ, r)`.
-type Dims = (usize, usize, usize, usize, usize, usize, usize);
+pub(crate) type Dims = (usize, usize, usize, usize, usize, usize, usize);
 
-fn expert_dims(
+pub(crate) fn expert_dims(
     x: &Tensor,
     a_pool: &Tensor,
     b_pool: &Tensor,

@@ -185,7 +185,8 @@ pub fn evaluate_after(tr: &Trainer, t: usize, mut probes: Option<&mut Probes>) -
     let mut row = TaskRow::default();
     for j in 0..=t {
         row.val.push(evaluate(tr, j, Split::Val, t, None)?.0);
-        row.test.push(evaluate(tr, j, Split::Test, t, probes.as_deref_mut())?.0);
+        row.test
+            .push(evaluate(tr, j, Split::Test, t, probes.as_deref_mut())?.0);
     }
     Ok(row)
 }

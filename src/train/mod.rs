@@ -304,7 +304,11 @@ impl Trainer {
 
     /// Trains the tasks before `until` that are not yet done (a partial run, e.g. to be
     /// resumed later); results.json covers the tasks finished so far.
-    pub fn run_until(&mut self, until: usize, log: &mut dyn FnMut(&str)) -> Result<crate::report::Results> {
+    pub fn run_until(
+        &mut self,
+        until: usize,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<crate::report::Results> {
         let total = self.bench.num_tasks();
         let mut probes = eval::Probes::default();
         for t in self.tasks.len()..until.min(total) {

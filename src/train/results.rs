@@ -11,7 +11,10 @@ use crate::train::Trainer;
 pub fn method_name(tr: &Trainer) -> String {
     match tr.settings().delo.variant {
         crate::delo::config::Variant::Delo => "DeLo".into(),
-        v => serde_json::to_value(v).ok().and_then(|x| x.as_str().map(String::from)).unwrap_or_default(),
+        v => serde_json::to_value(v)
+            .ok()
+            .and_then(|x| x.as_str().map(String::from))
+            .unwrap_or_default(),
     }
 }
 
@@ -37,11 +40,20 @@ pub fn build(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
         }
     }
     for (t, s) in tr.stats.iter().enumerate() {
-        let stats = ReportStats { wall_seconds: s.wall_seconds, train_samples_per_second: s.train_samples_per_second, epochs: s.epochs, steps: s.steps as u64, final_loss: s.final_loss as f64 };
+        let stats = ReportStats {
+            wall_seconds: s.wall_seconds,
+            train_samples_per_second: s.train_samples_per_second,
+            epochs: s.epochs,
+            steps: s.steps as u64,
+            final_loss: s.final_loss as f64,
+        };
         r.set_task_stats(t, stats)?;
     }
     if let Some(p) = probes {
-        for (side, map) in [(FactorSide::A, &p.selection_a), (FactorSide::B, &p.selection_b)] {
+        for (side, map) in [
+            (FactorSide::A, &p.selection_a),
+            (FactorSide::B, &p.selection_b),
+        ] {
             for (pool, counts) in map {
                 r.add_selection_counts(side, pool, counts)?;
             }

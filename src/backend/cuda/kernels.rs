@@ -142,6 +142,61 @@ kernels! {
     kl_cat_backward_f32(dloss: Ptr, target: Ptr, logits: Ptr, rows: i32, c: i32, dx: Ptr);
     kl_bern_elems_f32(t: Ptr, l: Ptr, n: i64, out: Ptr);
     kl_bern_backward_f32(dloss: Ptr, t: Ptr, l: Ptr, n: i64, div: i64, dx: Ptr);
+    // route.cu
+    route_f32(
+        la: Ptr, lb: Ptr, a_pool: Ptr, wc: Ptr, e: i32, rho: i32, d: i32, r: i32, lambda: f32,
+        sel_a: Ptr, sel_b: Ptr, p_a: Ptr, p_b: Ptr, compat: Ptr, abar: Ptr, pa_sel: Ptr,
+        pb_sel: Ptr,
+    );
+    route_backward_f32(
+        gpa: Ptr, gpb: Ptr, sel_a: Ptr, sel_b: Ptr, pa: Ptr, pb: Ptr, comp: Ptr, bsz: i32,
+        e: i32, r: i32, lambda: f32, dla: Ptr, dlb: Ptr, dz: Ptr, err: Ptr,
+    );
+    route_dwc_f32(abar: Ptr, dz: Ptr, bsz: i32, r: i32, d: i32, e: i32, dwc: Ptr);
+    // experts.cu: the fused gathered factor composition, one launcher per register width KM
+    expert_fwd_k4(
+        x: Ptr, a_pool: Ptr, b_pool: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32,
+        dout: i32, e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr,
+        u: Ptr, err: Ptr,
+    );
+    expert_fwd_k8(
+        x: Ptr, a_pool: Ptr, b_pool: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32,
+        dout: i32, e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr,
+        u: Ptr, err: Ptr,
+    );
+    expert_fwd_k16(
+        x: Ptr, a_pool: Ptr, b_pool: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32,
+        dout: i32, e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr,
+        u: Ptr, err: Ptr,
+    );
+    expert_bwd_k4(
+        dy: Ptr, x: Ptr, a_pool: Ptr, b_pool: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr,
+        t: i32, din: i32, dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32,
+        vec: i32, dx: Ptr, pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
+    );
+    expert_bwd_k8(
+        dy: Ptr, x: Ptr, a_pool: Ptr, b_pool: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr,
+        t: i32, din: i32, dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32,
+        vec: i32, dx: Ptr, pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
+    );
+    expert_bwd_k16(
+        dy: Ptr, x: Ptr, a_pool: Ptr, b_pool: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr,
+        t: i32, din: i32, dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32,
+        vec: i32, dx: Ptr, pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
+    );
+    expert_sum_tiles_f32(p: Ptr, ntiles: i32, n: i64, bsz: i64, out: Ptr);
+    expert_scatter_pool_f32(
+        s: Ptr, sel: Ptr, bsz: i32, r: i32, rho: i32, e: i32, w: i32, b_layout: i32, pool: Ptr,
+    );
+    // experts.cu: the unfused path's helpers
+    expert_gather_f32(
+        pool: Ptr, sel: Ptr, bsz: i32, r: i32, rho: i32, w: i32, se: i64, sj: i64, sc: i64,
+        e: i32, out: Ptr, err: Ptr,
+    );
+    expert_gate_scale_f32(
+        v: Ptr, gates: Ptr, n: i64, tk: i64, k: i32, rho: i32, r: i32, alpha: f32, out: Ptr,
+    );
+    expert_dgates_f32(dug: Ptr, u: Ptr, t: i32, k: i32, rho: i32, r: i32, out: Ptr);
 }
 
 /// Threads of a block in the flat (grid-stride) and one-warp-per-row kernels.

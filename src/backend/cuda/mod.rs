@@ -11,8 +11,10 @@
 //! zeros); the next [`Backend::synchronize`] or download reads the word and fails with the op's
 //! name.
 
+mod experts;
 mod gemm;
 mod kernels;
+pub mod nvtx;
 mod ops;
 
 use std::sync::{Arc, Mutex, Weak};
@@ -24,6 +26,7 @@ use half::bf16;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Storage, Tensor};
 
+pub use experts::{ExpertPath, FUSED_MAX_K};
 pub use kernels::kernel_signatures;
 use kernels::{Kernels, Ptr};
 
@@ -89,6 +92,8 @@ pub struct CudaBackend {
     err: CudaSlice<i32>,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
+    /// Streaming multiprocessors of the device (grid sizing of the expert kernels).
+    sms: usize,
     me: Weak<CudaBackend>,
 }
 
@@ -115,6 +120,9 @@ fn kernel_error(code: i32) -> Error {
         1 => "cross_entropy: a class label is outside 0..C",
         2 => "gather_rows: an index is outside the table's rows",
         3 => "scatter_add_rows: an index is outside 0..m",
+        4 => {
+            "route_backward / expert_forward / expert_backward: a factor selection is outside 0..E"
+        }
         _ => "unknown kernel error code",
     };
     Error::Cuda(format!(
@@ -195,12 +203,19 @@ impl CudaBackend {
             .alloc_zeros::<i32>(1)
             .map_err(cuda_err("allocating the error word"))?;
         stream.synchronize().map_err(cuda_err("initialising"))?;
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map(|n| n.max(1) as usize)
+            .unwrap_or(100);
         Ok(Arc::new_cyclic(|me| CudaBackend {
             blas: Mutex::new(blas),
             k,
             err,
             stream,
             ctx,
+            sms,
             me: me.clone(),
         }))
     }
@@ -213,6 +228,50 @@ impl CudaBackend {
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn name(&self) -> Result<String> {
         self.ctx.name().map_err(cuda_err("device name"))
+    }
+    /// Streaming multiprocessors of the device.
+    pub fn multiprocessors(&self) -> usize {
+        self.sms
+    }
+    /// Peak DRAM bandwidth in bytes/s from the device attributes: 2 (double data rate) ×
+    /// memory clock × bus width / 8. Also returns the clock (kHz) and the bus width (bits).
+    pub fn peak_memory_bandwidth(&self) -> Result<(f64, i32, i32)> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let clock_khz = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
+            .map_err(cuda_err("memory clock rate"))?;
+        let bus_bits = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+            .map_err(cuda_err("memory bus width"))?;
+        let bps = 2.0 * clock_khz as f64 * 1e3 * bus_bits as f64 / 8.0;
+        Ok((bps, clock_khz, bus_bits))
+    }
+    /// Average device time in milliseconds of one call of `f`, measured with CUDA events
+    /// around `reps` back-to-back calls queued on the backend's stream, after `warmup` calls.
+    /// Host-side launch gaps between the calls are part of the time (as in a training step).
+    pub fn time_ms(
+        &self,
+        warmup: usize,
+        reps: usize,
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<f64> {
+        use cudarc::driver::sys::CUevent_flags;
+        for _ in 0..warmup {
+            f()?;
+        }
+        self.stream.synchronize().map_err(cuda_err("synchronize"))?;
+        self.check_kernel_errors()?;
+        let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.stream.record_event(timed).map_err(cuda_err("event"))?;
+        for _ in 0..reps {
+            f()?;
+        }
+        let end = self.stream.record_event(timed).map_err(cuda_err("event"))?;
+        let ms = start.elapsed_ms(&end).map_err(cuda_err("event timing"))?;
+        self.check_kernel_errors()?;
+        Ok(ms as f64 / reps.max(1) as f64)
     }
 
     fn arc(&self) -> Arc<CudaBackend> {

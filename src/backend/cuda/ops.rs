@@ -6,11 +6,13 @@ use half::bf16;
 
 use super::gemm::GemmCall;
 use super::kernels::{cfg_flat, cfg_rows, Ptr};
-use super::{cuda_err, CudaBackend, CudaData};
+use super::{cuda_err, nvtx, CudaBackend, CudaData, ExpertPath};
 use crate::backend::cpu::{
     attention_dims, loss_dims, masked_dims, matmul_dims, rows_cols, same_shape, MatmulDims,
 };
-use crate::backend::{AdamW, Backend, Device, Gemm, LayerNormGrads, LayerNormOut};
+use crate::backend::{
+    AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing,
+};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::{CpuStorage, DType, Tensor};
@@ -19,12 +21,12 @@ const F32: DType = DType::F32;
 const I32: DType = DType::I32;
 
 /// A dimension as a kernel's `int`.
-fn int(v: usize, op: &'static str) -> Result<i32> {
+pub(super) fn int(v: usize, op: &'static str) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::shape(op, format!("dimension {v} exceeds i32")))
 }
 
 /// A count as a kernel's `long long`.
-fn long(v: usize) -> i64 {
+pub(super) fn long(v: usize) -> i64 {
     v as i64
 }
 
@@ -304,6 +306,7 @@ impl Backend for CudaBackend {
 
     // ---- GEMM -------------------------------------------------------------------------------
     fn matmul(&self, a: &Tensor, b: &Tensor, g: Gemm) -> Result<Tensor> {
+        let _r = nvtx::range("gemm");
         let d = matmul_dims(a, b, g)?;
         let (pa, pb) = (
             self.ptr(a, a.dtype(), "matmul")?,
@@ -324,6 +327,7 @@ impl Backend for CudaBackend {
         out: &mut Tensor,
         beta: f32,
     ) -> Result<()> {
+        let _r = nvtx::range("gemm");
         const OP: &str = "matmul_into";
         let d = matmul_dims(a, b, g)?;
         ensure_shape!(
@@ -438,6 +442,7 @@ impl Backend for CudaBackend {
 
     // ---- normalisation and softmax ----------------------------------------------------------
     fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut> {
+        let _r = nvtx::range("layernorm");
         const OP: &str = "layernorm";
         let (rows, d) = rows_cols(x);
         ensure_shape!(
@@ -482,6 +487,7 @@ impl Backend for CudaBackend {
         rstd: &Tensor,
         affine_grads: bool,
     ) -> Result<LayerNormGrads> {
+        let _r = nvtx::range("layernorm_backward");
         const OP: &str = "layernorm_backward";
         same_shape(OP, dy, x)?;
         let (rows, d) = rows_cols(x);
@@ -598,6 +604,7 @@ impl Backend for CudaBackend {
         mask: &Tensor,
         heads: usize,
     ) -> Result<(Tensor, Tensor)> {
+        let _r = nvtx::range("attention");
         const OP: &str = "attention";
         let (bsz, t, dh) = attention_dims(q, k, v, mask, heads)?;
         let dm = heads * dh;
@@ -699,6 +706,7 @@ impl Backend for CudaBackend {
         probs: &Tensor,
         heads: usize,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let _r = nvtx::range("attention_backward");
         const OP: &str = "attention_backward";
         same_shape(OP, dout, q)?;
         same_shape(OP, k, q)?;
@@ -1226,6 +1234,7 @@ impl Backend for CudaBackend {
         hp: AdamW,
     ) -> Result<()> {
         const OP: &str = "adamw";
+        let _r = nvtx::range("adamw");
         same_shape(OP, params, grads)?;
         same_shape(OP, params, m)?;
         same_shape(OP, params, v)?;
@@ -1256,5 +1265,72 @@ impl Backend for CudaBackend {
                 bc2,
             )
         }
+    }
+
+    // ---- DeLo experts -----------------------------------------------------------------------
+    fn route(
+        &self,
+        la: &Tensor,
+        lb: &Tensor,
+        a_pool: &Tensor,
+        wc: &Tensor,
+        lambda: f32,
+    ) -> Result<Routing> {
+        self.route_device(la, lb, a_pool, wc, lambda)
+    }
+    fn route_backward(
+        &self,
+        d_pa: &Tensor,
+        d_pb: &Tensor,
+        routing: &Routing,
+        lambda: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.route_backward_device(d_pa, d_pb, routing, lambda)
+    }
+    fn expert_forward(
+        &self,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        alpha: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        self.expert_forward_path(
+            ExpertPath::Auto,
+            x,
+            a_pool,
+            b_pool,
+            sel_a,
+            sel_b,
+            gates,
+            alpha,
+        )
+    }
+    fn expert_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        u: &Tensor,
+        alpha: f32,
+    ) -> Result<ExpertGrads> {
+        self.expert_backward_path(
+            ExpertPath::Auto,
+            dy,
+            x,
+            a_pool,
+            b_pool,
+            sel_a,
+            sel_b,
+            gates,
+            u,
+            alpha,
+        )
     }
 }

@@ -1,5 +1,8 @@
 //! Benchmarks behind `delo bench`. On shared CPUs only ratios measured in one run mean
-//! anything, so every CPU figure is printed beside a reference timed in the same run.
+//! anything, so every CPU figure is printed beside a reference timed in the same run. GPU
+//! kernel microbenchmarks ([`kernels`]) report bandwidth against the device's peak.
+
+pub mod kernels;
 
 use std::path::Path;
 use std::process::Command;

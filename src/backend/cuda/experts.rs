@@ -1,0 +1,931 @@
+//! The DeLo expert ops on the device: routing (`kernels/route.cu`) and the gathered factor
+//! composition (`kernels/experts.cu`), fused or unfused.
+//!
+//! Fused (the default when r·ρ ≤ [`FUSED_MAX_K`]): one kernel per pass, a block per (sample,
+//! tile of tokens); the selected factors are gathered by index into shared memory and registers,
+//! x (forward) and dy, x (backward) are read from DRAM once, y and dx written once, and ΔW is
+//! never formed. The factor gradients of each tile are reduced over tiles and scattered into
+//! the pools by two small deterministic kernels (no atomics), so results are reproducible bit
+//! for bit.
+//!
+//! Unfused (for comparison, and for r·ρ above the fused kernels' register tiles): the selected
+//! factors are gathered into dense per-sample matrices, then cuBLAS strided-batched GEMMs.
+
+use cudarc::driver::LaunchConfig;
+
+use super::gemm::GemmCall;
+use super::kernels::{cfg_flat, cfg_rows, Ptr};
+use super::ops::{int, long};
+use super::{nvtx, CudaBackend};
+use crate::backend::cpu_experts::{expert_dims, route_dims, Dims};
+use crate::backend::{Backend, ExpertGrads, Routing};
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+const F32: DType = DType::F32;
+const I32: DType = DType::I32;
+
+/// Which implementation of the gathered factor composition runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertPath {
+    /// Fused when r·ρ ≤ [`FUSED_MAX_K`], unfused otherwise (what the `Backend` trait uses).
+    Auto,
+    /// The fused kernels; an error when r·ρ > [`FUSED_MAX_K`].
+    Fused,
+    /// Gather + cuBLAS strided-batched GEMMs.
+    Unfused,
+}
+
+/// Largest r·ρ the fused kernels take (their per-token register tile).
+pub const FUSED_MAX_K: usize = 16;
+
+/// Threads of a fused expert block (`DELO_EXP_THREADS`).
+const EXP_THREADS: u32 = 256;
+/// Most tokens of a fused block (`DELO_EXP_TT_MAX`).
+const TT_MAX: usize = 64;
+/// Floats of factor columns a fused block stages in shared memory at a time (32 KiB; with the
+/// static tiles below 48 KiB, so no opt-in attribute is needed).
+const STAGE_FLOATS: usize = 8192;
+/// Dynamic shared memory a block may use without the opt-in attribute.
+const SMEM_LIMIT: usize = 48 * 1024;
+
+/// The register width of the fused kernels for `k = r·ρ` factor rows.
+fn km_of(k: usize) -> usize {
+    match k {
+        0..=4 => 4,
+        5..=8 => 8,
+        _ => 16,
+    }
+}
+
+/// Columns of a row of `n` staged at a time for width `km`: a multiple of 4.
+fn stage_cols(n: usize, km: usize) -> usize {
+    n.next_multiple_of(4).min(STAGE_FLOATS / km / 4 * 4)
+}
+
+fn aligned16(p: Ptr) -> bool {
+    p.0.is_multiple_of(16)
+}
+
+/// Device addresses of the operands of one expert composition.
+struct Operands {
+    x: Ptr,
+    a: Ptr,
+    b: Ptr,
+    sa: Ptr,
+    sb: Ptr,
+    g: Ptr,
+}
+
+impl CudaBackend {
+    fn expert_operands(
+        &self,
+        op: &'static str,
+        [x, a_pool, b_pool, sel_a, sel_b, gates]: [&Tensor; 6],
+    ) -> Result<Operands> {
+        Ok(Operands {
+            x: self.ptr(x, F32, op)?,
+            a: self.ptr(a_pool, F32, op)?,
+            b: self.ptr(b_pool, F32, op)?,
+            sa: self.ptr(sel_a, I32, op)?,
+            sb: self.ptr(sel_b, I32, op)?,
+            g: self.ptr(gates, F32, op)?,
+        })
+    }
+
+    /// Tokens per fused block: the largest of 64, 32, 16 that still gives `min_blocks` blocks,
+    /// else 8.
+    fn expert_tile(&self, bsz: usize, t: usize, min_blocks: usize) -> usize {
+        [64, 32, 16]
+            .into_iter()
+            .find(|&tt| bsz * t.div_ceil(tt) >= min_blocks)
+            .unwrap_or(8)
+    }
+
+    fn resolve_path(&self, path: ExpertPath, k: usize, op: &'static str) -> Result<bool> {
+        match path {
+            ExpertPath::Auto => Ok(k <= FUSED_MAX_K),
+            ExpertPath::Unfused => Ok(false),
+            ExpertPath::Fused if k <= FUSED_MAX_K => Ok(true),
+            ExpertPath::Fused => Err(Error::shape(
+                op,
+                format!(
+                    "the fused kernels take r·ρ ≤ {FUSED_MAX_K}, got {k}; use the unfused path"
+                ),
+            )),
+        }
+    }
+
+    /// A (batched) GEMM whose `C` is contiguous (`stride_c = m·n`): skipped when `C` is empty,
+    /// zero-filled when the inner dimension is empty.
+    fn gemm_or_zero(&self, g: GemmCall) -> Result<()> {
+        let n_out = g.batch * g.m * g.n;
+        if n_out == 0 {
+            return Ok(());
+        }
+        if g.k == 0 {
+            // SAFETY: `g.c` addresses the `n_out` contiguous elements of the output.
+            return unsafe { self.memset0(g.c, n_out * 4) };
+        }
+        self.gemm(&g)
+    }
+
+    /// Deterministic scatter of per-sample factor gradients `s [B, r·ρ, w]` into a pool
+    /// `[E, ρ, w]` (`b_layout` false) or `[E, w, ρ]` (true).
+    #[allow(clippy::too_many_arguments)]
+    fn scatter_pool(
+        &self,
+        s: Ptr,
+        sel: Ptr,
+        (bsz, r, rho, e, w): (usize, usize, usize, usize, usize),
+        b_layout: bool,
+        shape: &[usize],
+        op: &'static str,
+    ) -> Result<Tensor> {
+        let (pool, pp) = self.empty(shape, F32)?;
+        unsafe {
+            self.k.expert_scatter_pool_f32(
+                &self.stream,
+                cfg_flat(e * rho * w),
+                s,
+                sel,
+                int(bsz, op)?,
+                int(r, op)?,
+                int(rho, op)?,
+                int(e, op)?,
+                int(w, op)?,
+                b_layout as i32,
+                pp,
+            )?;
+        }
+        Ok(pool)
+    }
+
+    // ---- routing ------------------------------------------------------------------------------
+
+    /// [`crate::backend::Backend::route`] on the device, eq. (3) with the compatibility term
+    /// (DELO.md "Routing", steps 1–3): one block per sample.
+    pub(super) fn route_device(
+        &self,
+        la: &Tensor,
+        lb: &Tensor,
+        a_pool: &Tensor,
+        wc: &Tensor,
+        lambda: f32,
+    ) -> Result<Routing> {
+        const OP: &str = "route";
+        let _r = nvtx::range("route");
+        let (bsz, e, rho, d, r) = route_dims(la, lb, a_pool, wc)?;
+        ensure_shape!(e <= 1024, OP, "the CUDA router takes E ≤ 1024, got {e}");
+        let (pla, plb, pa, pw) = (
+            self.ptr(la, F32, OP)?,
+            self.ptr(lb, F32, OP)?,
+            self.ptr(a_pool, F32, OP)?,
+            self.ptr(wc, F32, OP)?,
+        );
+        let (sel_a, psa) = self.empty(&[bsz, r], I32)?;
+        let (sel_b, psb) = self.empty(&[bsz, r], I32)?;
+        let (p_a, ppa) = self.empty(&[bsz, e], F32)?;
+        let (p_b, ppb) = self.empty(&[bsz, e], F32)?;
+        let (compat, pc) = self.empty(&[bsz, r, e], F32)?;
+        let (abar, pab) = self.empty(&[bsz, r, d], F32)?;
+        let (pa_sel, ppas) = self.empty(&[bsz, r], F32)?;
+        let (pb_sel, ppbs) = self.empty(&[bsz, r], F32)?;
+        if bsz > 0 && e > 0 {
+            let threads = if e <= 256 {
+                256
+            } else {
+                e.next_multiple_of(32)
+            };
+            let smem = (4 * e + r * e + threads + 2 * r) * 4;
+            ensure_shape!(
+                smem <= SMEM_LIMIT,
+                OP,
+                "E={e}, r={r} needs {smem} bytes of shared memory, above the {SMEM_LIMIT} a block has"
+            );
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    u32::try_from(bsz).map_err(|_| Error::shape(OP, "batch too large"))?,
+                    1,
+                    1,
+                ),
+                block_dim: (threads as u32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            unsafe {
+                self.k.route_f32(
+                    &self.stream,
+                    cfg,
+                    pla,
+                    plb,
+                    pa,
+                    pw,
+                    int(e, OP)?,
+                    int(rho, OP)?,
+                    int(d, OP)?,
+                    int(r, OP)?,
+                    lambda,
+                    psa,
+                    psb,
+                    ppa,
+                    ppb,
+                    pc,
+                    pab,
+                    ppas,
+                    ppbs,
+                )?;
+            }
+        }
+        Ok(Routing {
+            sel_a,
+            sel_b,
+            p_a,
+            p_b,
+            compat,
+            abar,
+            pa_sel,
+            pb_sel,
+        })
+    }
+
+    /// [`crate::backend::Backend::route_backward`] on the device: a warp per sample for the
+    /// router logits and the compatibility softmax, then one thread per element of dW_C
+    /// summing over the samples in order (deterministic).
+    pub(super) fn route_backward_device(
+        &self,
+        d_pa: &Tensor,
+        d_pb: &Tensor,
+        rt: &Routing,
+        lambda: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "route_backward";
+        let _r = nvtx::range("route_backward");
+        ensure_shape!(
+            rt.p_a.rank() == 2 && rt.abar.rank() == 3,
+            OP,
+            "routing probabilities {:?} / factor sums {:?} must be [B, E] / [B, r, d]",
+            rt.p_a.shape(),
+            rt.abar.shape()
+        );
+        let (bsz, e) = (rt.p_a.dim(0), rt.p_a.dim(1));
+        let (r, d) = (rt.abar.dim(1), rt.abar.dim(2));
+        ensure_shape!(
+            d_pa.shape() == [bsz, r] && d_pb.shape() == [bsz, r],
+            OP,
+            "gradients {:?}, {:?} must be [B={bsz}, r={r}]",
+            d_pa.shape(),
+            d_pb.shape()
+        );
+        ensure_shape!(
+            rt.abar.dim(0) == bsz
+                && rt.p_b.shape() == [bsz, e]
+                && rt.compat.shape() == [bsz, r, e]
+                && rt.sel_a.shape() == [bsz, r]
+                && rt.sel_b.shape() == [bsz, r],
+            OP,
+            "inconsistent routing: p_b {:?}, compat {:?}, sel_a {:?}, sel_b {:?} for B={bsz}, \
+             E={e}, r={r}",
+            rt.p_b.shape(),
+            rt.compat.shape(),
+            rt.sel_a.shape(),
+            rt.sel_b.shape()
+        );
+        let (pga, pgb) = (self.ptr(d_pa, F32, OP)?, self.ptr(d_pb, F32, OP)?);
+        let (psa, psb) = (self.ptr(&rt.sel_a, I32, OP)?, self.ptr(&rt.sel_b, I32, OP)?);
+        let (ppa, ppb, pc, pab) = (
+            self.ptr(&rt.p_a, F32, OP)?,
+            self.ptr(&rt.p_b, F32, OP)?,
+            self.ptr(&rt.compat, F32, OP)?,
+            self.ptr(&rt.abar, F32, OP)?,
+        );
+        let (dla, pdla) = self.empty(&[bsz, e], F32)?;
+        let (dlb, pdlb) = self.empty(&[bsz, e], F32)?;
+        if bsz == 0 || e == 0 {
+            // No sample or no factor: the gradients are empty, or zeros for dW_C.
+            return Ok((dla, dlb, self.zeros(&[r, d, e], F32)?));
+        }
+        let dz = self.alloc_slice::<f32>(bsz * r * e)?;
+        let pdz = self.raw(&dz);
+        // (an empty dW_C when r·d = 0: r = 0 still gives the logits their zero gradients)
+        let (dwc, pdwc) = self.empty(&[r, d, e], F32)?;
+        unsafe {
+            self.k.route_backward_f32(
+                &self.stream,
+                cfg_rows(bsz),
+                pga,
+                pgb,
+                psa,
+                psb,
+                ppa,
+                ppb,
+                pc,
+                int(bsz, OP)?,
+                int(e, OP)?,
+                int(r, OP)?,
+                lambda,
+                pdla,
+                pdlb,
+                pdz,
+                self.raw(&self.err),
+            )?;
+            if r * d * e > 0 {
+                self.k.route_dwc_f32(
+                    &self.stream,
+                    cfg_flat(r * d * e),
+                    pab,
+                    pdz,
+                    int(bsz, OP)?,
+                    int(r, OP)?,
+                    int(d, OP)?,
+                    int(e, OP)?,
+                    pdwc,
+                )?;
+            }
+        }
+        Ok((dla, dlb, dwc))
+    }
+
+    // ---- the gathered factor composition -------------------------------------------------------
+
+    /// [`crate::backend::Backend::expert_forward`], eq. (2)/(4): `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)`
+    /// for every token, by the chosen implementation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn expert_forward_path(
+        &self,
+        path: ExpertPath,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        alpha: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "expert_forward";
+        let dims = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
+        let (bsz, t, _din, dout, _e, rho, r) = dims;
+        let k = r * rho;
+        let ops = self.expert_operands(OP, [x, a_pool, b_pool, sel_a, sel_b, gates])?;
+        if bsz * t == 0 || k == 0 {
+            return Ok((
+                self.zeros(&[bsz, t, dout], F32)?,
+                self.zeros(&[bsz, t, k], F32)?,
+            ));
+        }
+        ensure_shape!(bsz <= 65_535, OP, "batch {bsz} exceeds the grid's 65535");
+        if self.resolve_path(path, k, OP)? {
+            let _r = nvtx::range("expert_forward (fused)");
+            self.expert_forward_fused(&ops, dims, alpha)
+        } else {
+            let _r = nvtx::range("expert_forward (unfused)");
+            self.expert_forward_unfused(&ops, dims, alpha)
+        }
+    }
+
+    /// [`crate::backend::Backend::expert_backward`] (gradients of eq. (2)/(4)) by the chosen
+    /// implementation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn expert_backward_path(
+        &self,
+        path: ExpertPath,
+        dy: &Tensor,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        u: &Tensor,
+        alpha: f32,
+    ) -> Result<ExpertGrads> {
+        const OP: &str = "expert_backward";
+        let dims = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
+        let (bsz, t, din, dout, e, rho, r) = dims;
+        let k = r * rho;
+        ensure_shape!(
+            dy.shape() == [bsz, t, dout] && u.shape() == [bsz, t, k],
+            OP,
+            "gradient {:?} / activations {:?} do not fit [B, T, d_out] / [B, T, r·ρ]",
+            dy.shape(),
+            u.shape()
+        );
+        let ops = self.expert_operands(OP, [x, a_pool, b_pool, sel_a, sel_b, gates])?;
+        let (pdy, pu) = (self.ptr(dy, F32, OP)?, self.ptr(u, F32, OP)?);
+        if bsz * t == 0 || k == 0 {
+            return Ok(ExpertGrads {
+                dx: self.zeros(x.shape(), F32)?,
+                da_pool: self.zeros(&[e, rho, din], F32)?,
+                db_pool: self.zeros(&[e, dout, rho], F32)?,
+                dgates: self.zeros(&[bsz, r], F32)?,
+            });
+        }
+        ensure_shape!(bsz <= 65_535, OP, "batch {bsz} exceeds the grid's 65535");
+        if self.resolve_path(path, k, OP)? {
+            let _r = nvtx::range("expert_backward (fused)");
+            self.expert_backward_fused(&ops, pdy, pu, dims, alpha)
+        } else {
+            let _r = nvtx::range("expert_backward (unfused)");
+            self.expert_backward_unfused(&ops, pdy, pu, dims, alpha)
+        }
+    }
+
+    fn expert_forward_fused(
+        &self,
+        o: &Operands,
+        (bsz, t, din, dout, e, rho, r): Dims,
+        alpha: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "expert_forward";
+        let k = r * rho;
+        let km = km_of(k);
+        let tt = self.expert_tile(bsz, t, 2 * self.sms);
+        debug_assert!(tt <= TT_MAX);
+        let cha = stage_cols(din, km);
+        let (y, py) = self.empty(&[bsz, t, dout], F32)?;
+        let (u, pu) = self.empty(&[bsz, t, k], F32)?;
+        let vec = din % 4 == 0 && dout % 4 == 0 && aligned16(o.x) && aligned16(o.a);
+        let cfg = LaunchConfig {
+            grid_dim: (int(t.div_ceil(tt), OP)? as u32, bsz as u32, 1),
+            block_dim: (EXP_THREADS, 1, 1),
+            shared_mem_bytes: (km * cha * 4) as u32,
+        };
+        let args = (
+            int(t, OP)?,
+            int(din, OP)?,
+            int(dout, OP)?,
+            int(e, OP)?,
+            int(rho, OP)?,
+            int(r, OP)?,
+            tt as i32,
+            cha as i32,
+        );
+        macro_rules! launch {
+            ($f:ident) => {
+                self.k.$f(
+                    &self.stream,
+                    cfg,
+                    o.x,
+                    o.a,
+                    o.b,
+                    o.sa,
+                    o.sb,
+                    o.g,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    args.5,
+                    args.6,
+                    args.7,
+                    alpha,
+                    vec as i32,
+                    py,
+                    pu,
+                    self.raw(&self.err),
+                )
+            };
+        }
+        unsafe {
+            match km {
+                4 => launch!(expert_fwd_k4),
+                8 => launch!(expert_fwd_k8),
+                _ => launch!(expert_fwd_k16),
+            }?;
+        }
+        Ok((y, u))
+    }
+
+    fn expert_backward_fused(
+        &self,
+        o: &Operands,
+        pdy: Ptr,
+        pu: Ptr,
+        (bsz, t, din, dout, e, rho, r): Dims,
+        alpha: f32,
+    ) -> Result<ExpertGrads> {
+        const OP: &str = "expert_backward";
+        let k = r * rho;
+        let km = km_of(k);
+        let tt = self.expert_tile(bsz, t, self.sms);
+        debug_assert!(tt <= TT_MAX);
+        let ntiles = t.div_ceil(tt);
+        let chb = stage_cols(dout, km);
+        let vec =
+            din % 4 == 0 && dout % 4 == 0 && aligned16(o.x) && aligned16(o.a) && aligned16(pdy);
+        let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
+        let parts = bsz * ntiles;
+        let pda_s = self.alloc_slice::<f32>(parts * k * din)?;
+        let pdb_s = self.alloc_slice::<f32>(parts * k * dout)?;
+        let pdg_s = self.alloc_slice::<f32>(parts * r)?;
+        let (pda, pdb, pdg) = (self.raw(&pda_s), self.raw(&pdb_s), self.raw(&pdg_s));
+        let cfg = LaunchConfig {
+            grid_dim: (int(ntiles, OP)? as u32, bsz as u32, 1),
+            block_dim: (EXP_THREADS, 1, 1),
+            shared_mem_bytes: (km * chb * 4) as u32,
+        };
+        let args = (
+            int(t, OP)?,
+            int(din, OP)?,
+            int(dout, OP)?,
+            int(e, OP)?,
+            int(rho, OP)?,
+            int(r, OP)?,
+            tt as i32,
+            chb as i32,
+        );
+        macro_rules! launch {
+            ($f:ident) => {
+                self.k.$f(
+                    &self.stream,
+                    cfg,
+                    pdy,
+                    o.x,
+                    o.a,
+                    o.b,
+                    o.sa,
+                    o.sb,
+                    o.g,
+                    pu,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    args.5,
+                    args.6,
+                    args.7,
+                    alpha,
+                    vec as i32,
+                    pdx,
+                    pda,
+                    pdb,
+                    pdg,
+                    self.raw(&self.err),
+                )
+            };
+        }
+        unsafe {
+            match km {
+                4 => launch!(expert_bwd_k4),
+                8 => launch!(expert_bwd_k8),
+                _ => launch!(expert_bwd_k16),
+            }?;
+        }
+        // Sum the tiles' partials per sample (in tile order); one tile needs no sum.
+        let (dgates, pdgates) = self.empty(&[bsz, r], F32)?;
+        let mut keep = Vec::new();
+        let mut sum_tiles = |p: Ptr, n: usize| -> Result<Ptr> {
+            if ntiles == 1 {
+                return Ok(p);
+            }
+            let s = self.alloc_slice::<f32>(bsz * n)?;
+            let ps = self.raw(&s);
+            unsafe {
+                self.k.expert_sum_tiles_f32(
+                    &self.stream,
+                    cfg_flat(bsz * n),
+                    p,
+                    int(ntiles, OP)?,
+                    long(n),
+                    long(bsz),
+                    ps,
+                )?;
+            }
+            keep.push(s);
+            Ok(ps)
+        };
+        let sa = sum_tiles(pda, k * din)?;
+        let sb = sum_tiles(pdb, k * dout)?;
+        unsafe {
+            self.k.expert_sum_tiles_f32(
+                &self.stream,
+                cfg_flat(bsz * r),
+                pdg,
+                int(ntiles, OP)?,
+                long(r),
+                long(bsz),
+                pdgates,
+            )?;
+        }
+        let da_pool =
+            self.scatter_pool(sa, o.sa, (bsz, r, rho, e, din), false, &[e, rho, din], OP)?;
+        let db_pool =
+            self.scatter_pool(sb, o.sb, (bsz, r, rho, e, dout), true, &[e, dout, rho], OP)?;
+        // The partial buffers are freed in stream order after the kernels that read them.
+        drop(keep);
+        Ok(ExpertGrads {
+            dx,
+            da_pool,
+            db_pool,
+            dgates,
+        })
+    }
+
+    /// Dense selected factors: `A_sel [B, K, d_in]` and `B_selᵀ [B, K, d_out]`.
+    fn gather_factors(
+        &self,
+        o: &Operands,
+        (bsz, _t, din, dout, e, rho, r): Dims,
+    ) -> Result<(
+        cudarc::driver::CudaSlice<f32>,
+        cudarc::driver::CudaSlice<f32>,
+    )> {
+        const OP: &str = "expert (unfused)";
+        let k = r * rho;
+        let a_sel = self.alloc_slice::<f32>(bsz * k * din)?;
+        let b_selt = self.alloc_slice::<f32>(bsz * k * dout)?;
+        let err = self.raw(&self.err);
+        unsafe {
+            self.k.expert_gather_f32(
+                &self.stream,
+                cfg_flat(bsz * k * din),
+                o.a,
+                o.sa,
+                int(bsz, OP)?,
+                int(r, OP)?,
+                int(rho, OP)?,
+                int(din, OP)?,
+                long(rho * din),
+                long(din),
+                1,
+                int(e, OP)?,
+                self.raw(&a_sel),
+                err,
+            )?;
+            self.k.expert_gather_f32(
+                &self.stream,
+                cfg_flat(bsz * k * dout),
+                o.b,
+                o.sb,
+                int(bsz, OP)?,
+                int(r, OP)?,
+                int(rho, OP)?,
+                int(dout, OP)?,
+                long(dout * rho),
+                1,
+                long(rho),
+                int(e, OP)?,
+                self.raw(&b_selt),
+                err,
+            )?;
+        }
+        Ok((a_sel, b_selt))
+    }
+
+    /// `out = alpha · g[b, k/ρ] · v` over `[B, T, K]`.
+    fn gate_scale(
+        &self,
+        v: Ptr,
+        g: Ptr,
+        (bsz, t, k, rho, r): (usize, usize, usize, usize, usize),
+        alpha: f32,
+        out: Ptr,
+    ) -> Result<()> {
+        const OP: &str = "expert (unfused)";
+        let n = bsz * t * k;
+        unsafe {
+            self.k.expert_gate_scale_f32(
+                &self.stream,
+                cfg_flat(n),
+                v,
+                g,
+                long(n),
+                long(t * k),
+                int(k, OP)?,
+                int(rho, OP)?,
+                int(r, OP)?,
+                alpha,
+                out,
+            )
+        }
+    }
+
+    fn expert_forward_unfused(
+        &self,
+        o: &Operands,
+        dims: Dims,
+        alpha: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        let (bsz, t, din, dout, _e, rho, r) = dims;
+        let k = r * rho;
+        let (a_sel, b_selt) = self.gather_factors(o, dims)?;
+        let (u, pu) = self.empty(&[bsz, t, k], F32)?;
+        let (y, py) = self.empty(&[bsz, t, dout], F32)?;
+        // u[b] = x[b] · A_sel[b]ᵀ
+        self.gemm_or_zero(GemmCall {
+            dtype: F32,
+            trans_a: false,
+            trans_b: true,
+            m: t,
+            n: k,
+            k: din,
+            alpha: 1.0,
+            beta: 0.0,
+            a: o.x,
+            lda: din,
+            stride_a: t * din,
+            b: self.raw(&a_sel),
+            ldb: din,
+            stride_b: k * din,
+            c: pu,
+            ldc: k,
+            stride_c: t * k,
+            batch: bsz,
+        })?;
+        let ug = self.alloc_slice::<f32>(bsz * t * k)?;
+        let pug = self.raw(&ug);
+        self.gate_scale(pu, o.g, (bsz, t, k, rho, r), alpha, pug)?;
+        // y[b] = (α g u)[b] · B_selᵀ[b]
+        self.gemm_or_zero(GemmCall {
+            dtype: F32,
+            trans_a: false,
+            trans_b: false,
+            m: t,
+            n: dout,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+            a: pug,
+            lda: k,
+            stride_a: t * k,
+            b: self.raw(&b_selt),
+            ldb: dout,
+            stride_b: k * dout,
+            c: py,
+            ldc: dout,
+            stride_c: t * dout,
+            batch: bsz,
+        })?;
+        Ok((y, u))
+    }
+
+    fn expert_backward_unfused(
+        &self,
+        o: &Operands,
+        pdy: Ptr,
+        pu: Ptr,
+        dims: Dims,
+        alpha: f32,
+    ) -> Result<ExpertGrads> {
+        const OP: &str = "expert_backward (unfused)";
+        let (bsz, t, din, dout, e, rho, r) = dims;
+        let k = r * rho;
+        let (a_sel, b_selt) = self.gather_factors(o, dims)?;
+        let (pas, pbs) = (self.raw(&a_sel), self.raw(&b_selt));
+        let base = GemmCall {
+            dtype: F32,
+            trans_a: false,
+            trans_b: false,
+            m: t,
+            n: k,
+            k: dout,
+            alpha: 1.0,
+            beta: 0.0,
+            a: pdy,
+            lda: dout,
+            stride_a: t * dout,
+            b: pbs,
+            ldb: dout,
+            stride_b: k * dout,
+            c: Ptr(0),
+            ldc: k,
+            stride_c: t * k,
+            batch: bsz,
+        };
+        // dug[b] = α · dy[b] · B_selᵀ[b]ᵀ   [T, K]
+        let dug = self.alloc_slice::<f32>(bsz * t * k)?;
+        let pdug = self.raw(&dug);
+        self.gemm_or_zero(GemmCall {
+            trans_b: true,
+            alpha,
+            c: pdug,
+            ..base
+        })?;
+        // dgates[b, i] = Σ_t Σ_j dug · u
+        let (dgates, pdg) = self.empty(&[bsz, r], F32)?;
+        unsafe {
+            self.k.expert_dgates_f32(
+                &self.stream,
+                LaunchConfig {
+                    grid_dim: (int(r, OP)? as u32, bsz as u32, 1),
+                    block_dim: (EXP_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                pdug,
+                pu,
+                int(t, OP)?,
+                int(k, OP)?,
+                int(rho, OP)?,
+                int(r, OP)?,
+                pdg,
+            )?;
+        }
+        // dB_selᵀ[b] = (α g u)[b]ᵀ · dy[b]   [K, d_out]
+        let ug = self.alloc_slice::<f32>(bsz * t * k)?;
+        let pug = self.raw(&ug);
+        self.gate_scale(pu, o.g, (bsz, t, k, rho, r), alpha, pug)?;
+        let dbs = self.alloc_slice::<f32>(bsz * k * dout)?;
+        let pdbs = self.raw(&dbs);
+        self.gemm_or_zero(GemmCall {
+            trans_a: true,
+            m: k,
+            n: dout,
+            k: t,
+            a: pug,
+            lda: k,
+            stride_a: t * k,
+            b: pdy,
+            ldb: dout,
+            stride_b: t * dout,
+            c: pdbs,
+            ldc: dout,
+            stride_c: k * dout,
+            ..base
+        })?;
+        // du = dug · g
+        let du = self.alloc_slice::<f32>(bsz * t * k)?;
+        let pdu = self.raw(&du);
+        self.gate_scale(pdug, o.g, (bsz, t, k, rho, r), 1.0, pdu)?;
+        // dx[b] = du[b] · A_sel[b]   [T, d_in]
+        let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
+        self.gemm_or_zero(GemmCall {
+            m: t,
+            n: din,
+            k,
+            a: pdu,
+            lda: k,
+            stride_a: t * k,
+            b: pas,
+            ldb: din,
+            stride_b: k * din,
+            c: pdx,
+            ldc: din,
+            stride_c: t * din,
+            ..base
+        })?;
+        // dA_sel[b] = du[b]ᵀ · x[b]   [K, d_in]
+        let das = self.alloc_slice::<f32>(bsz * k * din)?;
+        let pdas = self.raw(&das);
+        self.gemm_or_zero(GemmCall {
+            trans_a: true,
+            m: k,
+            n: din,
+            k: t,
+            a: pdu,
+            lda: k,
+            stride_a: t * k,
+            b: o.x,
+            ldb: din,
+            stride_b: t * din,
+            c: pdas,
+            ldc: din,
+            stride_c: k * din,
+            ..base
+        })?;
+        let da_pool =
+            self.scatter_pool(pdas, o.sa, (bsz, r, rho, e, din), false, &[e, rho, din], OP)?;
+        let db_pool = self.scatter_pool(
+            pdbs,
+            o.sb,
+            (bsz, r, rho, e, dout),
+            true,
+            &[e, dout, rho],
+            OP,
+        )?;
+        Ok(ExpertGrads {
+            dx,
+            da_pool,
+            db_pool,
+            dgates,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_widths_and_stage_widths() {
+        assert_eq!([1, 4, 5, 8, 9, 16].map(km_of), [4, 4, 8, 8, 16, 16]);
+        // paper shape: all 768 columns of the 4 factor rows in one 12 KiB stage
+        assert_eq!(stage_cols(768, 4), 768);
+        assert_eq!(stage_cols(3072, 4), 2048);
+        assert_eq!(stage_cols(768, 16), 512);
+        assert_eq!(stage_cols(7, 8), 8);
+        assert_eq!(stage_cols(0, 4), 0);
+        for km in [4, 8, 16] {
+            for n in [1, 3, 768, 3072, 4099] {
+                let c = stage_cols(n, km);
+                assert!(
+                    c.is_multiple_of(4) && c >= 4 && km * c <= STAGE_FLOATS,
+                    "{n} {km} {c}"
+                );
+                // the static tiles (3 × TT_MAX × KM floats at most) and the stage fit 48 KiB
+                assert!((km * c + 3 * TT_MAX * km) * 4 + 256 <= SMEM_LIMIT);
+            }
+        }
+    }
+}
