@@ -52,6 +52,13 @@ enum Command {
         #[arg(long)]
         bf16: bool,
     },
+    /// The synthetic benchmark, a tiny model, DeLo and heads-only trained on the CPU, and
+    /// their AP/FG table (a couple of minutes at most, no downloads).
+    Demo {
+        /// Where the data, model, runs and reports go.
+        #[arg(long, default_value = "delo-demo")]
+        out: PathBuf,
+    },
     /// Train DeLo on a CMML benchmark, task after task, evaluating and checkpointing each.
     Train(TrainArgs),
     /// Trainable parameters per task and total parameters of a DeLo model (paper Table 5).
@@ -417,6 +424,17 @@ pub fn run(cli: Cli) -> Result<()> {
                 dtype,
             )?;
             println!("wrote {}", output.display());
+        }
+        Command::Demo { out } => {
+            let started = std::time::Instant::now();
+            let table = delo::train::demo::run_demo(&out, &mut |line| eprintln!("{line}"))?;
+            println!("\n{table}");
+            println!(
+                "finished in {:.0} s; reports: {}/delo/report.md, {}/heads-only/report.md",
+                started.elapsed().as_secs_f64(),
+                out.display(),
+                out.display()
+            );
         }
         Command::Train(a) => {
             let mut trainer = match &a.resume {

@@ -3,6 +3,7 @@
 //! seen task after each task, atomic checkpoints and resume.
 
 pub mod checkpoint;
+pub mod demo;
 pub mod eval;
 pub mod keys;
 pub mod prep;
