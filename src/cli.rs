@@ -59,6 +59,21 @@ enum Command {
         #[arg(long, default_value = "delo-demo")]
         out: PathBuf,
     },
+    /// Evaluate a run's finished tasks (task-agnostic by default).
+    Eval {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// val or test.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Override the run's task-key source: input, frozen or oracle.
+        #[arg(long)]
+        task_key: Option<String>,
+        /// Write per-sample predictions (item index, task, predicted task, prediction).
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+    },
     /// Train DeLo on a CMML benchmark, task after task, evaluating and checkpointing each.
     Train(TrainArgs),
     /// Trainable parameters per task and total parameters of a DeLo model (paper Table 5).
@@ -434,6 +449,28 @@ pub fn run(cli: Cli) -> Result<()> {
                 started.elapsed().as_secs_f64(),
                 out.display(),
                 out.display()
+            );
+        }
+        Command::Eval {
+            run,
+            split,
+            task_key,
+            predictions,
+        } => {
+            let mut tr = delo::train::Trainer::resume(&run)?;
+            if let Some(k) = task_key {
+                tr.spec.settings.delo.task_key =
+                    serde_json::from_value(serde_json::Value::String(k))
+                        .context("--task-key: input, frozen or oracle")?;
+            }
+            let split = match split.as_str() {
+                "val" => delo::data::Split::Val,
+                "test" => delo::data::Split::Test,
+                s => anyhow::bail!("--split {s}: expected val or test"),
+            };
+            print!(
+                "{}",
+                delo::train::eval::eval_run(&tr, split, predictions.as_deref())?
             );
         }
         Command::Train(a) => {

@@ -186,6 +186,23 @@ fn killed_run_resumes_to_the_same_results() {
         );
         assert_eq!((x.ap, x.fg), (y.ap, y.fg));
     }
+    // `delo eval` on the resumed run reproduces the last row of its test matrix.
+    let ev = delo_cmd(&["eval", "--run"], &[&killed]).output().unwrap();
+    assert!(
+        ev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+    let table = String::from_utf8_lossy(&ev.stdout);
+    for v in b.split(delo::data::Split::Test).unwrap().matrix[2]
+        .iter()
+        .flatten()
+    {
+        assert!(
+            table.contains(&format!("{v:.2}")),
+            "{v:.2} missing from\n{table}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -213,3 +213,53 @@ pub fn row_summary(t: usize, row: &TaskRow) -> String {
         f(&row.val)
     )
 }
+
+/// `delo eval`: every finished task of a run on `split`, with the task keys (or `oracle`),
+/// optionally writing per-sample predictions as CSV. Returns a Markdown table.
+pub fn eval_run(
+    tr: &Trainer,
+    split: Split,
+    predictions_csv: Option<&std::path::Path>,
+) -> Result<String> {
+    let done = tr.tasks.len();
+    if done == 0 {
+        return Err(crate::Error::Msg(format!(
+            "{} has no finished task to evaluate",
+            tr.run_dir.display()
+        )));
+    }
+    let mut table = format!(
+        "| task | {} | task-id accuracy |\n|---:|---:|---:|\n",
+        if tr.bench.kind == LabelKind::Single {
+            "accuracy"
+        } else {
+            "F1-macro"
+        }
+    );
+    let mut csv = String::from("item_index,task,predicted_task,prediction\n");
+    let mut sum = 0.0;
+    for j in 0..done {
+        let (cell, preds) = evaluate(tr, j, split, done - 1, None)?;
+        sum += cell.metric;
+        table += &format!("| {} | {:.2} | {:.2} |\n", j + 1, cell.metric, cell.task_id);
+        for (index, k, logits) in preds {
+            let classes = &tr.bench.tasks[k].classes;
+            let pred = match tr.bench.kind {
+                LabelKind::Single => classes
+                    [(0..logits.len()).fold(0, |b, c| if logits[c] > logits[b] { c } else { b })]
+                .to_string(),
+                LabelKind::Multi => (0..logits.len())
+                    .filter(|&c| logits[c] > 0.0)
+                    .map(|c| classes[c].to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            };
+            csv += &format!("{index},{j},{k},{pred}\n");
+        }
+    }
+    table += &format!("| mean (AP) | {:.2} | |\n", sum / done as f64);
+    if let Some(path) = predictions_csv {
+        crate::st::write_atomic(path, csv.as_bytes())?;
+    }
+    Ok(table)
+}
