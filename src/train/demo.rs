@@ -7,7 +7,7 @@ use crate::data::{synth, Split, SynthConfig};
 use crate::delo::config::{DeloConfig, Variant};
 use crate::error::{Error, Result};
 use crate::report::{render_summary_table, SummaryRow};
-use crate::train::{TrainSettings, Trainer};
+use crate::train::{Event, TrainSettings, Trainer};
 use crate::vilt::{init_model_dir, InitOptions, Preset};
 
 /// The demo's training settings: the paper's missing setting (70% of samples lack a modality,
@@ -43,11 +43,13 @@ fn clear_run(dir: &Path) -> Result<()> {
 }
 
 /// Runs the demo under `out` and returns the summary table of both methods.
-pub fn run_demo(out: &Path, log: &mut dyn FnMut(&str)) -> Result<String> {
+pub fn run_demo(out: &Path, log: &mut dyn FnMut(Event)) -> Result<String> {
     let data = out.join("data");
     let model = out.join("model");
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    log(&synth(&data, &SynthConfig::default())?.to_string());
+    log(Event::Line(
+        &synth(&data, &SynthConfig::default())?.to_string(),
+    ));
     init_model_dir(
         &model,
         Preset::parse("tiny")?,
@@ -61,7 +63,7 @@ pub fn run_demo(out: &Path, log: &mut dyn FnMut(&str)) -> Result<String> {
     for (variant, name) in [(Variant::Delo, "delo"), (Variant::HeadsOnly, "heads-only")] {
         let dir = out.join(name);
         clear_run(&dir)?;
-        log(&format!("training {name} → {}", dir.display()));
+        log(Event::Line(&format!("training {name} → {}", dir.display())));
         let mut tr = Trainer::create(&data, &model, &dir, demo_settings(variant))?;
         let results = tr.run(log)?;
         let missing = crate::report::missing_label(&tr.missing);

@@ -39,6 +39,9 @@ pub struct Probes {
     pub cos_qv_qt: Vec<f32>,
 }
 
+/// One evaluated sample: its item index, the task whose head answered, and that head's logits.
+pub type SamplePrediction = (usize, usize, Vec<f32>);
+
 /// Predicted label of one sample, in global terms: a class id, or the positives among the
 /// evaluated task's classes (empty when another task's head answered).
 enum Prediction {
@@ -53,7 +56,7 @@ pub fn evaluate(
     split: Split,
     trained: usize,
     mut probes: Option<&mut Probes>,
-) -> Result<(Cell, Vec<(usize, usize, Vec<f32>)>)> {
+) -> Result<(Cell, Vec<SamplePrediction>)> {
     let s = tr.settings();
     let d = tr.vilt.cfg.hidden_size;
     let n_cls = tr.bench.tasks[task].classes.len();

@@ -129,8 +129,36 @@ pub struct Trainer {
     pub evals: Vec<eval::TaskRow>,
 }
 
-fn progress_line(task: usize, step: usize, total: usize, loss: f32, lr: f32, sps: f64) -> String {
-    format!("task {task} step {step}/{total} loss {loss:.4} lr {lr:.2e} {sps:.1} samples/s")
+/// What a run reports while it goes: a training step, or a line (evaluations, phases).
+pub enum Event<'a> {
+    Step {
+        task: usize,
+        step: usize,
+        total: usize,
+        loss: f32,
+        lr: f32,
+        samples_per_second: f64,
+    },
+    Line(&'a str),
+}
+
+impl Event<'_> {
+    /// The event as one log line.
+    pub fn line(&self) -> String {
+        match self {
+            Event::Step {
+                task,
+                step,
+                total,
+                loss,
+                lr,
+                samples_per_second,
+            } => {
+                format!("task {task} step {step}/{total} loss {loss:.4} lr {lr:.2e} {samples_per_second:.1} samples/s")
+            }
+            Event::Line(l) => l.to_string(),
+        }
+    }
 }
 
 impl Trainer {
@@ -299,7 +327,7 @@ impl Trainer {
     }
 
     /// Trains every task not yet done, evaluating, checkpointing and reporting after each.
-    pub fn run(&mut self, log: &mut dyn FnMut(&str)) -> Result<crate::report::Results> {
+    pub fn run(&mut self, log: &mut dyn FnMut(Event)) -> Result<crate::report::Results> {
         self.run_until(self.bench.num_tasks(), log)
     }
 
@@ -308,7 +336,7 @@ impl Trainer {
     pub fn run_until(
         &mut self,
         until: usize,
-        log: &mut dyn FnMut(&str),
+        log: &mut dyn FnMut(Event),
     ) -> Result<crate::report::Results> {
         let total = self.bench.num_tasks();
         let mut probes = eval::Probes::default();
@@ -318,7 +346,7 @@ impl Trainer {
             // The final evaluation also feeds the report's selection and cos(q_v, q_t) plots.
             let last = t + 1 == total;
             let row = eval::evaluate_after(self, t, last.then_some(&mut probes))?;
-            log(&eval::row_summary(t, &row));
+            log(Event::Line(&eval::row_summary(t, &row)));
             self.evals.push(row);
             checkpoint::save_task(self, t)?;
             if !last {
@@ -329,7 +357,7 @@ impl Trainer {
         results::write(self, done.then_some(&probes))
     }
 
-    fn train_task(&mut self, t: usize, log: &mut dyn FnMut(&str)) -> Result<TaskStats> {
+    fn train_task(&mut self, t: usize, log: &mut dyn FnMut(Event)) -> Result<TaskStats> {
         let s = self.settings().clone();
         let classes = self.bench.tasks[t].classes.len();
         let specs = task_specs(&s.delo, &self.vilt.cfg, classes);
@@ -398,16 +426,14 @@ impl Trainer {
                 step += 1;
                 samples += batch.samples.len();
                 last_loss = loss;
-                if step % 10 == 0 || step == total {
-                    log(&progress_line(
-                        t,
-                        step,
-                        total,
-                        loss,
-                        lr,
-                        samples as f64 / started.elapsed().as_secs_f64(),
-                    ));
-                }
+                log(Event::Step {
+                    task: t,
+                    step,
+                    total,
+                    loss,
+                    lr,
+                    samples_per_second: samples as f64 / started.elapsed().as_secs_f64(),
+                });
             }
         }
         if step == 0 {
