@@ -302,3 +302,29 @@ fn ties_go_to_the_lower_index() {
         "uniform p_B + uniform c: lowest indices"
     );
 }
+
+#[test]
+fn text_missing_samples_route_their_text_pool_by_the_image_query() {
+    use delo::data::MissingType;
+    use delo::delo::adapter::{guide_queries, Proxy};
+    let mut tape = Tape::new(Device::Cpu);
+    let qv = tape.constant(Tensor::from_f32(vec![1., 1., 2., 2., 3., 3.], &[3, 2]).unwrap());
+    let qt = tape.constant(Tensor::from_f32(vec![-1., -1., -2., -2., -3., -3.], &[3, 2]).unwrap());
+    let missing = [MissingType::None, MissingType::Text, MissingType::Image];
+    let (hv, ht) = guide_queries(&mut tape, qv, qt, &missing, true, Proxy::None).unwrap();
+    // Sample 1 lacks its text: q̂_t = q_v; sample 2 lacks its image: q̂_v = q_t (eq. 5).
+    assert_eq!(
+        tape.value(ht).to_vec_f32().unwrap(),
+        [-1., -1., 2., 2., -3., -3.]
+    );
+    assert_eq!(
+        tape.value(hv).to_vec_f32().unwrap(),
+        [1., 1., 2., 2., -3., -3.]
+    );
+    // The ablation uses the dummy modality's own query.
+    let (hv, ht) = guide_queries(&mut tape, qv, qt, &missing, false, Proxy::None).unwrap();
+    assert_eq!((hv, ht), (qv, qt));
+    // The consistency forward's proxy routes every text pool by q_v.
+    let (_, ht) = guide_queries(&mut tape, qv, qt, &missing, true, Proxy::Text).unwrap();
+    assert_eq!(ht, qv);
+}

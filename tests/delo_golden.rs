@@ -5,92 +5,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-
 use common::assert_close;
+use common::fixture::{bind, load, param_set, Fixture};
 use delo::autograd::{ParamId, Tape};
-use delo::data::MissingType;
-use delo::delo::adapter::BoundTask;
-use delo::delo::config::DeloConfig;
-use delo::delo::losses::{batch_losses, Targets};
-use delo::params::ParamSet;
-use delo::vilt::{load_model_dir, Vilt, ViltInputs};
-use delo::{DType, Device, Tensor};
+use delo::delo::losses::batch_losses;
+use delo::{Device, Tensor};
 
 /// Relative 1e-4 in f32 (the bound), with an absolute floor for values near zero.
 const RTOL: f32 = 1e-4;
 const ATOL: f32 = 1e-5;
-
-struct Fixture {
-    vilt: Vilt,
-    cfg: DeloConfig,
-    inputs: ViltInputs,
-    missing: Vec<MissingType>,
-    targets: Targets,
-    params: BTreeMap<String, Tensor>,
-    expected: BTreeMap<String, Tensor>,
-}
-
-fn load(dir: &str, rho: usize) -> Fixture {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let d = root.join("tests/data").join(dir);
-    let (vcfg, w) = load_model_dir(&root.join("tests/data/vilt-tiny")).unwrap();
-    let vilt = Vilt::new(vcfg, w, &Device::Cpu, 0, DType::F32).unwrap();
-    let cfg = DeloConfig {
-        experts: 4,
-        rank: 2,
-        factor_rank: rho,
-        ..DeloConfig::default()
-    };
-    // Both fixtures share the ρ = 1 case's inputs; the ρ = 2 case has parameters of its own.
-    let inp = delo::st::read_file(&root.join("tests/data/delo-tiny/inputs.safetensors")).unwrap();
-    let missing = inp["missing"]
-        .to_vec_i32()
-        .unwrap()
-        .iter()
-        .map(|&m| [MissingType::None, MissingType::Text, MissingType::Image][m as usize])
-        .collect();
-    let inputs = ViltInputs {
-        input_ids: inp["input_ids"].clone(),
-        attention_mask: inp["attention_mask"].clone(),
-        token_type_ids: inp.get("token_type_ids").cloned(),
-        pixel_values: inp["pixel_values"].clone(),
-        pixel_mask: inp["pixel_mask"].clone(),
-    };
-    let targets = Targets::Single(inp["labels"].clone());
-    let params = delo::st::read_file(&d.join("params.safetensors")).unwrap();
-    Fixture {
-        vilt,
-        cfg,
-        inputs,
-        missing,
-        targets,
-        params,
-        expected: delo::st::read_file(&d.join("expected.safetensors")).unwrap(),
-    }
-}
-
-fn param_set(f: &Fixture) -> ParamSet {
-    ParamSet::new(
-        &Device::Cpu,
-        f.params
-            .iter()
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect(),
-    )
-    .unwrap()
-}
-
-fn bind(tape: &mut Tape, p: &ParamSet) -> BoundTask {
-    BoundTask::new(
-        p.slots()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), p.bind(tape, ParamId(i)).unwrap()))
-            .collect::<HashMap<_, _>>(),
-    )
-}
 
 fn close(what: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.shape(), want.shape(), "{what}: shape");

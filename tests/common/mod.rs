@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
