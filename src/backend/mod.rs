@@ -282,7 +282,6 @@ pub trait Backend: Send + Sync {
     /// Factor selection of one pool pair for every sample (DELO.md "Routing", eq. 3): softmax
     /// of the router logits `la, lb [B, E]`, top-r of p_A, the compatibility term from the
     /// selected A factors `a_pool [E, ρ, d]` and `wc [r, d, E]`, top-r of p_B + λ·c.
-    /// The default runs the CPU reference through the host; device backends override it.
     fn route(
         &self,
         la: &Tensor,
@@ -290,11 +289,7 @@ pub trait Backend: Send + Sync {
         a_pool: &Tensor,
         wc: &Tensor,
         lambda: f32,
-    ) -> Result<Routing> {
-        let h = |t: &Tensor| t.to_device(&Device::Cpu);
-        let r = CpuBackend.route(&h(la)?, &h(lb)?, &h(a_pool)?, &h(wc)?, lambda)?;
-        r.to_device(&self.device())
-    }
+    ) -> Result<Routing>;
     /// Gradients of the selected probabilities `P_A, P_B [B, r]` back to the router logits and
     /// the compatibility router: `(dla, dlb, dwc)`.
     fn route_backward(
@@ -303,17 +298,7 @@ pub trait Backend: Send + Sync {
         d_pb: &Tensor,
         routing: &Routing,
         lambda: f32,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let h = |t: &Tensor| t.to_device(&Device::Cpu);
-        let (a, b, c) = CpuBackend.route_backward(
-            &h(d_pa)?,
-            &h(d_pb)?,
-            &routing.to_device(&Device::Cpu)?,
-            lambda,
-        )?;
-        let d = self.device();
-        Ok((a.to_device(&d)?, b.to_device(&d)?, c.to_device(&d)?))
-    }
+    ) -> Result<(Tensor, Tensor, Tensor)>;
     /// The gathered factor composition, eq. (2)/(4): for every sample b and token t,
     /// `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)` with `x [B, T, d_in]`, `a_pool [E, ρ, d_in]`,
     /// `b_pool [E, d_out, ρ]`, selections `[B, r]` (i32) and gates `[B, r]`. Returns the update
@@ -328,20 +313,7 @@ pub trait Backend: Send + Sync {
         sel_b: &Tensor,
         gates: &Tensor,
         alpha: f32,
-    ) -> Result<(Tensor, Tensor)> {
-        let h = |t: &Tensor| t.to_device(&Device::Cpu);
-        let (y, u) = CpuBackend.expert_forward(
-            &h(x)?,
-            &h(a_pool)?,
-            &h(b_pool)?,
-            &h(sel_a)?,
-            &h(sel_b)?,
-            &h(gates)?,
-            alpha,
-        )?;
-        let d = self.device();
-        Ok((y.to_device(&d)?, u.to_device(&d)?))
-    }
+    ) -> Result<(Tensor, Tensor)>;
     /// Gradients of [`Backend::expert_forward`] to the input, both pools (scattered back into
     /// pool shape) and the gates.
     #[allow(clippy::too_many_arguments)]
@@ -356,27 +328,7 @@ pub trait Backend: Send + Sync {
         gates: &Tensor,
         u: &Tensor,
         alpha: f32,
-    ) -> Result<ExpertGrads> {
-        let h = |t: &Tensor| t.to_device(&Device::Cpu);
-        let g = CpuBackend.expert_backward(
-            &h(dy)?,
-            &h(x)?,
-            &h(a_pool)?,
-            &h(b_pool)?,
-            &h(sel_a)?,
-            &h(sel_b)?,
-            &h(gates)?,
-            &h(u)?,
-            alpha,
-        )?;
-        let d = self.device();
-        Ok(ExpertGrads {
-            dx: g.dx.to_device(&d)?,
-            da_pool: g.da_pool.to_device(&d)?,
-            db_pool: g.db_pool.to_device(&d)?,
-            dgates: g.dgates.to_device(&d)?,
-        })
-    }
+    ) -> Result<ExpertGrads>;
 }
 
 /// What [`Backend::route`] decides, with what its backward needs.
