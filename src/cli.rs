@@ -630,7 +630,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 let config = dir.join("config.json");
                 for (path, text) in [
                     (&script, TORCH_REFERENCE_PY.to_string()),
-                    (&dir.join("delo_reference.py"), DELO_REFERENCE_PY.to_string()),
+                    (
+                        &dir.join("delo_reference.py"),
+                        DELO_REFERENCE_PY.to_string(),
+                    ),
                     (&config, opts.preset.config().to_json_string()),
                 ] {
                     std::fs::write(path, text)
@@ -646,7 +649,8 @@ pub fn run(cli: Cli) -> Result<()> {
                             "python3".into()
                         }
                     });
-                Some(train::TorchRef::start(
+                // A machine without torch still gets the engine's table (gpu-check runs this).
+                match train::TorchRef::start(
                     &python,
                     &script,
                     &config,
@@ -654,7 +658,13 @@ pub fn run(cli: Cli) -> Result<()> {
                     &device,
                     compile_budget,
                     no_compile,
-                )?)
+                ) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        eprintln!("torch reference unavailable ({e}); timing the engine alone");
+                        None
+                    }
+                }
             } else {
                 None
             };

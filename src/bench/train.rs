@@ -61,10 +61,19 @@ pub fn synthetic_batch(
     image_size: usize,
 ) -> Result<(ViltInputs, Vec<MissingType>, Targets)> {
     if text_len < 2 {
-        return Err(Error::Msg("--text-len must be at least 2 ([CLS][SEP])".into()));
+        return Err(Error::Msg(
+            "--text-len must be at least 2 ([CLS][SEP])".into(),
+        ));
     }
     let missing: Vec<MissingType> = (0..batch)
-        .map(|i| [MissingType::None, MissingType::None, MissingType::Text, MissingType::Image][i % 4])
+        .map(|i| {
+            [
+                MissingType::None,
+                MissingType::None,
+                MissingType::Text,
+                MissingType::Image,
+            ][i % 4]
+        })
         .collect();
     let (mut ids, mut am) = (vec![0i32; batch * text_len], vec![0i32; batch * text_len]);
     let mut state = 0x9e37_79b9u32;
@@ -110,7 +119,11 @@ pub fn synthetic_batch(
             &[batch, image_size, image_size],
         )?,
     };
-    Ok((inputs, missing, Targets::Single(Tensor::from_i32(labels, &[batch])?)))
+    Ok((
+        inputs,
+        missing,
+        Targets::Single(Tensor::from_i32(labels, &[batch])?),
+    ))
 }
 
 /// One timed configuration: its settings and its task's trainable parameters.
@@ -292,7 +305,11 @@ pub fn bench_train(
     };
     base.validate()?;
     let variants: [(&str, &str, DeloConfig); 4] = [
-        ("delo", "full step: main + L_con proxy forward, backward, AdamW", base.clone()),
+        (
+            "delo",
+            "full step: main + L_con proxy forward, backward, AdamW",
+            base.clone(),
+        ),
         (
             "delo, λ_con = 0",
             "one adapted forward + backward (the experts' own cost)",
