@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs, on a GPU machine that has neither cargo nor network, what scripts/gpu-build.sh built:
 # every test binary in gpu-dist/ (the CUDA parity tests among them) and the `delo bench`
-# benchmarks (`delo bench kernels`, the CUDA kernel microbenchmarks, first and in full), and
+# benchmarks (`delo bench kernels`, the CUDA kernel microbenchmarks, first and in full; then
+# `delo bench train --preset base --device cuda --torch` at batch 4 and 32), and
 # writes one report, ${OUT:-gpu-dist}/gpu-report.md, with pass/fail counts.
 #
 # Run it from the repository root (it uses ./gpu-dist) or from inside gpu-dist (the build copies
@@ -282,8 +283,37 @@ elif [ -x "$DIST/delo" ] && "$DIST/delo" bench --help >/dev/null 2>&1; then
   else
     echo "This \`delo\` has no \`bench kernels\` command." >>"$REPORT"
   fi
+  # The DeLo training step on the GPU beside the PyTorch reference (eager and torch.compile),
+  # at the paper's batch and at 32; `train` is left out of the generic loop below, whose
+  # defaults are the CPU's.
+  if echo "$subs" | grep -qx train; then
+    for b in 4 32; do
+      log=$LOGS/bench-train-b$b.log
+      echo "=== delo bench train --preset base --batch $b --device cuda --torch"
+      set +e
+      (cd "$REPO" && timeout "$BENCH_TIMEOUT" "$DIST/delo" bench train --preset base --batch "$b" \
+        --device cuda --torch) >"$log" 2>&1
+      rc=$?
+      set -e
+      cat "$log"
+      {
+        echo "### Training step: delo bench train --preset base --batch $b --device cuda --torch (exit $rc)"
+        echo
+        if [ "$rc" -ne 0 ]; then
+          echo "**delo bench train failed** (exit $rc$([ "$rc" -eq 124 ] && echo ", timed out after ${BENCH_TIMEOUT}s"))."
+          echo
+        fi
+        echo '```'
+        tail -n 40 "$log"
+        echo '```'
+        echo
+      } >>"$REPORT"
+      if [ "$rc" -ne 0 ]; then failed_bins+=("delo bench train --batch $b"); fi
+    done
+  fi
   for sub in $subs; do
     [ "$sub" = kernels ] && continue
+    [ "$sub" = train ] && continue
     log=$LOGS/bench-$sub.log
     echo "=== delo bench $sub"
     set +e

@@ -345,6 +345,51 @@ enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         reps: usize,
     },
+    /// Samples/s of a full DeLo training step (both forwards, backward, AdamW) on synthetic
+    /// inputs (half complete, a quarter text-missing, a quarter image-missing), beside
+    /// `delo, λ_con = 0`, `lora` (the frozen-only forward+backward baseline) and `heads-only`;
+    /// prints the experts' share. `--torch` adds the PyTorch reference (eager and
+    /// torch.compile) timed in the same run, in alternating rounds. Defaults are sized for
+    /// the CPU (tiny); use `--preset base` for ViLT-B/32.
+    Train {
+        /// `tiny` or `base` (ViLT-B/32), random weights.
+        #[arg(long, default_value = "tiny")]
+        preset: String,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 40)]
+        text_len: usize,
+        #[arg(long, default_value_t = 384)]
+        image_size: usize,
+        /// `cpu` or `cuda` (bf16 frozen linears, synchronize after each step).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Timed steps per variant and round, after one warm-up step (the best is kept).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Alternating rounds over the variants (and the PyTorch reference).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Pool size E.
+        #[arg(long, default_value_t = 16)]
+        experts: usize,
+        /// Selected rank r.
+        #[arg(long, default_value_t = 4)]
+        rank: usize,
+        /// Also time benches/torch_reference.py (the same model and step in PyTorch).
+        #[arg(long)]
+        torch: bool,
+        /// Python with torch and transformers (default: $DELO_PYTHON, else the project venv
+        /// /root/.cache/delo/venv-torch/bin/python when present, else python3).
+        #[arg(long)]
+        python: Option<String>,
+        /// Seconds torch.compile may take before it is reported unavailable.
+        #[arg(long, default_value_t = 240)]
+        compile_budget: u64,
+        /// Skip torch.compile (eager only).
+        #[arg(long)]
+        no_compile: bool,
+    },
 }
 
 /// A progress bar per task (loss, lr, samples/s, ETA) on a terminal; plain log lines every
@@ -397,6 +442,9 @@ fn progress_reporter() -> impl FnMut(delo::train::Event) {
 
 /// The numpy reference script, embedded so that `delo bench` works from any directory.
 const NUMPY_GEMM_PY: &str = include_str!("../benches/numpy_gemm.py");
+/// The PyTorch reference step and the module it imports, embedded for the same reason.
+const TORCH_REFERENCE_PY: &str = include_str!("../benches/torch_reference.py");
+const DELO_REFERENCE_PY: &str = include_str!("../scripts/fixtures/delo_reference.py");
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -592,6 +640,85 @@ pub fn run(cli: Cli) -> Result<()> {
             use delo::bench::kernels;
             let rep = kernels::expert_kernels(&kernels::paper_shapes(), reps.max(1))?;
             print!("{}", kernels::kernel_table(&rep));
+        }
+        Command::Bench(BenchCommand::Train {
+            preset,
+            batch,
+            text_len,
+            image_size,
+            device,
+            steps,
+            rounds,
+            experts,
+            rank,
+            torch,
+            python,
+            compile_budget,
+            no_compile,
+        }) => {
+            use delo::bench::train;
+            let opts = train::TrainBenchOptions {
+                preset: delo::vilt::Preset::parse(&preset)?,
+                batch,
+                text_len,
+                image_size,
+                experts,
+                rank,
+                steps,
+                rounds,
+            };
+            let device = delo::Device::parse(&device)?;
+            // The scripts go to a private temp folder: torch_reference.py imports
+            // delo_reference.py from its own directory.
+            let dir = std::env::temp_dir().join(format!("delo-bench-train-{}", std::process::id()));
+            let torch_ref = if torch {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let script = dir.join("torch_reference.py");
+                let config = dir.join("config.json");
+                for (path, text) in [
+                    (&script, TORCH_REFERENCE_PY.to_string()),
+                    (
+                        &dir.join("delo_reference.py"),
+                        DELO_REFERENCE_PY.to_string(),
+                    ),
+                    (&config, opts.preset.config().to_json_string()),
+                ] {
+                    std::fs::write(path, text)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                let python = python
+                    .or_else(|| std::env::var("DELO_PYTHON").ok())
+                    .unwrap_or_else(|| {
+                        let venv = "/root/.cache/delo/venv-torch/bin/python";
+                        if std::path::Path::new(venv).exists() {
+                            venv.into()
+                        } else {
+                            "python3".into()
+                        }
+                    });
+                // A machine without torch still gets the engine's table (gpu-check runs this).
+                match train::TorchRef::start(
+                    &python,
+                    &script,
+                    &config,
+                    &opts,
+                    &device,
+                    compile_budget,
+                    no_compile,
+                ) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        eprintln!("torch reference unavailable ({e}); timing the engine alone");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let result = train::bench_train(&opts, &device, torch_ref);
+            let _ = std::fs::remove_dir_all(&dir);
+            print!("{}", train::train_table(&result?));
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! kernel microbenchmarks ([`kernels`]) report bandwidth against the device's peak.
 
 pub mod kernels;
+pub mod train;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,0 +1,452 @@
+//! `delo bench train`: samples/s of a full DeLo training step on synthetic inputs, with the
+//! breakdown that says what the experts cost, and optionally the PyTorch reference of the same
+//! step (`benches/torch_reference.py`) timed in the same run, in alternating rounds.
+//!
+//! Variants timed (each a complete step: forward(s), backward, AdamW, loss read-back):
+//! - `delo`: the method, incl. the L_con proxy forward on the complete samples.
+//! - `delo, λ_con = 0`: one adapted forward + backward, the experts' own cost.
+//! - `lora`: a static rank-r LoRA on the same targets. This is the "frozen-only
+//!   forward+backward" baseline: its trivial adapter in every layer forces the backward
+//!   through the whole frozen trunk (input gradients of every frozen linear and attention),
+//!   which `heads-only` never takes because nothing upstream of the head trains. Its own
+//!   adapter work (2 rank-r GEMMs per target) is ~1% of the trunk's.
+//! - `heads-only`: frozen forward, backward through the head only.
+//!
+//! "Experts add X%" = t(delo, λ_con = 0) / t(lora) − 1: both run one forward and one full
+//! backward, so the difference is routing, compatibility and the gathered factor composition.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use crate::autograd::{ParamId, Tape};
+use crate::backend::cuda::nvtx;
+use crate::backend::Device;
+use crate::bench::best_of;
+use crate::data::MissingType;
+use crate::delo::adapter::BoundTask;
+use crate::delo::config::{DeloConfig, Variant};
+use crate::delo::losses::{batch_losses, Targets};
+use crate::delo::params::{init_params, task_specs};
+use crate::error::{Error, Result};
+use crate::params::ParamSet;
+use crate::tensor::{DType, Tensor};
+use crate::vilt::{init_weights, InitOptions, Preset, Vilt, ViltConfig, ViltInputs};
+
+/// Classes of the synthetic task (Food101's count).
+const CLASSES: usize = 101;
+
+#[derive(Clone, Debug)]
+pub struct TrainBenchOptions {
+    pub preset: Preset,
+    pub batch: usize,
+    pub text_len: usize,
+    pub image_size: usize,
+    pub experts: usize,
+    pub rank: usize,
+    /// Timed steps per variant and round (after one warm-up step); the best is kept.
+    pub steps: usize,
+    /// Alternating rounds over all variants (and the PyTorch reference).
+    pub rounds: usize,
+}
+
+/// A synthetic batch with the issue's missing mix: samples `i % 4` ∈ {0, 1} complete, 2 text
+/// missing (`[CLS][SEP]`), 3 image missing (the white dummy image, all normalised pixels 1).
+/// `benches/torch_reference.py` builds the same mix and text lengths.
+pub fn synthetic_batch(
+    cfg: &ViltConfig,
+    batch: usize,
+    text_len: usize,
+    image_size: usize,
+) -> Result<(ViltInputs, Vec<MissingType>, Targets)> {
+    if text_len < 2 {
+        return Err(Error::Msg(
+            "--text-len must be at least 2 ([CLS][SEP])".into(),
+        ));
+    }
+    let missing: Vec<MissingType> = (0..batch)
+        .map(|i| {
+            [
+                MissingType::None,
+                MissingType::None,
+                MissingType::Text,
+                MissingType::Image,
+            ][i % 4]
+        })
+        .collect();
+    let (mut ids, mut am) = (vec![0i32; batch * text_len], vec![0i32; batch * text_len]);
+    let mut state = 0x9e37_79b9u32;
+    let mut next = move || {
+        // xorshift: cheap deterministic token ids; their values do not affect the timing.
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    for (i, m) in missing.iter().enumerate() {
+        let n = if *m == MissingType::Text {
+            2
+        } else {
+            (text_len - (i % 4) * (text_len / 8)).max(2)
+        };
+        for j in 0..n {
+            ids[i * text_len + j] = 1000 + (next() as usize % (cfg.vocab_size - 1000)) as i32;
+            am[i * text_len + j] = 1;
+        }
+        ids[i * text_len] = 101;
+        ids[i * text_len + n - 1] = 102;
+    }
+    let px = 3 * image_size * image_size;
+    let mut pv = vec![0f32; batch * px];
+    for (i, m) in missing.iter().enumerate() {
+        for v in &mut pv[i * px..(i + 1) * px] {
+            *v = if *m == MissingType::Image {
+                1.0
+            } else {
+                (next() % 2001) as f32 / 1000.0 - 1.0
+            };
+        }
+    }
+    let labels = (0..batch).map(|i| ((i * 37) % CLASSES) as i32).collect();
+    let inputs = ViltInputs {
+        input_ids: Tensor::from_i32(ids, &[batch, text_len])?,
+        attention_mask: Tensor::from_i32(am, &[batch, text_len])?,
+        token_type_ids: None,
+        pixel_values: Tensor::from_f32(pv, &[batch, 3, image_size, image_size])?,
+        pixel_mask: Tensor::from_i32(
+            vec![1; batch * image_size * image_size],
+            &[batch, image_size, image_size],
+        )?,
+    };
+    Ok((
+        inputs,
+        missing,
+        Targets::Single(Tensor::from_i32(labels, &[batch])?),
+    ))
+}
+
+/// One timed configuration: its settings and its task's trainable parameters.
+struct Case {
+    name: &'static str,
+    what: &'static str,
+    cfg: DeloConfig,
+    params: ParamSet,
+    best_s: f64,
+}
+
+/// One training step as `train_task` assembles it, ending with a device synchronize so the
+/// wall time covers the work queued on a GPU.
+fn train_step(
+    vilt: &Vilt,
+    case: &mut Case,
+    inputs: &ViltInputs,
+    missing: &[MissingType],
+    targets: &Targets,
+) -> Result<()> {
+    let mut tape = Tape::new(vilt.device.clone());
+    let vars: HashMap<String, _> = (0..case.params.len())
+        .map(|i| {
+            let name = case.params.slots()[i].name.clone();
+            Ok((name, case.params.bind(&mut tape, ParamId(i))?))
+        })
+        .collect::<Result<_>>()?;
+    let bound = BoundTask::new(vars);
+    let l = batch_losses(vilt, &case.cfg, &mut tape, &bound, inputs, missing, targets)?;
+    // The trainer reads the loss every step (NaN stop); so does the timed step.
+    tape.value(l.total).item()?;
+    let grads = tape.backward(l.total)?;
+    case.params.accumulate(&grads)?;
+    case.params.adamw_step(1e-4, (0.9, 0.98), 1e-8, 0.01)?;
+    case.params.zero_grads()?;
+    vilt.device.backend().synchronize()
+}
+
+/// The PyTorch reference, kept running between rounds so it compiles once.
+pub struct TorchRef {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub info: String,
+    pub eager_s: Option<f64>,
+    pub compile_s: Option<f64>,
+    pub compile_note: String,
+}
+
+impl TorchRef {
+    /// Starts `python script --serve …` with the model's config in `config_path`.
+    pub fn start(
+        python: &str,
+        script: &Path,
+        config_path: &Path,
+        o: &TrainBenchOptions,
+        device: &Device,
+        compile_budget_s: u64,
+        no_compile: bool,
+    ) -> Result<TorchRef> {
+        let mut cmd = Command::new(python);
+        cmd.arg(script)
+            .arg("--serve")
+            .arg("--config")
+            .arg(config_path)
+            .args(["--batch", &o.batch.to_string()])
+            .args(["--text-len", &o.text_len.to_string()])
+            .args(["--image-size", &o.image_size.to_string()])
+            .args(["--experts", &o.experts.to_string()])
+            .args(["--rank", &o.rank.to_string()])
+            .args(["--steps", &o.steps.to_string()])
+            .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }])
+            .args(["--compile-budget", &compile_budget_s.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if no_compile {
+            cmd.arg("--no-compile");
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Error::Msg(format!("cannot start {python} {}: {e}", script.display())))?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut t = TorchRef {
+            child,
+            stdin,
+            stdout,
+            info: String::new(),
+            eager_s: None,
+            compile_s: None,
+            compile_note: String::new(),
+        };
+        let v = t.read_json()?;
+        t.info = format!(
+            "torch {} on {}, {} threads",
+            v["torch"].as_str().unwrap_or("?"),
+            v["device"].as_str().unwrap_or("?"),
+            v["threads"]
+        );
+        Ok(t)
+    }
+
+    fn read_json(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| Error::Msg(format!("torch reference: {e}")))?;
+        if line.is_empty() {
+            return Err(Error::Msg(
+                "the torch reference exited early (its error is above)".into(),
+            ));
+        }
+        serde_json::from_str(&line)
+            .map_err(|e| Error::Msg(format!("torch reference printed {line:?}: {e}")))
+    }
+
+    /// One round of eager (and compiled) steps; keeps the best of each.
+    pub fn round(&mut self) -> Result<()> {
+        writeln!(self.stdin, "round")
+            .and_then(|_| self.stdin.flush())
+            .map_err(|e| Error::Msg(format!("torch reference: {e}")))?;
+        let v = self.read_json()?;
+        let keep = |best: &mut Option<f64>, x: Option<f64>| {
+            if let Some(x) = x {
+                *best = Some(best.map_or(x, |b| b.min(x)));
+            }
+        };
+        keep(&mut self.eager_s, v["eager_s"].as_f64());
+        keep(&mut self.compile_s, v["compile_s"].as_f64());
+        self.compile_note = v["compile_note"].as_str().unwrap_or("").to_string();
+        Ok(())
+    }
+}
+
+impl Drop for TorchRef {
+    fn drop(&mut self) {
+        // Closing stdin ends the server's loop; wait so no orphan keeps the cores busy.
+        let _ = self.stdin.flush();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct TrainBenchReport {
+    pub opts: TrainBenchOptions,
+    pub device: String,
+    pub rows: Vec<(&'static str, &'static str, f64)>,
+    pub torch: Option<(String, Option<f64>, Option<f64>, String)>,
+}
+
+/// Builds the model and the four variants, then times them in `rounds` alternating rounds
+/// (with the PyTorch reference's round after each engine round when `torch` is given).
+pub fn bench_train(
+    o: &TrainBenchOptions,
+    device: &Device,
+    mut torch: Option<TorchRef>,
+) -> Result<TrainBenchReport> {
+    let vcfg = o.preset.config();
+    let weights = init_weights(
+        &vcfg,
+        InitOptions {
+            seed: 42,
+            randomize_all: false,
+        },
+    )?;
+    // GPU mixed precision as in training (DELO.md "Optimisation"): frozen linears in bf16.
+    let dtype = if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let vilt = Vilt::new(vcfg.clone(), weights, device, o.text_len, dtype)?;
+    let (inputs, missing, targets) = synthetic_batch(&vcfg, o.batch, o.text_len, o.image_size)?;
+    let base = DeloConfig {
+        experts: o.experts,
+        rank: o.rank,
+        ..DeloConfig::default()
+    };
+    base.validate()?;
+    let variants: [(&str, &str, DeloConfig); 4] = [
+        (
+            "delo",
+            "full step: main + L_con proxy forward, backward, AdamW",
+            base.clone(),
+        ),
+        (
+            "delo, λ_con = 0",
+            "one adapted forward + backward (the experts' own cost)",
+            DeloConfig {
+                lambda_con: 0.0,
+                ..base.clone()
+            },
+        ),
+        (
+            "lora",
+            "frozen-only forward+backward baseline: trunk backward forced by a rank-r LoRA",
+            DeloConfig {
+                variant: Variant::Lora,
+                ..base.clone()
+            },
+        ),
+        (
+            "heads-only",
+            "frozen forward, backward through the head only",
+            DeloConfig {
+                variant: Variant::HeadsOnly,
+                ..base.clone()
+            },
+        ),
+    ];
+    let mut cases = variants
+        .into_iter()
+        .map(|(name, what, cfg)| {
+            let specs = task_specs(&cfg, &vcfg, CLASSES);
+            Ok(Case {
+                name,
+                what,
+                params: ParamSet::new(device, init_params(&specs, 7)?)?,
+                cfg,
+                best_s: f64::INFINITY,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for _ in 0..o.rounds.max(1) {
+        for case in cases.iter_mut() {
+            let _range = nvtx::range(&format!("bench train {}", case.name));
+            let t = best_of(o.steps.max(1), || {
+                train_step(&vilt, case, &inputs, &missing, &targets)
+            })?;
+            case.best_s = case.best_s.min(t);
+        }
+        if let Some(t) = torch.as_mut() {
+            t.round()?;
+        }
+    }
+    Ok(TrainBenchReport {
+        opts: o.clone(),
+        device: device.name(),
+        rows: cases.iter().map(|c| (c.name, c.what, c.best_s)).collect(),
+        torch: torch.map(|t| {
+            (
+                t.info.clone(),
+                t.eager_s,
+                t.compile_s,
+                t.compile_note.clone(),
+            )
+        }),
+    })
+}
+
+/// The Markdown table and the experts' share line.
+pub fn train_table(r: &TrainBenchReport) -> String {
+    let o = &r.opts;
+    let b = o.batch as f64;
+    let vcfg = o.preset.config();
+    let mut s = format!(
+        "DeLo training step, {:?} ViLT (d={}, L={}), batch {}, text {} + image {}² ({} patches), E={}, r={}, on {} ({} rayon threads); best of {} steps × {} rounds\n\n",
+        o.preset,
+        vcfg.hidden_size,
+        vcfg.num_hidden_layers,
+        o.batch,
+        o.text_len,
+        o.image_size,
+        (o.image_size / vcfg.patch_size).pow(2),
+        o.experts,
+        o.rank,
+        r.device,
+        rayon::current_num_threads(),
+        o.steps,
+        o.rounds
+    );
+    let lora = r.rows.iter().find(|x| x.0 == "lora").map(|x| x.2);
+    let torch_cols = r.torch.is_some();
+    s += "| variant | what is timed | ms/step | samples/s | vs lora (frozen fwd+bwd) |";
+    if torch_cols {
+        s += " torch eager samples/s | torch.compile samples/s | delo / eager | delo / compile |";
+    }
+    s += "\n|---|---|---|---|---|";
+    if torch_cols {
+        s += "---|---|---|---|";
+    }
+    s += "\n";
+    let sps = |t: f64| b / t;
+    for &(name, what, t) in &r.rows {
+        let rel = lora.map_or("—".into(), |l| format!("{:+.1}%", (t / l - 1.0) * 100.0));
+        s += &format!(
+            "| {name} | {what} | {:.1} | {:.2} | {rel} |",
+            t * 1e3,
+            sps(t)
+        );
+        if let Some((_, eager, compiled, _)) = &r.torch {
+            let cell = |x: &Option<f64>| x.map_or("—".into(), |x| format!("{:.2}", sps(x)));
+            let ratio = |x: &Option<f64>| x.map_or("—".into(), |x| format!("{:.2}×", x / t));
+            if name == "delo" {
+                s += &format!(
+                    " {} | {} | {} | {} |",
+                    cell(eager),
+                    cell(compiled),
+                    ratio(eager),
+                    ratio(compiled)
+                );
+            } else {
+                s += " — | — | — | — |";
+            }
+        }
+        s += "\n";
+    }
+    let t = |n: &str| r.rows.iter().find(|x| x.0 == n).map(|x| x.2);
+    if let (Some(nocon), Some(full), Some(l)) = (t("delo, λ_con = 0"), t("delo"), lora) {
+        let x = (nocon / l - 1.0) * 100.0;
+        s += &format!(
+            "\nExperts add {x:.1}% to a frozen-only forward+backward at E={}, r={} (target < 30%: {}); the full DeLo step, with its L_con proxy forward on the complete samples, costs {:+.1}% over it.\n",
+            o.experts,
+            o.rank,
+            if x < 30.0 { "met" } else { "NOT met" },
+            (full / l - 1.0) * 100.0
+        );
+    }
+    if let Some((info, _, _, note)) = &r.torch {
+        s += &format!(
+            "\nPyTorch reference (benches/torch_reference.py, the delo step only): {info}; torch.compile: {note}. \"delo / eager\" > 1 means the engine is faster.\n"
+        );
+    }
+    s
+}
