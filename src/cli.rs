@@ -143,6 +143,18 @@ struct TrainArgs {
     lr: f32,
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f32,
+    /// AdamW β₁.
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f32,
+    /// AdamW β₂.
+    #[arg(long, default_value_t = 0.98)]
+    beta2: f32,
+    /// AdamW ε.
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f32,
+    /// Fraction of each task's steps spent in linear warm-up before the cosine decay.
+    #[arg(long, default_value_t = 0.1)]
+    warmup: f32,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value_t = 512)]
@@ -173,6 +185,9 @@ impl TrainArgs {
             eval_batch_size: self.eval_batch_size,
             lr: self.lr,
             weight_decay: self.weight_decay,
+            betas: (self.beta1, self.beta2),
+            eps: self.adam_eps,
+            warmup: self.warmup,
             seed: self.seed,
             missing: self.missing.clone(),
             max_text_len: self.max_text_len,
