@@ -198,7 +198,6 @@ impl TrainArgs {
             device: self.device.clone(),
             max_steps_per_task: self.max_steps_per_task,
             delo: self.delo.config()?,
-            ..Default::default()
         })
     }
 }
