@@ -15,8 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::{
-    csv, read_json, string_list, write_benchmark, ImageLinker, OutItem, OutMeta, OutText,
-    PrepareReport,
+    csv, finish, read_json, string_list, Described, ImageLinker, OutItem, OutText, PrepareReport,
 };
 use crate::data::cmml::{Label, LabelKind, Split};
 use crate::data::rng::{hash_str, DetRng};
@@ -274,26 +273,16 @@ pub fn prepare_food101(raw: &Path, out: &Path, opts: &Food101Options) -> Result<
         }
     }
 
-    let mut meta = OutMeta::new(
-        "UPMC-Food101-CMML",
-        LabelKind::Single,
-        order.clone(),
-        "delo prepare food101",
-    );
-    meta.tasks = opts.tasks;
-    meta.classes_per_task = opts.classes_per_task;
-    meta.seed = opts.seed;
-    meta.dropped_classes = dropped.clone();
-    let (json_path, split_counts) = write_benchmark(out, FOOD101_JSON, &items, &meta)?;
-    Ok(PrepareReport {
-        json_path,
-        num_items: items.len(),
-        split_counts,
-        num_classes: keep,
-        num_tasks: opts.tasks,
-        dropped_classes: dropped,
-        skipped,
-        images_linked: linker.linked,
-        images_copied: linker.copied,
-    })
+    let described = Described {
+        name: "UPMC-Food101-CMML",
+        file_name: FOOD101_JSON,
+        kind: LabelKind::Single,
+        source: "delo prepare food101",
+        class_order: order,
+        tasks: opts.tasks,
+        classes_per_task: opts.classes_per_task,
+        seed: opts.seed,
+        dropped,
+    };
+    finish(out, described, &items, skipped, &linker)
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::{
-    read_json, string_list, write_benchmark, ImageLinker, OutItem, OutMeta, OutText, PrepareReport,
+    finish, read_json, string_list, Described, ImageLinker, OutItem, OutText, PrepareReport,
 };
 use crate::data::cmml::{type_name, Label, LabelKind, Split};
 use crate::data::rng::DetRng;
@@ -224,26 +224,16 @@ pub fn prepare_mmimdb(raw: &Path, out: &Path, opts: &MmImdbOptions) -> Result<Pr
         }
     }
 
-    let mut meta = OutMeta::new(
-        "MM-IMDB-CMML",
-        LabelKind::Multi,
-        order.clone(),
-        "delo prepare mmimdb",
-    );
-    meta.tasks = opts.tasks;
-    meta.classes_per_task = opts.genres_per_task;
-    meta.seed = opts.seed;
-    meta.dropped_classes = dropped.clone();
-    let (json_path, split_counts) = write_benchmark(out, MMIMDB_JSON, &items, &meta)?;
-    Ok(PrepareReport {
-        json_path,
-        num_items: items.len(),
-        split_counts,
-        num_classes: keep,
-        num_tasks: opts.tasks,
-        dropped_classes: dropped,
-        skipped,
-        images_linked: linker.linked,
-        images_copied: linker.copied,
-    })
+    let described = Described {
+        name: "MM-IMDB-CMML",
+        file_name: MMIMDB_JSON,
+        kind: LabelKind::Multi,
+        source: "delo prepare mmimdb",
+        class_order: order,
+        tasks: opts.tasks,
+        classes_per_task: opts.genres_per_task,
+        seed: opts.seed,
+        dropped,
+    };
+    finish(out, described, &items, skipped, &linker)
 }

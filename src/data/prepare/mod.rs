@@ -92,6 +92,49 @@ impl OutMeta {
     }
 }
 
+/// How a prepared benchmark describes itself, in meta.json and in its report.
+pub struct Described<'a> {
+    pub name: &'a str,
+    pub file_name: &'a str,
+    pub kind: LabelKind,
+    /// The command that wrote it.
+    pub source: &'a str,
+    /// Class names by global id.
+    pub class_order: Vec<String>,
+    pub tasks: usize,
+    pub classes_per_task: usize,
+    pub seed: u64,
+    pub dropped: Vec<String>,
+}
+
+/// Writes the benchmark JSON and meta.json under `out` and reports what was written.
+pub fn finish(
+    out: &Path,
+    d: Described<'_>,
+    items: &[OutItem],
+    skipped: Vec<String>,
+    linker: &ImageLinker,
+) -> Result<PrepareReport> {
+    let num_classes = d.class_order.len();
+    let mut meta = OutMeta::new(d.name, d.kind, d.class_order, d.source);
+    meta.tasks = d.tasks;
+    meta.classes_per_task = d.classes_per_task;
+    meta.seed = d.seed;
+    meta.dropped_classes = d.dropped.clone();
+    let (json_path, split_counts) = write_benchmark(out, d.file_name, items, &meta)?;
+    Ok(PrepareReport {
+        json_path,
+        num_items: items.len(),
+        split_counts,
+        num_classes,
+        num_tasks: d.tasks,
+        dropped_classes: d.dropped,
+        skipped,
+        images_linked: linker.linked,
+        images_copied: linker.copied,
+    })
+}
+
 /// What a `prepare` (or `synth`) run wrote.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PrepareReport {
