@@ -5,7 +5,7 @@
 /// A forward or training step allocates and frees the same few hundred MB of activations on
 /// every batch. With glibc's defaults, blocks above the mmap threshold are mapped and unmapped
 /// per allocation and the heap top is trimmed on free, so each batch page-faults (and the
-/// kernel zeroes) its whole working set again: ~100k faults, about a fifth of the CPU time of
+/// kernel zeroes) its whole working set again: ~100k faults, about a tenth of the CPU time of
 /// a ViLT-B/32 forward at batch 4 on two cores. Serving large blocks from the heap and never
 /// trimming it lets the next batch reuse the same pages, as PyTorch's caching allocators do on
 /// the GPU. The cost is that the resident size stays at the peak of the run.
