@@ -350,6 +350,33 @@ enum BenchCommand {
         /// Alternating rounds of delo and numpy (each keeps its best).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Python interpreter with numpy.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
+    /// CPU forward samples/s of the frozen ViLT (random init), beside Hugging Face's
+    /// ViltModel in PyTorch in the same run.
+    Forward {
+        /// Model size: `base` (ViLT-B/32) or `tiny`.
+        #[arg(long, default_value = "base")]
+        preset: String,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Text tokens per sample (at most the position table, 40).
+        #[arg(long, default_value_t = 40)]
+        text_len: usize,
+        /// Side of the square images; the preset's pre-training size when absent (384 for base).
+        #[arg(long)]
+        image_size: Option<usize>,
+        /// Timed forwards per round (the best is kept).
+        #[arg(long, default_value_t = 1)]
+        reps: usize,
+        /// Alternating rounds of delo and PyTorch (each keeps its best over all rounds).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Python interpreter with torch and transformers.
+        #[arg(long, default_value = "python3")]
+        python: String,
     },
     /// CUDA kernel microbenchmarks: the fused gathered factor composition (DeLo experts)
     /// against gather + cuBLAS, forward and backward, at the paper's shapes, in GB/s and % of
@@ -454,11 +481,12 @@ fn progress_reporter() -> impl FnMut(delo::train::Event) {
     }
 }
 
-/// The numpy reference script, embedded so that `delo bench` works from any directory.
+/// The reference scripts, embedded so that `delo bench` works from any directory.
 const NUMPY_GEMM_PY: &str = include_str!("../benches/numpy_gemm.py");
 /// The PyTorch reference step and the module it imports, embedded for the same reason.
 const TORCH_REFERENCE_PY: &str = include_str!("../benches/torch_reference.py");
 const DELO_REFERENCE_PY: &str = include_str!("../scripts/fixtures/delo_reference.py");
+const TORCH_FORWARD_PY: &str = include_str!("../benches/torch_forward.py");
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -469,20 +497,40 @@ pub fn run(cli: Cli) -> Result<()> {
                 Err(e) => println!("cuda: unavailable ({e})"),
             }
         }
-        Command::Bench(BenchCommand::Gemm { reps, rounds }) => {
-            let script =
-                std::env::temp_dir().join(format!("delo-numpy-gemm-{}.py", std::process::id()));
-            std::fs::write(&script, NUMPY_GEMM_PY)
-                .with_context(|| format!("writing {}", script.display()))?;
-            let result = delo::bench::gemm_cpu_vs_numpy(
+        Command::Bench(BenchCommand::Gemm {
+            reps,
+            rounds,
+            python,
+        }) => {
+            let script = delo::bench::PyScript::write("numpy_gemm.py", NUMPY_GEMM_PY)?;
+            let (rows, info) = delo::bench::gemm_cpu_vs_numpy(
                 &delo::bench::vilt_gemm_shapes(),
                 &script,
+                &python,
                 reps,
                 rounds,
-            );
-            let _ = std::fs::remove_file(&script);
-            let (rows, info) = result?;
+            )?;
             print!("{}", delo::bench::gemm_table(&rows, &info));
+        }
+        Command::Bench(BenchCommand::Forward {
+            preset,
+            batch,
+            text_len,
+            image_size,
+            reps,
+            rounds,
+            python,
+        }) => {
+            let setup = delo::bench::ForwardSetup {
+                preset: delo::vilt::Preset::parse(&preset)?,
+                batch,
+                text_len,
+                image_size,
+            };
+            let script = delo::bench::PyScript::write("torch_forward.py", TORCH_FORWARD_PY)?;
+            let (row, info) =
+                delo::bench::forward_cpu_vs_torch(setup, &script, &python, reps, rounds)?;
+            print!("{}", delo::bench::forward_table(&row, &info));
         }
         Command::Prepare { dataset } => {
             use delo::data::prepare::{prepare_food101, prepare_mmimdb};

@@ -6,7 +6,8 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::backend::{
-    cpu_experts, AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing,
+    cpu_experts, cpu_simd, AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut,
+    Routing,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -228,18 +229,43 @@ fn zip(
     out(v, a.shape())
 }
 
-const SQRT_1_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-const INV_SQRT_2PI: f32 = 0.398_942_3;
+/// Elements per parallel task of the vectorised elementwise ops: large enough that rayon's
+/// per-task cost vanishes, small enough to spread a [740, 3072] activation over the cores.
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
-/// Exact GELU, `x · Φ(x)`.
-pub fn gelu_scalar(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * SQRT_1_2))
+/// An output of `n` elements built in parallel: `f(offset, chunk)` fills each `chunk`-element
+/// piece (the last may be shorter) and returns a per-piece value, collected in order.
+///
+/// `vec![0.0; n]` would first zero the whole buffer on the calling thread: reused heap memory
+/// (see [`crate::malloc`]) is not fresh zero pages, so that is a serial pass over memory about
+/// as long as a parallel elementwise op itself. Here each piece is zeroed by its own task just
+/// before `f` overwrites it, while it is in cache.
+fn par_build<T: Send>(
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) -> T + Sync,
+) -> (Vec<f32>, Vec<T>) {
+    let chunk = chunk.max(1);
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    let per_piece = v.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .map(|(i, piece)| {
+            piece.fill(std::mem::MaybeUninit::new(0.0));
+            // SAFETY: every element of `piece` was initialised just above, and
+            // MaybeUninit<f32> has the layout of f32.
+            let piece = unsafe { &mut *(piece as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            f(i * chunk, piece)
+        })
+        .collect();
+    // SAFETY: the pieces cover 0..n and each was initialised.
+    unsafe { v.set_len(n) };
+    (v, per_piece)
 }
 
-/// d/dx of `x · Φ(x)`: `Φ(x) + x · φ(x)`.
-pub fn gelu_grad_scalar(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + libm::erff(x * SQRT_1_2));
-    cdf + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+/// `n` zeros, written in parallel (see [`par_build`]).
+fn par_zeros(n: usize) -> Vec<f32> {
+    par_build(n, ELEMENTWISE_CHUNK, |_, _| ()).0
 }
 
 /// log(1 + eˣ) without overflow.
@@ -359,7 +385,7 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, a: &Tensor, b: &Tensor, g: Gemm) -> Result<Tensor> {
         let d = matmul_dims(a, b, g)?;
-        let mut c = vec![0f32; numel(&d.out_shape)];
+        let mut c = par_zeros(numel(&d.out_shape));
         matmul_cpu(a, b, g, &mut c, 0.0, &d)?;
         out(c, &d.out_shape)
     }
@@ -409,10 +435,16 @@ impl Backend for CpuBackend {
             b.shape(),
             x.shape()
         );
-        let bv = b.f32s()?;
-        let mut v = x.f32s()?.to_vec();
-        v.par_chunks_mut(d)
-            .for_each(|row| row.iter_mut().zip(bv).for_each(|(o, &c)| *o += c));
+        let (xv, bv) = (x.f32s()?, b.f32s()?);
+        // One pass: the output is written from the input, not copied first and then updated.
+        let rows_per_task = (ELEMENTWISE_CHUNK / d.max(1)).max(1);
+        let (v, _) = par_build(xv.len(), rows_per_task * d, |off, piece| {
+            for (orow, xrow) in piece.chunks_mut(d).zip(xv[off..].chunks(d)) {
+                for ((o, &xj), &bj) in orow.iter_mut().zip(xrow).zip(bv) {
+                    *o = xj + bj;
+                }
+            }
+        });
         out(v, x.shape())
     }
     fn sum_rows(&self, x: &Tensor) -> Result<Tensor> {
@@ -426,10 +458,20 @@ impl Backend for CpuBackend {
         out(s, &[d])
     }
     fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        map(x, gelu_scalar)
+        let xv = x.f32s()?;
+        let (y, _) = par_build(xv.len(), ELEMENTWISE_CHUNK, |off, yc| {
+            cpu_simd::gelu(&xv[off..off + yc.len()], yc)
+        });
+        out(y, x.shape())
     }
     fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-        zip("gelu_backward", dy, x, |g, v| g * gelu_grad_scalar(v))
+        same_shape("gelu_backward", dy, x)?;
+        let (gv, xv) = (dy.f32s()?, x.f32s()?);
+        let (dx, _) = par_build(xv.len(), ELEMENTWISE_CHUNK, |off, dc| {
+            let r = off..off + dc.len();
+            cpu_simd::gelu_backward(&gv[r.clone()], &xv[r], dc)
+        });
+        out(dx, x.shape())
     }
     fn tanh(&self, x: &Tensor) -> Result<Tensor> {
         map(x, f32::tanh)
@@ -449,21 +491,9 @@ impl Backend for CpuBackend {
             x.shape()
         );
         let (xv, wv, bv) = (x.f32s()?, w.f32s()?, b.f32s()?);
-        let mut y = vec![0f32; rows * d];
-        let mut stats = vec![(0f32, 0f32); rows];
-        y.par_chunks_mut(d)
-            .zip(stats.par_iter_mut())
-            .enumerate()
-            .for_each(|(r, (yr, st))| {
-                let xr = &xv[r * d..(r + 1) * d];
-                let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-                let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-                let rstd = 1.0 / (var + eps as f64).sqrt();
-                for j in 0..d {
-                    yr[j] = ((xr[j] as f64 - mean) * rstd) as f32 * wv[j] + bv[j];
-                }
-                *st = (mean as f32, rstd as f32);
-            });
+        let (y, stats) = par_build(rows * d, d, |off, yr| {
+            cpu_simd::layernorm_row(&xv[off..off + d], wv, bv, eps, yr)
+        });
         let (mean, rstd): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
         Ok(LayerNormOut {
             y: out(y, x.shape())?,
@@ -518,12 +548,10 @@ impl Backend for CpuBackend {
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {
         let (_, d) = rows_cols(x);
         let xv = x.f32s()?;
-        let mut y = vec![0f32; x.numel()];
-        y.par_chunks_mut(d)
-            .zip(xv.par_chunks(d))
-            .for_each(|(yr, xr)| {
-                softmax_row(xr, yr);
-            });
+        let (y, _) = par_build(xv.len(), d, |off, yr| {
+            yr.copy_from_slice(&xv[off..off + d]);
+            cpu_simd::softmax(yr)
+        });
         out(y, x.shape())
     }
     fn softmax_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
@@ -553,10 +581,10 @@ impl Backend for CpuBackend {
         let dm = heads * dh;
         let (qv, kv, vv, mv) = (q.f32s()?, k.f32s()?, v.f32s()?, mask.f32s()?);
         let scale = 1.0 / (dh as f32).sqrt();
-        let mut probs = vec![0f32; bsz * heads * t * t];
-        let mut o = vec![0f32; bsz * t * dm];
+        let mut o = par_zeros(bsz * t * dm);
         let optr = SharedMut(o.as_mut_ptr());
-        probs.par_chunks_mut(t * t).enumerate().for_each(|(bh, p)| {
+        let (probs, _) = par_build(bsz * heads * t * t, t * t, |off, p| {
+            let bh = off / (t * t);
             let (b, h) = (bh / heads, bh % heads);
             let base = b * t * dm + h * dh;
             sgemm(
@@ -580,8 +608,7 @@ impl Backend for CpuBackend {
                         *s += f32::MIN
                     }
                 });
-                let src = row.to_vec();
-                softmax_row(&src, row);
+                cpu_simd::softmax(row);
             }
             // Each (b, h) writes its own columns h·dh.. of batch b's rows.
             sgemm(

@@ -8,6 +8,7 @@
 
 pub mod cpu;
 mod cpu_experts;
+mod cpu_simd;
 pub mod cuda;
 
 use std::sync::Arc;

@@ -5,13 +5,130 @@
 pub mod kernels;
 pub mod train;
 
-use std::path::Path;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
+use crate::autograd::Tape;
 use crate::backend::{Device, Gemm};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
+use crate::vilt::{init_weights, InitOptions, NoAdapter, Preset, Vilt, ViltConfig, ViltInputs};
+
+/// A reference script embedded in the binary (so that `delo bench` works from any directory),
+/// written to a temporary file for as long as this value lives.
+pub struct PyScript {
+    path: PathBuf,
+}
+
+impl PyScript {
+    /// Writes `text` to a per-process temporary file named after `name`.
+    pub fn write(name: &str, text: &str) -> Result<PyScript> {
+        let path = std::env::temp_dir().join(format!("delo-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        Ok(PyScript { path })
+    }
+
+    /// Runs the script with `python` and parses the one JSON object it prints. A reference
+    /// that cannot run (no interpreter, no torch) is not an error of the benchmark: the
+    /// message comes back as `Err` for the table to show, and the engine's row still prints.
+    pub fn run_json(
+        &self,
+        python: &str,
+        args: &[String],
+    ) -> std::result::Result<serde_json::Value, String> {
+        match Command::new(python).arg(&self.path).args(args).output() {
+            Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout)
+                .map_err(|e| format!("unreadable output of {}: {e}", self.path.display())),
+            Ok(o) => Err(failure(&String::from_utf8_lossy(&o.stderr))),
+            Err(e) => Err(format!("not run ({python}: {e})")),
+        }
+    }
+
+    /// Starts the script as a server that answers each line on its stdin with one JSON line
+    /// (for a reference too slow to build to restart every round). Errors as in `run_json`.
+    pub fn spawn(&self, python: &str, args: &[String]) -> std::result::Result<PyServer, String> {
+        let mut child = Command::new(python)
+            .arg(&self.path)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("not run ({python}: {e})"))?;
+        // Drained on a thread so that warnings filling the pipe cannot stall the script.
+        let mut err = child.stderr.take().expect("stderr is piped");
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Ok(PyServer {
+            stdin: child.stdin.take(),
+            stdout: BufReader::new(child.stdout.take().expect("stdout is piped")),
+            stderr: Some(stderr),
+            child,
+        })
+    }
+}
+
+/// The last line of a failed script's stderr: for a Python traceback, the exception.
+fn failure(stderr: &str) -> String {
+    format!(
+        "failed: {}",
+        stderr.trim().lines().last().unwrap_or("no message")
+    )
+}
+
+/// A running [`PyScript::spawn`]; closing its stdin on drop ends it.
+pub struct PyServer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl PyServer {
+    /// The next JSON line the script prints.
+    pub fn read_json(&mut self) -> std::result::Result<serde_json::Value, String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(n) if n > 0 => {
+                serde_json::from_str(&line).map_err(|e| format!("unreadable output: {e}"))
+            }
+            _ => {
+                // End of output: the script died; its stderr says why.
+                self.stdin.take();
+                let _ = self.child.wait();
+                let err = self.stderr.take().and_then(|h| h.join().ok());
+                Err(failure(&err.unwrap_or_default()))
+            }
+        }
+    }
+
+    /// Sends one request line and reads the JSON line that answers it.
+    pub fn request(&mut self, line: &str) -> std::result::Result<serde_json::Value, String> {
+        if let Some(stdin) = self.stdin.as_mut() {
+            // A write to a dead script fails; read_json then reports why it died.
+            let _ = writeln!(stdin, "{line}").and_then(|_| stdin.flush());
+        }
+        self.read_json()
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PyScript {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 /// Best wall time of `reps` runs of `f` after one warm-up run, in seconds.
 pub fn best_of(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -82,7 +199,8 @@ pub struct GemmRow {
 /// time, so a load that comes and goes on a shared machine hits both alike.
 pub fn gemm_cpu_vs_numpy(
     shapes: &[GemmShape],
-    numpy_script: &Path,
+    numpy_script: &PyScript,
+    python: &str,
     reps: usize,
     rounds: usize,
 ) -> Result<(Vec<GemmRow>, String)> {
@@ -119,15 +237,10 @@ pub fn gemm_cpu_vs_numpy(
                 .delo_s
                 .min(best_of(reps, || be.matmul(&x, &w, Gemm::nt()).map(drop))?);
         }
-        numpy_info = match Command::new("python3")
-            .arg(numpy_script)
-            .arg(reps.to_string())
-            .args(&specs)
-            .output()
-        {
-            Ok(o) if o.status.success() => {
-                let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-                    .map_err(|e| Error::format(numpy_script, format!("unreadable output: {e}")))?;
+        let mut args = vec![reps.to_string()];
+        args.extend(specs.iter().cloned());
+        numpy_info = match numpy_script.run_json(python, &args) {
+            Ok(v) => {
                 for (row, spec) in rows.iter_mut().zip(&specs) {
                     if let Some(t) = v[spec].as_f64() {
                         row.numpy_s = Some(row.numpy_s.map_or(t, |b: f64| b.min(t)));
@@ -139,11 +252,7 @@ pub fn gemm_cpu_vs_numpy(
                     v["blas"].as_str().unwrap_or("?")
                 )
             }
-            Ok(o) => format!(
-                "numpy reference failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => format!("numpy reference not run: {e}"),
+            Err(e) => format!("numpy reference {e}"),
         };
     }
     Ok((rows, numpy_info))
@@ -171,4 +280,231 @@ pub fn gemm_table(rows: &[GemmRow], numpy_info: &str) -> String {
         );
     }
     s
+}
+
+/// What `delo bench forward` runs: a randomly initialised ViLT of `preset`'s dimensions on a
+/// batch of `batch` texts of `text_len` tokens and `image_size`² images.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardSetup {
+    pub preset: Preset,
+    pub batch: usize,
+    pub text_len: usize,
+    /// Side of the square images; `None` takes the preset's pre-training size.
+    pub image_size: Option<usize>,
+}
+
+/// The engine's and PyTorch's times per forward of one batch, each side's best of every round.
+pub struct ForwardRow {
+    pub cfg: ViltConfig,
+    pub setup: ForwardSetup,
+    pub image_size: usize,
+    /// Tokens of one sample: text, then image CLS and patches.
+    pub text_tokens: usize,
+    pub image_tokens: usize,
+    pub delo_rounds: Vec<f64>,
+    /// Empty when the reference did not run.
+    pub torch_rounds: Vec<f64>,
+    /// The 1-minute load average before and after the run (Linux), to judge the noise by.
+    pub load: Option<(f64, f64)>,
+}
+
+impl ForwardRow {
+    /// The best time of the engine over all rounds.
+    pub fn delo_s(&self) -> f64 {
+        best(&self.delo_rounds).unwrap_or(f64::INFINITY)
+    }
+    /// The best time of the reference over all rounds, when it ran.
+    pub fn torch_s(&self) -> Option<f64> {
+        best(&self.torch_rounds)
+    }
+}
+
+fn best(v: &[f64]) -> Option<f64> {
+    v.iter().copied().reduce(f64::min)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
+}
+
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Deterministic inputs of the setup: random token ids (no padding), pixels in [-1, 1] and
+/// all-ones masks, so every sample has every patch and both sides do the same work.
+fn forward_inputs(cfg: &ViltConfig, s: &ForwardSetup, image: usize) -> Result<ViltInputs> {
+    let (b, t) = (s.batch, s.text_len);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        // SplitMix64: any fixed stream will do; the values only need to look like data.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let vocab = cfg.vocab_size as u64;
+    let ids = (0..b * t)
+        .map(|_| (104.min(vocab - 1) + next() % (vocab - 104.min(vocab - 1))) as i32)
+        .collect();
+    let pixels = (0..b * 3 * image * image)
+        .map(|_| (next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        .collect();
+    Ok(ViltInputs {
+        input_ids: Tensor::from_i32(ids, &[b, t])?,
+        attention_mask: Tensor::from_i32(vec![1; b * t], &[b, t])?,
+        token_type_ids: None,
+        pixel_values: Tensor::from_f32(pixels, &[b, 3, image, image])?,
+        pixel_mask: Tensor::from_i32(vec![1; b * image * image], &[b, image, image])?,
+    })
+}
+
+/// Times the frozen ViLT forward on the CPU backend and Hugging Face's `ViltModel` in PyTorch
+/// (`torch_forward.py` run by `python`, with as many threads as rayon has). The two alternate
+/// over `rounds` rounds of `reps` forwards each and each keeps its best, so a load that comes
+/// and goes on a shared machine hits both alike; the PyTorch model is built once and stays up,
+/// so a round can be as short as one forward each. Returns the row and a line describing the
+/// reference (or why it did not run).
+pub fn forward_cpu_vs_torch(
+    setup: ForwardSetup,
+    torch_script: &PyScript,
+    python: &str,
+    reps: usize,
+    rounds: usize,
+) -> Result<(ForwardRow, String)> {
+    let cfg = setup.preset.config();
+    let image = setup.image_size.unwrap_or(cfg.image_size);
+    if setup.text_len == 0 || setup.text_len > cfg.max_position_embeddings {
+        return Err(Error::Msg(format!(
+            "--text-len must be 1..={} (the text position table; Hugging Face does not stretch it)",
+            cfg.max_position_embeddings
+        )));
+    }
+    if setup.batch == 0 || image < cfg.patch_size {
+        return Err(Error::Msg(format!(
+            "need a batch of at least 1 and images of at least one {p}×{p} patch",
+            p = cfg.patch_size
+        )));
+    }
+    let weights = init_weights(
+        &cfg,
+        InitOptions {
+            seed: 0,
+            randomize_all: false,
+        },
+    )?;
+    let model = Vilt::new(cfg.clone(), weights, &Device::Cpu, 0, DType::F32)?;
+    let inputs = forward_inputs(&cfg, &setup, image)?;
+    let grid = image / cfg.patch_size;
+    let mut row = ForwardRow {
+        cfg: cfg.clone(),
+        setup,
+        image_size: image,
+        text_tokens: setup.text_len,
+        image_tokens: 1 + grid * grid,
+        delo_rounds: Vec::new(),
+        torch_rounds: Vec::new(),
+        load: None,
+    };
+    let load_before = load_average();
+    let args: Vec<String> = [
+        rayon::current_num_threads(),
+        setup.batch,
+        setup.text_len,
+        image,
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .chain([cfg.to_json_string()])
+    .collect();
+    // The reference answers its first line once its model is built and warm.
+    let mut torch = torch_script.spawn(python, &args).and_then(|mut p| {
+        let v = p.read_json()?;
+        Ok((p, v))
+    });
+    let mut info = match &torch {
+        Ok((_, v)) => format!(
+            "PyTorch {} + transformers {} ViltModel ({} attention, {} threads, no_grad)",
+            v["torch"].as_str().unwrap_or("?"),
+            v["transformers"].as_str().unwrap_or("?"),
+            v["attn"].as_str().unwrap_or("?"),
+            v["threads"]
+        ),
+        Err(e) => format!("PyTorch reference {e}"),
+    };
+    let forward = || {
+        let mut tape = Tape::new(Device::Cpu);
+        model.forward(&mut tape, &inputs, &mut NoAdapter).map(drop)
+    };
+    forward()?; // warm-up, as the reference did before its first line
+    for _ in 0..rounds.max(1) {
+        let mut round_best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            forward()?;
+            round_best = round_best.min(t.elapsed().as_secs_f64());
+        }
+        row.delo_rounds.push(round_best);
+        if let Ok((p, _)) = &mut torch {
+            match p.request(&reps.max(1).to_string()) {
+                Ok(v) => row.torch_rounds.extend(v["best_s"].as_f64()),
+                Err(e) => {
+                    // Half a comparison would mislead: drop what the reference measured.
+                    info = format!("PyTorch reference {e}");
+                    row.torch_rounds.clear();
+                    torch = Err(e);
+                }
+            }
+        }
+    }
+    row.load = load_before.zip(load_average());
+    Ok((row, info))
+}
+
+/// A Markdown table of the forward comparison, with the medians and the machine's load below
+/// it: on a shared machine the best of each side is the figure, the rest says how noisy it was.
+pub fn forward_table(r: &ForwardRow, torch_info: &str) -> String {
+    let sps = |t: f64| r.setup.batch as f64 / t;
+    let (torch, ratio) = match r.torch_s() {
+        Some(t) => (format!("{:.2}", sps(t)), format!("{:.2}×", t / r.delo_s())),
+        None => ("— (not measured)".into(), "—".into()),
+    };
+    let mut s = format!(
+        "CPU ViLT forward, {} rayon threads; reference: {torch_info}\n\n\
+         | model | batch | tokens / sample | delo samples/s | PyTorch samples/s | delo / PyTorch (target ≥ 1.0×) |\n\
+         |---|---|---|---|---|---|\n\
+         | {:?} (d {}, {} layers, {} heads), random init | {} | {} text + {} image ({}×{}) | {:.2} | {torch} | {ratio} |\n",
+        rayon::current_num_threads(),
+        r.setup.preset,
+        r.cfg.hidden_size,
+        r.cfg.num_hidden_layers,
+        r.cfg.num_attention_heads,
+        r.setup.batch,
+        r.text_tokens,
+        r.image_tokens,
+        r.image_size,
+        r.image_size,
+        sps(r.delo_s()),
+    );
+    s += &format!("\nBest of {} alternating rounds each.", r.delo_rounds.len());
+    if let Some(d) = median(&r.delo_rounds) {
+        s += &format!(" Medians: delo {:.2} samples/s", sps(d));
+        if let Some(t) = median(&r.torch_rounds) {
+            s += &format!(", PyTorch {:.2} samples/s ({:.2}×)", sps(t), t / d);
+        }
+        s += ".";
+    }
+    if let Some((a, b)) = r.load {
+        s += &format!(" Load average (1 min): {a:.2} before, {b:.2} after.");
+    }
+    s + "\n"
 }
