@@ -67,7 +67,8 @@ enum Command {
         /// val or test.
         #[arg(long, default_value = "test")]
         split: String,
-        /// Override the run's task-key source: input, frozen or oracle.
+        /// `oracle`: evaluate task-incrementally with the true task id instead of the run's
+        /// task keys.
         #[arg(long)]
         task_key: Option<String>,
         /// Write per-sample predictions (item index, task, predicted task, prediction).
@@ -617,9 +618,17 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let mut tr = delo::train::Trainer::resume(&run)?;
             if let Some(k) = task_key {
-                tr.spec.settings.delo.task_key =
-                    serde_json::from_value(serde_json::Value::String(k))
-                        .context("--task-key: input, frozen or oracle")?;
+                let k: delo::delo::config::TaskKeySource =
+                    serde_json::from_value(serde_json::Value::String(k.clone()))
+                        .context("--task-key: input, frozen, layer or oracle")?;
+                let own = tr.spec.settings.delo.task_key;
+                // Keys built from one source's queries mean nothing to another's.
+                if k != own && k != delo::delo::config::TaskKeySource::Oracle {
+                    anyhow::bail!(
+                        "--task-key {}: this run's keys were built from `{}` queries; only oracle (or the run's own source) can evaluate it", format!("{k:?}").to_lowercase(), format!("{own:?}").to_lowercase()
+                    );
+                }
+                tr.spec.settings.delo.task_key = k;
             }
             let split = match split.as_str() {
                 "val" => delo::data::Split::Val,

@@ -7,6 +7,7 @@ use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
 use crate::delo::config::{DeloConfig, Variant};
 use crate::delo::experts::{compose, route, PoolVars};
+use crate::delo::keys::TaskKeys;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::vilt::{Adapter, Embedded, Target};
@@ -61,10 +62,23 @@ pub enum Proxy {
     Image,
 }
 
+/// Which trained task's adapters each sample uses.
+#[derive(Clone, Copy)]
+pub enum TaskChoice<'a> {
+    /// One task for every sample and layer (training, and evaluation of one key group).
+    One(&'a BoundTask),
+    /// `--task-key layer`: at every layer each sample takes the task whose key in that layer's
+    /// table is nearest (cosine) to its query there. `tables[l]` belongs to layer l.
+    PerLayer {
+        tasks: &'a [BoundTask],
+        tables: &'a [TaskKeys],
+    },
+}
+
 /// Per-batch state of the DeLo adapter.
 pub struct DeloAdapter<'a> {
     cfg: &'a DeloConfig,
-    task: &'a BoundTask,
+    choice: TaskChoice<'a>,
     missing: Vec<MissingType>,
     proxy: Proxy,
     layers: usize,
@@ -74,34 +88,150 @@ pub struct DeloAdapter<'a> {
     pub last_queries: Option<(Var, Var)>,
     /// (name, S_A, S_B) of every routed pool, when recording.
     pub selections: Option<Vec<(String, Tensor, Tensor)>>,
+    /// The task query (q̂_v + q̂_t)/2 at every layer's input, `[B, d]`, when recording (the
+    /// EMA of the per-layer key tables).
+    pub layer_queries: Option<Vec<Tensor>>,
+    /// Under [`TaskChoice::PerLayer`]: each layer's task per sample.
+    pub picks: Vec<Vec<usize>>,
 }
 
 impl<'a> DeloAdapter<'a> {
     pub fn new(
         cfg: &'a DeloConfig,
-        task: &'a BoundTask,
+        choice: TaskChoice<'a>,
         missing: &[MissingType],
         layers: usize,
         proxy: Proxy,
     ) -> Self {
         DeloAdapter {
             cfg,
-            task,
+            choice,
             missing: missing.to_vec(),
             proxy,
             layers,
             guided: None,
             last_queries: None,
             selections: None,
+            layer_queries: None,
+            picks: Vec::new(),
         }
     }
     pub fn record_selections(mut self) -> Self {
         self.selections = Some(Vec::new());
         self
     }
+    pub fn record_layer_queries(mut self) -> Self {
+        self.layer_queries = Some(Vec::new());
+        self
+    }
     fn routed(&self) -> bool {
         matches!(self.cfg.variant, Variant::Delo | Variant::UnifiedPool)
     }
+    fn keyed(&self) -> bool {
+        self.layer_queries.is_some() || matches!(self.choice, TaskChoice::PerLayer { .. })
+    }
+
+    /// One task's update of target `p` (`layer{l}.{target}`) for input `x` and guided queries.
+    fn task_delta(
+        &mut self,
+        tape: &mut Tape,
+        task: &BoundTask,
+        p: &str,
+        x: Var,
+        q: Option<(Var, Var)>,
+    ) -> Result<Var> {
+        let cfg = self.cfg;
+        let queries = || q.ok_or_else(|| Error::Msg("routing before the layer's queries".into()));
+        let mut routed = |tape: &mut Tape, prefix: String, q: Var| -> Result<Var> {
+            let pool = task.pool(&prefix)?;
+            let sel = route(tape, q, &pool, cfg.lambda_cfs, cfg.gate)?;
+            if let Some(rec) = self.selections.as_mut() {
+                rec.push((prefix, sel.sel_a.clone(), sel.sel_b.clone()));
+            }
+            compose(tape, x, &pool, &sel, cfg.alpha)
+        };
+        match cfg.variant {
+            Variant::HeadsOnly => Err(Error::Msg("heads-only has no adapters".into())),
+            Variant::Delo => {
+                let (qv, qt) = queries()?;
+                let dv = routed(tape, format!("{p}.v"), qv)?;
+                let dt = routed(tape, format!("{p}.t"), qt)?;
+                tape.add(dv, dt)
+            }
+            Variant::UnifiedPool => {
+                let (qv, qt) = queries()?;
+                let s = tape.add(qv, qt)?;
+                let q = tape.scale(s, 0.5)?;
+                routed(tape, format!("{p}.u"), q)
+            }
+            Variant::Lora | Variant::SeqLora => {
+                let (a, b) = (
+                    task.var(&format!("{p}.lora_a"))?,
+                    task.var(&format!("{p}.lora_b"))?,
+                );
+                let ax = tape.linear_param(x, a, None)?;
+                let bax = tape.linear_param(ax, b, None)?;
+                tape.scale(bax, cfg.alpha)
+            }
+        }
+    }
+}
+
+/// Runs `f` on the samples of each group (`groups[k]`: rows, ascending) of `x [B, N, d]` with
+/// their rows of the queries, and puts the `[n_k, N, d_out]` results back in sample order.
+fn by_group(
+    tape: &mut Tape,
+    x: Var,
+    q: Option<(Var, Var)>,
+    groups: &[(usize, Vec<usize>)],
+    mut f: impl FnMut(&mut Tape, usize, Var, Option<(Var, Var)>) -> Result<Var>,
+) -> Result<Var> {
+    let shape = tape.value(x).shape().to_vec();
+    let (b, n) = (shape[0], shape[1]);
+    let flat = tape.reshape(x, &[b, n * shape[2]])?;
+    let mut joined: Option<Var> = None;
+    let mut order = Vec::with_capacity(b);
+    let mut d_out = 0;
+    for (k, rows) in groups {
+        let idx = row_index(tape, rows)?;
+        let sub = tape.gather_rows(flat, &idx)?;
+        let sub = tape.reshape(sub, &[rows.len(), n, shape[2]])?;
+        let sub_q = match q {
+            Some((qv, qt)) => Some((tape.gather_rows(qv, &idx)?, tape.gather_rows(qt, &idx)?)),
+            None => None,
+        };
+        let y = f(tape, *k, sub, sub_q)?;
+        d_out = tape.value(y).dim(2);
+        let y = tape.reshape(y, &[1, rows.len(), n * d_out])?;
+        joined = Some(match joined {
+            None => y,
+            Some(j) => tape.concat_seq(j, y)?,
+        });
+        order.extend_from_slice(rows);
+    }
+    let joined = joined.ok_or_else(|| Error::Msg("no sample to adapt".into()))?;
+    let mut inverse = vec![0usize; b];
+    for (j, &i) in order.iter().enumerate() {
+        inverse[i] = j;
+    }
+    let rows = tape.reshape(joined, &[b, n * d_out])?;
+    let back = tape.gather_rows(rows, &row_index(tape, &inverse)?)?;
+    tape.reshape(back, &[b, n, d_out])
+}
+
+/// Sample indices as an i32 tensor on the tape's device.
+pub fn row_index(tape: &Tape, rows: &[usize]) -> Result<Tensor> {
+    Tensor::from_i32(rows.iter().map(|&r| r as i32).collect(), &[rows.len()])?
+        .to_device(tape.device())
+}
+
+/// The samples of each task in `picks` (task per sample), tasks ascending, empty ones left out.
+pub fn groups_of(picks: &[usize]) -> Vec<(usize, Vec<usize>)> {
+    let mut g: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, &k) in picks.iter().enumerate() {
+        g.entry(k).or_default().push(i);
+    }
+    g.into_iter().collect()
 }
 
 /// Row b of the result is row b of `b_rows` where `take_b[b]`, else of `a_rows` (`[B, d]`).
@@ -162,7 +292,7 @@ impl Adapter for DeloAdapter<'_> {
     fn layer_input(&mut self, tape: &mut Tape, layer: usize, x: Var, emb: &Embedded) -> Result<()> {
         let last = layer + 1 == self.layers;
         let align = last && self.cfg.lambda_align > 0.0 && self.cfg.variant != Variant::HeadsOnly;
-        if !self.routed() && !align {
+        if !self.routed() && !align && !self.keyed() {
             return Ok(());
         }
         let qv = tape.masked_mean(x, &emb.image_mask)?;
@@ -170,15 +300,33 @@ impl Adapter for DeloAdapter<'_> {
         if last {
             self.last_queries = Some((qv, qt));
         }
-        if self.routed() {
-            self.guided = Some(guide_queries(
-                tape,
-                qv,
-                qt,
-                &self.missing,
-                self.cfg.cross_modal_guide,
-                self.proxy,
-            )?);
+        if !self.routed() && !self.keyed() {
+            return Ok(());
+        }
+        let guided = guide_queries(
+            tape,
+            qv,
+            qt,
+            &self.missing,
+            self.cfg.cross_modal_guide,
+            self.proxy,
+        )?;
+        self.guided = Some(guided);
+        if self.keyed() {
+            let be = tape.device().backend();
+            let sum = be.add(tape.value(guided.0), tape.value(guided.1))?;
+            let q = be.scale(&sum, 0.5)?;
+            if let TaskChoice::PerLayer { tasks, tables } = self.choice {
+                let table = tables
+                    .get(layer)
+                    .ok_or_else(|| Error::Msg(format!("no task-key table for layer {layer}")))?;
+                let d = q.dim(1);
+                self.picks
+                    .push(table.predict(&q.to_vec_f32()?, d, tasks.len()));
+            }
+            if let Some(rec) = self.layer_queries.as_mut() {
+                rec.push(q);
+            }
         }
         Ok(())
     }
@@ -190,45 +338,24 @@ impl Adapter for DeloAdapter<'_> {
         target: Target,
         x: Var,
     ) -> Result<Option<Var>> {
-        if !self.cfg.targets.contains(&target) {
+        if !self.cfg.targets.contains(&target) || self.cfg.variant == Variant::HeadsOnly {
             return Ok(None);
         }
         let p = format!("layer{layer}.{}", target.name());
-        let cfg = self.cfg;
-        let mut routed = |tape: &mut Tape, prefix: String, q: Var| -> Result<Var> {
-            let pool = self.task.pool(&prefix)?;
-            let sel = route(tape, q, &pool, cfg.lambda_cfs, cfg.gate)?;
-            if let Some(rec) = self.selections.as_mut() {
-                rec.push((prefix, sel.sel_a.clone(), sel.sel_b.clone()));
-            }
-            compose(tape, x, &pool, &sel, cfg.alpha)
-        };
-        let delta = match cfg.variant {
-            Variant::HeadsOnly => return Ok(None),
-            Variant::Delo => {
-                let (qv, qt) = self
-                    .guided
-                    .ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
-                let dv = routed(tape, format!("{p}.v"), qv)?;
-                let dt = routed(tape, format!("{p}.t"), qt)?;
-                tape.add(dv, dt)?
-            }
-            Variant::UnifiedPool => {
-                let (qv, qt) = self
-                    .guided
-                    .ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
-                let s = tape.add(qv, qt)?;
-                let q = tape.scale(s, 0.5)?;
-                routed(tape, format!("{p}.u"), q)?
-            }
-            Variant::Lora | Variant::SeqLora => {
-                let (a, b) = (
-                    self.task.var(&format!("{p}.lora_a"))?,
-                    self.task.var(&format!("{p}.lora_b"))?,
-                );
-                let ax = tape.linear_param(x, a, None)?;
-                let bax = tape.linear_param(ax, b, None)?;
-                tape.scale(bax, cfg.alpha)?
+        let q = self.guided;
+        let delta = match self.choice {
+            TaskChoice::One(task) => self.task_delta(tape, task, &p, x, q)?,
+            TaskChoice::PerLayer { tasks, .. } => {
+                let groups = groups_of(self.picks.last().ok_or_else(|| {
+                    Error::Msg("per-layer task choice before the layer's queries".into())
+                })?);
+                if let [(k, _)] = groups.as_slice() {
+                    self.task_delta(tape, &tasks[*k], &p, x, q)?
+                } else {
+                    by_group(tape, x, q, &groups, |tape, k, x, q| {
+                        self.task_delta(tape, &tasks[k], &p, x, q)
+                    })?
+                }
             }
         };
         Ok(Some(delta))

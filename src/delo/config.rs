@@ -124,7 +124,8 @@ impl DeloConfig {
 /// Parameter counts of a DeLo model (what `delo params` prints).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ParamCounts {
-    /// Trainable scalars of one task (its adapters and its head).
+    /// Trainable scalars of one task (its adapters and its head; with `seq-lora` the shared
+    /// adapter and the head grown to all classes, as the last task trains them).
     pub trainable_per_task: usize,
     /// The frozen backbone, with the text position table at `text_positions` rows.
     pub backbone: usize,
@@ -150,13 +151,19 @@ pub fn count_params(
             _ => shape.iter().product(),
         })
         .sum();
-    let per_task = crate::delo::params::task_specs(cfg, vcfg, classes)
+    // seq-lora keeps one adapter and one head that grows to every class; the last task
+    // trains all of it.
+    let (head_classes, copies) = match cfg.variant {
+        Variant::SeqLora => (tasks * classes, 1),
+        _ => (classes, tasks),
+    };
+    let per_task = crate::delo::params::task_specs(cfg, vcfg, head_classes)
         .iter()
         .map(|s| s.shape.iter().product::<usize>())
         .sum();
     ParamCounts {
         trainable_per_task: per_task,
         backbone,
-        total: backbone + tasks * per_task,
+        total: backbone + copies * per_task,
     }
 }

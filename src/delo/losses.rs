@@ -2,8 +2,8 @@
 
 use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
-use crate::delo::adapter::{BoundTask, DeloAdapter, Proxy};
-use crate::delo::config::{ConProxy, DeloConfig, Variant};
+use crate::delo::adapter::{row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
+use crate::delo::config::{ConProxy, DeloConfig, TaskKeySource, Variant};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::vilt::{Vilt, ViltInputs};
@@ -28,6 +28,8 @@ pub struct Losses {
     pub proxy_logits: Vec<Var>,
     /// (q̂_v + q̂_t)/2 of the layer-0 input per sample, `[B, d]`: the task-key query.
     pub task_query: Tensor,
+    /// With `--task-key layer`: the same at every layer's input (one per key table).
+    pub layer_queries: Vec<Tensor>,
 }
 
 /// Mean of all elements as a `[1]` value.
@@ -50,11 +52,6 @@ fn add_scaled(tape: &mut Tape, c: Var, x: Option<Var>, s: f32) -> Result<Var> {
     }
 }
 
-fn indices(tape: &Tape, rows: &[usize]) -> Result<Tensor> {
-    Tensor::from_i32(rows.iter().map(|&r| r as i32).collect(), &[rows.len()])?
-        .to_device(tape.device())
-}
-
 /// L_c: cross-entropy over head k (single-label) or mean BCE with logits (multi-label).
 pub fn classification_loss(tape: &mut Tape, logits: Var, targets: &Targets) -> Result<Var> {
     match targets {
@@ -66,7 +63,7 @@ pub fn classification_loss(tape: &mut Tape, logits: Var, targets: &Targets) -> R
 /// L_align: mean over the complete samples of 1 − cos(q_v, q_t) (queries at the input of the
 /// last adapted layer).
 pub fn alignment_loss(tape: &mut Tape, qv: Var, qt: Var, complete: &[usize]) -> Result<Var> {
-    let idx = indices(tape, complete)?;
+    let idx = row_index(tape, complete)?;
     let (a, b) = (tape.gather_rows(qv, &idx)?, tape.gather_rows(qt, &idx)?);
     let cos = tape.cosine(a, b)?;
     let m = mean_all(tape, cos)?;
@@ -92,7 +89,10 @@ pub fn batch_losses(
     targets: &Targets,
 ) -> Result<Losses> {
     let layers = vilt.cfg.num_hidden_layers;
-    let mut ad = DeloAdapter::new(cfg, task, missing, layers, Proxy::None);
+    let mut ad = DeloAdapter::new(cfg, TaskChoice::One(task), missing, layers, Proxy::None);
+    if cfg.task_key == TaskKeySource::Layer {
+        ad = ad.record_layer_queries();
+    }
     let emb = vilt.embed(inputs)?;
     let task_query = task_query(tape, &emb, missing, cfg.cross_modal_guide)?;
     let out = vilt.encode(tape, emb, &mut ad)?;
@@ -112,7 +112,7 @@ pub fn batch_losses(
     let con = if cfg.lambda_con > 0.0 && routed && !complete.is_empty() {
         let sub = inputs.select(&complete)?;
         let sub_missing = vec![MissingType::None; complete.len()];
-        let idx = indices(tape, &complete)?;
+        let idx = row_index(tape, &complete)?;
         let target = tape
             .device()
             .backend()
@@ -124,7 +124,7 @@ pub fn batch_losses(
         };
         let mut terms = Vec::new();
         for &p in proxies {
-            let mut ad = DeloAdapter::new(cfg, task, &sub_missing, layers, p);
+            let mut ad = DeloAdapter::new(cfg, TaskChoice::One(task), &sub_missing, layers, p);
             let out = vilt.forward(tape, &sub, &mut ad)?;
             let pl = head_logits(tape, task, out.pooled)?;
             proxy_logits.push(pl);
@@ -152,6 +152,7 @@ pub fn batch_losses(
         logits,
         proxy_logits,
         task_query,
+        layer_queries: ad.layer_queries.take().unwrap_or_default(),
     })
 }
 

@@ -4,5 +4,6 @@
 pub mod adapter;
 pub mod config;
 pub mod experts;
+pub mod keys;
 pub mod losses;
 pub mod params;

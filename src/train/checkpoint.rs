@@ -14,11 +14,15 @@ use crate::train::{FrozenTask, RunSpec, TaskKeys, TaskStats, Trainer};
 
 pub const RUN_FILE: &str = "run.json";
 pub const PROGRESS_FILE: &str = "progress.json";
+/// Name of the task key in a task file (`key.layer{l}` for per-layer tables); the keys are
+/// restored from the progress file, these copies are for users.
+const KEY: &str = "key";
 
 #[derive(Serialize, Deserialize)]
 struct Progress {
     tasks_done: usize,
-    keys: TaskKeys,
+    /// One table, or one per encoder layer (`--task-key layer`).
+    keys: Vec<TaskKeys>,
     stats: Vec<TaskStats>,
     evals: Vec<TaskRow>,
 }
@@ -56,10 +60,16 @@ pub fn read_run(dir: &Path) -> Result<RunSpec> {
 /// Writes task `t`'s tensors and key, then the progress that counts it.
 pub fn save_task(tr: &Trainer, t: usize) -> Result<()> {
     let mut tensors = tr.tasks[t].params.clone();
-    tensors.push((
-        "key".into(),
-        Tensor::from_f32(tr.keys.keys[t].clone(), &[tr.keys.keys[t].len()])?,
-    ));
+    let layered = tr.keys.len() > 1;
+    for (l, table) in tr.keys.iter().enumerate() {
+        let key = &table.keys[t];
+        let name = if layered {
+            format!("{KEY}.layer{l}")
+        } else {
+            KEY.into()
+        };
+        tensors.push((name, Tensor::from_f32(key.clone(), &[key.len()])?));
+    }
     crate::st::write_file(&tr.run_dir.join(task_file(t)), &tensors, None)?;
     let progress = Progress {
         tasks_done: t + 1,
@@ -77,7 +87,17 @@ pub fn restore(tr: &mut Trainer) -> Result<()> {
         return Ok(());
     }
     let p: Progress = read_json(&path)?;
-    if p.keys.keys.len() < p.tasks_done
+    if p.keys.len() != tr.key_tables() && p.tasks_done > 0 {
+        return Err(Error::format(
+            &path,
+            format!(
+                "holds {} task-key tables; this run's --task-key needs {}",
+                p.keys.len(),
+                tr.key_tables()
+            ),
+        ));
+    }
+    if p.keys.iter().any(|k| k.keys.len() < p.tasks_done)
         || p.stats.len() < p.tasks_done
         || p.evals.len() < p.tasks_done
     {
@@ -91,19 +111,21 @@ pub fn restore(tr: &mut Trainer) -> Result<()> {
     }
     for t in 0..p.tasks_done {
         let file = tr.run_dir.join(task_file(t));
-        let mut tensors = crate::st::read_file(&file)?;
-        tensors
-            .remove("key")
-            .ok_or_else(|| Error::format(&file, "no `key` tensor"))?;
+        let tensors = crate::st::read_file(&file)?;
         let params = tensors
             .into_iter()
+            .filter(|(n, _)| n != KEY && !n.starts_with(&format!("{KEY}.")))
             .map(|(n, v)| Ok((n, v.to_device(&tr.device)?)))
             .collect::<Result<Vec<_>>>()?;
         tr.tasks.push(FrozenTask { params });
     }
-    tr.keys = TaskKeys {
-        keys: p.keys.keys[..p.tasks_done].to_vec(),
-    };
+    tr.keys = p
+        .keys
+        .iter()
+        .map(|k| TaskKeys {
+            keys: k.keys[..p.tasks_done].to_vec(),
+        })
+        .collect();
     tr.stats = p.stats[..p.tasks_done].to_vec();
     tr.evals = p.evals[..p.tasks_done].to_vec();
     Ok(())

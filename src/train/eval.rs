@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::autograd::Tape;
+use crate::autograd::{Tape, Var};
 use crate::data::{Label, LabelKind, MissingType, Split};
-use crate::delo::adapter::{BoundTask, DeloAdapter, Proxy};
-use crate::delo::config::TaskKeySource;
+use crate::delo::adapter::{groups_of, row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
+use crate::delo::config::{TaskKeySource, Variant};
+use crate::delo::keys::majority;
 use crate::delo::losses::head_logits;
 use crate::error::Result;
 use crate::report::metrics::MultiLabelCounts;
@@ -39,14 +40,97 @@ pub struct Probes {
     pub cos_qv_qt: Vec<f32>,
 }
 
-/// One evaluated sample: its item index, the task whose head answered, and that head's logits.
-pub type SamplePrediction = (usize, usize, Vec<f32>);
+/// One evaluated sample: its item index, the task it was attributed to (the task whose head
+/// answered, or with `seq-lora` the task owning the top class) and its predicted global classes.
+pub type SamplePrediction = (usize, usize, Vec<usize>);
 
-/// Predicted label of one sample, in global terms: a class id, or the positives among the
-/// evaluated task's classes (empty when another task's head answered).
-enum Prediction {
-    Class(usize),
-    Positives(Vec<bool>),
+/// The logits of one sample from the head trained with task `k` (with `seq-lora`: the latest).
+struct Answer {
+    k: usize,
+    logits: Vec<f32>,
+}
+
+/// Runs the trained tasks 0..=`trained` on a batch and says, per sample, which head answered
+/// with what: per key group (`input`, `frozen`, `oracle`), by per-layer choice with the head of
+/// the majority (`layer`), or the one shared model (`seq-lora`).
+fn answer_batch(
+    tr: &Trainer,
+    batch: &crate::data::Batch<crate::vilt::ViltInputs>,
+    task: usize,
+    trained: usize,
+    mut probes: Option<&mut Probes>,
+) -> Result<Vec<Answer>> {
+    let s = tr.settings();
+    let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
+    let layers = tr.vilt.cfg.num_hidden_layers;
+    let mut tape = Tape::new(tr.device.clone());
+    let bound: Vec<BoundTask> = tr.tasks[..=trained]
+        .iter()
+        .map(|t| BoundTask::constants(&mut tape, &t.params))
+        .collect();
+    let layered = s.delo.task_key == TaskKeySource::Layer && s.delo.variant != Variant::SeqLora;
+    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
+    let mut fill = |tape: &mut Tape, k: usize, rows: &[usize], pooled: Var| -> Result<()> {
+        let logits = head_logits(tape, &bound[k], pooled)?;
+        let lv = tape.value(logits).to_vec_f32()?;
+        let n = lv.len() / rows.len().max(1);
+        for (r, &i) in rows.iter().enumerate() {
+            answers[i] = Some(Answer {
+                k,
+                logits: lv[r * n..(r + 1) * n].to_vec(),
+            });
+        }
+        Ok(())
+    };
+    if layered {
+        let choice = TaskChoice::PerLayer {
+            tasks: &bound,
+            tables: &tr.keys,
+        };
+        let mut ad = DeloAdapter::new(&s.delo, choice, &missing, layers, Proxy::None);
+        if probes.is_some() {
+            ad = ad.record_selections();
+        }
+        let out = tr.vilt.forward(&mut tape, &batch.data, &mut ad)?;
+        if let Some(p) = probes.as_deref_mut() {
+            collect_probes(p, &tape, &ad, &missing)?;
+        }
+        for (k, rows) in groups_of(&majority(&ad.picks, trained + 1)) {
+            let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
+            fill(&mut tape, k, &rows, pooled)?;
+        }
+    } else {
+        let picked: Vec<usize> = match (s.delo.variant, s.delo.task_key) {
+            (Variant::SeqLora, _) => vec![trained; missing.len()],
+            (_, TaskKeySource::Oracle) => vec![task; missing.len()],
+            _ => {
+                let q = tr.task_query(&mut tape, &batch.data, &missing)?;
+                tr.keys[0].predict(&q.to_vec_f32()?, q.dim(1), trained + 1)
+            }
+        };
+        for (k, rows) in groups_of(&picked) {
+            let sub = if rows.len() == picked.len() {
+                batch.data.clone()
+            } else {
+                batch.data.select(&rows)?
+            };
+            let sub_missing: Vec<MissingType> = rows.iter().map(|&i| missing[i]).collect();
+            let choice = TaskChoice::One(&bound[k]);
+            let mut ad = DeloAdapter::new(&s.delo, choice, &sub_missing, layers, Proxy::None);
+            if probes.is_some() {
+                ad = ad.record_selections();
+            }
+            let out = tr.vilt.forward(&mut tape, &sub, &mut ad)?;
+            if let Some(p) = probes.as_deref_mut() {
+                collect_probes(p, &tape, &ad, &sub_missing)?;
+            }
+            fill(&mut tape, k, &rows, out.pooled)?;
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| crate::Error::Msg("a sample got no answer".into())))
+        .collect()
 }
 
 /// Evaluates `task` on `split` with the tasks trained so far (0..=`trained`).
@@ -57,85 +141,56 @@ pub fn evaluate(
     trained: usize,
     mut probes: Option<&mut Probes>,
 ) -> Result<(Cell, Vec<SamplePrediction>)> {
-    let s = tr.settings();
-    let d = tr.vilt.cfg.hidden_size;
     let n_cls = tr.bench.tasks[task].classes.len();
     let loader = tr.loader(task, split, false)?;
     let (mut total, mut correct, mut id_correct) = (0usize, 0usize, 0usize);
     let mut f1 = MultiLabelCounts::new(n_cls);
     let mut predictions = Vec::new();
+    let seq = tr.settings().delo.variant == Variant::SeqLora;
     for batch in loader.epoch(0) {
         let batch = batch?;
-        let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
-        let picked: Vec<usize> = if s.delo.task_key == TaskKeySource::Oracle {
-            vec![task; missing.len()]
-        } else {
-            let mut tape = Tape::new(tr.device.clone());
-            let q = tr.task_query(&mut tape, &batch.data, &missing)?;
-            tr.keys.predict(&q, d, trained + 1)
-        };
-        for k in 0..=trained {
-            let rows: Vec<usize> = (0..picked.len()).filter(|&i| picked[i] == k).collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let sub = if rows.len() == picked.len() {
-                batch.data.clone()
+        let answers = answer_batch(tr, &batch, task, trained, probes.as_deref_mut())?;
+        for (a, sample) in answers.iter().zip(&batch.samples) {
+            let columns = tr.head_classes(a.k);
+            let top =
+                (0..a.logits.len()).fold(0, |b, c| if a.logits[c] > a.logits[b] { c } else { b });
+            // With seq-lora the task is the one owning the top class; otherwise the head's.
+            let span = tr.head_span(task, trained);
+            let (attributed, own) = if seq {
+                let owner = (0..=trained)
+                    .find(|&j| tr.head_span(j, trained).contains(&top))
+                    .unwrap_or(trained);
+                (owner, Some(span))
             } else {
-                batch.data.select(&rows)?
+                (a.k, (a.k == task).then_some(span))
             };
-            let sub_missing: Vec<MissingType> = rows.iter().map(|&i| missing[i]).collect();
-            let mut tape = Tape::new(tr.device.clone());
-            let bound = BoundTask::constants(&mut tape, &tr.tasks[k].params);
-            let mut ad = DeloAdapter::new(
-                &s.delo,
-                &bound,
-                &sub_missing,
-                tr.vilt.cfg.num_hidden_layers,
-                Proxy::None,
-            );
-            if probes.is_some() {
-                ad = ad.record_selections();
-            }
-            let out = tr.vilt.forward(&mut tape, &sub, &mut ad)?;
-            let logits = head_logits(&mut tape, &bound, out.pooled)?;
-            let lv = tape.value(logits).to_vec_f32()?;
-            let nk = tr.bench.tasks[k].classes.len();
-            if let Some(p) = probes.as_deref_mut() {
-                collect_probes(p, &tape, &ad, &sub_missing)?;
-            }
-            for (r, &i) in rows.iter().enumerate() {
-                let row = &lv[r * nk..(r + 1) * nk];
-                let sample = &batch.samples[i];
-                id_correct += (k == task) as usize;
-                total += 1;
-                let pred = match tr.bench.kind {
-                    LabelKind::Single => {
-                        let best = (0..nk).fold(0, |b, c| if row[c] > row[b] { c } else { b });
-                        Prediction::Class(tr.bench.tasks[k].classes[best])
-                    }
-                    LabelKind::Multi => Prediction::Positives(if k == task {
-                        row.iter().map(|&x| x > 0.0).collect()
-                    } else {
-                        vec![false; n_cls]
-                    }),
-                };
-                match (&pred, &sample.label, &sample.local_label) {
-                    (Prediction::Class(c), Label::Single(truth), _) => {
-                        correct += (c == truth) as usize
-                    }
-                    (Prediction::Positives(p), _, Label::Multi(truth)) => {
-                        let truth: Vec<bool> = truth.iter().map(|&x| x != 0).collect();
-                        f1.add(p, &truth)?;
-                    }
-                    _ => {
-                        return Err(crate::Error::Msg(
-                            "label kind and prediction kind disagree".into(),
-                        ))
-                    }
+            id_correct += (attributed == task) as usize;
+            total += 1;
+            let predicted: Vec<usize> = match (&sample.label, &sample.local_label) {
+                (Label::Single(truth), _) => {
+                    correct += (columns[top] == *truth) as usize;
+                    vec![columns[top]]
                 }
-                predictions.push((sample.index, k, row.to_vec()));
-            }
+                (_, Label::Multi(truth)) => {
+                    let positives: Vec<bool> = match &own {
+                        Some(r) => a.logits[r.clone()].iter().map(|&x| x > 0.0).collect(),
+                        None => vec![false; n_cls],
+                    };
+                    let truth: Vec<bool> = truth.iter().map(|&x| x != 0).collect();
+                    f1.add(&positives, &truth)?;
+                    let classes = &tr.bench.tasks[task].classes;
+                    (0..n_cls)
+                        .filter(|&c| positives[c])
+                        .map(|c| classes[c])
+                        .collect()
+                }
+                _ => {
+                    return Err(crate::Error::Msg(
+                        "a multi-label sample without a multi-hot local label".into(),
+                    ))
+                }
+            };
+            predictions.push((sample.index, attributed, predicted));
         }
     }
     let metric = match tr.bench.kind {
@@ -245,19 +300,9 @@ pub fn eval_run(
         let (cell, preds) = evaluate(tr, j, split, done - 1, None)?;
         sum += cell.metric;
         table += &format!("| {} | {:.2} | {:.2} |\n", j + 1, cell.metric, cell.task_id);
-        for (index, k, logits) in preds {
-            let classes = &tr.bench.tasks[k].classes;
-            let pred = match tr.bench.kind {
-                LabelKind::Single => classes
-                    [(0..logits.len()).fold(0, |b, c| if logits[c] > logits[b] { c } else { b })]
-                .to_string(),
-                LabelKind::Multi => (0..logits.len())
-                    .filter(|&c| logits[c] > 0.0)
-                    .map(|c| classes[c].to_string())
-                    .collect::<Vec<_>>()
-                    .join("|"),
-            };
-            csv += &format!("{index},{j},{k},{pred}\n");
+        for (index, k, classes) in preds {
+            let pred: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
+            csv += &format!("{index},{j},{k},{}\n", pred.join("|"));
         }
     }
     table += &format!("| mean (AP) | {:.2} | |\n", sum / done as f64);

@@ -5,7 +5,6 @@
 pub mod checkpoint;
 pub mod demo;
 pub mod eval;
-pub mod keys;
 pub mod prep;
 pub mod results;
 pub mod schedule;
@@ -33,7 +32,7 @@ use crate::params::ParamSet;
 use crate::tensor::{DType, Tensor};
 use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
-pub use keys::TaskKeys;
+pub use crate::delo::keys::TaskKeys;
 use prep::ViltPrep;
 
 /// Everything a run needs besides the data and the model, with DELO.md's defaults.
@@ -123,7 +122,8 @@ pub struct Trainer {
     pub prep: Arc<ViltPrep>,
     pub missing: MissingSpec,
     pub tasks: Vec<FrozenTask>,
-    pub keys: TaskKeys,
+    /// The key tables: one, or one per encoder layer with `--task-key layer`.
+    pub keys: Vec<TaskKeys>,
     pub stats: Vec<TaskStats>,
     /// Evaluation rows so far: `evals[t]` = per split, per seen task j, (metric, task-id %).
     pub evals: Vec<eval::TaskRow>,
@@ -197,12 +197,6 @@ impl Trainer {
 
     fn open(spec: RunSpec, run_dir: &Path) -> Result<Trainer> {
         let s = &spec.settings;
-        if matches!(s.delo.variant, Variant::SeqLora) {
-            return Err(Error::Msg("variant seq-lora (one LoRA shared by all tasks) is not supported by this trainer yet".into()));
-        }
-        if s.delo.task_key == TaskKeySource::Layer {
-            return Err(Error::Msg("--task-key layer (one key table per layer) is not supported by this trainer yet; use input, frozen or oracle".into()));
-        }
         let device = Device::parse(&s.device)?;
         let bench = Benchmark::load(&spec.data)?;
         let (vcfg, weights) = load_model_dir(&spec.model)?;
@@ -228,7 +222,7 @@ impl Trainer {
             prep,
             missing,
             tasks: Vec::new(),
-            keys: TaskKeys::default(),
+            keys: Vec::new(),
             stats: Vec::new(),
             evals: Vec::new(),
             spec,
@@ -266,15 +260,19 @@ impl Trainer {
         )
     }
 
-    /// Local labels of a batch as the loss wants them.
+    /// Labels of a batch of task `task` as the loss of its head wants them: local class ids
+    /// or multi-hot vectors, placed at the task's columns of a `seq-lora` head (the other
+    /// columns are negatives there).
     pub fn targets(&self, task: usize, labels: &[Label]) -> Result<Targets> {
         let n = self.bench.tasks[task].classes.len();
+        let span = self.head_span(task, task);
+        let width = self.head_classes(task).len();
         match self.bench.kind {
             LabelKind::Single => {
                 let v: Vec<i32> = labels
                     .iter()
                     .map(|l| match l {
-                        Label::Single(c) => Ok(*c as i32),
+                        Label::Single(c) => Ok((span.start + *c) as i32),
                         Label::Multi(_) => Err(Error::Msg(
                             "a multi-hot label in a single-label benchmark".into(),
                         )),
@@ -283,10 +281,13 @@ impl Trainer {
                 Ok(Targets::Single(Tensor::from_i32(v, &[labels.len()])?))
             }
             LabelKind::Multi => {
-                let mut v = Vec::with_capacity(labels.len() * n);
-                for l in labels {
+                let mut v = vec![0f32; labels.len() * width];
+                for (row, l) in v.chunks_mut(width).zip(labels) {
                     match l {
-                        Label::Multi(h) if h.len() == n => v.extend(h.iter().map(|&x| x as f32)),
+                        Label::Multi(h) if h.len() == n => row[span.clone()]
+                            .iter_mut()
+                            .zip(h)
+                            .for_each(|(o, &x)| *o = x as f32),
                         _ => {
                             return Err(Error::Msg(format!(
                                 "a label that is not a {n}-class multi-hot vector"
@@ -294,36 +295,97 @@ impl Trainer {
                         }
                     }
                 }
-                Ok(Targets::Multi(Tensor::from_f32(v, &[labels.len(), n])?))
+                Ok(Targets::Multi(Tensor::from_f32(v, &[labels.len(), width])?))
             }
         }
     }
 
-    /// The task-key query of a batch at the configured source (`oracle` needs none).
+    /// The task-key query `[B, d]` of a batch at the `frozen` or `input` source, on the device.
     pub fn task_query(
         &self,
         tape: &mut Tape,
         inputs: &ViltInputs,
         missing: &[MissingType],
-    ) -> Result<Vec<f32>> {
-        match self.settings().delo.task_key {
-            TaskKeySource::Frozen => {
-                let out = self
-                    .vilt
-                    .forward(tape, inputs, &mut crate::vilt::NoAdapter)?;
-                tape.value(out.pooled).to_vec_f32()
-            }
-            _ => {
-                let emb = self.vilt.embed(inputs)?;
-                crate::delo::losses::task_query(
-                    tape,
-                    &emb,
-                    missing,
-                    self.settings().delo.cross_modal_guide,
-                )?
-                .to_vec_f32()
-            }
+    ) -> Result<Tensor> {
+        if self.settings().delo.task_key == TaskKeySource::Frozen {
+            let out = self
+                .vilt
+                .forward(tape, inputs, &mut crate::vilt::NoAdapter)?;
+            return Ok(tape.value(out.pooled).clone());
         }
+        let emb = self.vilt.embed(inputs)?;
+        crate::delo::losses::task_query(tape, &emb, missing, self.settings().delo.cross_modal_guide)
+    }
+
+    /// Number of key tables the run keeps.
+    pub fn key_tables(&self) -> usize {
+        match self.settings().delo.task_key {
+            TaskKeySource::Layer => self.vilt.cfg.num_hidden_layers,
+            _ => 1,
+        }
+    }
+
+    /// Classes of the head trained with task `t`: its own, or with `seq-lora` every class
+    /// seen so far (tasks 0..=t in order), as global class ids.
+    pub fn head_classes(&self, t: usize) -> Vec<usize> {
+        let tasks = &self.bench.tasks;
+        if self.settings().delo.variant == Variant::SeqLora {
+            tasks[..=t]
+                .iter()
+                .flat_map(|x| x.classes.iter().copied())
+                .collect()
+        } else {
+            tasks[t].classes.clone()
+        }
+    }
+
+    /// The head columns of task `t`'s own classes in the head trained with task `trained`.
+    pub fn head_span(&self, t: usize, trained: usize) -> std::ops::Range<usize> {
+        let n = self.bench.tasks[t].classes.len();
+        if self.settings().delo.variant == Variant::SeqLora && t <= trained {
+            let offset = self.bench.tasks[..t].iter().map(|x| x.classes.len()).sum();
+            offset..offset + n
+        } else {
+            0..n
+        }
+    }
+
+    /// Starting parameters of task `t`: freshly drawn, or with `seq-lora` the parameters left
+    /// by task t−1 with the head grown by rows for task t's classes.
+    fn initial_params(&self, t: usize) -> Result<Vec<(String, Tensor)>> {
+        let s = self.settings();
+        let specs = task_specs(&s.delo, &self.vilt.cfg, self.head_classes(t).len());
+        let fresh = init_params(&specs, s.seed.wrapping_add(1000 * t as u64 + 1))?;
+        let prev = match (s.delo.variant, t.checked_sub(1)) {
+            (Variant::SeqLora, Some(p)) => &self.tasks[p].params,
+            _ => return Ok(fresh),
+        };
+        fresh
+            .into_iter()
+            .map(|(name, new)| {
+                let old = prev
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or_else(|| Error::Msg(format!("task {} has no `{name}`", t - 1)))?
+                    .1
+                    .to_vec_f32()?;
+                // The head grows: the old classes' rows, then the new ones as drawn.
+                let mut v = new.to_vec_f32()?;
+                if old.len() > v.len() {
+                    return Err(Error::shape(
+                        "seq-lora head growth",
+                        format!(
+                            "task {}'s `{name}` has {} values, more than task {t}'s {}",
+                            t - 1,
+                            old.len(),
+                            v.len()
+                        ),
+                    ));
+                }
+                v[..old.len()].copy_from_slice(&old);
+                Ok((name, Tensor::from_f32(v, new.shape())?))
+            })
+            .collect()
     }
 
     /// Trains every task not yet done, evaluating, checkpointing and reporting after each.
@@ -359,12 +421,10 @@ impl Trainer {
 
     fn train_task(&mut self, t: usize, log: &mut dyn FnMut(Event)) -> Result<TaskStats> {
         let s = self.settings().clone();
-        let classes = self.bench.tasks[t].classes.len();
-        let specs = task_specs(&s.delo, &self.vilt.cfg, classes);
-        let mut params = ParamSet::new(
-            &self.device,
-            init_params(&specs, s.seed.wrapping_add(1000 * t as u64 + 1))?,
-        )?;
+        let mut params = ParamSet::new(&self.device, self.initial_params(t)?)?;
+        // The task's keys live on the device while it trains: no host round trip per step.
+        let mut keys: Vec<Option<Tensor>> = vec![None; self.key_tables()];
+        let be = self.device.backend();
         let loader = self.loader(t, Split::Train, true)?;
         let per_epoch = loader.num_batches();
         let mut total = per_epoch * s.epochs;
@@ -388,7 +448,12 @@ impl Trainer {
                     .collect();
                 let targets = self.targets(t, &labels)?;
                 let mut tape = Tape::new(self.device.clone());
-                let q = self.task_query(&mut tape, &batch.data, &missing)?;
+                let frozen_query = match s.delo.task_key {
+                    TaskKeySource::Frozen => {
+                        Some(self.task_query(&mut tape, &batch.data, &missing)?)
+                    }
+                    _ => None,
+                };
                 let vars: HashMap<String, _> = names
                     .iter()
                     .enumerate()
@@ -421,8 +486,19 @@ impl Trainer {
                 let lr = schedule::cosine_with_warmup(s.lr, step, total, s.warmup);
                 params.adamw_step(lr, s.betas, s.eps, s.weight_decay)?;
                 params.zero_grads()?;
-                self.keys
-                    .ema_update(t, &q, self.vilt.cfg.hidden_size, s.delo.ema_beta)?;
+                let queries = match (frozen_query, s.delo.task_key) {
+                    (Some(q), _) => vec![q],
+                    (None, TaskKeySource::Layer) => losses.layer_queries,
+                    (None, _) => vec![losses.task_query],
+                };
+                for (key, q) in keys.iter_mut().zip(&queries) {
+                    *key = Some(crate::delo::keys::ema_key(
+                        be,
+                        key.as_ref(),
+                        q,
+                        s.delo.ema_beta,
+                    )?);
+                }
                 step += 1;
                 samples += batch.samples.len();
                 last_loss = loss;
@@ -438,6 +514,13 @@ impl Trainer {
         }
         if step == 0 {
             return Err(Error::Msg(format!("task {t} has no training batch")));
+        }
+        self.keys.resize_with(keys.len(), TaskKeys::default);
+        for (table, key) in self.keys.iter_mut().zip(&keys) {
+            table.push(
+                key.as_ref()
+                    .ok_or_else(|| Error::Msg(format!("task {t}: a key table got no query")))?,
+            )?;
         }
         self.tasks.push(FrozenTask {
             params: params
