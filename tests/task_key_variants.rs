@@ -13,21 +13,7 @@ use delo::delo::keys::{majority, TaskKeys};
 use delo::delo::params::{init_params, task_specs};
 use delo::train::demo::demo_settings;
 use delo::train::{TrainSettings, Trainer};
-use delo::vilt::{init_model_dir, InitOptions, Preset};
 use delo::Tensor;
-
-fn setup(name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let root = std::env::temp_dir().join(format!("delo-keys-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let (data, model) = (root.join("data"), root.join("model"));
-    delo::data::synth(&data, &delo::data::SynthConfig::default()).unwrap();
-    let opts = InitOptions {
-        seed: 0,
-        randomize_all: false,
-    };
-    init_model_dir(&model, Preset::parse("tiny").unwrap(), opts, false).unwrap();
-    (root, data, model)
-}
 
 fn quick(variant: Variant, key: TaskKeySource) -> TrainSettings {
     let mut s = demo_settings(variant);
@@ -79,7 +65,7 @@ fn random_tasks(tr: &Trainer, tape: &mut Tape, n: usize) -> Vec<BoundTask> {
 
 #[test]
 fn per_layer_task_choice_routes_each_sample_like_it_ran_alone() {
-    let (root, data, model) = setup("perlayer");
+    let (root, data, model) = common::synthetic_setup("keys-perlayer");
     let settings = quick(Variant::Delo, TaskKeySource::Layer);
     let tr = Trainer::create(&data, &model, &root.join("run"), settings).unwrap();
     let layers = tr.vilt.cfg.num_hidden_layers;
@@ -143,7 +129,7 @@ fn per_layer_task_choice_routes_each_sample_like_it_ran_alone() {
 
 #[test]
 fn layer_task_keys_train_evaluate_and_resume() {
-    let (root, data, model) = setup("layer");
+    let (root, data, model) = common::synthetic_setup("keys-layer");
     let run = root.join("run");
     let mut tr = Trainer::create(
         &data,
@@ -198,7 +184,7 @@ fn host(tr: &Trainer, t: usize) -> HashMap<String, Vec<f32>> {
 
 #[test]
 fn seq_lora_shares_one_lora_and_grows_one_head() {
-    let (root, data, model) = setup("seq");
+    let (root, data, model) = common::synthetic_setup("keys-seq");
     let mut tr = Trainer::create(
         &data,
         &model,
@@ -237,7 +223,7 @@ fn seq_lora_shares_one_lora_and_grows_one_head() {
 
 #[test]
 fn eval_refuses_keys_of_another_source() {
-    let (root, data, model) = setup("evalkey");
+    let (root, data, model) = common::synthetic_setup("keys-evalkey");
     let run = root.join("run");
     let mut s = quick(Variant::HeadsOnly, TaskKeySource::Input);
     s.max_steps_per_task = Some(2);

@@ -2,33 +2,15 @@
 //! range; earlier tasks' parameters stay bit-identical; a killed run resumes to the same
 //! results as an uninterrupted one; results.json's AP and FG follow from its matrix.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-use delo::data::{synth, SynthConfig};
 use delo::delo::config::Variant;
 use delo::report::Results;
 use delo::train::demo::demo_settings;
 use delo::train::Trainer;
-use delo::vilt::{init_model_dir, InitOptions, Preset};
-
-fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let root = std::env::temp_dir().join(format!("delo-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    let (data, model) = (root.join("data"), root.join("model"));
-    synth(&data, &SynthConfig::default()).unwrap();
-    init_model_dir(
-        &model,
-        Preset::parse("tiny").unwrap(),
-        InitOptions {
-            seed: 0,
-            randomize_all: false,
-        },
-        false,
-    )
-    .unwrap();
-    (root, data, model)
-}
 
 fn host_params(tr: &Trainer, t: usize) -> Vec<(String, Vec<f32>)> {
     tr.tasks[t]
@@ -56,7 +38,7 @@ fn ap_fg_by_hand(m: &[Vec<Option<f64>>]) -> (f64, f64) {
 
 #[test]
 fn synthetic_benchmark_trains_and_keeps_earlier_tasks_frozen() {
-    let (root, data, model) = setup("train");
+    let (root, data, model) = common::synthetic_setup("e2e-train");
     let mut tr = Trainer::create(
         &data,
         &model,
@@ -119,7 +101,7 @@ fn tasks_done(run: &Path) -> usize {
 
 #[test]
 fn killed_run_resumes_to_the_same_results() {
-    let (root, data, model) = setup("resume");
+    let (root, data, model) = common::synthetic_setup("e2e-resume");
     let args = [
         "--epochs",
         "10",
@@ -208,7 +190,7 @@ fn killed_run_resumes_to_the_same_results() {
 
 #[test]
 fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
-    let (root, data, model) = setup("nan");
+    let (root, data, model) = common::synthetic_setup("e2e-nan");
     let mut s = demo_settings(Variant::Delo);
     s.epochs = 1;
     let mut tr = Trainer::create(&data, &model, &root.join("run"), s.clone()).unwrap();

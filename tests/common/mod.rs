@@ -114,3 +114,19 @@ pub fn check(
         }
     }
 }
+
+/// A fresh temporary folder with the synthetic benchmark (`data`) and a `tiny` model
+/// (`model`): returns (root, data, model).
+pub fn synthetic_setup(name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let root = std::env::temp_dir().join(format!("delo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (data, model) = (root.join("data"), root.join("model"));
+    delo::data::synth(&data, &delo::data::SynthConfig::default()).unwrap();
+    let opts = delo::vilt::InitOptions {
+        seed: 0,
+        randomize_all: false,
+    };
+    let preset = delo::vilt::Preset::parse("tiny").unwrap();
+    delo::vilt::init_model_dir(&model, preset, opts, false).unwrap();
+    (root, data, model)
+}
