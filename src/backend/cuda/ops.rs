@@ -864,7 +864,7 @@ impl Backend for CudaBackend {
         unsafe {
             self.k.gather_rows_f32(
                 &self.stream,
-                cfg_flat(n_idx * row),
+                cfg_flat(n_idx * row.max(1)),
                 pt,
                 pi,
                 long(n_idx),
@@ -894,7 +894,7 @@ impl Backend for CudaBackend {
         unsafe {
             self.k.scatter_add_rows_f32(
                 &self.stream,
-                cfg_flat(n * row),
+                cfg_flat(n * row.max(1)),
                 pg,
                 pi,
                 long(n),
