@@ -34,6 +34,14 @@ class _Kernels:
 
 
 K = _Kernels()
+# EMU_SMALL=1 (the ThreadSanitizer run, ~50x slower) keeps only cases of few elements.
+SMALL = os.environ.get('EMU_SMALL') == '1'
+
+
+def keep(*cases):
+    """The cases (tuples of sizes, or sizes) to run: all, or under EMU_SMALL those whose sizes
+    multiply to at most 6000 elements."""
+    return [c for c in cases if not SMALL or np.prod(c) <= 6000]
 ERR = np.zeros(1, np.int32)  # the backend's device error word
 
 # ---- kernels.rs / ops.rs launch helpers ----

@@ -3,10 +3,10 @@ src/backend/cuda/ops.rs does (map1 / map2 / add_assign / bias_add / cast / adamw
 matmul_into's in-place ew_scale for an empty inner dimension)."""
 import math
 import numpy as np
-from emu import K, cfg_flat, empty, f32, close, exact
+from emu import K, keep, cfg_flat, empty, f32, close, exact
 
 rng = np.random.default_rng(7)
-SIZES = (0, 1, 31, 255, 256, 257, 1000, 4099, 70001)
+SIZES = keep(0, 1, 31, 255, 256, 257, 1000, 4099, 70001)
 
 
 def map1(kernel, x, *extra):
@@ -49,7 +49,7 @@ for n in SIZES:
           atol_rel=0, rtol=1e-6, atol=1e-7 * np.abs(b64).max(initial=0))
 print("  map kernels ok", SIZES)
 
-for rows, d in ((1, 1), (3, 7), (5, 768), (257, 3), (2, 1000)):
+for rows, d in keep((1, 1), (3, 7), (5, 768), (257, 3), (2, 1000)):
     x = rng.normal(size=(rows, d)).astype(np.float32); bias = rng.normal(size=d).astype(np.float32)
     n = rows * d; out = empty(n)
     K.ew_bias_add_f32(cfg_flat(n), f32(x), f32(bias), out, n, d)
@@ -74,7 +74,7 @@ def bf16_rne(u):
 
 special = [0, 0x80000000, 1, 0x8000, 0x7f7fffff, 0x7f7f8000, 0x7f7f7fff, 0xff7f8000, 0x7f800000, 0xff800000,
            0x7f800001, 0x7fa00000, 0xffc00001, 0x3f808000, 0x3f818000, 0x3f808001, 0x3f807fff, 0x00018000, 0x807f8000]
-for n in (0, 1, 300, 5000):
+for n in keep(0, 1, 300, 5000):
     bits = np.concatenate([np.array(special, np.uint32), rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32)])
     bits = bits[(bits >> 16) != 0xFFFF]  # 0xFFFF is the output sentinel
     bits[::3] = (bits[::3] & 0xffff0000) | 0x8000  # many exact ties
@@ -89,7 +89,7 @@ for n in (0, 1, 300, 5000):
 print("  casts ok")
 
 # ---- adamw: PyTorch's formula with the host's f32 bias corrections ----
-for n, step in ((1, 1), (257, 3), (5000, 1000)):
+for n, step in keep((1, 1), (257, 3), (5000, 1000)):
     lr, b1, b2, eps, wd = 1e-3, 0.9, 0.999, 1e-8, 0.01
     bc1 = float(np.float32(1) - np.float32(b1) ** np.float32(step))
     bc2 = float(np.float32(1) - np.float32(b2) ** np.float32(step))

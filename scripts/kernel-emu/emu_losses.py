@@ -2,7 +2,7 @@
 src/backend/cpu.rs, launched as ops.rs does. Invalid labels: the CPU refuses them; the device
 sets the error word (code 1) and writes NaN, which the host reports at the next sync."""
 import numpy as np
-from emu import K, cfg_rows, cfg_flat, CFG_ONE_BLOCK, empty, f32, close, check_err, ERR
+from emu import K, keep, cfg_rows, cfg_flat, CFG_ONE_BLOCK, empty, f32, close, check_err, ERR
 
 rng = np.random.default_rng(17)
 
@@ -55,7 +55,7 @@ softplus = lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
 sigmoid = lambda x: 1 / (1 + np.exp(-x))
 dl = np.array([1.7], np.float32)
 
-for rows, c in ((1, 1), (1, 2), (7, 31), (9, 33), (40, 1000), (3, 5000)):
+for rows, c in keep((1, 1), (1, 2), (7, 31), (9, 33), (40, 1000), (3, 5000)):
     tag = f"{rows}x{c}"
     x = rng.normal(0, 5, (rows, c)).astype(np.float32); x[0, 0] = 80  # exp overflows without the max shift
     lab = rng.integers(0, c, rows)
@@ -83,7 +83,7 @@ check_err("ce_backward bad labels", 1)
 assert np.isnan(cross_entropy(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))[0])
 print("  labels ok")
 
-for n in (0, 1, 255, 257, 3000, 70001):
+for n in keep(0, 1, 255, 257, 3000, 70001):
     x = rng.normal(0, 6, n).astype(np.float32); t = rng.random(n).astype(np.float32)
     X, T = x.astype(np.float64), t.astype(np.float64)
     close(f"bce n{n}", elems_mean('bce_elems_f32', x, t), [(softplus(X) - X * T).sum() / max(n, 1)], rtol=1e-5, atol=1e-6)

@@ -1,7 +1,7 @@
 """kernels/norm.cu (and the affine-gradient column sums of reduce.cu that layernorm_backward
 launches) against float64 references of src/backend/cpu.rs, launched as ops.rs does."""
 import numpy as np
-from emu import K, cfg_rows, cfg_flat, cfg_colsum, colsum_chunks, empty, f32, close
+from emu import K, keep, cfg_rows, cfg_flat, cfg_colsum, colsum_chunks, empty, f32, close
 
 rng = np.random.default_rng(11)
 F32_MIN = np.float32(-3.40282347e38)
@@ -49,7 +49,7 @@ def ref_softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True)); return e / e.sum(-1, keepdims=True)
 
 
-SHAPES = ((0, 16), (1, 1), (1, 5), (7, 31), (8, 32), (9, 33), (17, 768), (3, 3000))
+SHAPES = keep((0, 16), (1, 1), (1, 5), (7, 31), (8, 32), (9, 33), (17, 768), (3, 3000))
 for rows, d in SHAPES:
     tag = f"{rows}x{d}"
     x = (3.0 + rng.normal(0, 2, (rows, d))).astype(np.float32)
@@ -78,7 +78,7 @@ for rows, d in SHAPES:
     close(f"softmax_backward in place {tag}", softmax_backward(dy, p, True), want, rtol=1e-5, atol_rel=1e-5)
     print("  ok", tag)
 # Many rows: every column chunk and a second chunk row of the affine sums
-for rows, d in ((2500, 40), (70, 1100)):
+for rows, d in keep((2500, 40), (70, 1100)):
     x = rng.normal(size=(rows, d)).astype(np.float32); w = np.ones(d, np.float32); b = np.zeros(d, np.float32)
     y, mean, rstd = layernorm(x, w, b, 1e-5)
     dy = rng.normal(size=(rows, d)).astype(np.float32)
@@ -96,7 +96,7 @@ def attn_masked_softmax(s, mask, heads):
     return sf.reshape(s.shape)
 
 
-for bsz, heads, t in ((1, 1, 1), (2, 3, 5), (3, 2, 40), (1, 12, 33)):
+for bsz, heads, t in keep((1, 1, 1), (2, 3, 5), (3, 2, 40), (1, 12, 33)):
     s = rng.normal(0, 3, (bsz, heads, t, t)).astype(np.float32)
     mask = (rng.random((bsz, t)) < 0.7).astype(np.float32)
     mask[0, :] = 0  # a sequence with no valid key: the CPU's softmax over f32::MIN + s

@@ -2,7 +2,7 @@
 references of src/backend/cpu.rs, launched as ops.rs does. The LayerNorm affine sums are in
 emu_norm.py."""
 import numpy as np
-from emu import K, cfg_rows, cfg_flat, cfg_colsum, colsum_chunks, CFG_ONE_BLOCK, empty, f32, close
+from emu import K, keep, cfg_rows, cfg_flat, cfg_colsum, colsum_chunks, CFG_ONE_BLOCK, empty, f32, close
 
 rng = np.random.default_rng(13)
 
@@ -52,7 +52,7 @@ def mean_scalar(v, n, div):
     return out
 
 
-for rows, d in ((1, 1), (0, 5), (3, 0), (31, 33), (100, 768), (3000, 7), (40, 2100)):
+for rows, d in keep((1, 1), (0, 5), (3, 0), (31, 33), (100, 768), (3000, 7), (40, 2100)):
     x = rng.normal(size=(rows, d)).astype(np.float32)
     close(f"sum_rows {rows}x{d}", sum_rows(x), x.astype(np.float64).sum(0), rtol=1e-5, atol_rel=1e-6)
 # cfg_flat caps the grid at 65535 blocks: a grid smaller than the columns must still cover them
@@ -61,7 +61,7 @@ K.colsum_final_f32(((2, 1, 1), (256, 1, 1), 0), f32(part), 3, 1000, out)
 close("colsum_final, capped grid", out, part.astype(np.float64).sum(0), rtol=1e-6)
 print("  sum_rows ok")
 
-for bsz, t, d in ((1, 1, 1), (2, 5, 3), (3, 40, 130), (2, 300, 257)):
+for bsz, t, d in keep((1, 1, 1), (2, 5, 3), (3, 40, 130), (2, 300, 257)):
     x = rng.normal(size=(bsz, t, d)).astype(np.float32)
     mask = (rng.random((bsz, t)) < 0.5).astype(np.float32)
     mask[0] = 0  # no valid position: zeros (the CPU divides by max(count, 1))
@@ -86,7 +86,7 @@ def ref_cos(a, b, dc):
     return c[:, 0], da, db
 
 
-for rows, d in ((1, 1), (9, 31), (17, 768), (2, 3000)):
+for rows, d in keep((1, 1), (9, 31), (17, 768), (2, 3000)):
     a = rng.normal(size=(rows, d)).astype(np.float32); b = rng.normal(size=(rows, d)).astype(np.float32)
     a[0] = 0  # a clamped norm: no gradient through its own normalisation
     if rows > 1: b[1] = 1e-12
@@ -101,7 +101,7 @@ for rows, d in ((1, 1), (9, 31), (17, 768), (2, 3000)):
         close(f"cosine_backward db {tag} row {r}", gdb[r], db[r], rtol=1e-5, atol_rel=1e-5)
 print("  cosine ok")
 
-for n, div in ((0, 1), (1, 1), (1023, 1023), (1025, 1025), (100000, 7)):
+for n, div in keep((0, 1), (1, 1), (1023, 1023), (1025, 1025), (100000, 7)):
     v = rng.normal(size=n).astype(np.float32)
     close(f"reduce_mean n{n}", mean_scalar(v, n, div), [v.astype(np.float64).sum() / div], rtol=1e-6, atol=1e-9)
 print("reduce: all ok")

@@ -23,7 +23,7 @@ template <class... A, void (*K)(A...), class... Want> struct Wrap<K, Decl<Want..
     }
 };
 }  // namespace emu_k
-#define DELO_EMU_EXPORT(name, ...) \
-    extern "C" {                                                                              \
-    void* wp_##name = (void*)&emu_k::Wrap<name, emu_k::Decl<__VA_ARGS__>>::run;                \
+#define DELO_EMU_EXPORT(name, ...)                                              \
+    extern "C" {                                                                \
+    void* wp_##name = (void*)&emu_k::Wrap<name, emu_k::Decl<__VA_ARGS__>>::run; \
     }
