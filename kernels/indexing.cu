@@ -3,15 +3,18 @@
 #include "common.cuh"
 
 // out[i, :] = table[idx[i], :] for i < n_idx, rows of `row` elements; table has m rows.
+// Rows of no elements still visit each index once, since the CPU backend refuses a bad index
+// whatever the row length.
 extern "C" __global__ void gather_rows_f32(const float* table, const int* idx, long long n_idx,
                                            long long row, int m, float* out, int* err) {
-    DELO_GRID_LOOP(e, n_idx * row) {
-        const long long i = e / row, j = e - i * row;
+    const long long w = row > 0 ? row : 1;
+    DELO_GRID_LOOP(e, n_idx * w) {
+        const long long i = e / w, j = e - i * w;
         const int id = idx[i];
         if (id < 0 || id >= m) {
             if (j == 0) delo_set_err(err, DELO_ERR_GATHER);
-            out[e] = 0.0f;
-        } else {
+            if (row > 0) out[e] = 0.0f;
+        } else if (row > 0) {
             out[e] = table[(long long)id * row + j];
         }
     }
@@ -21,12 +24,13 @@ extern "C" __global__ void gather_rows_f32(const float* table, const int* idx, l
 // one row is not fixed.
 extern "C" __global__ void scatter_add_rows_f32(const float* dy, const int* idx, long long n_idx,
                                                 long long row, int m, float* out, int* err) {
-    DELO_GRID_LOOP(e, n_idx * row) {
-        const long long i = e / row, j = e - i * row;
+    const long long w = row > 0 ? row : 1;  // as in gather_rows_f32
+    DELO_GRID_LOOP(e, n_idx * w) {
+        const long long i = e / w, j = e - i * w;
         const int id = idx[i];
         if (id < 0 || id >= m) {
             if (j == 0) delo_set_err(err, DELO_ERR_SCATTER);
-        } else {
+        } else if (row > 0) {
             atomicAdd(out + (long long)id * row + j, dy[e]);
         }
     }

@@ -58,14 +58,15 @@ extern "C" __global__ void ln_affine_partial_f32(const float* dy, const float* x
     }
 }
 
-// Pass 2: out[c] = sum over chunks of partial[chunk, c], in chunk order. One thread a column.
+// Pass 2: out[c] = sum over chunks of partial[chunk, c], in chunk order. Grid-stride, since
+// the host sizes the grid with cfg_flat, which caps it at 65535 blocks.
 extern "C" __global__ void colsum_final_f32(const float* partial, int nchunks, int d,
                                             float* out) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= d) return;
-    float s = 0.0f;
-    for (int k = 0; k < nchunks; ++k) s += partial[(long long)k * d + c];
-    out[c] = s;
+    DELO_GRID_LOOP(c, d) {
+        float s = 0.0f;
+        for (int k = 0; k < nchunks; ++k) s += partial[(long long)k * d + c];
+        out[c] = s;
+    }
 }
 
 // out[b, j] = mean of x[b, t, j] over the t with mask[b, t] != 0 (zeros when none).

@@ -1,11 +1,11 @@
 //! `Backend for CudaBackend`: every op of the trait on the device. Shape checks are the CPU
 //! backend's own (shared helpers), so both backends refuse the same inputs with the same words.
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaStream, LaunchConfig};
 use half::bf16;
 
 use super::gemm::GemmCall;
-use super::kernels::{cfg_flat, cfg_rows, Ptr};
+use super::kernels::{cfg_flat, cfg_rows, Kernels, Ptr};
 use super::{cuda_err, nvtx, CudaBackend, CudaData, ExpertPath};
 use crate::backend::cpu::{
     attention_dims, loss_dims, masked_dims, matmul_dims, rows_cols, same_shape, MatmulDims,
@@ -60,6 +60,12 @@ const CFG_ONE_BLOCK: LaunchConfig = LaunchConfig {
     shared_mem_bytes: 0,
 };
 
+/// Launcher of a per-element loss kernel: `(a, b, n, out)`.
+type ElemsKernel = unsafe fn(&Kernels, &CudaStream, LaunchConfig, Ptr, Ptr, i64, Ptr) -> Result<()>;
+/// Launcher of its gradient kernel: `(dloss, a, b, n, div, dx)`.
+type GradKernel =
+    unsafe fn(&Kernels, &CudaStream, LaunchConfig, Ptr, Ptr, Ptr, i64, i64, Ptr) -> Result<()>;
+
 impl CudaBackend {
     /// Column sums of `x [rows, d]` (rows ≥ 1, d ≥ 1) into `out [d]`, deterministically.
     fn colsum(&self, x: Ptr, rows: usize, d: usize, out: Ptr, op: &'static str) -> Result<()> {
@@ -101,6 +107,55 @@ impl CudaBackend {
             t.shape()
         );
         self.ptr(t, F32, op)
+    }
+
+    /// The mean of a per-element loss of two same-shaped inputs (BCE, Bernoulli KL): `elems`
+    /// writes each element's loss, reduce_mean_f32 averages them.
+    fn elementwise_loss(
+        &self,
+        op: &'static str,
+        a: &Tensor,
+        b: &Tensor,
+        elems: ElemsKernel,
+    ) -> Result<Tensor> {
+        same_shape(op, a, b)?;
+        let n = a.numel();
+        let (pa, pb) = (self.ptr(a, F32, op)?, self.ptr(b, F32, op)?);
+        let per_elem = self.alloc_slice::<f32>(n)?;
+        let pe = self.raw(&per_elem);
+        unsafe { elems(&self.k, &self.stream, cfg_flat(n), pa, pb, long(n), pe)? };
+        self.mean_scalar(pe, n, n.max(1))
+    }
+
+    /// The gradient of an [`Self::elementwise_loss`]: `grad` scales by the upstream gradient
+    /// over the element count (1 when empty, as the CPU backend divides).
+    fn elementwise_loss_backward(
+        &self,
+        op: &'static str,
+        dloss: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        grad: GradKernel,
+    ) -> Result<Tensor> {
+        let pg = self.dloss_ptr(dloss, op)?;
+        same_shape(op, a, b)?;
+        let n = a.numel();
+        let (pa, pb) = (self.ptr(a, F32, op)?, self.ptr(b, F32, op)?);
+        let (dx, pdx) = self.empty(a.shape(), F32)?;
+        unsafe {
+            grad(
+                &self.k,
+                &self.stream,
+                cfg_flat(n),
+                pg,
+                pa,
+                pb,
+                long(n),
+                long(n.max(1)),
+                pdx,
+            )?
+        };
+        Ok(dx)
     }
 
     /// An f32 map `out = f(x)` of one input by a flat kernel.
@@ -864,7 +919,7 @@ impl Backend for CudaBackend {
         unsafe {
             self.k.gather_rows_f32(
                 &self.stream,
-                cfg_flat(n_idx * row),
+                cfg_flat(n_idx * row.max(1)),
                 pt,
                 pi,
                 long(n_idx),
@@ -894,7 +949,7 @@ impl Backend for CudaBackend {
         unsafe {
             self.k.scatter_add_rows_f32(
                 &self.stream,
-                cfg_flat(n * row),
+                cfg_flat(n * row.max(1)),
                 pg,
                 pi,
                 long(n),
@@ -1100,17 +1155,7 @@ impl Backend for CudaBackend {
         Ok(dx)
     }
     fn bce_with_logits(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        const OP: &str = "bce_with_logits";
-        same_shape(OP, logits, targets)?;
-        let n = logits.numel();
-        let (px, pt) = (self.ptr(logits, F32, OP)?, self.ptr(targets, F32, OP)?);
-        let elems = self.alloc_slice::<f32>(n)?;
-        let pe = self.raw(&elems);
-        unsafe {
-            self.k
-                .bce_elems_f32(&self.stream, cfg_flat(n), px, pt, long(n), pe)?;
-        }
-        self.mean_scalar(pe, n, n.max(1))
+        self.elementwise_loss("bce_with_logits", logits, targets, Kernels::bce_elems_f32)
     }
     fn bce_with_logits_backward(
         &self,
@@ -1118,25 +1163,13 @@ impl Backend for CudaBackend {
         logits: &Tensor,
         targets: &Tensor,
     ) -> Result<Tensor> {
-        const OP: &str = "bce_with_logits_backward";
-        let pg = self.dloss_ptr(dloss, OP)?;
-        same_shape(OP, logits, targets)?;
-        let n = logits.numel();
-        let (px, pt) = (self.ptr(logits, F32, OP)?, self.ptr(targets, F32, OP)?);
-        let (dx, pdx) = self.empty(logits.shape(), F32)?;
-        unsafe {
-            self.k.bce_backward_f32(
-                &self.stream,
-                cfg_flat(n),
-                pg,
-                px,
-                pt,
-                long(n),
-                long(n.max(1)),
-                pdx,
-            )?;
-        }
-        Ok(dx)
+        self.elementwise_loss_backward(
+            "bce_with_logits_backward",
+            dloss,
+            logits,
+            targets,
+            Kernels::bce_backward_f32,
+        )
     }
     fn kl_categorical(&self, target: &Tensor, logits: &Tensor) -> Result<Tensor> {
         const OP: &str = "kl_categorical";
@@ -1185,17 +1218,7 @@ impl Backend for CudaBackend {
         Ok(dx)
     }
     fn kl_bernoulli(&self, target: &Tensor, logits: &Tensor) -> Result<Tensor> {
-        const OP: &str = "kl_bernoulli";
-        same_shape(OP, target, logits)?;
-        let n = target.numel();
-        let (pt, pl) = (self.ptr(target, F32, OP)?, self.ptr(logits, F32, OP)?);
-        let elems = self.alloc_slice::<f32>(n)?;
-        let pe = self.raw(&elems);
-        unsafe {
-            self.k
-                .kl_bern_elems_f32(&self.stream, cfg_flat(n), pt, pl, long(n), pe)?;
-        }
-        self.mean_scalar(pe, n, n.max(1))
+        self.elementwise_loss("kl_bernoulli", target, logits, Kernels::kl_bern_elems_f32)
     }
     fn kl_bernoulli_backward(
         &self,
@@ -1203,25 +1226,13 @@ impl Backend for CudaBackend {
         target: &Tensor,
         logits: &Tensor,
     ) -> Result<Tensor> {
-        const OP: &str = "kl_bernoulli_backward";
-        let pg = self.dloss_ptr(dloss, OP)?;
-        same_shape(OP, target, logits)?;
-        let n = target.numel();
-        let (pt, pl) = (self.ptr(target, F32, OP)?, self.ptr(logits, F32, OP)?);
-        let (dx, pdx) = self.empty(logits.shape(), F32)?;
-        unsafe {
-            self.k.kl_bern_backward_f32(
-                &self.stream,
-                cfg_flat(n),
-                pg,
-                pt,
-                pl,
-                long(n),
-                long(n.max(1)),
-                pdx,
-            )?;
-        }
-        Ok(dx)
+        self.elementwise_loss_backward(
+            "kl_bernoulli_backward",
+            dloss,
+            target,
+            logits,
+            Kernels::kl_bern_backward_f32,
+        )
     }
 
     // ---- optimiser --------------------------------------------------------------------------
