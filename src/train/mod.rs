@@ -307,12 +307,7 @@ impl Trainer {
         missing: &[MissingType],
     ) -> Result<Vec<f32>> {
         match self.settings().delo.task_key {
-            TaskKeySource::Frozen => {
-                let out = self
-                    .vilt
-                    .forward(tape, inputs, &mut crate::vilt::NoAdapter)?;
-                tape.value(out.pooled).to_vec_f32()
-            }
+            TaskKeySource::Frozen => self.vilt.infer(inputs)?.pooled.to_vec_f32(),
             _ => {
                 let emb = self.vilt.embed(inputs)?;
                 crate::delo::losses::task_query(
