@@ -1,6 +1,7 @@
 //! Where the CPU forward of ViLT-B/32 spends its time: each op family of one encoder layer
 //! timed alone on the shapes of batch 4 × 185 tokens, times its count per forward, beside the
-//! whole forward. Run: `cargo run --release --example forward_profile`.
+//! whole forward and [`delo::vilt::Vilt::infer`].
+//! Run: `cargo run --release --example forward_profile`.
 
 use delo::backend::{Device, Gemm};
 use delo::bench::best_of;
@@ -111,5 +112,11 @@ fn main() -> delo::Result<()> {
             .map(drop)
     })?;
     println!("{:<28} {:>36.1} ms", "whole forward", fwd * 1e3);
+    let infer = best_of(reps, || model.infer(&inputs).map(drop))?;
+    println!(
+        "{:<28} {:>36.1} ms",
+        "infer (samples shared out)",
+        infer * 1e3
+    );
     Ok(())
 }

@@ -449,10 +449,16 @@ pub fn linear_forward(
         x.shape(),
         w.shape()
     );
-    let mut y = matmul_like(be, &rows2(x)?, w, Gemm::nt())?;
-    if let Some(b) = b {
-        y = be.bias_add(&y, b)?;
-    }
+    let a = rows2(x)?;
+    let a = if a.dtype() == w.dtype() {
+        a
+    } else {
+        be.cast(&a, w.dtype())?
+    };
+    let y = match b {
+        Some(b) => be.matmul_bias(&a, w, Gemm::nt(), b)?,
+        None => be.matmul(&a, w, Gemm::nt())?,
+    };
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank ≥ 1") = w.dim(0);
     y.reshape(&shape)

@@ -81,6 +81,18 @@ fn matmul_transposes_batches_and_accumulation() {
                 1e-4,
             );
         }
+        // matmul_bias adds its bias to every row of every batch's product.
+        let bias = randn(&mut r, &[n]);
+        let with_bias = cpu().matmul_bias(&a, &b, g, &bias).unwrap();
+        let want = cpu().bias_add(&c, &bias).unwrap();
+        assert_eq!(with_bias.shape(), [3, m, n]);
+        assert_close(
+            "matmul_bias",
+            &with_bias.to_vec_f32().unwrap(),
+            &want.to_vec_f32().unwrap(),
+            1e-6,
+            1e-6,
+        );
         // A 2-D right operand is shared by every batch; matmul_into accumulates with beta.
         let b2 = randn(&mut r, &if tb { [n, k] } else { [k, n] });
         let mut acc = randn(&mut r, &[3, m, n]);

@@ -4,18 +4,20 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::assert_close;
 use delo::autograd::Tape;
 use delo::vilt::{load_model_dir, NoAdapter, Vilt, ViltInputs};
-use delo::{DType, Device};
+use delo::{DType, Device, Tensor};
 
 /// HF computes in f32 too; 1e-4 absolute plus relative bounds the difference of two f32
 /// summation orders over a 2-layer model.
 const TOL: f32 = 1e-4;
 
-fn run_case(name: &str) {
+/// The tiny model, the fixture's inputs and the whole fixture of one case.
+fn load_case(name: &str) -> (Vilt, ViltInputs, BTreeMap<String, Tensor>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vilt-tiny");
     let case = delo::st::read_file(&dir.join(format!("case_{name}.safetensors"))).unwrap();
     let max_text_len = case
@@ -31,6 +33,11 @@ fn run_case(name: &str) {
         pixel_values: case["pixel_values"].clone(),
         pixel_mask: case["pixel_mask"].clone(),
     };
+    (model, inputs, case)
+}
+
+fn run_case(name: &str) {
+    let (model, inputs, case) = load_case(name);
     let mut tape = Tape::new(Device::Cpu);
     let out = model.forward(&mut tape, &inputs, &mut NoAdapter).unwrap();
     assert_eq!(tape.recorded(), 0, "a frozen forward records nothing");
@@ -69,6 +76,41 @@ fn text_longer_than_the_position_table() {
 #[test]
 fn bigger_image_grid_with_partial_patches() {
     run_case("c_bigimage");
+}
+
+/// `infer` shares the samples out among threads. Its outputs must be the ordinary forward's
+/// for texts and images padded differently from sample to sample (the sequence length is the
+/// whole batch's) and for batches the number of chunks does not divide.
+#[test]
+fn sample_parallel_inference_matches_the_ordinary_forward() {
+    for name in ["a_padded", "b_longtext", "c_bigimage"] {
+        let (model, inputs, _) = load_case(name);
+        let inputs = inputs.select(&[0, 1, 1, 0, 1]).unwrap();
+        let mut tape = Tape::new(Device::Cpu);
+        let out = model.forward(&mut tape, &inputs, &mut NoAdapter).unwrap();
+        let last = tape.value(out.last_hidden_state);
+        let pooled = tape.value(out.pooled);
+        for chunks in [1, 2, 3, 4, 5, 8] {
+            let f = model.infer_in_chunks(&inputs, chunks).unwrap();
+            let what = format!("{name} in {chunks} chunks");
+            assert_eq!(f.last_hidden_state.shape(), last.shape(), "{what}");
+            assert_eq!(f.pooled.shape(), pooled.shape(), "{what}");
+            assert_close(
+                &format!("{what}: last_hidden_state"),
+                &f.last_hidden_state.to_vec_f32().unwrap(),
+                &last.to_vec_f32().unwrap(),
+                1e-6,
+                1e-6,
+            );
+            assert_close(
+                &format!("{what}: pooler_output"),
+                &f.pooled.to_vec_f32().unwrap(),
+                &pooled.to_vec_f32().unwrap(),
+                1e-6,
+                1e-6,
+            );
+        }
+    }
 }
 
 #[test]

@@ -389,6 +389,27 @@ impl Backend for CpuBackend {
         matmul_cpu(a, b, g, &mut c, 0.0, &d)?;
         out(c, &d.out_shape)
     }
+    fn matmul_bias(&self, a: &Tensor, b: &Tensor, g: Gemm, bias: &Tensor) -> Result<Tensor> {
+        let d = matmul_dims(a, b, g)?;
+        ensure_shape!(
+            bias.shape() == [d.n],
+            "matmul_bias",
+            "bias {:?} does not fit the product {:?}",
+            bias.shape(),
+            d.out_shape
+        );
+        let bv = bias.f32s()?;
+        // The output starts as the bias rows and the GEMM accumulates onto it, which saves
+        // the separate pass over the product that `bias_add` would make.
+        let rows_per_task = (ELEMENTWISE_CHUNK / d.n.max(1)).max(1);
+        let (mut c, _) = par_build(numel(&d.out_shape), rows_per_task * d.n, |_, piece| {
+            for row in piece.chunks_mut(d.n) {
+                row.copy_from_slice(bv);
+            }
+        });
+        matmul_cpu(a, b, g, &mut c, 1.0, &d)?;
+        out(c, &d.out_shape)
+    }
     fn matmul_into(
         &self,
         a: &Tensor,

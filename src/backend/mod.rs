@@ -145,6 +145,11 @@ pub trait Backend: Send + Sync {
     /// (`[batch.., k, m]` when transposed); `b` is `[batch.., k, n]` with the same batch
     /// dimensions, or 2-D and shared by every batch. `a` and `b` are both f32 or both bf16.
     fn matmul(&self, a: &Tensor, b: &Tensor, g: Gemm) -> Result<Tensor>;
+    /// `alpha · op(a) · op(b) + bias`, the f32 `bias [n]` added to every row of the product
+    /// (a linear layer). A backend may fold the bias into the product's output pass.
+    fn matmul_bias(&self, a: &Tensor, b: &Tensor, g: Gemm, bias: &Tensor) -> Result<Tensor> {
+        self.bias_add(&self.matmul(a, b, g)?, bias)
+    }
     /// `out = alpha · op(a) · op(b) + beta · out`, in place into an f32 `out`.
     fn matmul_into(
         &self,

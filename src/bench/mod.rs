@@ -10,11 +10,10 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
-use crate::autograd::Tape;
 use crate::backend::{Device, Gemm};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
-use crate::vilt::{init_weights, InitOptions, NoAdapter, Preset, Vilt, ViltConfig, ViltInputs};
+use crate::vilt::{init_weights, InitOptions, Preset, Vilt, ViltConfig, ViltInputs};
 
 /// A reference script embedded in the binary (so that `delo bench` works from any directory),
 /// written to a temporary file for as long as this value lives.
@@ -441,10 +440,7 @@ pub fn forward_cpu_vs_torch(
         ),
         Err(e) => format!("PyTorch reference {e}"),
     };
-    let forward = || {
-        let mut tape = Tape::new(Device::Cpu);
-        model.forward(&mut tape, &inputs, &mut NoAdapter).map(drop)
-    };
+    let forward = || model.infer(&inputs).map(drop);
     forward()?; // warm-up, as the reference did before its first line
     for _ in 0..rounds.max(1) {
         let mut round_best = f64::INFINITY;

@@ -308,10 +308,7 @@ impl Trainer {
         missing: &[MissingType],
     ) -> Result<Tensor> {
         if self.settings().delo.task_key == TaskKeySource::Frozen {
-            let out = self
-                .vilt
-                .forward(tape, inputs, &mut crate::vilt::NoAdapter)?;
-            return Ok(tape.value(out.pooled).clone());
+            return Ok(self.vilt.infer(inputs)?.pooled);
         }
         let emb = self.vilt.embed(inputs)?;
         crate::delo::losses::task_query(tape, &emb, missing, self.settings().delo.cross_modal_guide)

@@ -13,7 +13,7 @@ pub use config::ViltConfig;
 pub use embed::{Embedded, ViltInputs};
 pub use init::{init_model_dir, init_weights, write_model_dir, InitOptions, Preset};
 pub use interp::{image_positions_padded, resize_image_positions, stretch_text_positions};
-pub use model::{Adapter, NoAdapter, Vilt, ViltOutput};
+pub use model::{Adapter, Features, NoAdapter, Vilt, ViltOutput};
 pub use target::Target;
 pub use weights::{
     expected_shapes, load_model_dir, LayerNorm, Linear, PatchEmbeddings, TextEmbeddings,

@@ -1,6 +1,8 @@
 //! The frozen ViLT forward (VILT.md §Forward 8–9) on the tape, with a hook at every layer
 //! input and at every adaptable linear, through which DeLo adds its experts.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::autograd::{Tape, Var};
 use crate::backend::Device;
 use crate::error::Result;
@@ -44,6 +46,13 @@ pub struct Vilt {
     layers: Vec<crate::vilt::ViltLayer>,
     final_ln: LayerNorm,
     pooler: Linear,
+}
+
+/// Outputs of [`Vilt::infer`]: the final hidden states `[B, S, d]` and the pooled text CLS
+/// `[B, d]`.
+pub struct Features {
+    pub last_hidden_state: Tensor,
+    pub pooled: Tensor,
 }
 
 /// Outputs of a forward: the final hidden states `[B, S, d]` and the pooled text CLS `[B, d]`.
@@ -201,6 +210,85 @@ impl Vilt {
         })
     }
 
+    /// The frozen forward of a batch for inference (no adapter, nothing to differentiate),
+    /// as plain tensors. On the CPU with several rayon threads the samples are shared out
+    /// instead of each operation: see [`Vilt::infer_in_chunks`].
+    pub fn infer(&self, inputs: &ViltInputs) -> Result<Features> {
+        self.infer_in_chunks(inputs, rayon::current_num_threads())
+    }
+
+    /// [`Vilt::infer`] with the batch cut into at most `chunks` runs of consecutive samples,
+    /// each encoded whole by one thread whose rayon calls run serially. On two cores a
+    /// single-threaded GEMM runs near the core's peak while the gemm crate's two-thread
+    /// split of one product loses 15–30% to MKL's, and every small op (LayerNorm, GELU,
+    /// softmax) stops paying a fork-join per call. Samples do not interact in the encoder, so
+    /// the result is that of the whole batch: the sequence length and masks come from one
+    /// embedding of the whole batch, and only the GEMMs' blocking over fewer rows may
+    /// reorder their sums. The GPU, a single sample or `chunks` ≤ 1 take the ordinary path.
+    pub fn infer_in_chunks(&self, inputs: &ViltInputs, chunks: usize) -> Result<Features> {
+        let emb = self.embed(inputs)?;
+        let b = emb.x.dim(0);
+        let chunks = chunks.min(b);
+        if self.device.is_cuda() || chunks <= 1 {
+            let mut tape = Tape::new(self.device.clone());
+            let out = self.encode(&mut tape, emb, &mut NoAdapter)?;
+            return Ok(Features {
+                last_hidden_state: tape.value(out.last_hidden_state).clone(),
+                pooled: tape.value(out.pooled).clone(),
+            });
+        }
+        let (s, d) = (emb.x.dim(1), emb.x.dim(2));
+        let pieces = (0..chunks)
+            .map(|i| {
+                let (lo, hi) = (b * i / chunks, b * (i + 1) / chunks);
+                let rows = |t: &Tensor, per: usize, shape: &[usize]| {
+                    let mut shape = shape.to_vec();
+                    shape[0] = hi - lo;
+                    t.view(lo * per, &shape)
+                };
+                Ok(Embedded {
+                    x: rows(&emb.x, s * d, &[0, s, d])?,
+                    mask: rows(&emb.mask, s, &[0, s])?,
+                    text_mask: rows(&emb.text_mask, s, &[0, s])?,
+                    image_mask: rows(&emb.image_mask, s, &[0, s])?,
+                    text_len: emb.text_len,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pools = serial_pools(chunks)?;
+        let encode = |(piece, pool): (Embedded, &rayon::ThreadPool)| {
+            pool.install(|| {
+                let mut tape = Tape::new(Device::Cpu);
+                let out = self.encode(&mut tape, piece, &mut NoAdapter)?;
+                Ok((
+                    tape.value(out.last_hidden_state).clone(),
+                    tape.value(out.pooled).clone(),
+                ))
+            })
+        };
+        let mut jobs = pieces.into_iter().zip(pools.iter().map(|p| &**p));
+        let first = jobs.next().expect("chunks ≥ 2");
+        let outs: Vec<Result<(Tensor, Tensor)>> = std::thread::scope(|sc| {
+            let rest: Vec<_> = jobs.map(|job| sc.spawn(move || encode(job))).collect();
+            std::iter::once(encode(first))
+                .chain(rest.into_iter().map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                }))
+                .collect()
+        });
+        let (mut last, mut pooled) = (Vec::with_capacity(b * s * d), Vec::with_capacity(b * d));
+        for out in outs {
+            let (l, p) = out?;
+            last.extend_from_slice(l.f32s()?);
+            pooled.extend_from_slice(p.f32s()?);
+        }
+        Ok(Features {
+            last_hidden_state: Tensor::from_f32(last, &[b, s, d])?,
+            pooled: Tensor::from_f32(pooled, &[b, d])?,
+        })
+    }
+
     /// Embeds and encodes a batch.
     pub fn forward(
         &self,
@@ -211,6 +299,23 @@ impl Vilt {
         let emb = self.embed(inputs)?;
         self.encode(tape, emb, ad)
     }
+}
+
+/// Single-thread rayon pools for [`Vilt::infer_in_chunks`], made once and kept: the same
+/// threads serve every batch, so each keeps its allocator arena and the activations' pages
+/// warm (see [`crate::malloc`]).
+fn serial_pools(n: usize) -> Result<Vec<Arc<rayon::ThreadPool>>> {
+    static POOLS: Mutex<Vec<Arc<rayon::ThreadPool>>> = Mutex::new(Vec::new());
+    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    while pools.len() < n {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "delo-infer".into())
+            .build()
+            .map_err(|e| crate::Error::Msg(format!("cannot start an inference thread: {e}")))?;
+        pools.push(Arc::new(pool));
+    }
+    Ok(pools[..n].to_vec())
 }
 
 /// `delo forward`: reads HF-named inputs from a safetensors file, runs the frozen model and
@@ -252,16 +357,12 @@ pub fn forward_file(
     }
     let (cfg, weights) = crate::vilt::load_model_dir(model_dir)?;
     let model = Vilt::new(cfg, weights, device, max_text_len, linear_dtype)?;
-    let mut tape = Tape::new(device.clone());
-    let out = model.forward(&mut tape, &inputs, &mut NoAdapter)?;
+    let out = model.infer(&inputs)?;
     crate::st::write_file(
         output,
         &[
-            (
-                "last_hidden_state".into(),
-                tape.value(out.last_hidden_state).clone(),
-            ),
-            ("pooler_output".into(), tape.value(out.pooled).clone()),
+            ("last_hidden_state".into(), out.last_hidden_state),
+            ("pooler_output".into(), out.pooled),
         ],
         None,
     )
