@@ -147,18 +147,21 @@ pub fn evaluate(
     let mut f1 = MultiLabelCounts::new(n_cls);
     let mut predictions = Vec::new();
     let seq = tr.settings().delo.variant == Variant::SeqLora;
+    // Per head: its columns as global classes; per task: its columns in the latest head.
+    let columns: Vec<Vec<usize>> = (0..=trained).map(|k| tr.head_classes(k)).collect();
+    let spans: Vec<_> = (0..=trained).map(|j| tr.head_span(j, trained)).collect();
     for batch in loader.epoch(0) {
         let batch = batch?;
         let answers = answer_batch(tr, &batch, task, trained, probes.as_deref_mut())?;
         for (a, sample) in answers.iter().zip(&batch.samples) {
-            let columns = tr.head_classes(a.k);
+            let columns = &columns[a.k];
             let top =
                 (0..a.logits.len()).fold(0, |b, c| if a.logits[c] > a.logits[b] { c } else { b });
             // With seq-lora the task is the one owning the top class; otherwise the head's.
-            let span = tr.head_span(task, trained);
+            let span = spans[task].clone();
             let (attributed, own) = if seq {
                 let owner = (0..=trained)
-                    .find(|&j| tr.head_span(j, trained).contains(&top))
+                    .find(|&j| spans[j].contains(&top))
                     .unwrap_or(trained);
                 (owner, Some(span))
             } else {
