@@ -219,6 +219,13 @@ fn by_group(
     tape.reshape(back, &[b, n, d_out])
 }
 
+/// The Task-Key query of eq. (7), (q̂_v + q̂_t)/2 per sample, as a value (keys take no
+/// gradient).
+pub fn key_query(tape: &Tape, (qv, qt): (Var, Var)) -> Result<Tensor> {
+    let be = tape.device().backend();
+    be.scale(&be.add(tape.value(qv), tape.value(qt))?, 0.5)
+}
+
 /// Sample indices as an i32 tensor on the tape's device.
 pub fn row_index(tape: &Tape, rows: &[usize]) -> Result<Tensor> {
     Tensor::from_i32(rows.iter().map(|&r| r as i32).collect(), &[rows.len()])?
@@ -313,9 +320,7 @@ impl Adapter for DeloAdapter<'_> {
         )?;
         self.guided = Some(guided);
         if self.keyed() {
-            let be = tape.device().backend();
-            let sum = be.add(tape.value(guided.0), tape.value(guided.1))?;
-            let q = be.scale(&sum, 0.5)?;
+            let q = key_query(tape, guided)?;
             if let TaskChoice::PerLayer { tasks, tables } = self.choice {
                 let table = tables
                     .get(layer)

@@ -169,7 +169,6 @@ pub fn task_query(
     let qv = be.masked_mean(&emb.x, &emb.image_mask)?;
     let qt = be.masked_mean(&emb.x, &emb.text_mask)?;
     let (cv, ct) = (tape.constant(qv), tape.constant(qt));
-    let (hv, ht) = crate::delo::adapter::guide_queries(tape, cv, ct, missing, guide, Proxy::None)?;
-    let s = be.add(tape.value(hv), tape.value(ht))?;
-    be.scale(&s, 0.5)
+    let guided = crate::delo::adapter::guide_queries(tape, cv, ct, missing, guide, Proxy::None)?;
+    crate::delo::adapter::key_query(tape, guided)
 }
