@@ -2,10 +2,10 @@
 //
 // Every CUDA thread of a block is a fiber (fiber.cpp); the fibers of a block run on one host
 // thread, one at a time, and switch only at barriers (__syncthreads, __syncwarp, shuffles), so a
-// block costs two context switches per thread plus two per barrier per thread. threadIdx and
-// the other built-ins are host-thread-local: the scheduler sets threadIdx before it resumes a
-// fiber. `__shared__` variables are thread_local statics, so concurrent launches on different
-// host threads each have their own.
+// block costs about one context switch per thread plus one per barrier per thread. One block
+// runs at a time in the process (the driver runs all device work under one lock), so the
+// built-ins are plain globals (the scheduler sets threadIdx before it resumes a fiber) and
+// `__shared__` variables are function statics.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -16,8 +16,7 @@
 struct dim3e {
     unsigned x = 1, y = 1, z = 1;
 };
-// Set by the scheduler (fiber.cpp) for the running fiber.
-extern thread_local dim3e threadIdx, blockIdx, blockDim, gridDim;
+
 
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -27,7 +26,7 @@ inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c,
 #define __global__
 #define __device__
 #define __host__
-#define __shared__ static thread_local
+#define __shared__ static
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
@@ -66,19 +65,25 @@ inline float __uint_as_float(unsigned u) {
 }
 
 namespace emu {
+// Set by the scheduler (fiber.cpp) for the running fiber.
+extern dim3e threadIdx, blockIdx, blockDim, gridDim;
 // Barriers of the running block (fiber.cpp). Each fails the launch when it cannot complete
 // (a thread of the block or warp already returned: a hang or undefined behaviour on a GPU).
 void block_barrier();
 void warp_barrier(unsigned mask);
-// One 8-byte slot per thread of the block, for shuffles.
-unsigned long long* exchange_slots();
+// The value `v` of lane (own lane ^ lane_mask) of the calling thread's warp.
+unsigned long long shuffle_xor(unsigned long long v, unsigned lane_mask, unsigned mask);
 // Linear thread index in the block: warps are consecutive runs of 32, x fastest.
 inline unsigned linear_tid() {
     return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
 }
 // Dynamic shared memory of the running block (cuLaunchKernel's sharedMemBytes).
-extern thread_local unsigned char* dynamic_smem;
+extern unsigned char* dynamic_smem;
 }  // namespace emu
+using emu::blockDim;
+using emu::blockIdx;
+using emu::gridDim;
+using emu::threadIdx;
 
 inline void __syncthreads() { emu::block_barrier(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_barrier(mask); }
@@ -86,13 +91,11 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_barrier(mask); }
 template <class T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-    const unsigned tid = emu::linear_tid(), lane = tid % 32, base = tid - lane;
-    unsigned long long* slot = emu::exchange_slots();
-    memcpy(&slot[tid], &v, sizeof(T));
-    emu::warp_barrier(mask);
+    unsigned long long in = 0, out;
+    memcpy(&in, &v, sizeof(T));
+    out = emu::shuffle_xor(in, (unsigned)lane_mask, mask);
     T r;
-    memcpy(&r, &slot[base + (lane ^ (unsigned)lane_mask)], sizeof(T));
-    emu::warp_barrier(mask);
+    memcpy(&r, &out, sizeof(T));
     return r;
 }
 

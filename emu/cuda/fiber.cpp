@@ -7,6 +7,7 @@
 // of its scope (the block, or the warp) has arrived; a round in which no fiber arrives anywhere,
 // passes a barrier or finishes means the rest wait for threads that will never come (they have
 // returned, or wait elsewhere): the launch fails, as it would hang or be undefined on a GPU.
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -22,11 +23,7 @@
 #define EMU_ASAN 1
 #endif
 
-thread_local dim3e threadIdx, blockIdx, blockDim, gridDim;
-
 namespace emu {
-thread_local unsigned char* dynamic_smem;
-
 namespace {
 
 #if defined(__x86_64__)
@@ -106,6 +103,7 @@ struct Fiber {
     void* sp = nullptr;
     dim3e idx;
     bool done = false;
+    unsigned shuffles = 0;  // shuffles this thread made: picks the exchange buffer
 #if defined(EMU_ASAN)
     void* fake_stack = nullptr;
 #endif
@@ -117,14 +115,20 @@ struct Block {
     size_t page = 0;
     void* scheduler_sp = nullptr;
     const std::function<void()>* body = nullptr;
-    unsigned cur = 0, nthreads = 0;
+    unsigned cur = 0, nthreads = 0, alive = 0;
+    // Resumes of waiting fibers since anything last happened (an arrival, a completed barrier,
+    // a finished thread): more than the live fibers means no one can move.
+    unsigned idle = 0;
+    bool stuck = false;
     // Barrier state: arrivals and generation, for the block and for each warp.
     unsigned block_arrived = 0;
     unsigned long long block_gen = 0;
     unsigned warp_arrived[kMaxThreads / 32] = {};
     unsigned long long warp_gen[kMaxThreads / 32] = {};
-    bool progress = false;
-    alignas(16) unsigned long long slots[kMaxThreads];
+    // Shuffle exchange, double-buffered so that one barrier per shuffle suffices: a thread
+    // writes buffer p again only after the next shuffle's barrier, which every lane reaches
+    // after reading buffer p.
+    alignas(16) unsigned long long slots[2][kMaxThreads];
 #if defined(EMU_ASAN)
     void* main_fake_stack = nullptr;
     const void* main_bottom = nullptr;
@@ -148,37 +152,65 @@ struct Block {
     unsigned char* stack_bottom(unsigned i) const { return stacks + i * (kStackBytes + page) + page; }
 };
 
-thread_local Block* t_block;
+// One block runs at a time in the whole process (the driver runs device work under one lock),
+// so the scheduler's state is global rather than per host thread.
+Block* g_block;
 
-Block& block() {
-    if (!t_block) t_block = new Block();  // kept for the host thread's lifetime
-    return *t_block;
+// Switches from the running fiber (or the scheduler, `from` null) to fiber `to` (or back to
+// the scheduler, `to` = kMaxThreads). `finishing`: the running fiber never resumes.
+void jump(Fiber* from, unsigned to, bool finishing = false) {
+    Block& b = *g_block;
+    void** save = from ? &from->sp : &b.scheduler_sp;
+    void* target = to < kMaxThreads ? b.fibers[to].sp : b.scheduler_sp;
+    if (to < kMaxThreads) {
+        b.cur = to;
+        threadIdx = b.fibers[to].idx;
+    }
+#if defined(EMU_ASAN)
+    void** fake = finishing ? nullptr : (from ? &from->fake_stack : &b.main_fake_stack);
+    if (to < kMaxThreads)
+        __sanitizer_start_switch_fiber(fake, b.stack_bottom(to), kStackBytes);
+    else
+        __sanitizer_start_switch_fiber(fake, b.main_bottom, b.main_size);
+#else
+    (void)finishing;
+#endif
+    emu_switch(save, target);
+#if defined(EMU_ASAN)
+    __sanitizer_finish_switch_fiber(from ? from->fake_stack : b.main_fake_stack, nullptr, nullptr);
+#endif
 }
 
-void to_scheduler() {
-    Block& b = block();
-#if defined(EMU_ASAN)
-    Fiber& f = b.fibers[b.cur];
-    __sanitizer_start_switch_fiber(f.done ? nullptr : &f.fake_stack, b.main_bottom, b.main_size);
-#endif
-    emu_switch(&b.fibers[b.cur].sp, b.scheduler_sp);
-#if defined(EMU_ASAN)
-    __sanitizer_finish_switch_fiber(b.fibers[b.cur].fake_stack, &b.main_bottom, &b.main_size);
-#endif
+// Hands the host thread on from the running fiber: to the next live fiber in turn, or back to
+// the scheduler when none is left or the block cannot move.
+void pass_on(bool finishing) {
+    Block& b = *g_block;
+    Fiber* me = &b.fibers[b.cur];
+    if (b.alive == 0 || b.idle > b.alive) {
+        b.stuck = b.alive != 0;
+        jump(me, kMaxThreads, finishing);
+        return;
+    }
+    unsigned j = b.cur;
+    do {
+        j = j + 1 == b.nthreads ? 0 : j + 1;
+    } while (b.fibers[j].done);
+    if (j == b.cur) {
+        // Alone and waiting: the others have returned.
+        b.stuck = true;
+        jump(me, kMaxThreads, finishing);
+        return;
+    }
+    jump(me, j, finishing);
 }
 
 extern "C" void emu_fiber_main() {
-#if defined(EMU_ASAN)
-    {
-        Block& b = block();
-        __sanitizer_finish_switch_fiber(nullptr, &b.main_bottom, &b.main_size);
-    }
-#endif
-    (*block().body)();
-    Block& b = block();
+    (*g_block->body)();
+    Block& b = *g_block;
     b.fibers[b.cur].done = true;
-    b.progress = true;
-    to_scheduler();
+    --b.alive;
+    b.idle = 0;
+    pass_on(true);
     abort();  // a finished fiber is never resumed
 }
 
@@ -212,21 +244,11 @@ void* initial_sp(unsigned char* top) {
 }
 #endif
 
-void resume(Block& b, unsigned i) {
-    b.cur = i;
-    threadIdx = b.fibers[i].idx;
-#if defined(EMU_ASAN)
-    __sanitizer_start_switch_fiber(&b.main_fake_stack, b.stack_bottom(i), kStackBytes);
-#endif
-    emu_switch(&b.scheduler_sp, b.fibers[i].sp);
-#if defined(EMU_ASAN)
-    __sanitizer_finish_switch_fiber(b.main_fake_stack, nullptr, nullptr);
-#endif
-}
-
 // Runs one block; false when it cannot finish.
 bool run_block(Block& b, unsigned n) {
-    b.nthreads = n;
+    b.nthreads = b.alive = n;
+    b.idle = 0;
+    b.stuck = false;
     b.block_arrived = 0;
     for (unsigned w = 0; w < (n + 31) / 32; ++w) b.warp_arrived[w] = 0;
     const dim3e bd = blockDim;
@@ -234,44 +256,43 @@ bool run_block(Block& b, unsigned n) {
         Fiber& f = b.fibers[t];
         f.idx = {t % bd.x, (t / bd.x) % bd.y, t / (bd.x * bd.y)};
         f.done = false;
+        f.shuffles = 0;
         f.sp = initial_sp(b.stack_top(t));
     }
-    for (;;) {
-        bool all_done = true;
-        b.progress = false;
-        for (unsigned t = 0; t < n; ++t) {
-            if (b.fibers[t].done) continue;
-            resume(b, t);
-            all_done &= b.fibers[t].done;
-        }
-        if (all_done) return true;
-        if (!b.progress) return false;
-    }
+    jump(nullptr, 0);
+    return !b.stuck;
 }
 
 // Waits at a barrier of `expected` threads whose arrival count and generation are given.
 void barrier(unsigned& arrived, unsigned long long& gen, unsigned expected) {
-    Block& b = block();
-    b.progress = true;
+    Block& b = *g_block;
+    b.idle = 0;
     if (++arrived == expected) {
         arrived = 0;
         ++gen;
         return;
     }
     const unsigned long long mine = gen;
-    while (gen == mine) to_scheduler();
-    b.progress = true;
+    for (;;) {
+        pass_on(false);
+        if (gen != mine) break;
+        ++b.idle;
+    }
+    b.idle = 0;
 }
 
 }  // namespace
 
+dim3e threadIdx, blockIdx, blockDim, gridDim;
+unsigned char* dynamic_smem;
+
 void block_barrier() {
-    Block& b = block();
+    Block& b = *g_block;
     barrier(b.block_arrived, b.block_gen, b.nthreads);
 }
 
 void warp_barrier(unsigned mask) {
-    Block& b = block();
+    Block& b = *g_block;
     const unsigned w = linear_tid() / 32;
     const unsigned lanes = std::min(32u, b.nthreads - 32 * w);
     const unsigned full = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
@@ -282,10 +303,31 @@ void warp_barrier(unsigned mask) {
     barrier(b.warp_arrived[w], b.warp_gen[w], lanes);
 }
 
-unsigned long long* exchange_slots() { return block().slots; }
+unsigned long long shuffle_xor(unsigned long long v, unsigned lane_mask, unsigned mask) {
+    Block& b = *g_block;
+    Fiber& me = b.fibers[b.cur];
+    unsigned long long* slot = b.slots[me.shuffles++ & 1];
+    const unsigned tid = linear_tid(), lane = tid % 32;
+    slot[tid] = v;
+    warp_barrier(mask);
+    return slot[tid - lane + (lane ^ lane_mask)];
+}
 
 bool run_grid(const Dims& d, size_t smem, const std::function<void()>& body, std::string* err) {
-    Block& b = block();
+    if (!g_block) g_block = new Block();  // kept for the process's lifetime
+    Block& b = *g_block;
+#if defined(EMU_ASAN)
+    {
+        pthread_attr_t a;
+        void* lo;
+        size_t size;
+        pthread_getattr_np(pthread_self(), &a);
+        pthread_attr_getstack(&a, &lo, &size);
+        pthread_attr_destroy(&a);
+        b.main_bottom = lo;
+        b.main_size = size;
+    }
+#endif
     b.body = &body;
     gridDim = {d.gx, d.gy, d.gz};
     blockDim = {d.bx, d.by, d.bz};
