@@ -13,8 +13,8 @@
 //! reductions over tokens or samples (pool, gate, router gradients, compat): a = 1e-5,
 //! rtol 1e-4. A wrong index or a missing term is an error of order 1.
 //!
-//! Without a CUDA device (or without the embedded PTX) every test prints
-//! `SKIP: no CUDA device` and returns.
+//! Every test needs a CUDA device and the embedded PTX: without them it is reported as ignored,
+//! with the reason (`common::harness`, decided at run time).
 
 mod common;
 
@@ -24,38 +24,41 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
+use common::harness::{self, cuda_device};
 use common::{assert_close, rng};
 use delo::autograd::{ParamId, Tape, Var};
-use delo::backend::cuda::{cuda_available, ExpertPath, FUSED_MAX_K, PTX};
+use delo::backend::cuda::{ExpertPath, FUSED_MAX_K};
 use delo::backend::{Backend, CpuBackend, CudaBackend, Routing};
 use delo::delo::experts::{compose, route, GateMode, PoolVars};
 use delo::{Device, Tensor};
 
 static CPU: CpuBackend = CpuBackend;
 
-fn gpu() -> Option<Arc<CudaBackend>> {
-    static DEV: OnceLock<Option<Arc<CudaBackend>>> = OnceLock::new();
-    DEV.get_or_init(|| {
-        if PTX.is_none() || !cuda_available() {
-            return None;
-        }
-        let b = CudaBackend::new(0).expect("a CUDA device is present but the backend failed");
-        println!("CUDA device: {}", b.name().unwrap_or_default());
-        Some(b)
-    })
-    .clone()
+fn main() {
+    let tests = [
+        trial!(route_matches_cpu),
+        trial!(route_ties_go_to_the_lower_index),
+        trial!(route_backward_matches_cpu),
+        trial!(expert_forward_backward_match_cpu),
+        trial!(above_the_fused_width_falls_back_to_unfused),
+        trial!(misaligned_views_take_the_scalar_path),
+        trial!(fused_results_are_bitwise_reproducible),
+        trial!(invalid_selections_are_reported),
+        trial!(routed_layer_on_a_tape_matches_cpu),
+    ];
+    harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
 
-macro_rules! gpu_or_skip {
-    () => {
-        match gpu() {
-            Some(b) => b,
-            None => {
-                println!("SKIP: no CUDA device");
-                return;
-            }
-        }
-    };
+/// The CUDA backend shared by every test (the harness runs these tests only where there is
+/// one).
+fn gpu() -> Arc<CudaBackend> {
+    static DEV: OnceLock<Arc<CudaBackend>> = OnceLock::new();
+    DEV.get_or_init(|| {
+        let b = CudaBackend::new(0).expect("a CUDA device is present but the backend failed");
+        println!("CUDA device: {}", b.name().unwrap_or_default());
+        b
+    })
+    .clone()
 }
 
 fn dev(b: &Arc<CudaBackend>) -> Device {
@@ -221,9 +224,8 @@ fn check_routing(what: &str, got: &Routing, want: &Routing) {
     );
 }
 
-#[test]
 fn route_matches_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     for (n, c) in route_cases().iter().enumerate() {
         let (la, lb, a_pool, wc) = route_inputs(100 + 10 * n as u64, c);
         let want = CPU.route(&la, &lb, &a_pool, &wc, c.lambda).unwrap();
@@ -244,9 +246,8 @@ fn route_matches_cpu() {
     }
 }
 
-#[test]
 fn route_ties_go_to_the_lower_index() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let la = Tensor::from_f32(vec![1.0, 3.0, 3.0, 0.0, 3.0], &[1, 5]).unwrap();
     let lb = Tensor::from_f32(vec![0.0; 5], &[1, 5]).unwrap();
     let a_pool = Tensor::from_f32(vec![0.0; 5 * 2], &[5, 1, 2]).unwrap();
@@ -268,9 +269,8 @@ fn route_ties_go_to_the_lower_index() {
     );
 }
 
-#[test]
 fn route_backward_matches_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     for (n, c) in route_cases().iter().enumerate() {
         let (la, lb, a_pool, wc) = route_inputs(200 + 10 * n as u64, c);
         let rt = CPU.route(&la, &lb, &a_pool, &wc, c.lambda).unwrap();
@@ -478,9 +478,8 @@ fn check_case(g: &Arc<CudaBackend>, c: Case, seed: u64, path: ExpertPath) {
     );
 }
 
-#[test]
 fn expert_forward_backward_match_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     for (n, c) in cases().into_iter().enumerate() {
         for path in paths(c) {
             check_case(&g, c, 500 + n as u64, path);
@@ -488,9 +487,8 @@ fn expert_forward_backward_match_cpu() {
     }
 }
 
-#[test]
 fn above_the_fused_width_falls_back_to_unfused() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let c = Case {
         b: 2,
         t: 11,
@@ -522,11 +520,10 @@ fn above_the_fused_width_falls_back_to_unfused() {
     assert!(e.contains("unfused"), "{e}");
 }
 
-#[test]
 fn misaligned_views_take_the_scalar_path() {
     // x and dy as views one element into larger buffers: 4-byte aligned only, so the kernels
     // must not use 128-bit accesses although d_in and d_out are multiples of 4.
-    let g = gpu_or_skip!();
+    let g = gpu();
     let c = Case {
         b: 2,
         t: 13,
@@ -589,9 +586,8 @@ fn misaligned_views_take_the_scalar_path() {
     }
 }
 
-#[test]
 fn fused_results_are_bitwise_reproducible() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let c = Case {
         b: 4,
         t: 185,
@@ -641,12 +637,8 @@ fn fused_results_are_bitwise_reproducible() {
     }
 }
 
-#[test]
 fn invalid_selections_are_reported() {
-    let Some(_) = gpu() else {
-        println!("SKIP: no CUDA device");
-        return;
-    };
+    gpu();
     // A private backend: its error word is not shared with the tests running beside this one.
     let g = CudaBackend::new_private(0).unwrap();
     let c = Case {
@@ -764,9 +756,8 @@ fn layer(
     (loss, s, g)
 }
 
-#[test]
 fn routed_layer_on_a_tape_matches_cpu() {
-    let g = gpu_or_skip!();
+    let g = gpu();
     let names = ["x", "A pool", "B pool", "W_A", "b_A", "W_B", "b_B", "W_C"];
     for (c, gate) in [
         (

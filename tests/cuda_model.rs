@@ -1,29 +1,33 @@
 //! Model-level CUDA vs CPU parity: the ViLT forward (f32, and bf16 frozen linears) and a whole
 //! DeLo training step (every loss and every trainable gradient) on the golden fixture. Each
-//! test prints `SKIP: no CUDA device` and returns where there is none.
+//! test needs a CUDA device and the embedded PTX: without them it is reported as ignored, with
+//! the reason (`common::harness`, decided at run time).
 
 mod common;
 
-use std::path::Path;
-
 use common::assert_close;
 use common::fixture::{bind, load_on, param_set_on};
+use common::harness::{self, cuda_device};
 use delo::autograd::{ParamId, Tape};
-use delo::backend::cuda::{cuda_available, PTX};
 use delo::delo::losses::batch_losses;
 use delo::vilt::{load_model_dir, NoAdapter, Vilt, ViltInputs};
 use delo::{DType, Device};
 
-fn gpu() -> Option<Device> {
-    if PTX.is_none() || !cuda_available() {
-        println!("SKIP: no CUDA device");
-        return None;
-    }
-    Some(Device::parse("cuda").expect("a CUDA device is present but the backend failed"))
+fn main() {
+    let tests = [
+        trial!(vilt_forward_cuda_matches_cpu),
+        trial!(delo_training_step_cuda_matches_cpu),
+    ];
+    harness::main(tests.map(|t| t.needs(cuda_device())).into());
+}
+
+/// The CUDA device (the harness runs these tests only where there is one).
+fn gpu() -> Device {
+    Device::parse("cuda").expect("a CUDA device is present but the backend failed")
 }
 
 fn forward(device: &Device, dtype: DType) -> (Vec<f32>, Vec<f32>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vilt-tiny");
+    let dir = common::data_dir().join("vilt-tiny");
     let case = delo::st::read_file(&dir.join("case_a_padded.safetensors")).unwrap();
     let (cfg, w) = load_model_dir(&dir).unwrap();
     let model = Vilt::new(cfg, w, device, 0, dtype).unwrap();
@@ -42,9 +46,8 @@ fn forward(device: &Device, dtype: DType) -> (Vec<f32>, Vec<f32>) {
     )
 }
 
-#[test]
 fn vilt_forward_cuda_matches_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let gpu = gpu();
     let (h_cpu, p_cpu) = forward(&Device::Cpu, DType::F32);
     // f32 everywhere: only summation order differs.
     let (h, p) = forward(&gpu, DType::F32);
@@ -57,9 +60,8 @@ fn vilt_forward_cuda_matches_cpu() {
     assert_close("pooled bf16", &p, &p_cpu, 5e-2, 5e-2);
 }
 
-#[test]
 fn delo_training_step_cuda_matches_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let gpu = gpu();
     let run = |device: &Device| {
         let f = load_on("delo-tiny", 1, device, DType::F32);
         let p = param_set_on(&f, device);

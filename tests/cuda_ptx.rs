@@ -1,11 +1,37 @@
 //! Checks that need the embedded PTX but no GPU: every kernel the CUDA backend launches exists
 //! in the PTX with exactly the parameter types its typed launcher passes, in order, and the
 //! PTX is loadable by CUDA 13.0 drivers. Catches a wrong argument count, an int passed as a
-//! long or a float, a renamed kernel, on machines that cannot run a kernel.
+//! long or a float, a renamed kernel, on machines that cannot run a kernel. A build without
+//! nvcc has no PTX, and a machine without ptxas cannot assemble it: the tests that need them
+//! are then reported as ignored, with the reason (`common::harness`, decided at run time).
+
+mod common;
 
 use std::collections::BTreeMap;
 
+use common::harness::{self, embedded_ptx};
 use delo::backend::cuda::{kernel_signatures, PTX};
+
+fn main() {
+    let no_ptxas = || {
+        ptxas()
+            .is_none()
+            .then(|| "no ptxas found (set NVCC, CUDA_HOME or PATH)".to_string())
+    };
+    harness::main(vec![
+        trial!(every_launcher_matches_its_ptx_entry).needs(embedded_ptx()),
+        trial!(ptx_is_loadable_by_cuda_13_0_drivers).needs(embedded_ptx()),
+        trial!(expert_and_route_kernels_are_declared),
+        trial!(kernels_assemble_without_spills)
+            .needs(embedded_ptx())
+            .needs(no_ptxas()),
+    ]);
+}
+
+/// The embedded PTX (the harness runs the tests that read it only where there is one).
+fn ptx() -> &'static str {
+    PTX.expect("built without nvcc, no PTX embedded")
+}
 
 /// `.entry name(.param .T name_param_0, ...)` of every kernel in the PTX.
 fn entries(ptx: &str) -> BTreeMap<String, Vec<String>> {
@@ -32,12 +58,8 @@ fn entries(ptx: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-#[test]
 fn every_launcher_matches_its_ptx_entry() {
-    let Some(ptx) = PTX else {
-        println!("SKIP: built without nvcc, no PTX embedded");
-        return;
-    };
+    let ptx = ptx();
     let found = entries(ptx);
     let declared = kernel_signatures();
     assert!(!declared.is_empty());
@@ -58,12 +80,8 @@ fn every_launcher_matches_its_ptx_entry() {
     }
 }
 
-#[test]
 fn ptx_is_loadable_by_cuda_13_0_drivers() {
-    let Some(ptx) = PTX else {
-        println!("SKIP: built without nvcc, no PTX embedded");
-        return;
-    };
+    let ptx = ptx();
     let version = ptx
         .lines()
         .find_map(|l| l.trim().strip_prefix(".version "))
@@ -87,7 +105,6 @@ fn ptx_is_loadable_by_cuda_13_0_drivers() {
 /// The DeLo kernels (routing, the fused composition in its three register widths, the shared
 /// deterministic reductions, the unfused path's helpers) are launched through typed launchers
 /// (so `every_launcher_matches_its_ptx_entry` covers their parameter lists).
-#[test]
 fn expert_and_route_kernels_are_declared() {
     let declared: Vec<&str> = kernel_signatures().iter().map(|(n, _)| *n).collect();
     for name in [
@@ -131,16 +148,9 @@ fn ptxas() -> Option<std::path::PathBuf> {
 /// Assembles the embedded PTX for sm_80 and sm_90 and checks that no kernel spills registers
 /// or keeps a stack frame (local memory would turn the memory-bound kernels into
 /// local-memory-bound ones), and that the fused kernels fit 256 threads a block.
-#[test]
 fn kernels_assemble_without_spills() {
-    let Some(ptx) = PTX else {
-        println!("SKIP: built without nvcc, no PTX embedded");
-        return;
-    };
-    let Some(ptxas) = ptxas() else {
-        println!("SKIP: no ptxas found (set NVCC)");
-        return;
-    };
+    let ptx = ptx();
+    let ptxas = ptxas().expect("no ptxas found (set NVCC)");
     let dir = std::env::temp_dir().join(format!("delo-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("kernels.ptx");

@@ -1,6 +1,8 @@
 //! `delo params` reproduces the paper's Table 5 (ρ = r, 10 tasks of 10 classes, ViLT-B/32 with
 //! a 512-row text position table).
 
+mod common;
+
 use delo::delo::config::{count_params, DeloConfig};
 use delo::vilt::ViltConfig;
 
@@ -48,7 +50,7 @@ fn rank_one_factors_are_far_smaller() {
 
 #[test]
 fn params_command_prints_the_table_row() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_delo"))
+    let out = std::process::Command::new(common::delo_exe())
         .args([
             "params",
             "--experts",

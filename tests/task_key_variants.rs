@@ -229,7 +229,7 @@ fn eval_refuses_keys_of_another_source() {
     s.max_steps_per_task = Some(2);
     let mut tr = Trainer::create(&data, &model, &run, s).unwrap();
     tr.run_until(1, &mut |_| {}).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_delo"))
+    let out = std::process::Command::new(common::delo_exe())
         .args(["eval", "--task-key", "frozen", "--run"])
         .arg(&run)
         .output()
@@ -237,7 +237,7 @@ fn eval_refuses_keys_of_another_source() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("built from `input`"), "{err}");
-    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_delo"))
+    let ok = std::process::Command::new(common::delo_exe())
         .args(["eval", "--task-key", "oracle", "--run"])
         .arg(&run)
         .output()

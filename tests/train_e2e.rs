@@ -83,7 +83,7 @@ fn synthetic_benchmark_trains_and_keeps_earlier_tasks_frozen() {
 }
 
 fn delo_cmd(args: &[&str], extra: &[&Path]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_delo"));
+    let mut c = Command::new(common::delo_exe());
     c.args(args);
     for p in extra {
         c.arg(p);

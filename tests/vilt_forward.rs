@@ -18,7 +18,7 @@ const TOL: f32 = 1e-4;
 
 /// The tiny model, the fixture's inputs and the whole fixture of one case.
 fn load_case(name: &str) -> (Vilt, ViltInputs, BTreeMap<String, Tensor>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vilt-tiny");
+    let dir = common::data_dir().join("vilt-tiny");
     let case = delo::st::read_file(&dir.join(format!("case_{name}.safetensors"))).unwrap();
     let max_text_len = case
         .get("max_text_len")
@@ -115,10 +115,10 @@ fn sample_parallel_inference_matches_the_ordinary_forward() {
 
 #[test]
 fn forward_command_writes_hf_named_outputs() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vilt-tiny");
+    let dir = common::data_dir().join("vilt-tiny");
     let out = std::env::temp_dir().join(format!("delo-forward-{}.safetensors", std::process::id()));
     let run = |inputs: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_delo"))
+        std::process::Command::new(common::delo_exe())
             .args(["forward", "--model"])
             .arg(&dir)
             .arg("--inputs")

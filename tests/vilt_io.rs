@@ -1,6 +1,8 @@
 //! Model-directory I/O: init-model round trip, the HF fixture directory, broken directories,
 //! and the position-table interpolation against PyTorch vectors.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -10,9 +12,7 @@ use delo::vilt::{
 };
 use safetensors::{Dtype, SafeTensors};
 
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
-}
+use common::data_dir;
 
 /// A fresh, empty scratch directory unique to this test and process.
 fn scratch(name: &str) -> PathBuf {
@@ -77,7 +77,7 @@ fn cli_init_model_writes_a_loadable_directory() {
     let dir = scratch("cli");
     let out = dir.join("m");
     let run = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_delo"))
+        std::process::Command::new(common::delo_exe())
             .args(["init-model", "--preset", "tiny", "--seed", "5", "--out"])
             .arg(&out)
             .args(extra)

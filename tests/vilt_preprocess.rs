@@ -1,16 +1,16 @@
 //! Tokenizer and image pre-processing against transformers / Pillow fixtures
 //! (scripts/fixtures/make_preprocess_fixture.py).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use delo::data::image::{collate_images, resize_bicubic_pil, ImageProcessor, PixelImage};
 use delo::data::tokenizer::{BertTokenizer, BERT_UNCASED_VOCAB};
 use image::RgbImage;
 use safetensors::{Dtype, SafeTensors};
 
-fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
-}
+use common::data_dir;
 
 fn pre(name: &str) -> PathBuf {
     data_dir().join("preprocess").join(name)

@@ -2,7 +2,6 @@
 //! `scripts/fixtures/make_delo_fixture.py`) loaded for a device.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 use delo::autograd::{ParamId, Tape};
 use delo::data::MissingType;
@@ -26,9 +25,9 @@ pub struct Fixture {
 /// The fixture in `tests/data/{dir}` with factor rank `rho`, the model on `device` with its
 /// linears in `dtype`.
 pub fn load_on(dir: &str, rho: usize, device: &Device, dtype: DType) -> Fixture {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let d = root.join("tests/data").join(dir);
-    let (vcfg, w) = load_model_dir(&root.join("tests/data/vilt-tiny")).unwrap();
+    let data = super::data_dir();
+    let d = data.join(dir);
+    let (vcfg, w) = load_model_dir(&data.join("vilt-tiny")).unwrap();
     let vilt = Vilt::new(vcfg, w, device, 0, dtype).unwrap();
     let cfg = DeloConfig {
         experts: 4,
@@ -37,7 +36,7 @@ pub fn load_on(dir: &str, rho: usize, device: &Device, dtype: DType) -> Fixture 
         ..DeloConfig::default()
     };
     // Both fixtures share the ρ = 1 case's inputs; the ρ = 2 case has parameters of its own.
-    let inp = delo::st::read_file(&root.join("tests/data/delo-tiny/inputs.safetensors")).unwrap();
+    let inp = delo::st::read_file(&data.join("delo-tiny/inputs.safetensors")).unwrap();
     let missing = inp["missing"]
         .to_vec_i32()
         .unwrap()

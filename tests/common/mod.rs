@@ -2,12 +2,49 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod harness;
+
+use std::path::PathBuf;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use delo::autograd::{ParamId, Tape, Var};
 use delo::{Device, Tensor};
+
+/// The repository root, where the fixtures (`tests/data`) are: `$CARGO_MANIFEST_DIR` at run time
+/// when set (cargo sets it when it runs a test; scripts/gpu-check.sh exports it), else the
+/// folder the test was compiled in. So a test binary copied to another machine, where the
+/// repository sits elsewhere, still finds its fixtures.
+pub fn repo_dir() -> PathBuf {
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
+}
+
+/// The fixtures folder, `tests/data` of [`repo_dir`].
+pub fn data_dir() -> PathBuf {
+    repo_dir().join("tests/data")
+}
+
+/// The `delo` executable: `$CARGO_BIN_EXE_delo` at run time when set, else the one cargo
+/// built beside this test when it is still there, else `delo` next to the folder of the test
+/// binary (the layout of `target/*/deps/` and of scripts/gpu-build.sh's `gpu-dist/tests/`).
+pub fn delo_exe() -> PathBuf {
+    if let Some(p) = std::env::var_os("CARGO_BIN_EXE_delo").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_delo"));
+    if built.exists() {
+        return built;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("delo")))
+        .filter(|p| p.exists())
+        .unwrap_or(built)
+}
 
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
