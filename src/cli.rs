@@ -76,7 +76,7 @@ enum Command {
         predictions: Option<PathBuf>,
     },
     /// Train DeLo on a CMML benchmark, task after task, evaluating and checkpointing each.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Trainable parameters per task and total parameters of a DeLo model (paper Table 5).
     Params {
         /// A model directory (its config.json); default: the ViLT-B/32 dimensions.
@@ -134,6 +134,10 @@ struct TrainArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Element type of the frozen linears' weights: auto (bf16 on CUDA, f32 on the CPU), f32
+    /// or bf16.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
+    frozen_dtype: String,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 4)]
@@ -197,6 +201,7 @@ impl TrainArgs {
             cache_images: self.cache_images,
             skip_bad: self.skip_bad,
             device: self.device.clone(),
+            frozen_dtype: self.frozen_dtype.clone(),
             max_steps_per_task: self.max_steps_per_task,
             delo: self.delo.config()?,
         })

@@ -17,6 +17,8 @@
 // Counters (launches per kernel, host synchronisations, bytes each way, allocations, frees) are
 // printed at exit when DELO_EMU_STATS is set (1: to stderr; a path: JSON into that file) and can
 // be read at any time through delo_emu_stats_json().
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -308,9 +310,15 @@ void at_exit() {
     if (!v || !*v || strcmp(v, "0") == 0) return;
     if (strcmp(v, "1") == 0) {
         print_stats(stderr, false);
-    } else if (FILE* f = fopen(v, "w")) {
-        print_stats(f, true);
-        fclose(f);
+    } else {
+        // `%p` in the path stands for the process id (one file per test binary of a run).
+        std::string path(v);
+        const size_t at = path.find("%p");
+        if (at != std::string::npos) path.replace(at, 2, std::to_string(getpid()));
+        if (FILE* f = fopen(path.c_str(), "w")) {
+            print_stats(f, true);
+            fclose(f);
+        }
     }
 }
 

@@ -35,6 +35,18 @@ use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 pub use crate::delo::keys::TaskKeys;
 use prep::ViltPrep;
 
+/// The frozen linears' element type that the `frozen_dtype` setting asks for on `device`.
+fn frozen_dtype(setting: &str, device: &Device) -> Result<DType> {
+    match setting {
+        "auto" if device.is_cuda() => Ok(DType::BF16),
+        "auto" | "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::Msg(format!(
+            "frozen_dtype: expected auto, f32 or bf16, got {other:?}"
+        ))),
+    }
+}
+
 /// Everything a run needs besides the data and the model, with DELO.md's defaults.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -59,6 +71,9 @@ pub struct TrainSettings {
     pub skip_bad: bool,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Element type of the frozen linears' weights: `auto` (bf16 on CUDA, f32 on the CPU),
+    /// `f32` or `bf16`.
+    pub frozen_dtype: String,
     /// Stop each task after this many steps (quick runs and tests); `None`: all epochs.
     pub max_steps_per_task: Option<usize>,
     pub delo: DeloConfig,
@@ -83,6 +98,7 @@ impl Default for TrainSettings {
             cache_images: false,
             skip_bad: false,
             device: "cpu".into(),
+            frozen_dtype: "auto".into(),
             max_steps_per_task: None,
             delo: DeloConfig::default(),
         }
@@ -200,11 +216,7 @@ impl Trainer {
         let device = Device::parse(&s.device)?;
         let bench = Benchmark::load(&spec.data)?;
         let (vcfg, weights) = load_model_dir(&spec.model)?;
-        let dtype = if device.is_cuda() {
-            DType::BF16
-        } else {
-            DType::F32
-        };
+        let dtype = frozen_dtype(&s.frozen_dtype, &device)?;
         let vilt = Vilt::new(vcfg, weights, &device, s.max_text_len, dtype)?;
         let tokenizer = Arc::new(BertTokenizer::from_model_dir(&spec.model)?);
         let images = ImageProcessor::with_image_size(s.image_size);

@@ -1,0 +1,123 @@
+//! The `delo` binary on a CUDA device against the same binary on the CPU: `delo forward`
+//! (frozen ViLT outputs within the parity tolerances) and `delo train` on the demo's synthetic
+//! benchmark and tiny model (AP and FG within 1 point). Each test needs a CUDA device and the
+//! embedded PTX; without them it is reported as ignored, with the reason.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::assert_close;
+use common::harness::{self, cuda_device};
+
+fn main() {
+    let tests = [
+        trial!(delo_forward_cuda_matches_cpu),
+        trial!(delo_train_cuda_matches_cpu),
+    ];
+    harness::main(tests.map(|t| t.needs(cuda_device())).into());
+}
+
+/// Runs `delo ARGS`, failing the test with its output when it fails.
+fn delo(args: &[&str]) {
+    let out = Command::new(common::delo_exe())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "delo {}: {}\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn delo_forward_cuda_matches_cpu() {
+    let dir = common::data_dir().join("vilt-tiny");
+    let inputs = dir.join("case_a_padded.safetensors");
+    let root = std::env::temp_dir().join(format!("delo-cuda-forward-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let run = |device: &str, extra: &[&str]| {
+        let out = root.join(format!("{device}{}.safetensors", extra.join("")));
+        let mut args = vec!["forward", "--model", path(&dir), "--inputs", path(&inputs)];
+        args.extend(["--output", path(&out), "--device", device]);
+        args.extend(extra);
+        delo(&args);
+        delo::st::read_file(&out).unwrap()
+    };
+    let cpu = run("cpu", &[]);
+    let host = |t: &delo::Tensor| t.to_vec_f32().unwrap();
+    // f32 on both: only the summation order differs (the tolerances of tests/cuda_model.rs).
+    let cuda = run("cuda", &[]);
+    // bf16 frozen linears: 8 mantissa bits per weight, a few 1e-2 through two layers.
+    let bf16 = run("cuda", &["--bf16"]);
+    for name in ["last_hidden_state", "pooler_output"] {
+        assert_eq!(
+            cuda[name].shape(),
+            cpu[name].shape(),
+            "{name}: shapes differ"
+        );
+        assert_close(name, &host(&cuda[name]), &host(&cpu[name]), 1e-4, 1e-4);
+        assert_close(name, &host(&bf16[name]), &host(&cpu[name]), 5e-2, 5e-2);
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// AP and FG of a run's test split (results.json).
+fn ap_fg(run: &Path) -> (f64, f64) {
+    let text = std::fs::read_to_string(run.join("results.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        v["test"]["ap"].as_f64().unwrap(),
+        v["test"]["fg"].as_f64().unwrap(),
+    )
+}
+
+fn delo_train_cuda_matches_cpu() {
+    let (root, data, model) = common::synthetic_setup("cuda-train");
+    // The demo's DeLo settings (delo::train::demo::demo_settings), with f32 frozen linears on
+    // both devices so that the comparison is about the CUDA path, not bf16's precision.
+    let train = |device: &str| {
+        let out = root.join(device);
+        delo(&[
+            "train",
+            "--data",
+            path(&data),
+            "--model",
+            path(&model),
+            "--out",
+            path(&out),
+            "--device",
+            device,
+            "--frozen-dtype",
+            "f32",
+            "--lr",
+            "0.003",
+            "--max-text-len",
+            "40",
+            "--image-size",
+            "96",
+            "--cache-images",
+        ]);
+        ap_fg(&out)
+    };
+    let (ap_cpu, fg_cpu) = train("cpu");
+    let (ap, fg) = train("cuda");
+    println!("AP {ap:.2} FG {fg:.2} on CUDA, AP {ap_cpu:.2} FG {fg_cpu:.2} on the CPU");
+    assert!(
+        (ap - ap_cpu).abs() <= 1.0,
+        "AP {ap} on CUDA, {ap_cpu} on the CPU"
+    );
+    assert!(
+        (fg - fg_cpu).abs() <= 1.0,
+        "FG {fg} on CUDA, {fg_cpu} on the CPU"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
