@@ -205,6 +205,9 @@ void pass_on(bool finishing) {
 }
 
 extern "C" void emu_fiber_main() {
+#if defined(EMU_ASAN)
+    __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
     (*g_block->body)();
     Block& b = *g_block;
     b.fibers[b.cur].done = true;
