@@ -5,7 +5,7 @@
 //! Uses cudarc's `nvtx` bindings (a cargo feature of cudarc with no further dependency), which
 //! `dlopen` libnvToolsExt. CUDA 13 toolkits no longer ship that library (NVTX 3 is header-only
 //! for C++); it comes with older toolkits, Nsight Systems installs and the `nvidia-nvtx` Python
-//! wheels, and `scripts/gpu-check.sh` puts its directory on the loader path when it finds one.
+//! wheels, and `scripts/gpu-check.sh` adds its directory to the loader path when it finds one.
 //! Without it every range is a no-op: cudarc would panic on the first call, so the library is
 //! probed once first.
 
