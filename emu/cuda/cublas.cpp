@@ -112,11 +112,21 @@ void run(const Gemm& g, const char* who) {
     }
     if (!emu::require_range(g.c, (last * g.sc + span(g.m, g.n, g.ldc)) * type_size(g.type_c), name + ": C"))
         return;
-    std::vector<float> at((size_t)g.m * g.k), bt((size_t)g.n * g.k);
+    // α = 0 or k = 0: cuBLAS reads neither A nor B, C becomes β·C (0 when β = 0).
+    const bool product = g.k > 0 && g.alpha != 0.0f;
+    std::vector<float> at(product ? (size_t)g.m * g.k : 0), bt(product ? (size_t)g.n * g.k : 0);
     for (int item = 0; item < g.batch; ++item) {
         const unsigned char* a = (const unsigned char*)g.a + item * g.sa * type_size(g.type_a);
         const unsigned char* b = (const unsigned char*)g.b + item * g.sb * type_size(g.type_b);
         unsigned char* c = (unsigned char*)g.c + item * g.sc * type_size(g.type_c);
+        if (!product) {
+            for (int j = 0; j < g.n; ++j)
+                for (int i = 0; i < g.m; ++i) {
+                    const size_t at_c = (size_t)j * g.ldc + i;
+                    store(c, g.type_c, at_c, g.beta != 0.0f ? g.beta * load(c, g.type_c, at_c) : 0.0f);
+                }
+            continue;
+        }
         // op(A) row i and op(B) column j, each contiguous over l.
         for (int i = 0; i < g.m; ++i)
             for (int l = 0; l < g.k; ++l)
@@ -176,14 +186,16 @@ int check_and_queue(Handle* h, int ta, int tb, int m, int n, int k, const void* 
     const bool device_scalars = h->pointer_mode != 0;
     const int r = emu::enqueue(h->stream, [g, who, device_scalars, alpha, beta]() mutable {
         if (device_scalars) {
+            if (!emu::require_range((uint64_t)alpha, 4, std::string(who) + ": alpha") ||
+                !emu::require_range((uint64_t)beta, 4, std::string(who) + ": beta"))
+                return;
             g.alpha = *(const float*)alpha;
             g.beta = *(const float*)beta;
         }
+        emu::count_launch(who);
         run(g, who);
     });
-    if (r != 0) return kExecutionFailed;
-    emu::count_launch(who);
-    return kOk;
+    return r != 0 ? kExecutionFailed : kOk;
 }
 
 }  // namespace

@@ -164,9 +164,9 @@ Stream* stream_of(void* s) {
     return g().streams.count((Stream*)s) ? (Stream*)s : nullptr;
 }
 
-// Runs `s`'s queued work up to op number `until` (all of it by default).
-void flush(Stream* s, unsigned long long until = ~0ull) {
-    std::lock_guard<std::mutex> x(g().exec);
+// Runs `s`'s queued work up to op number `until` (all of it by default). The caller holds
+// g().exec.
+void flush_locked(Stream* s, unsigned long long until = ~0ull) {
     for (;;) {
         std::function<void()> op;
         {
@@ -181,13 +181,21 @@ void flush(Stream* s, unsigned long long until = ~0ull) {
     }
 }
 
+void flush(Stream* s, unsigned long long until = ~0ull) {
+    std::lock_guard<std::mutex> x(g().exec);
+    flush_locked(s, until);
+}
+
+// Runs every stream's work. Holding g().exec throughout keeps streams from being destroyed
+// meanwhile (cuStreamDestroy_v2 takes it too).
 void flush_all() {
+    std::lock_guard<std::mutex> x(g().exec);
     std::vector<Stream*> all{&g().legacy};
     {
         std::lock_guard<std::mutex> l(g().mu);
         all.insert(all.end(), g().streams.begin(), g().streams.end());
     }
-    for (Stream* s : all) flush(s);
+    for (Stream* s : all) flush_locked(s);
 }
 
 void count_sync() {
@@ -227,10 +235,12 @@ Result alloc_device(CUdeviceptr* out, size_t bytes) {
     std::lock_guard<std::mutex> l(g().mu);
     Counters& c = g().counters;
     if (c.live_bytes + bytes > g().capacity) return kOutOfMemory;
-    // 256-byte aligned like cudaMalloc; kGuard is a multiple of 256.
-    const size_t total = (kGuard + bytes + kGuard + 255) / 256 * 256;
-    unsigned char* raw = (unsigned char*)aligned_alloc(256, total);
-    if (!raw) return kOutOfMemory;
+    // 256-byte aligned like cudaMalloc; kGuard is a multiple of 256. Under AddressSanitizer
+    // (kGuard 0) the block is exactly `bytes` long, so that it sees the smallest overrun.
+    const size_t total = kGuard ? (kGuard + bytes + kGuard + 255) / 256 * 256 : bytes;
+    void* mem = nullptr;
+    if (posix_memalign(&mem, 256, total) != 0) return kOutOfMemory;
+    unsigned char* raw = (unsigned char*)mem;
     memset(raw, kGuardByte, kGuard);
     memset(raw + kGuard, 0xFF, bytes);
     memset(raw + kGuard + bytes, kGuardByte, total - kGuard - bytes);
@@ -268,6 +278,7 @@ void run_kernel(const Function* f, const Dims& d, unsigned smem,
                 const std::vector<unsigned char>& args) {
     if (sticky()) return;
     const KernelInfo& k = *f->kernel;
+    count_launch(k.name);
     std::vector<uint64_t> bases;
     for (size_t i = 0; i < k.params.size(); ++i) {
         if (!k.params[i].is_pointer) continue;
@@ -685,8 +696,12 @@ EXPORT CUresult cuStreamDestroy_v2(void* s) {
     if (Result e = ready()) return e;
     Stream* st = stream_of(s);
     if (!st || st == &g().legacy) return kInvalidHandle;
-    flush(st);
+    std::lock_guard<std::mutex> x(g().exec);
+    flush_locked(st);
     std::lock_guard<std::mutex> l(g().mu);
+    // Events recorded on it have happened; they no longer refer to the stream.
+    for (Event* ev : g().events)
+        if (ev->stream == st) ev->stream = nullptr;
     g().streams.erase(st);
     delete st;
     return kSuccess;
@@ -713,17 +728,16 @@ EXPORT CUresult cuEventRecord(void* e, void* s) {
     Event* ev = event_of(e);
     Stream* st = stream_of(s);
     if (!ev || !st) return kInvalidHandle;
-    {
-        std::lock_guard<std::mutex> l(st->m);
-        ev->stream = st;
-        ev->seq = st->queued + 1;
-        ev->recorded = true;
-        ev->happened = false;
-    }
-    return enqueue(s, [ev] {
+    std::lock_guard<std::mutex> l(st->m);
+    ev->stream = st;
+    ev->recorded = true;
+    ev->happened = false;
+    st->q.push_back([ev] {
         ev->at = std::chrono::steady_clock::now();
         ev->happened = true;
     });
+    ev->seq = ++st->queued;
+    return kSuccess;
 }
 
 EXPORT CUresult cuEventRecordWithFlags(void* e, void* s, unsigned) { return cuEventRecord(e, s); }
@@ -732,7 +746,7 @@ EXPORT CUresult cuEventSynchronize(void* e) {
     if (Result r = ready()) return r;
     Event* ev = event_of(e);
     if (!ev) return kInvalidHandle;
-    if (ev->recorded) flush(ev->stream, ev->seq);
+    if (ev->recorded && ev->stream) flush(ev->stream, ev->seq);
     count_sync();
     return sticky();
 }
@@ -741,7 +755,7 @@ EXPORT CUresult cuEventQuery(void* e) {
     if (Result r = ready()) return r;
     Event* ev = event_of(e);
     if (!ev) return kInvalidHandle;
-    if (ev->recorded) flush(ev->stream, ev->seq);
+    if (ev->recorded && ev->stream) flush(ev->stream, ev->seq);
     return sticky();
 }
 
@@ -752,7 +766,7 @@ EXPORT CUresult cuStreamWaitEvent(void* s, void* e, unsigned flags) {
     if (flags > 1) return kInvalidValue;
     // Work of other streams only runs when the host synchronises, so the event's stream is run
     // up to the event now: everything queued on `s` afterwards then follows it.
-    if (ev->recorded && ev->stream != stream_of(s)) flush(ev->stream, ev->seq);
+    if (ev->recorded && ev->stream && ev->stream != stream_of(s)) flush(ev->stream, ev->seq);
     return kSuccess;
 }
 
@@ -775,7 +789,7 @@ EXPORT CUresult cuEventDestroy_v2(void* e) {
     if (Result r = ready()) return r;
     Event* ev = event_of(e);
     if (!ev) return kInvalidHandle;
-    if (ev->recorded) flush(ev->stream, ev->seq);
+    if (ev->recorded && ev->stream) flush(ev->stream, ev->seq);
     std::lock_guard<std::mutex> l(g().mu);
     g().events.erase(ev);
     delete ev;
@@ -848,15 +862,14 @@ EXPORT CUresult cuMemFreeHost(void* p) {
 
 EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* s) {
     if (!src && n) return kInvalidValue;
-    std::function<void()> copy;
-    if (pinned_range(src, n)) {
-        copy = [dst, src, n] { memcpy((void*)dst, src, n); };
-    } else {
-        // Pageable memory is staged before the call returns: the caller may reuse it at once.
-        auto staged = std::make_shared<std::vector<unsigned char>>((const unsigned char*)src,
-                                                                   (const unsigned char*)src + n);
-        copy = [dst, staged] { memcpy((void*)dst, staged->data(), staged->size()); };
-    }
+    // Staged at the call, from pinned memory too: a later stream-ordered copy into the same
+    // pinned buffer (which fills it with 0xFF until the host synchronises) must not change
+    // what this one uploads.
+    auto staged = std::make_shared<std::vector<unsigned char>>((const unsigned char*)src,
+                                                               (const unsigned char*)src + n);
+    std::function<void()> copy = [dst, staged] {
+        memcpy((void*)dst, staged->data(), staged->size());
+    };
     Result r = queue_checked(s, {{dst, n}}, "cuMemcpyHtoDAsync", std::move(copy));
     if (r == kSuccess) {
         std::lock_guard<std::mutex> l(g().mu);
@@ -868,6 +881,10 @@ EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n,
 EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void* s) {
     if (!dst && n) return kInvalidValue;
     const bool pinned = pinned_range(dst, n);
+    if (pinned && device_range_ok(src, n)) {
+        // Until the host synchronises, the destination holds no data yet.
+        memset(dst, 0xFF, n);
+    }
     Result r = queue_checked(s, {{src, n}}, "cuMemcpyDtoHAsync",
                              [dst, src, n] { memcpy(dst, (const void*)src, n); });
     if (r != kSuccess) return r;
@@ -875,11 +892,7 @@ EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void*
         std::lock_guard<std::mutex> l(g().mu);
         g().counters.bytes_dtoh += n;
     }
-    if (pinned) {
-        // Until the host synchronises, the destination holds no data yet.
-        memset(dst, 0xFF, n);
-        return kSuccess;
-    }
+    if (pinned) return kSuccess;
     // Into pageable memory the copy is complete when the call returns.
     flush(stream_of(s));
     count_sync();
@@ -909,7 +922,11 @@ EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
 EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
     if (Result e = ready()) return e;
     flush_all();
-    return cuMemcpyDtoHAsync_v2(dst, src, n, nullptr);
+    Result r = cuMemcpyDtoHAsync_v2(dst, src, n, nullptr);
+    if (r) return r;
+    flush(&g().legacy);  // a blocking copy is complete on return, pinned destination or not
+    count_sync();
+    return sticky();
 }
 
 EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
@@ -1196,9 +1213,7 @@ EXPORT CUresult cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, 
         }
     }
     const Dims d{gx, gy, gz, bx, by, bz};
-    Result r = enqueue(s, [f, d, smem, args = std::move(args)] { run_kernel(f, d, smem, args); });
-    if (r == kSuccess) count_launch(k.name);
-    return r;
+    return enqueue(s, [f, d, smem, args = std::move(args)] { run_kernel(f, d, smem, args); });
 }
 
 // ---- errors ------------------------------------------------------------------------------------
