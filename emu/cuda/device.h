@@ -25,7 +25,6 @@ inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c,
 
 #define __global__
 #define __device__
-#define __host__
 #define __shared__ static
 #define __forceinline__ inline
 #define __restrict__ __restrict
@@ -43,26 +42,18 @@ inline float __fmul_rn(float a, float b) {
     volatile float r = a * b;
     return r;
 }
-inline int __float_as_int(float f) {
-    int i;
-    memcpy(&i, &f, 4);
-    return i;
+// The bits of one 4-byte value as another type.
+template <class To, class From>
+inline To emu_bits(From v) {
+    static_assert(sizeof(To) == sizeof(From));
+    To r;
+    memcpy(&r, &v, sizeof r);
+    return r;
 }
-inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-inline float __int_as_float(int i) {
-    float f;
-    memcpy(&f, &i, 4);
-    return f;
-}
-inline float __uint_as_float(unsigned u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
+inline int __float_as_int(float f) { return emu_bits<int>(f); }
+inline unsigned __float_as_uint(float f) { return emu_bits<unsigned>(f); }
+inline float __int_as_float(int i) { return emu_bits<float>(i); }
+inline float __uint_as_float(unsigned u) { return emu_bits<float>(u); }
 
 namespace emu {
 // Set by the scheduler (fiber.cpp) for the running fiber.
