@@ -675,21 +675,24 @@ EXPORT CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
     return kSuccess;
 }
 
+// Runs `st`'s work up to op number `until` (none without a stream). `host_waits`: a host
+// synchronisation, counted as one (a query does not block on a GPU).
+static CUresult run_until(Stream* st, unsigned long long until, bool host_waits) {
+    if (st) flush(st, until);
+    if (host_waits) count_sync();
+    return sticky();
+}
+
 EXPORT CUresult cuStreamSynchronize(void* s) {
     if (Result e = ready()) return e;
     Stream* st = stream_of(s);
-    if (!st) return kInvalidHandle;
-    flush(st);
-    count_sync();
-    return sticky();
+    return st ? run_until(st, ~0ull, true) : kInvalidHandle;
 }
 
 EXPORT CUresult cuStreamQuery(void* s) {
     if (Result e = ready()) return e;
     Stream* st = stream_of(s);
-    if (!st) return kInvalidHandle;
-    flush(st);
-    return sticky();
+    return st ? run_until(st, ~0ull, false) : kInvalidHandle;
 }
 
 EXPORT CUresult cuStreamDestroy_v2(void* s) {
@@ -746,17 +749,14 @@ EXPORT CUresult cuEventSynchronize(void* e) {
     if (Result r = ready()) return r;
     Event* ev = event_of(e);
     if (!ev) return kInvalidHandle;
-    if (ev->recorded && ev->stream) flush(ev->stream, ev->seq);
-    count_sync();
-    return sticky();
+    return run_until(ev->recorded ? ev->stream : nullptr, ev->seq, true);
 }
 
 EXPORT CUresult cuEventQuery(void* e) {
     if (Result r = ready()) return r;
     Event* ev = event_of(e);
     if (!ev) return kInvalidHandle;
-    if (ev->recorded && ev->stream) flush(ev->stream, ev->seq);
-    return sticky();
+    return run_until(ev->recorded ? ev->stream : nullptr, ev->seq, false);
 }
 
 EXPORT CUresult cuStreamWaitEvent(void* s, void* e, unsigned flags) {

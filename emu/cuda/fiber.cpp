@@ -204,7 +204,8 @@ void pass_on(bool finishing) {
     jump(me, j, finishing);
 }
 
-extern "C" void emu_fiber_main() {
+// Reached only from assembly (emu_fiber_start, or the aarch64 link register): kept by `used`.
+extern "C" __attribute__((used)) void emu_fiber_main() {
 #if defined(EMU_ASAN)
     __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
