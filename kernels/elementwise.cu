@@ -11,6 +11,19 @@ extern "C" __global__ void ew_add_assign_f32(float* a, const float* b, long long
     DELO_GRID_LOOP(i, n) a[i] += b[i];
 }
 
+// dst_i[j] += src_i[j] for every part i of a table of `parts` rows {src_i, dst_i, n_i} (device
+// addresses and a count, as 64-bit words); parts must not overlap. grid (blocks, parts).
+extern "C" __global__ void ew_add_assign_parts_f32(const unsigned long long* table, int parts) {
+    const int i = blockIdx.y;
+    if (i >= parts) return;
+    const float* src = (const float*)table[3 * i];
+    float* dst = (float*)table[3 * i + 1];
+    const long long n = (long long)table[3 * i + 2];
+    for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < n;
+         j += (long long)gridDim.x * blockDim.x)
+        dst[j] += src[j];
+}
+
 // out = x * s; out may be x itself.
 extern "C" __global__ void ew_scale_f32(const float* x, float s, float* out, long long n) {
     DELO_GRID_LOOP(i, n) out[i] = x[i] * s;

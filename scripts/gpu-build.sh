@@ -3,7 +3,7 @@
 # small enough to travel with the working tree (at most MAX_MIB, default 40 MiB):
 #
 #   gpu-dist/delo-gpu.tar.xz   the binaries that touch CUDA, stripped of all symbols: delo
-#                                (release) and tests/{cuda_parity,cuda_experts,cuda_model,cuda_cli,
+#                                (release) and tests/{cuda_parity,cuda_experts,cuda_model,cuda_step,cuda_cli,
 #                                cuda_ptx} (the CUDA test binaries, release), laid out as the
 #                                tests' common::delo_exe() expects (delo beside tests/)
 #   gpu-dist/kernels.ptx       the PTX embedded in every one of them (checked below)
@@ -21,14 +21,14 @@
 #
 # Environment: NVCC, DELO_NVCC_DIR, CUDA_ARCH (default sm_80, whose PTX the driver JIT-compiles
 # for any newer GPU), DIST (default gpu-dist), GPU_TESTS (the test targets to ship, default
-# "cuda_parity cuda_experts cuda_model cuda_cli cuda_ptx"), MAX_MIB (default 40), PTX_ISA_MAX (9.0).
+# "cuda_parity cuda_experts cuda_model cuda_step cuda_cli cuda_ptx"), MAX_MIB (default 40), PTX_ISA_MAX (9.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DIST=${DIST:-$ROOT/gpu-dist}
 MAX_MIB=${MAX_MIB:-40}
 PTX_ISA_MAX=${PTX_ISA_MAX:-9.0}
-GPU_TESTS=${GPU_TESTS:-cuda_parity cuda_experts cuda_model cuda_cli cuda_ptx}
+GPU_TESTS=${GPU_TESTS:-cuda_parity cuda_experts cuda_model cuda_step cuda_cli cuda_ptx}
 die() {
   echo "gpu-build: $*" >&2
   exit 1

@@ -2,8 +2,8 @@
 # Runs, on a GPU machine that has neither cargo nor network, what scripts/gpu-build.sh built, in
 # at most DEADLINE seconds (default 330), correctness first:
 #
-#   1. the CUDA test binaries (cuda_parity, cuda_experts, cuda_model, cuda_cli, cuda_ptx), each under
-#      TEST_TIMEOUT (default 120 s), one test at a time (TEST_THREADS=1: they share the device);
+#   1. the CUDA test binaries (cuda_parity, cuda_experts, cuda_model, cuda_step, cuda_cli,
+#      cuda_ptx), each under TEST_TIMEOUT (default 120 s), one test at a time (TEST_THREADS=1: they share the device);
 #   2. `delo bench kernels --reps KERNEL_REPS` (default 20), under KERNELS_TIMEOUT (90 s);
 #   3. `delo bench train --preset base --batch B --device cuda --torch --steps TRAIN_STEPS
 #      --rounds TRAIN_ROUNDS` (2 and 1) for B in TRAIN_BATCHES ("4 32"), each under

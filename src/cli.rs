@@ -408,7 +408,7 @@ enum BenchCommand {
         text_len: usize,
         #[arg(long, default_value_t = 384)]
         image_size: usize,
-        /// `cpu` or `cuda` (bf16 frozen linears, synchronize after each step).
+        /// `cpu` or `cuda` (bf16 frozen linears; steps pipelined as in training, each loss read one step late).
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Timed steps per variant and round, after one warm-up step (the best is kept).
@@ -436,6 +436,10 @@ enum BenchCommand {
         /// Skip torch.compile (eager only).
         #[arg(long)]
         no_compile: bool,
+        /// Print one JSON object (samples_per_second, launches_per_step, host_syncs_per_step,
+        /// allocs_per_step, cuda_graph, every variant) instead of the tables.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -731,6 +735,7 @@ pub fn run(cli: Cli) -> Result<()> {
             python,
             compile_budget,
             no_compile,
+            json,
         }) => {
             use delo::bench::train;
             let opts = train::TrainBenchOptions {
@@ -794,7 +799,12 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let result = train::bench_train(&opts, &device, torch_ref);
             let _ = std::fs::remove_dir_all(&dir);
-            print!("{}", train::train_table(&result?));
+            let report = result?;
+            if json {
+                println!("{}", train::train_json(&report));
+            } else {
+                print!("{}", train::train_table(&report));
+            }
         }
     }
     Ok(())

@@ -99,29 +99,33 @@ impl ParamSet {
         Ok(())
     }
 
-    /// Adds one backward pass's gradients into the flat gradient buffer (`+=`).
+    /// Adds one backward pass's gradients into the flat gradient buffer (`+=`), all of them
+    /// in one [`crate::backend::Backend::add_assign_parts`].
     pub fn accumulate(&mut self, grads: &Grads) -> Result<()> {
-        let be = self.device.backend();
-        for (id, g) in &grads.by_param {
-            let s = self
-                .slots
-                .get(id.0)
-                .ok_or_else(|| Error::Msg(format!("gradient for unknown parameter #{}", id.0)))?;
-            if g.shape() != s.shape.as_slice() {
-                return Err(Error::shape(
-                    "accumulate",
-                    format!(
-                        "gradient {:?} for parameter {} of shape {:?}",
-                        g.shape(),
-                        s.name,
-                        s.shape
-                    ),
-                ));
-            }
-            self.grads
-                .with_view_mut(s.offset, &s.shape, |dst| be.add_assign(dst, g))?;
-        }
-        Ok(())
+        let parts = grads
+            .by_param
+            .iter()
+            .map(|(id, g)| {
+                let s = self.slots.get(id.0).ok_or_else(|| {
+                    Error::Msg(format!("gradient for unknown parameter #{}", id.0))
+                })?;
+                if g.shape() != s.shape.as_slice() {
+                    return Err(Error::shape(
+                        "accumulate",
+                        format!(
+                            "gradient {:?} for parameter {} of shape {:?}",
+                            g.shape(),
+                            s.name,
+                            s.shape
+                        ),
+                    ));
+                }
+                Ok((s.offset, g))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.device
+            .backend()
+            .add_assign_parts(&mut self.grads, &parts)
     }
 
     /// One AdamW step over every parameter with the accumulated gradients.

@@ -15,12 +15,14 @@ fn main() {
     let tests = [
         trial!(delo_forward_cuda_matches_cpu),
         trial!(delo_train_cuda_matches_cpu),
+        trial!(bench_train_json_counts_a_step_without_syncs),
     ];
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
 
-/// Runs `delo ARGS`, failing the test with its output when it fails.
-fn delo(args: &[&str]) {
+/// Runs `delo ARGS` and returns its standard output, failing the test with its output when it
+/// fails.
+fn delo(args: &[&str]) -> String {
     let out = Command::new(common::delo_exe())
         .args(args)
         .output()
@@ -33,6 +35,7 @@ fn delo(args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn path(p: &Path) -> &str {
@@ -120,4 +123,40 @@ fn delo_train_cuda_matches_cpu() {
         "FG {fg} on CUDA, {fg_cpu} on the CPU"
     );
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `delo bench train --json` on both devices: one JSON object whose per-step driver counts are
+/// those of a step that neither synchronises the host nor allocates (CUDA), and null on the CPU.
+fn bench_train_json_counts_a_step_without_syncs() {
+    let run = |device: &str| -> serde_json::Value {
+        let args = [
+            "bench",
+            "train",
+            "--device",
+            device,
+            "--json",
+            "--steps",
+            "2",
+            "--rounds",
+            "1",
+            "--image-size",
+            "96",
+            "--text-len",
+            "16",
+        ];
+        let out = delo(&args);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let g = run("cuda");
+    assert_eq!(g["cuda_graph"], false);
+    assert_eq!(g["variant"], "delo");
+    assert_eq!(g["host_syncs_per_step"], 0.0, "{g}");
+    assert_eq!(g["allocs_per_step"], 0.0, "{g}");
+    assert_eq!(g["event_waits_per_step"], 1.0, "{g}");
+    assert!(g["launches_per_step"].as_f64().unwrap() > 100.0, "{g}");
+    assert!(g["samples_per_second"].as_f64().unwrap() > 0.0, "{g}");
+    assert_eq!(g["variants"].as_array().unwrap().len(), 4, "{g}");
+    let c = run("cpu");
+    assert!(c["launches_per_step"].is_null(), "{c}");
+    assert!(c["samples_per_second"].as_f64().unwrap() > 0.0, "{c}");
 }

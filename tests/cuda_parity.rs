@@ -422,6 +422,36 @@ fn elementwise_ops() {
     got.with_view_mut(100, &[10, 20], |v| b.add_assign(v, &gd))
         .unwrap();
     check("add_assign (view)", &got, &want, 0.0, 0.0);
+    // add_assign_parts: disjoint parts (one empty, one at the very end) in one launch
+    let parts: Vec<(usize, Tensor)> = [(0, 5), (5, 0), (300, 64), (900, 100)]
+        .into_iter()
+        .map(|(o, n)| (o, randn(&mut r, &[n])))
+        .collect();
+    let refs = |ps: &[(usize, Tensor)]| -> Vec<(usize, Tensor)> {
+        ps.iter().map(|(o, t)| (*o, up(&d, t))).collect()
+    };
+    let mut want = CPU.copy(&big).unwrap();
+    let cpu_parts: Vec<(usize, &Tensor)> = parts.iter().map(|(o, t)| (*o, t)).collect();
+    CPU.add_assign_parts(&mut want, &cpu_parts).unwrap();
+    let gparts = refs(&parts);
+    let gpu_parts: Vec<(usize, &Tensor)> = gparts.iter().map(|(o, t)| (*o, t)).collect();
+    let mut got = up(&d, &big);
+    b.add_assign_parts(&mut got, &gpu_parts).unwrap();
+    check("add_assign_parts", &got, &want, 0.0, 0.0);
+    // overlapping or out-of-range parts: an error on both backends, nothing written
+    for bad in [
+        vec![(0, &parts[0].1), (4, &parts[0].1)],
+        vec![(990, &parts[2].1)],
+    ] {
+        assert!(CPU.add_assign_parts(&mut want, &bad).is_err());
+    }
+    for bad in [
+        vec![(0, &gparts[0].1), (4, &gparts[0].1)],
+        vec![(990, &gparts[2].1)],
+    ] {
+        assert!(b.add_assign_parts(&mut got, &bad).is_err());
+    }
+    check("add_assign_parts (refused)", &got, &want, 0.0, 0.0);
     // wrong dtype or device: an error, not a crash
     let xb = b.cast(&gx, DType::BF16).unwrap();
     assert!(b.gelu(&xb).is_err());
@@ -438,6 +468,9 @@ fn sum_rows_is_deterministic_and_accurate() {
         vec![2, 3, 5],
         vec![1, 1],
         vec![65, 33],
+        // Either side of the one-pass limit for a few rows.
+        vec![32, 40],
+        vec![33, 40],
     ] {
         let x = randn(&mut r, &shape);
         let gx = up(&d, &x);

@@ -102,8 +102,8 @@ struct Context {
 
 struct Counters {
     std::map<std::string, unsigned long long> launches;
-    unsigned long long host_syncs = 0, bytes_htod = 0, bytes_dtoh = 0, bytes_dtod = 0,
-                       memsets = 0, allocs = 0, frees = 0, nvtx_ranges = 0;
+    unsigned long long host_syncs = 0, event_waits = 0, bytes_htod = 0, bytes_dtoh = 0,
+                       bytes_dtod = 0, memsets = 0, allocs = 0, frees = 0, nvtx_ranges = 0;
     size_t live_bytes = 0, peak_bytes = 0;
 };
 
@@ -340,6 +340,7 @@ std::string stats_json() {
     unsigned long long total = 0;
     for (auto& [n, v] : c.launches) total += v;
     o << "{\"launches\":" << total << ",\"host_syncs\":" << c.host_syncs
+      << ",\"event_waits\":" << c.event_waits
       << ",\"bytes_htod\":" << c.bytes_htod << ",\"bytes_dtoh\":" << c.bytes_dtoh
       << ",\"bytes_dtod\":" << c.bytes_dtod << ",\"memsets\":" << c.memsets
       << ",\"allocs\":" << c.allocs << ",\"frees\":" << c.frees
@@ -364,11 +365,12 @@ void print_stats(FILE* f, bool json) {
     unsigned long long total = 0;
     for (auto& [n, v] : c.launches) total += v;
     fprintf(f,
-            "emulated CUDA: %llu launches, %llu host synchronisations, %llu B host→device, "
+            "emulated CUDA: %llu launches, %llu host synchronisations, %llu event waits, "
+            "%llu B host→device, "
             "%llu B device→host, %llu B device→device, %llu memsets, %llu allocations, %llu "
             "frees, peak %zu B live\n",
-            total, c.host_syncs, c.bytes_htod, c.bytes_dtoh, c.bytes_dtod, c.memsets, c.allocs,
-            c.frees, c.peak_bytes);
+            total, c.host_syncs, c.event_waits, c.bytes_htod, c.bytes_dtoh, c.bytes_dtod,
+            c.memsets, c.allocs, c.frees, c.peak_bytes);
     for (auto& [n, v] : c.launches) fprintf(f, "  %8llu  %s\n", v, n.c_str());
 }
 
@@ -675,24 +677,32 @@ EXPORT CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
     return kSuccess;
 }
 
-// Runs `st`'s work up to op number `until` (none without a stream). `host_waits`: a host
-// synchronisation, counted as one (a query does not block on a GPU).
-static CUresult run_until(Stream* st, unsigned long long until, bool host_waits) {
+// How a host call that runs queued work waits on a GPU.
+enum class Wait { None, Stream, Event };
+
+// Runs `st`'s work up to op number `until` (none without a stream), counting the host wait:
+// a whole stream's synchronisation, one event's (work queued earlier, typically done by then on
+// a GPU), or none (a query does not block).
+static CUresult run_until(Stream* st, unsigned long long until, Wait wait) {
     if (st) flush(st, until);
-    if (host_waits) count_sync();
+    if (wait == Wait::Stream) count_sync();
+    if (wait == Wait::Event) {
+        std::lock_guard<std::mutex> l(g().mu);
+        ++g().counters.event_waits;
+    }
     return sticky();
 }
 
 EXPORT CUresult cuStreamSynchronize(void* s) {
     if (Result e = ready()) return e;
     Stream* st = stream_of(s);
-    return st ? run_until(st, ~0ull, true) : kInvalidHandle;
+    return st ? run_until(st, ~0ull, Wait::Stream) : kInvalidHandle;
 }
 
 EXPORT CUresult cuStreamQuery(void* s) {
     if (Result e = ready()) return e;
     Stream* st = stream_of(s);
-    return st ? run_until(st, ~0ull, false) : kInvalidHandle;
+    return st ? run_until(st, ~0ull, Wait::None) : kInvalidHandle;
 }
 
 EXPORT CUresult cuStreamDestroy_v2(void* s) {
@@ -749,14 +759,14 @@ EXPORT CUresult cuEventSynchronize(void* e) {
     if (Result r = ready()) return r;
     Event* ev = event_of(e);
     if (!ev) return kInvalidHandle;
-    return run_until(ev->recorded ? ev->stream : nullptr, ev->seq, true);
+    return run_until(ev->recorded ? ev->stream : nullptr, ev->seq, Wait::Event);
 }
 
 EXPORT CUresult cuEventQuery(void* e) {
     if (Result r = ready()) return r;
     Event* ev = event_of(e);
     if (!ev) return kInvalidHandle;
-    return run_until(ev->recorded ? ev->stream : nullptr, ev->seq, false);
+    return run_until(ev->recorded ? ev->stream : nullptr, ev->seq, Wait::None);
 }
 
 EXPORT CUresult cuStreamWaitEvent(void* s, void* e, unsigned flags) {

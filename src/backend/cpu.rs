@@ -441,6 +441,18 @@ impl Backend for CpuBackend {
             .for_each(|(x, &y)| *x += y);
         Ok(())
     }
+    fn add_assign_parts(&self, dst: &mut Tensor, parts: &[(usize, &Tensor)]) -> Result<()> {
+        crate::backend::check_parts(dst.numel(), parts)?;
+        let d = dst.f32s_mut()?;
+        for (offset, part) in parts {
+            let p = part.f32s()?;
+            d[*offset..offset + p.len()]
+                .par_iter_mut()
+                .zip(p.par_iter())
+                .for_each(|(x, &y)| *x += y);
+        }
+        Ok(())
+    }
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
         map(x, |v| v * s)
     }

@@ -164,6 +164,10 @@ pub trait Backend: Send + Sync {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// `a += b`.
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()>;
+    /// `dst[offset .. offset + part.numel()] += part` for every `(offset, part)`, all f32, the
+    /// ranges inside the flat `dst` and disjoint (a task's parameter gradients into its flat
+    /// gradient buffer). One launch on CUDA, whatever the number of parts.
+    fn add_assign_parts(&self, dst: &mut Tensor, parts: &[(usize, &Tensor)]) -> Result<()>;
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor>;
     /// Elementwise product of two tensors of one shape.
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
@@ -382,4 +386,26 @@ pub struct ExpertGrads {
     pub db_pool: Tensor,
     /// `[B, r]`.
     pub dgates: Tensor,
+}
+
+/// Checks the `parts` of [`Backend::add_assign_parts`] against a flat `dst` of `len` elements:
+/// in range and disjoint.
+pub(crate) fn check_parts(len: usize, parts: &[(usize, &Tensor)]) -> Result<()> {
+    let mut ranges: Vec<(usize, usize)> = parts.iter().map(|(o, t)| (*o, o + t.numel())).collect();
+    ranges.sort_unstable();
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        if end > len {
+            return Err(crate::error::Error::shape(
+                "add_assign_parts",
+                format!("part {start}..{end} is outside the {len} elements of the destination"),
+            ));
+        }
+        if i > 0 && start < ranges[i - 1].1 {
+            return Err(crate::error::Error::shape(
+                "add_assign_parts",
+                format!("parts {:?} and {start}..{end} overlap", ranges[i - 1]),
+            ));
+        }
+    }
+    Ok(())
 }

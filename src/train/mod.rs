@@ -8,8 +8,9 @@ pub mod eval;
 pub mod prep;
 pub mod results;
 pub mod schedule;
+pub mod step;
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,9 +24,8 @@ use crate::data::tokenizer::BertTokenizer;
 use crate::data::{
     Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Split,
 };
-use crate::delo::adapter::BoundTask;
 use crate::delo::config::{DeloConfig, TaskKeySource, Variant};
-use crate::delo::losses::{batch_losses, Targets};
+use crate::delo::losses::Targets;
 use crate::delo::params::{init_params, task_specs};
 use crate::error::{Error, Result};
 use crate::params::ParamSet;
@@ -34,6 +34,7 @@ use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
 pub use crate::delo::keys::TaskKeys;
 use prep::ViltPrep;
+use step::{train_step, ScalarQueue, StepOptim, TaskState};
 
 /// The frozen linears' element type that the `frozen_dtype` setting asks for on `device`.
 fn frozen_dtype(setting: &str, device: &Device) -> Result<DType> {
@@ -430,19 +431,24 @@ impl Trainer {
 
     fn train_task(&mut self, t: usize, log: &mut dyn FnMut(Event)) -> Result<TaskStats> {
         let s = self.settings().clone();
-        let mut params = ParamSet::new(&self.device, self.initial_params(t)?)?;
         // The task's keys live on the device while it trains: no host round trip per step.
-        let mut keys: Vec<Option<Tensor>> = vec![None; self.key_tables()];
-        let be = self.device.backend();
+        let mut state = TaskState {
+            params: ParamSet::new(&self.device, self.initial_params(t)?)?,
+            keys: vec![None; self.key_tables()],
+        };
         let loader = self.loader(t, Split::Train, true)?;
         let per_epoch = loader.num_batches();
         let mut total = per_epoch * s.epochs;
         if let Some(m) = s.max_steps_per_task {
             total = total.min(m);
         }
-        let started = Instant::now();
-        let (mut step, mut samples, mut last_loss) = (0usize, 0usize, f32::NAN);
-        let names: Vec<String> = params.slots().iter().map(|p| p.name.clone()).collect();
+        let mut losses = LossLog {
+            queue: ScalarQueue::new(&self.device, 2)?,
+            steps: VecDeque::new(),
+            started: Instant::now(),
+            last: f32::NAN,
+        };
+        let (mut step, mut samples) = (0usize, 0usize);
         'epochs: for epoch in 0..s.epochs {
             for batch in loader.epoch(epoch as u64) {
                 if step >= total {
@@ -456,71 +462,41 @@ impl Trainer {
                     .map(|x| x.local_label.clone())
                     .collect();
                 let targets = self.targets(t, &labels)?;
-                let mut tape = Tape::new(self.device.clone());
-                let frozen_query = match s.delo.task_key {
-                    TaskKeySource::Frozen => {
-                        Some(self.task_query(&mut tape, &batch.data, &missing)?)
-                    }
-                    _ => None,
+                let lr = schedule::cosine_with_warmup(s.lr, step, total, s.warmup);
+                let optim = StepOptim {
+                    lr,
+                    betas: s.betas,
+                    eps: s.eps,
+                    weight_decay: s.weight_decay,
                 };
-                let vars: HashMap<String, _> = names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        Ok((
-                            n.clone(),
-                            params.bind(&mut tape, crate::autograd::ParamId(i))?,
-                        ))
-                    })
-                    .collect::<Result<_>>()?;
-                let bound = BoundTask::new(vars);
-                let losses = batch_losses(
+                let loss = train_step(
                     &self.vilt,
                     &s.delo,
-                    &mut tape,
-                    &bound,
+                    &mut state,
                     &batch.data,
                     &missing,
                     &targets,
+                    optim,
                 )?;
-                let loss = tape.value(losses.total).item()?;
-                if !loss.is_finite() {
-                    return Err(Error::Numeric(format!(
-                        "the loss of task {t} became {loss} at step {step} (epoch {epoch}); stopping. The checkpoints of tasks 0..{t} in {} are intact; lower --lr or check the data",
-                        self.run_dir.display()
-                    )));
-                }
-                let grads = tape.backward(losses.total)?;
-                params.accumulate(&grads)?;
-                let lr = schedule::cosine_with_warmup(s.lr, step, total, s.warmup);
-                params.adamw_step(lr, s.betas, s.eps, s.weight_decay)?;
-                params.zero_grads()?;
-                let queries = match (frozen_query, s.delo.task_key) {
-                    (Some(q), _) => vec![q],
-                    (None, TaskKeySource::Layer) => losses.layer_queries,
-                    (None, _) => vec![losses.task_query],
-                };
-                for (key, q) in keys.iter_mut().zip(&queries) {
-                    *key = Some(crate::delo::keys::ema_key(
-                        be,
-                        key.as_ref(),
-                        q,
-                        s.delo.ema_beta,
-                    )?);
-                }
-                step += 1;
                 samples += batch.samples.len();
-                last_loss = loss;
-                log(Event::Step {
-                    task: t,
+                losses.queue.push(&loss)?;
+                losses.steps.push_back(QueuedStep {
                     step,
-                    total,
-                    loss,
+                    epoch,
                     lr,
-                    samples_per_second: samples as f64 / started.elapsed().as_secs_f64(),
+                    samples,
                 });
+                step += 1;
+                // Shown one step late: this step's kernels keep the device busy meanwhile.
+                if losses.queue.pending() > 1 {
+                    losses.take(t, total, &self.run_dir, log)?;
+                }
             }
         }
+        while losses.queue.pending() > 0 {
+            losses.take(t, total, &self.run_dir, log)?;
+        }
+        let (params, keys, last_loss) = (state.params, state.keys, losses.last);
         if step == 0 {
             return Err(Error::Msg(format!("task {t} has no training batch")));
         }
@@ -538,7 +514,7 @@ impl Trainer {
                 .map(|(n, t)| Ok((n, t.to_device(&self.device)?)))
                 .collect::<Result<_>>()?,
         });
-        let wall = started.elapsed().as_secs_f64();
+        let wall = losses.started.elapsed().as_secs_f64();
         Ok(TaskStats {
             epochs: s.epochs.min(step.div_ceil(per_epoch.max(1))),
             wall_seconds: wall,
@@ -546,5 +522,57 @@ impl Trainer {
             steps: step,
             final_loss: last_loss,
         })
+    }
+}
+
+/// A step whose loss is queued and not yet shown.
+struct QueuedStep {
+    /// 0-based step of the task.
+    step: usize,
+    epoch: usize,
+    lr: f32,
+    /// Samples trained on up to and including this step.
+    samples: usize,
+}
+
+/// The losses of a task's steps on their way to the progress line.
+struct LossLog {
+    queue: ScalarQueue,
+    steps: VecDeque<QueuedStep>,
+    started: Instant,
+    /// The latest loss shown.
+    last: f32,
+}
+
+impl LossLog {
+    /// Takes the oldest queued loss, stops the run if it is not finite, and reports it.
+    fn take(
+        &mut self,
+        task: usize,
+        total: usize,
+        run_dir: &Path,
+        log: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        let (Some(loss), Some(q)) = (self.queue.pop()?, self.steps.pop_front()) else {
+            return Ok(());
+        };
+        if !loss.is_finite() {
+            return Err(Error::Numeric(format!(
+                "the loss of task {task} became {loss} at step {} (epoch {}); stopping. The checkpoints of tasks 0..{task} in {} are intact; lower --lr or check the data",
+                q.step,
+                q.epoch,
+                run_dir.display()
+            )));
+        }
+        self.last = loss;
+        log(Event::Step {
+            task,
+            step: q.step + 1,
+            total,
+            loss,
+            lr: q.lr,
+            samples_per_second: q.samples as f64 / self.started.elapsed().as_secs_f64(),
+        });
+        Ok(())
     }
 }

@@ -305,8 +305,8 @@ impl CudaBackend {
             // No sample or no factor: the gradients are empty, or zeros for dW_C.
             return Ok((dla, dlb, self.zeros(&[r, d, e], F32)?));
         }
-        let dz = self.alloc_slice::<f32>(bsz * r * e)?;
-        let pdz = self.raw(&dz);
+        let dz = self.scratch_f32(bsz * r * e)?;
+        let pdz = dz.ptr();
         // (an empty dW_C when r·d = 0: r = 0 still gives the logits their zero gradients)
         let (dwc, pdwc) = self.empty(&[r, d, e], F32)?;
         unsafe {
@@ -327,7 +327,7 @@ impl CudaBackend {
                 pdla,
                 pdlb,
                 pdz,
-                self.raw(&self.err),
+                self.err_ptr(),
             )?;
             if r * d * e > 0 {
                 self.k.route_dwc_f32(
@@ -483,7 +483,7 @@ impl CudaBackend {
                     vec as i32,
                     py,
                     pu,
-                    self.raw(&self.err),
+                    self.err_ptr(),
                 )
             };
         }
@@ -516,10 +516,10 @@ impl CudaBackend {
             din % 4 == 0 && dout % 4 == 0 && aligned16(o.x) && aligned16(o.a) && aligned16(pdy);
         let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
         let parts = bsz * ntiles;
-        let pda_s = self.alloc_slice::<f32>(parts * k * din)?;
-        let pdb_s = self.alloc_slice::<f32>(parts * k * dout)?;
-        let pdg_s = self.alloc_slice::<f32>(parts * r)?;
-        let (pda, pdb, pdg) = (self.raw(&pda_s), self.raw(&pdb_s), self.raw(&pdg_s));
+        let pda_s = self.scratch_f32(parts * k * din)?;
+        let pdb_s = self.scratch_f32(parts * k * dout)?;
+        let pdg_s = self.scratch_f32(parts * r)?;
+        let (pda, pdb, pdg) = (pda_s.ptr(), pdb_s.ptr(), pdg_s.ptr());
         let cfg = LaunchConfig {
             grid_dim: (int(ntiles, OP)? as u32, bsz as u32, 1),
             block_dim: (EXP_THREADS, 1, 1),
@@ -562,7 +562,7 @@ impl CudaBackend {
                     pda,
                     pdb,
                     pdg,
-                    self.raw(&self.err),
+                    self.err_ptr(),
                 )
             };
         }
@@ -580,8 +580,8 @@ impl CudaBackend {
             if ntiles == 1 {
                 return Ok(p);
             }
-            let s = self.alloc_slice::<f32>(bsz * n)?;
-            let ps = self.raw(&s);
+            let s = self.scratch_f32(bsz * n)?;
+            let ps = s.ptr();
             unsafe {
                 self.k.expert_sum_tiles_f32(
                     &self.stream,
@@ -628,15 +628,12 @@ impl CudaBackend {
         &self,
         o: &Operands,
         (bsz, _t, din, dout, e, rho, r): Dims,
-    ) -> Result<(
-        cudarc::driver::CudaSlice<f32>,
-        cudarc::driver::CudaSlice<f32>,
-    )> {
+    ) -> Result<(super::Scratch, super::Scratch)> {
         const OP: &str = "expert (unfused)";
         let k = r * rho;
-        let a_sel = self.alloc_slice::<f32>(bsz * k * din)?;
-        let b_selt = self.alloc_slice::<f32>(bsz * k * dout)?;
-        let err = self.raw(&self.err);
+        let a_sel = self.scratch_f32(bsz * k * din)?;
+        let b_selt = self.scratch_f32(bsz * k * dout)?;
+        let err = self.err_ptr();
         unsafe {
             self.k.expert_gather_f32(
                 &self.stream,
@@ -651,7 +648,7 @@ impl CudaBackend {
                 long(din),
                 1,
                 int(e, OP)?,
-                self.raw(&a_sel),
+                a_sel.ptr(),
                 err,
             )?;
             self.k.expert_gather_f32(
@@ -667,7 +664,7 @@ impl CudaBackend {
                 1,
                 long(rho),
                 int(e, OP)?,
-                self.raw(&b_selt),
+                b_selt.ptr(),
                 err,
             )?;
         }
@@ -726,7 +723,7 @@ impl CudaBackend {
             a: o.x,
             lda: din,
             stride_a: t * din,
-            b: self.raw(&a_sel),
+            b: a_sel.ptr(),
             ldb: din,
             stride_b: k * din,
             c: pu,
@@ -734,8 +731,8 @@ impl CudaBackend {
             stride_c: t * k,
             batch: bsz,
         })?;
-        let ug = self.alloc_slice::<f32>(bsz * t * k)?;
-        let pug = self.raw(&ug);
+        let ug = self.scratch_f32(bsz * t * k)?;
+        let pug = ug.ptr();
         self.gate_scale(pu, o.g, (bsz, t, k, rho, r), alpha, pug)?;
         // y[b] = (α g u)[b] · B_selᵀ[b]
         self.gemm_or_zero(GemmCall {
@@ -750,7 +747,7 @@ impl CudaBackend {
             a: pug,
             lda: k,
             stride_a: t * k,
-            b: self.raw(&b_selt),
+            b: b_selt.ptr(),
             ldb: dout,
             stride_b: k * dout,
             c: py,
@@ -773,7 +770,7 @@ impl CudaBackend {
         let (bsz, t, din, dout, e, rho, r) = dims;
         let k = r * rho;
         let (a_sel, b_selt) = self.gather_factors(o, dims)?;
-        let (pas, pbs) = (self.raw(&a_sel), self.raw(&b_selt));
+        let (pas, pbs) = (a_sel.ptr(), b_selt.ptr());
         let base = GemmCall {
             dtype: F32,
             trans_a: false,
@@ -795,8 +792,8 @@ impl CudaBackend {
             batch: bsz,
         };
         // dug[b] = α · dy[b] · B_selᵀ[b]ᵀ   [T, K]
-        let dug = self.alloc_slice::<f32>(bsz * t * k)?;
-        let pdug = self.raw(&dug);
+        let dug = self.scratch_f32(bsz * t * k)?;
+        let pdug = dug.ptr();
         self.gemm_or_zero(GemmCall {
             trans_b: true,
             alpha,
@@ -823,11 +820,11 @@ impl CudaBackend {
             )?;
         }
         // dB_selᵀ[b] = (α g u)[b]ᵀ · dy[b]   [K, d_out]
-        let ug = self.alloc_slice::<f32>(bsz * t * k)?;
-        let pug = self.raw(&ug);
+        let ug = self.scratch_f32(bsz * t * k)?;
+        let pug = ug.ptr();
         self.gate_scale(pu, o.g, (bsz, t, k, rho, r), alpha, pug)?;
-        let dbs = self.alloc_slice::<f32>(bsz * k * dout)?;
-        let pdbs = self.raw(&dbs);
+        let dbs = self.scratch_f32(bsz * k * dout)?;
+        let pdbs = dbs.ptr();
         self.gemm_or_zero(GemmCall {
             trans_a: true,
             m: k,
@@ -845,8 +842,8 @@ impl CudaBackend {
             ..base
         })?;
         // du = dug · g
-        let du = self.alloc_slice::<f32>(bsz * t * k)?;
-        let pdu = self.raw(&du);
+        let du = self.scratch_f32(bsz * t * k)?;
+        let pdu = du.ptr();
         self.gate_scale(pdug, o.g, (bsz, t, k, rho, r), 1.0, pdu)?;
         // dx[b] = du[b] · A_sel[b]   [T, d_in]
         let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
@@ -866,8 +863,8 @@ impl CudaBackend {
             ..base
         })?;
         // dA_sel[b] = du[b]ᵀ · x[b]   [K, d_in]
-        let das = self.alloc_slice::<f32>(bsz * k * din)?;
-        let pdas = self.raw(&das);
+        let das = self.scratch_f32(bsz * k * din)?;
+        let pdas = das.ptr();
         self.gemm_or_zero(GemmCall {
             trans_a: true,
             m: k,

@@ -76,6 +76,7 @@ impl CudaBackend {
             .map_err(|_| Error::Cuda("the cuBLAS handle's lock is poisoned".into()))?;
         let handle = *guard.handle();
         self.bind()?;
+        self.counters.add(super::memory::Count::Launch);
         // SAFETY: the callers derive every pointer, leading dimension and stride from tensors
         // whose storage covers the addressed elements; alpha and beta are host f32 (the
         // handle's default pointer mode) as COMPUTE_32F requires.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig};
 
+use super::memory::{Count, Counters};
 use crate::error::{Error, Result};
 
 /// A device address (`T*` in a kernel signature), already offset to the tensor's first element.
@@ -43,11 +44,13 @@ macro_rules! kernels {
         /// Every kernel function of the embedded PTX.
         pub(crate) struct Kernels {
             $( $name: CudaFunction, )*
+            counters: Arc<Counters>,
         }
 
         impl Kernels {
-            pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Kernels> {
+            pub(crate) fn load(module: &Arc<CudaModule>, counters: Arc<Counters>) -> Result<Kernels> {
                 Ok(Kernels {
+                    counters,
                     $(
                         $name: module.load_function(stringify!($name)).map_err(|e| {
                             Error::Cuda(format!(
@@ -73,6 +76,7 @@ macro_rules! kernels {
                     $( $arg: $ty, )*
                 ) -> Result<()> {
                     use cudarc::driver::PushKernelArg;
+                    self.counters.add(Count::Launch);
                     let mut b = stream.launch_builder(&self.$name);
                     $( b.arg(&$arg); )*
                     b.launch(cfg).map(|_| ()).map_err(|e| {
@@ -93,6 +97,7 @@ kernels! {
     // elementwise.cu
     ew_add_f32(a: Ptr, b: Ptr, out: Ptr, n: i64);
     ew_add_assign_f32(a: Ptr, b: Ptr, n: i64);
+    ew_add_assign_parts_f32(table: Ptr, parts: i32);
     ew_scale_f32(x: Ptr, s: f32, out: Ptr, n: i64);
     ew_mul_f32(a: Ptr, b: Ptr, out: Ptr, n: i64);
     ew_bias_add_f32(x: Ptr, b: Ptr, out: Ptr, n: i64, d: i64);

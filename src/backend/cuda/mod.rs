@@ -1,10 +1,10 @@
 //! The CUDA backend: one context, one stream, cuBLAS for GEMMs, kernels from `kernels/*.cu`.
 //!
 //! Every op queues its kernels (or cuBLAS calls) on the backend's one stream and returns at
-//! once; nothing inside an op copies through the host. Outputs are fresh stream-ordered
-//! allocations from the device's memory pool. Because there is only one stream, cudarc's
-//! per-buffer event tracking is turned off: stream order alone makes every read follow the
-//! write it depends on, and every free follow the last use.
+//! once; nothing inside an op copies through the host. Outputs are blocks of the backend's
+//! caching allocator ([`memory`]), which calls the driver's stream-ordered allocator only when
+//! no freed block of the size is at hand. Because there is only one stream, stream order alone
+//! makes every read follow the write it depends on, and every reuse follow the last use.
 //!
 //! Invalid indices (class labels, gather/scatter rows) cannot be reported by the op that meets
 //! them without a host round trip, so the kernel sets a device error word and writes NaN (or
@@ -14,14 +14,15 @@
 mod experts;
 mod gemm;
 mod kernels;
+mod memory;
 pub mod nvtx;
 mod ops;
+mod readback;
 
 use std::sync::{Arc, Mutex, Weak};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DeviceRepr};
-use half::bf16;
+use cudarc::driver::{CudaContext, CudaStream, DeviceRepr};
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Storage, Tensor};
@@ -29,6 +30,9 @@ use crate::tensor::{DType, Storage, Tensor};
 pub use experts::{ExpertPath, FUSED_MAX_K};
 pub use kernels::kernel_signatures;
 use kernels::{Kernels, Ptr};
+pub use memory::DriverCounts;
+use memory::{BlockCache, Count, Counters, DeviceBuf};
+pub use readback::ScalarReadback;
 
 /// The PTX of every kernel, embedded by `build.rs` when nvcc was found.
 pub const PTX: Option<&str> = {
@@ -45,17 +49,11 @@ pub const PTX: Option<&str> = {
 /// Device memory of a tensor, with the backend that owns it.
 pub struct CudaStorage {
     pub backend: Arc<CudaBackend>,
-    pub data: CudaData,
-    /// Elements of the storage. An empty storage still holds a one-element allocation
-    /// (zero-byte allocations are not portable across drivers), so this can be below the
-    /// slice's length.
+    buf: DeviceBuf,
+    dtype: DType,
+    /// Elements of the storage. An empty storage still holds a block (zero-byte allocations
+    /// are not portable across drivers), so this can be below the block's capacity.
     len: usize,
-}
-
-pub enum CudaData {
-    F32(CudaSlice<f32>),
-    BF16(CudaSlice<bf16>),
-    I32(CudaSlice<i32>),
 }
 
 impl std::fmt::Debug for CudaStorage {
@@ -66,11 +64,7 @@ impl std::fmt::Debug for CudaStorage {
 
 impl CudaStorage {
     pub fn dtype(&self) -> DType {
-        match &self.data {
-            CudaData::F32(_) => DType::F32,
-            CudaData::BF16(_) => DType::BF16,
-            CudaData::I32(_) => DType::I32,
-        }
+        self.dtype
     }
     pub fn len(&self) -> usize {
         self.len
@@ -88,8 +82,10 @@ pub struct CudaBackend {
     // the context they live in.
     blas: Mutex<CudaBlas>,
     k: Kernels,
+    cache: Arc<BlockCache>,
+    counters: Arc<Counters>,
     /// The device error word (see the module docs); 0 when no kernel met an invalid input.
-    err: CudaSlice<i32>,
+    err: DeviceBuf,
     stream: Arc<CudaStream>,
     ctx: Arc<CudaContext>,
     /// Streaming multiprocessors of the device (grid sizing of the expert kernels).
@@ -196,12 +192,15 @@ impl CudaBackend {
                      toolkit that compiled them, or CUDA_ARCH above this GPU)"
                 ))
             })?;
-        let k = Kernels::load(&module)?;
+        let counters = Arc::new(Counters::default());
+        let k = Kernels::load(&module, counters.clone())?;
+        let cache = BlockCache::new(stream.clone(), counters.clone());
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
-        let err = stream
-            .alloc_zeros::<i32>(1)
-            .map_err(cuda_err("allocating the error word"))?;
+        let err = cache.alloc(4)?;
+        // SAFETY: the error word is a fresh 4-byte block of this stream.
+        unsafe { cudarc::driver::result::memset_d8_async(err.ptr(), 0, 4, stream.cu_stream()) }
+            .map_err(cuda_err("zeroing the error word"))?;
         stream.synchronize().map_err(cuda_err("initialising"))?;
         let sms = ctx
             .attribute(
@@ -212,6 +211,8 @@ impl CudaBackend {
         Ok(Arc::new_cyclic(|me| CudaBackend {
             blas: Mutex::new(blas),
             k,
+            cache,
+            counters,
             err,
             stream,
             ctx,
@@ -228,6 +229,11 @@ impl CudaBackend {
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn name(&self) -> Result<String> {
         self.ctx.name().map_err(cuda_err("device name"))
+    }
+    /// What this backend has asked of the driver so far (launches, host waits, allocations,
+    /// uploads); the difference of two snapshots is what the work between them cost.
+    pub fn counts(&self) -> DriverCounts {
+        self.counters.snapshot()
     }
     /// Streaming multiprocessors of the device.
     pub fn multiprocessors(&self) -> usize {
@@ -261,7 +267,7 @@ impl CudaBackend {
         for _ in 0..warmup {
             f()?;
         }
-        self.stream.synchronize().map_err(cuda_err("synchronize"))?;
+        self.sync_stream()?;
         self.check_kernel_errors()?;
         let timed = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let start = self.stream.record_event(timed).map_err(cuda_err("event"))?;
@@ -287,24 +293,63 @@ impl CudaBackend {
             .map_err(cuda_err("binding the context"))
     }
 
+    /// Waits for everything queued on the stream.
+    fn sync_stream(&self) -> Result<()> {
+        self.counters.add(Count::HostSync);
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
     /// Reads and clears the device error word (a stream synchronisation).
     fn check_kernel_errors(&self) -> Result<()> {
-        let v = self
-            .stream
-            .clone_dtoh(&self.err)
-            .map_err(cuda_err("reading the error word"))?;
-        if v[0] != 0 {
-            // SAFETY: the error word is a live 4-byte allocation of this stream.
-            unsafe { self.memset0(self.raw(&self.err), 4)? };
-            return Err(kernel_error(v[0]));
+        let mut v = [0i32];
+        self.download_into(&mut v, self.err_ptr(), "reading the error word")?;
+        self.raise_kernel_error(v[0])
+    }
+
+    /// Fails with the meaning of a non-zero error word read back from the device, clearing
+    /// the word so that the next step starts clean.
+    fn raise_kernel_error(&self, code: i32) -> Result<()> {
+        if code != 0 {
+            // SAFETY: the error word is a live 4-byte allocation of this backend.
+            unsafe { self.memset0(self.err_ptr(), 4)? };
+            return Err(kernel_error(code));
         }
         Ok(())
     }
 
-    /// The device address of a slice of this backend.
-    fn raw<T>(&self, s: &CudaSlice<T>) -> Ptr {
-        let (p, _sync) = s.device_ptr(&self.stream);
-        Ptr(p)
+    /// The address of the device error word.
+    fn err_ptr(&self) -> Ptr {
+        Ptr(self.err.ptr())
+    }
+
+    /// Copies device memory at `src` into `dst`, waiting for the stream first (a blocking
+    /// download, counted as a host synchronisation).
+    fn download_into<T: DeviceRepr>(&self, dst: &mut [T], src: Ptr, what: &str) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        self.counters.add(Count::HostSync);
+        // SAFETY: callers pass `src` addressing at least `dst.len()` elements of a live block.
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(dst, src.0, self.stream.cu_stream())
+                .map_err(cuda_err(what))?;
+        }
+        self.stream.synchronize().map_err(cuda_err(what))
+    }
+
+    /// Queues a copy of host memory into device memory at `dst`.
+    ///
+    /// # Safety
+    /// `dst` must address at least `src.len()` elements of a live block of this backend.
+    unsafe fn upload_from<T: DeviceRepr>(&self, dst: Ptr, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        self.counters.add(Count::Upload);
+        cudarc::driver::result::memcpy_htod_async(dst.0, src, self.stream.cu_stream())
+            .map_err(cuda_err("upload"))
     }
 
     /// The CUDA storage of `t`, which must live on this very backend.
@@ -329,12 +374,7 @@ impl CudaBackend {
                 format!("expected a {dtype:?} tensor, got {:?}", s.dtype()),
             ));
         }
-        let base = match &s.data {
-            CudaData::F32(d) => self.raw(d),
-            CudaData::BF16(d) => self.raw(d),
-            CudaData::I32(d) => self.raw(d),
-        };
-        Ok(Ptr(base.0 + (t.offset() * dtype.size_bytes()) as u64))
+        Ok(Ptr(s.buf.ptr() + (t.offset() * dtype.size_bytes()) as u64))
     }
 
     /// Like [`Self::ptr`] for an in-place update: fails unless `t` alone holds its storage.
@@ -344,45 +384,25 @@ impl CudaBackend {
         self.ptr(t, dtype, op)
     }
 
-    /// An uninitialised slice of `n` elements (one when `n` is 0).
-    fn alloc_slice<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
-        // SAFETY: every caller writes all `n` elements before they are read.
-        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(cuda_err("allocating device memory"))
-    }
-
-    fn wrap(&self, data: CudaData, shape: &[usize]) -> Result<Tensor> {
-        let len = crate::tensor::numel(shape);
-        Tensor::from_storage(
-            Storage::Cuda(CudaStorage {
-                backend: self.arc(),
-                data,
-                len,
-            }),
-            shape,
-        )
+    /// Uninitialised scratch memory for `n` f32 values (a kernel's partial results); back to
+    /// the cache when dropped, which stream order makes safe at any point after the launches
+    /// that use it are queued.
+    fn scratch_f32(&self, n: usize) -> Result<Scratch> {
+        Ok(Scratch(self.cache.alloc(n * 4)?))
     }
 
     /// A fresh, uninitialised tensor of `dtype` and its address; the caller fills it.
     fn empty(&self, shape: &[usize], dtype: DType) -> Result<(Tensor, Ptr)> {
-        let n = crate::tensor::numel(shape);
-        let (data, p) = match dtype {
-            DType::F32 => {
-                let s = self.alloc_slice::<f32>(n)?;
-                let p = self.raw(&s);
-                (CudaData::F32(s), p)
-            }
-            DType::BF16 => {
-                let s = self.alloc_slice::<bf16>(n)?;
-                let p = self.raw(&s);
-                (CudaData::BF16(s), p)
-            }
-            DType::I32 => {
-                let s = self.alloc_slice::<i32>(n)?;
-                let p = self.raw(&s);
-                (CudaData::I32(s), p)
-            }
-        };
-        Ok((self.wrap(data, shape)?, p))
+        let len = crate::tensor::numel(shape);
+        let buf = self.cache.alloc(len * dtype.size_bytes())?;
+        let p = Ptr(buf.ptr());
+        let storage = Storage::Cuda(CudaStorage {
+            backend: self.arc(),
+            buf,
+            dtype,
+            len,
+        });
+        Ok((Tensor::from_storage(storage, shape)?, p))
     }
 
     /// A fresh tensor of zeros and its address.
@@ -405,6 +425,7 @@ impl CudaBackend {
     unsafe fn memset0(&self, p: Ptr, bytes: usize) -> Result<()> {
         // Raw driver calls need the context current on this thread (cudarc's own calls bind it).
         self.bind()?;
+        self.counters.add(Count::Memop);
         cudarc::driver::result::memset_d8_async(p.0, 0, bytes, self.stream.cu_stream())
             .map_err(cuda_err("zeroing device memory"))
     }
@@ -415,8 +436,18 @@ impl CudaBackend {
     /// Both ranges must lie in live allocations of this backend.
     unsafe fn memcpy_dtod(&self, dst: Ptr, src: Ptr, bytes: usize) -> Result<()> {
         self.bind()?;
+        self.counters.add(Count::Memop);
         cudarc::driver::result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream())
             .map_err(cuda_err("copying device memory"))
+    }
+}
+
+/// Scratch device memory of one op (see [`CudaBackend::scratch_f32`]).
+struct Scratch(DeviceBuf);
+
+impl Scratch {
+    fn ptr(&self) -> Ptr {
+        Ptr(self.0.ptr())
     }
 }
 

@@ -6,7 +6,7 @@ use half::bf16;
 
 use super::gemm::GemmCall;
 use super::kernels::{cfg_flat, cfg_rows, Kernels, Ptr};
-use super::{cuda_err, nvtx, CudaBackend, CudaData, ExpertPath};
+use super::{nvtx, CudaBackend, ExpertPath};
 use crate::backend::cpu::{
     attention_dims, loss_dims, masked_dims, matmul_dims, rows_cols, same_shape, MatmulDims,
 };
@@ -53,6 +53,9 @@ fn colsum_chunks(rows: usize, d: usize) -> (usize, usize) {
     (rows.div_ceil(rpc), rpc)
 }
 
+/// Up to this many rows, column sums skip the partial pass.
+const SMALL_COLSUM_ROWS: usize = 32;
+
 /// One block of 1024 threads (the scalar loss reduction).
 const CFG_ONE_BLOCK: LaunchConfig = LaunchConfig {
     grid_dim: (1, 1, 1),
@@ -69,9 +72,23 @@ type GradKernel =
 impl CudaBackend {
     /// Column sums of `x [rows, d]` (rows ≥ 1, d ≥ 1) into `out [d]`, deterministically.
     fn colsum(&self, x: Ptr, rows: usize, d: usize, out: Ptr, op: &'static str) -> Result<()> {
+        if rows <= SMALL_COLSUM_ROWS {
+            // A few rows (router and key batches): one launch, each thread summing its column
+            // in row order, as the second pass does over the chunks' partial sums.
+            return unsafe {
+                self.k.colsum_final_f32(
+                    &self.stream,
+                    cfg_flat(d),
+                    x,
+                    int(rows, op)?,
+                    int(d, op)?,
+                    out,
+                )
+            };
+        }
         let (nchunks, rpc) = colsum_chunks(rows, d);
-        let partial = self.alloc_slice::<f32>(nchunks * d)?;
-        let pp = self.raw(&partial);
+        let partial = self.scratch_f32(nchunks * d)?;
+        let pp = partial.ptr();
         let (r, dd) = (int(rows, op)?, int(d, op)?);
         unsafe {
             self.k.colsum_partial_f32(
@@ -121,8 +138,8 @@ impl CudaBackend {
         same_shape(op, a, b)?;
         let n = a.numel();
         let (pa, pb) = (self.ptr(a, F32, op)?, self.ptr(b, F32, op)?);
-        let per_elem = self.alloc_slice::<f32>(n)?;
-        let pe = self.raw(&per_elem);
+        let per_elem = self.scratch_f32(n)?;
+        let pe = per_elem.ptr();
         unsafe { elems(&self.k, &self.stream, cfg_flat(n), pa, pb, long(n), pe)? };
         self.mean_scalar(pe, n, n.max(1))
     }
@@ -245,10 +262,6 @@ impl CudaBackend {
             )
         }
     }
-
-    fn err_ptr(&self) -> Ptr {
-        self.raw(&self.err)
-    }
 }
 
 impl Backend for CudaBackend {
@@ -258,55 +271,34 @@ impl Backend for CudaBackend {
 
     // ---- memory ---------------------------------------------------------------------------
     fn upload(&self, host: &Tensor) -> Result<Tensor> {
-        fn htod<T: cudarc::driver::DeviceRepr>(
-            be: &CudaBackend,
-            v: &[T],
-        ) -> Result<cudarc::driver::CudaSlice<T>> {
-            if v.is_empty() {
-                return be.alloc_slice(0);
+        let (out, p) = self.empty(host.shape(), host.dtype())?;
+        // SAFETY: `out` was allocated for exactly this many elements of this dtype.
+        unsafe {
+            match host.cpu()? {
+                CpuStorage::F32(_) => self.upload_from(p, host.f32s()?)?,
+                CpuStorage::BF16(_) => self.upload_from(p, host.bf16s()?)?,
+                CpuStorage::I32(_) => self.upload_from(p, host.i32s()?)?,
             }
-            be.stream.clone_htod(v).map_err(cuda_err("upload"))
         }
-        let data = match host.cpu()? {
-            CpuStorage::F32(_) => CudaData::F32(htod(self, host.f32s()?)?),
-            CpuStorage::BF16(_) => CudaData::BF16(htod(self, host.bf16s()?)?),
-            CpuStorage::I32(_) => CudaData::I32(htod(self, host.i32s()?)?),
-        };
-        self.wrap(data, host.shape())
+        Ok(out)
     }
     fn download(&self, t: &Tensor) -> Result<Tensor> {
-        let s = self.storage_of(t, "download")?;
-        let (off, n) = (t.offset(), t.numel());
-        let err = cuda_err("download");
-        let out = match &s.data {
-            CudaData::F32(d) => {
-                let v = if n == 0 {
-                    Vec::new()
-                } else {
-                    self.stream
-                        .clone_dtoh(&d.slice(off..off + n))
-                        .map_err(err)?
-                };
+        const WHAT: &str = "download";
+        let (p, n) = (self.ptr(t, t.dtype(), WHAT)?, t.numel());
+        let out = match t.dtype() {
+            DType::F32 => {
+                let mut v = vec![0f32; n];
+                self.download_into(&mut v, p, WHAT)?;
                 Tensor::from_f32(v, t.shape())?
             }
-            CudaData::BF16(d) => {
-                let v: Vec<bf16> = if n == 0 {
-                    Vec::new()
-                } else {
-                    self.stream
-                        .clone_dtoh(&d.slice(off..off + n))
-                        .map_err(err)?
-                };
+            DType::BF16 => {
+                let mut v = vec![bf16::ZERO; n];
+                self.download_into(&mut v, p, WHAT)?;
                 Tensor::from_bf16(v, t.shape())?
             }
-            CudaData::I32(d) => {
-                let v = if n == 0 {
-                    Vec::new()
-                } else {
-                    self.stream
-                        .clone_dtoh(&d.slice(off..off + n))
-                        .map_err(err)?
-                };
+            DType::I32 => {
+                let mut v = vec![0i32; n];
+                self.download_into(&mut v, p, WHAT)?;
                 Tensor::from_i32(v, t.shape())?
             }
         };
@@ -355,7 +347,7 @@ impl Backend for CudaBackend {
         Ok(out)
     }
     fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err("synchronize"))?;
+        self.sync_stream()?;
         self.check_kernel_errors()
     }
 
@@ -430,6 +422,36 @@ impl Backend for CudaBackend {
             self.k
                 .ew_add_assign_f32(&self.stream, cfg_flat(n), pa, pb, long(n))
         }
+    }
+    fn add_assign_parts(&self, dst: &mut Tensor, parts: &[(usize, &Tensor)]) -> Result<()> {
+        const OP: &str = "add_assign_parts";
+        crate::backend::check_parts(dst.numel(), parts)?;
+        let pd = self.ptr_mut(dst, F32, OP)?;
+        let mut table = Vec::with_capacity(3 * parts.len());
+        let mut longest = 0;
+        for (offset, part) in parts.iter().filter(|(_, p)| p.numel() > 0) {
+            table.extend([
+                self.ptr(part, F32, OP)?.0,
+                pd.0 + 4 * *offset as u64,
+                part.numel() as u64,
+            ]);
+            longest = longest.max(part.numel());
+        }
+        // Rows of {src, dst, n}; the grid's y dimension takes at most 65 535 parts at a time.
+        for rows in table.chunks(3 * 65_535) {
+            let parts = rows.len() / 3;
+            let words = self.scratch_f32(2 * rows.len())?;
+            let mut cfg = cfg_flat(longest);
+            cfg.grid_dim.1 = parts as u32;
+            // SAFETY: the scratch block holds exactly these words; each row addresses a part
+            // and its disjoint destination range, both checked above.
+            unsafe {
+                self.upload_from(words.ptr(), rows)?;
+                self.k
+                    .ew_add_assign_parts_f32(&self.stream, cfg, words.ptr(), int(parts, OP)?)?;
+            }
+        }
+        Ok(())
     }
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
         self.map1(x, "scale", |px, po, n| unsafe {
@@ -584,9 +606,9 @@ impl Backend for CudaBackend {
             (Some(self.zeros(&[d], F32)?), Some(self.zeros(&[d], F32)?))
         } else {
             let (nchunks, rpc) = colsum_chunks(rows, d);
-            let pdw_part = self.alloc_slice::<f32>(nchunks * d)?;
-            let pdb_part = self.alloc_slice::<f32>(nchunks * d)?;
-            let (qw, qb) = (self.raw(&pdw_part), self.raw(&pdb_part));
+            let pdw_part = self.scratch_f32(nchunks * d)?;
+            let pdb_part = self.scratch_f32(nchunks * d)?;
+            let (qw, qb) = (pdw_part.ptr(), pdb_part.ptr());
             let (dw, pdw) = self.empty(&[d], F32)?;
             let (db, pdb) = self.empty(&[d], F32)?;
             let nc = int(nchunks, OP)?;
@@ -801,8 +823,8 @@ impl Backend for CudaBackend {
         let (dq, pdq) = self.empty(q.shape(), F32)?;
         let (dk, pdk) = self.empty(q.shape(), F32)?;
         let (dv, pdv) = self.empty(q.shape(), F32)?;
-        let ds = self.alloc_slice::<f32>(rows * t)?;
-        let pds = self.raw(&ds);
+        let ds = self.scratch_f32(rows * t)?;
+        let pds = ds.ptr();
         let base = GemmCall {
             dtype: F32,
             trans_a: false,
@@ -1112,8 +1134,8 @@ impl Backend for CudaBackend {
         const OP: &str = "cross_entropy";
         let (rows, c) = loss_dims(OP, logits, labels.numel())?;
         let (pl, py) = (self.ptr(logits, F32, OP)?, self.ptr(labels, I32, OP)?);
-        let per_row = self.alloc_slice::<f32>(rows)?;
-        let pr = self.raw(&per_row);
+        let per_row = self.scratch_f32(rows)?;
+        let pr = per_row.ptr();
         unsafe {
             self.k.ce_rows_f32(
                 &self.stream,
@@ -1176,8 +1198,8 @@ impl Backend for CudaBackend {
         same_shape(OP, target, logits)?;
         let (rows, c) = rows_cols(logits);
         let (pt, pl) = (self.ptr(target, F32, OP)?, self.ptr(logits, F32, OP)?);
-        let per_row = self.alloc_slice::<f32>(rows)?;
-        let pr = self.raw(&per_row);
+        let per_row = self.scratch_f32(rows)?;
+        let pr = per_row.ptr();
         unsafe {
             self.k.kl_cat_rows_f32(
                 &self.stream,

@@ -1,0 +1,243 @@
+//! Device memory of the CUDA backend: a caching block allocator in front of the driver's
+//! stream-ordered allocator, and host-side counters of what the backend asks of the driver.
+//!
+//! A training step allocates and frees the same few hundred buffers every time. Each
+//! `cuMemAllocAsync` is a driver call (about a microsecond, and a memory node once steps are
+//! captured as graphs), so freed blocks go to a free list keyed by their rounded size and the
+//! next request of that size takes one back without calling the driver: after the first step,
+//! a step allocates nothing (ENGINE.md "Speed, measured honestly"). Reusing a block at once is safe because the
+//! backend has one stream: every kernel that used the block's previous owner is queued before
+//! any kernel of the new owner.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{result, CudaStream};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Running totals of what the backend asked of the driver, counted on the host. Valid on a real
+/// GPU as under the emulated driver (whose own counters `tests/cuda_model.rs` checks these
+/// against).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    launches: AtomicU64,
+    memops: AtomicU64,
+    host_syncs: AtomicU64,
+    event_waits: AtomicU64,
+    allocs: AtomicU64,
+    uploads: AtomicU64,
+}
+
+/// Which counter an event adds to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Count {
+    /// A kernel launch or a cuBLAS call.
+    Launch,
+    /// A device-side memset or device-to-device copy.
+    Memop,
+    /// A host wait for all queued work: a stream synchronisation or a blocking copy to the host.
+    HostSync,
+    /// A host wait for one recorded event (work queued earlier, e.g. the previous step).
+    EventWait,
+    /// A `cuMemAllocAsync` (a request the block cache could not serve).
+    Alloc,
+    /// A host-to-device copy.
+    Upload,
+}
+
+impl Counters {
+    pub(crate) fn add(&self, c: Count) {
+        let n = match c {
+            Count::Launch => &self.launches,
+            Count::Memop => &self.memops,
+            Count::HostSync => &self.host_syncs,
+            Count::EventWait => &self.event_waits,
+            Count::Alloc => &self.allocs,
+            Count::Upload => &self.uploads,
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn snapshot(&self) -> DriverCounts {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DriverCounts {
+            launches: r(&self.launches),
+            memops: r(&self.memops),
+            host_syncs: r(&self.host_syncs),
+            event_waits: r(&self.event_waits),
+            allocs: r(&self.allocs),
+            uploads: r(&self.uploads),
+        }
+    }
+}
+
+/// A snapshot of the backend's counters (totals since it was created), or the difference of
+/// two snapshots ([`DriverCounts::since`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DriverCounts {
+    /// Kernel launches and cuBLAS calls.
+    pub launches: u64,
+    /// Device memsets and device-to-device copies.
+    pub memops: u64,
+    /// Host waits for everything queued (stream synchronisations, blocking downloads).
+    pub host_syncs: u64,
+    /// Host waits for one event, i.e. for work queued earlier (the loss of the previous step).
+    pub event_waits: u64,
+    /// Device allocations asked of the driver (the block cache's misses).
+    pub allocs: u64,
+    /// Host-to-device copies.
+    pub uploads: u64,
+}
+
+impl DriverCounts {
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &DriverCounts) -> DriverCounts {
+        DriverCounts {
+            launches: self.launches - earlier.launches,
+            memops: self.memops - earlier.memops,
+            host_syncs: self.host_syncs - earlier.host_syncs,
+            event_waits: self.event_waits - earlier.event_waits,
+            allocs: self.allocs - earlier.allocs,
+            uploads: self.uploads - earlier.uploads,
+        }
+    }
+}
+
+/// Bytes actually reserved for a request of `bytes`: multiples of 512 B up to 1 MiB, above that
+/// steps of an eighth of the power of two below (at most 12.5% over), so that buffers of nearby
+/// sizes (e.g. a proxy forward's sub-batch) share blocks.
+pub(crate) fn block_bytes(bytes: usize) -> usize {
+    let b = bytes.max(1);
+    if b <= 1 << 20 {
+        return b.div_ceil(512) * 512;
+    }
+    let step = (1usize << (usize::BITS - 1 - b.leading_zeros())) / 8;
+    b.div_ceil(step) * step
+}
+
+/// Free blocks by size, and the stream their frees are ordered on.
+pub(crate) struct BlockCache {
+    stream: Arc<CudaStream>,
+    free: Mutex<HashMap<usize, Vec<u64>>>,
+    counters: Arc<Counters>,
+}
+
+impl BlockCache {
+    pub(crate) fn new(stream: Arc<CudaStream>, counters: Arc<Counters>) -> Arc<BlockCache> {
+        Arc::new(BlockCache {
+            stream,
+            free: Mutex::new(HashMap::new()),
+            counters,
+        })
+    }
+
+    /// A block of at least `bytes` bytes (uninitialised), from the free list when one of its
+    /// size is there.
+    pub(crate) fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuf> {
+        let size = block_bytes(bytes);
+        let cached = self.lock()?.get_mut(&size).and_then(Vec::pop);
+        let ptr = match cached {
+            Some(p) => p,
+            None => self.alloc_from_driver(size)?,
+        };
+        Ok(DeviceBuf {
+            ptr,
+            size,
+            cache: self.clone(),
+        })
+    }
+
+    fn alloc_from_driver(&self, size: usize) -> Result<u64> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::Cuda(format!("binding the context: {e}")))?;
+        self.counters.add(Count::Alloc);
+        // SAFETY: a plain stream-ordered allocation on this backend's stream.
+        match unsafe { result::malloc_async(self.stream.cu_stream(), size) } {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                // Out of memory (or fragmented): give every cached block back and try once more.
+                self.release_cached()?;
+                self.counters.add(Count::Alloc);
+                // SAFETY: as above.
+                unsafe { result::malloc_async(self.stream.cu_stream(), size) }.map_err(|e| {
+                    Error::Cuda(format!(
+                        "allocating {size} bytes of device memory ({e}), even after returning \
+                         every cached block to the driver"
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Returns every free block to the driver (stream-ordered).
+    pub(crate) fn release_cached(&self) -> Result<()> {
+        let blocks: Vec<u64> = self.lock()?.drain().flat_map(|(_, v)| v).collect();
+        for p in blocks {
+            // SAFETY: `p` came from malloc_async on this stream and no buffer owns it any more.
+            unsafe { result::free_async(p, self.stream.cu_stream()) }
+                .map_err(|e| Error::Cuda(format!("freeing device memory: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<usize, Vec<u64>>>> {
+        self.free
+            .lock()
+            .map_err(|_| Error::Cuda("the block cache's lock is poisoned".into()))
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        // Nothing to report to from a drop; the context's teardown reclaims what fails here.
+        if self.stream.context().bind_to_thread().is_ok() {
+            let _ = self.release_cached();
+        }
+    }
+}
+
+/// One block of device memory; back to its cache's free list when dropped.
+pub(crate) struct DeviceBuf {
+    ptr: u64,
+    size: usize,
+    cache: Arc<BlockCache>,
+}
+
+impl DeviceBuf {
+    /// The block's device address.
+    pub(crate) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.cache.free.lock() {
+            free.entry(self.size).or_default().push(self.ptr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_bytes;
+
+    #[test]
+    fn block_sizes_round_up_within_an_eighth() {
+        assert_eq!(block_bytes(0), 512);
+        assert_eq!(block_bytes(1), 512);
+        assert_eq!(block_bytes(512), 512);
+        assert_eq!(block_bytes(513), 1024);
+        assert_eq!(block_bytes(1 << 20), 1 << 20);
+        // Just above 1 MiB: steps of 128 KiB.
+        assert_eq!(block_bytes((1 << 20) + 1), (1 << 20) + (128 << 10));
+        for b in [(1usize << 20) + 7, 3 << 20, (5 << 24) + 12345, 1 << 33] {
+            let r = block_bytes(b);
+            assert!(r >= b && (r - b) * 8 <= b, "{b} → {r}");
+        }
+    }
+}

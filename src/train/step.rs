@@ -1,0 +1,123 @@
+//! One training step of one task, as both the trainer and `delo bench train` run it: the
+//! objective of eq. (9)–(10) (main forward and, with λ_con > 0, the L_con proxy forwards),
+//! backward, one AdamW step over the task's parameters and the EMA of its task keys (eq. 8).
+//!
+//! Nothing here reads the device: the loss stays a one-element device tensor, which callers
+//! queue on a [`ScalarQueue`] and read one step later, so that on a GPU the host prepares the
+//! next step while the device runs this one (ENGINE.md "Speed, measured honestly").
+
+use std::collections::VecDeque;
+
+use crate::autograd::{ParamId, Tape};
+use crate::backend::cuda::ScalarReadback;
+use crate::backend::Device;
+use crate::data::MissingType;
+use crate::delo::adapter::BoundTask;
+use crate::delo::config::{DeloConfig, TaskKeySource};
+use crate::delo::keys::ema_key;
+use crate::delo::losses::{batch_losses, Targets};
+use crate::error::Result;
+use crate::params::ParamSet;
+use crate::tensor::Tensor;
+use crate::vilt::{Vilt, ViltInputs};
+
+/// What one task trains: its parameters and, per key table, the running task key `[d]`
+/// (`None` before the first batch).
+pub struct TaskState {
+    pub params: ParamSet,
+    pub keys: Vec<Option<Tensor>>,
+}
+
+/// AdamW's settings for one step (DELO.md "Optimisation").
+#[derive(Clone, Copy, Debug)]
+pub struct StepOptim {
+    /// This step's learning rate (after warm-up and cosine decay).
+    pub lr: f32,
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// Runs one step on `batch` (host tensors, moved to the model's device) and returns the total
+/// loss as a `[1]` tensor on the device. The keys are updated from the task query of the
+/// `--task-key` source: the frozen model's pooled output, the input embeddings (eq. 7), or
+/// every layer's input with one table per layer.
+pub fn train_step(
+    vilt: &Vilt,
+    cfg: &DeloConfig,
+    state: &mut TaskState,
+    inputs: &ViltInputs,
+    missing: &[MissingType],
+    targets: &Targets,
+    optim: StepOptim,
+) -> Result<Tensor> {
+    let mut tape = Tape::new(vilt.device.clone());
+    let frozen_query = match cfg.task_key {
+        TaskKeySource::Frozen => Some(vilt.infer(inputs)?.pooled),
+        _ => None,
+    };
+    let params = &mut state.params;
+    let vars = (0..params.len())
+        .map(|i| {
+            let name = params.slots()[i].name.clone();
+            Ok((name, params.bind(&mut tape, ParamId(i))?))
+        })
+        .collect::<Result<_>>()?;
+    let bound = BoundTask::new(vars);
+    let losses = batch_losses(vilt, cfg, &mut tape, &bound, inputs, missing, targets)?;
+    let loss = tape.value(losses.total).clone();
+    let grads = tape.backward(losses.total)?;
+    params.accumulate(&grads)?;
+    params.adamw_step(optim.lr, optim.betas, optim.eps, optim.weight_decay)?;
+    params.zero_grads()?;
+    let queries = match (frozen_query, cfg.task_key) {
+        (Some(q), _) => vec![q],
+        (None, TaskKeySource::Layer) => losses.layer_queries,
+        (None, _) => vec![losses.task_query],
+    };
+    let be = vilt.device.backend();
+    for (key, q) in state.keys.iter_mut().zip(&queries) {
+        *key = Some(ema_key(be, key.as_ref(), q, cfg.ema_beta)?);
+    }
+    Ok(loss)
+}
+
+/// One-element device values (step losses) read back in the order queued, each waited for only
+/// when taken: on CUDA an asynchronous copy into pinned memory with the device error word
+/// beside it; on the CPU the value itself.
+pub enum ScalarQueue {
+    Host(VecDeque<f32>),
+    Cuda(ScalarReadback),
+}
+
+impl ScalarQueue {
+    /// A queue holding at most `depth` values not yet taken.
+    pub fn new(device: &Device, depth: usize) -> Result<ScalarQueue> {
+        Ok(match device {
+            Device::Cpu => ScalarQueue::Host(VecDeque::new()),
+            Device::Cuda(b) => ScalarQueue::Cuda(ScalarReadback::new(b.clone(), depth)?),
+        })
+    }
+    /// Queues the value of the one-element f32 tensor `t`.
+    pub fn push(&mut self, t: &Tensor) -> Result<()> {
+        match self {
+            ScalarQueue::Host(q) => q.push_back(t.item()?),
+            ScalarQueue::Cuda(r) => r.push(t)?,
+        }
+        Ok(())
+    }
+    /// The oldest value not yet taken (waiting for it on a GPU); `None` when none is queued.
+    pub fn pop(&mut self) -> Result<Option<f32>> {
+        match self {
+            ScalarQueue::Host(q) => Ok(q.pop_front()),
+            ScalarQueue::Cuda(r) => r.pop(),
+        }
+    }
+    /// Values queued and not yet taken.
+    pub fn pending(&self) -> usize {
+        match self {
+            ScalarQueue::Host(q) => q.len(),
+            ScalarQueue::Cuda(r) => r.pending(),
+        }
+    }
+}

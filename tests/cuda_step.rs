@@ -1,0 +1,197 @@
+//! The training step as the trainer runs it on CUDA: steps queued back to back with each loss
+//! read one step late. Checks that it matches the CPU step for step, that the steady state
+//! neither synchronises the host nor allocates, that the backend's own counters agree with the
+//! emulated driver's, and that a kernel's error still stops the run through the late read.
+//! Each test needs a CUDA device and the embedded PTX (`common::harness`).
+
+mod common;
+
+use common::assert_close;
+use common::fixture::{load_on, param_set_on, Fixture};
+use common::harness::{self, cuda_device};
+use std::sync::{Mutex, MutexGuard};
+
+use delo::backend::cuda::{CudaBackend, DriverCounts};
+use delo::train::step::{train_step, ScalarQueue, StepOptim, TaskState};
+use delo::{DType, Device, Tensor};
+
+fn main() {
+    let tests = [
+        trial!(pipelined_steps_match_cpu_without_syncs_or_allocations),
+        trial!(backend_counts_match_the_emulated_driver).needs(emulated_driver()),
+        trial!(late_read_reports_a_kernel_error),
+    ];
+    harness::main(tests.map(|t| t.needs(cuda_device())).into());
+}
+
+/// A CUDA backend of the test's own (its own stream, counters and error word), taken while
+/// holding the returned guard: the tests of this file run one at a time, since the emulated
+/// driver's counters are global to the process.
+fn gpu() -> (Device, MutexGuard<'static, ()>) {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let be = CudaBackend::new_private(0).expect("a CUDA device is present but the backend failed");
+    (Device::Cuda(be), guard)
+}
+
+fn counts(d: &Device) -> DriverCounts {
+    match d {
+        Device::Cuda(b) => b.counts(),
+        Device::Cpu => panic!("counts of the CPU"),
+    }
+}
+
+/// Steps before the steady state.
+const WARM_UP: usize = 2;
+
+const OPTIM: StepOptim = StepOptim {
+    lr: 1e-3,
+    betas: (0.9, 0.98),
+    eps: 1e-8,
+    weight_decay: 0.01,
+};
+
+/// What [`run`] returns: each step's loss (in order), the final parameters, the task key, and
+/// `probe` taken at the start and the end of the steady state: every step after the first
+/// two (the first ones without and with a task key to decay), before the last loss is drained.
+struct Run<T> {
+    losses: Vec<f32>,
+    params: Vec<f32>,
+    key: Vec<f32>,
+    window: (T, T),
+}
+
+/// Runs `steps` steps pipelined as the trainer does.
+fn run<T>(f: &Fixture, device: &Device, steps: usize, probe: impl Fn() -> T) -> Run<T> {
+    let mut state = TaskState {
+        params: param_set_on(f, device),
+        keys: vec![None],
+    };
+    let mut queue = ScalarQueue::new(device, 2).unwrap();
+    let mut losses = Vec::new();
+    let mut start = None;
+    for step in 0..steps {
+        if step == WARM_UP {
+            start = Some(probe());
+        }
+        let loss = train_step(
+            &f.vilt, &f.cfg, &mut state, &f.inputs, &f.missing, &f.targets, OPTIM,
+        )
+        .unwrap();
+        queue.push(&loss).unwrap();
+        if queue.pending() > 1 {
+            losses.push(queue.pop().unwrap().unwrap());
+        }
+    }
+    let window = (start.expect("more steps than the warm-up"), probe());
+    while let Some(l) = queue.pop().unwrap() {
+        losses.push(l);
+    }
+    Run {
+        losses,
+        params: state.params.flat_values().to_vec_f32().unwrap(),
+        key: state.keys[0].as_ref().unwrap().to_vec_f32().unwrap(),
+        window,
+    }
+}
+
+fn pipelined_steps_match_cpu_without_syncs_or_allocations() {
+    let (gpu, _serial) = gpu();
+    let steps = 5;
+    let cpu = &Device::Cpu;
+    let c = run(&load_on("delo-tiny", 1, cpu, DType::F32), cpu, steps, || ());
+    let g = run(
+        &load_on("delo-tiny", 1, &gpu, DType::F32),
+        &gpu,
+        steps,
+        || counts(&gpu),
+    );
+    assert_eq!(g.losses.len(), steps);
+    assert_close("losses, step by step", &g.losses, &c.losses, 1e-5, 1e-4);
+    assert_close(
+        "parameters after the steps",
+        &g.params,
+        &c.params,
+        1e-5,
+        1e-3,
+    );
+    assert_close("task key after the steps", &g.key, &c.key, 1e-5, 1e-4);
+    let used = g.window.1.since(&g.window.0);
+    let later = (steps - WARM_UP) as u64;
+    assert_eq!(
+        used.host_syncs, 0,
+        "host synchronisations in steady state: {used:?}"
+    );
+    assert_eq!(
+        used.allocs, 0,
+        "driver allocations in steady state: {used:?}"
+    );
+    // One wait per step, each for the previous step's loss (the last one drained at the end
+    // is outside the window).
+    assert_eq!(used.event_waits, later, "{used:?}");
+    assert!(used.launches >= 100 * later, "{used:?}");
+}
+
+/// Why the emulated driver's counters are out of reach (not running under it), or None.
+fn emulated_driver() -> Option<String> {
+    emu_stats()
+        .is_none()
+        .then(|| "needs the emulated CUDA driver (scripts/emulated-cuda)".to_string())
+}
+
+/// The emulated driver's counters (`delo_emu_stats_json` of the loaded libcuda), if it is the
+/// library in this process.
+fn emu_stats() -> Option<serde_json::Value> {
+    // SAFETY: opening the already-loaded driver library and calling its documented export with
+    // a buffer of the length passed.
+    unsafe {
+        let lib = libloading::Library::new("libcuda.so.1").ok()?;
+        let f: libloading::Symbol<unsafe extern "C" fn(*mut u8, usize) -> usize> =
+            lib.get(b"delo_emu_stats_json\0").ok()?;
+        let mut buf = vec![0u8; 1 << 16];
+        // The returned length counts the terminating NUL.
+        let n = f(buf.as_mut_ptr(), buf.len()).saturating_sub(1);
+        serde_json::from_slice(&buf[..n.min(buf.len() - 1)]).ok()
+    }
+}
+
+fn backend_counts_match_the_emulated_driver() {
+    let (gpu, _serial) = gpu();
+    let f = load_on("delo-tiny", 1, &gpu, DType::F32);
+    let r = run(&f, &gpu, 5, || (counts(&gpu), emu_stats().unwrap()));
+    let ((ours0, emu0), (ours1, emu1)) = r.window;
+    let ours = ours1.since(&ours0);
+    let theirs = |k: &str| emu1[k].as_u64().unwrap() - emu0[k].as_u64().unwrap();
+    assert_eq!(ours.launches, theirs("launches"), "launches");
+    assert_eq!(ours.host_syncs, theirs("host_syncs"), "host syncs");
+    assert_eq!(ours.event_waits, theirs("event_waits"), "event waits");
+    assert_eq!(ours.allocs, theirs("allocs"), "allocations");
+    assert!(ours.launches > 0 && ours.event_waits > 0, "{ours:?}");
+}
+
+fn late_read_reports_a_kernel_error() {
+    let (gpu, _serial) = gpu();
+    let be = gpu.backend();
+    let one = |v: f32| {
+        be.upload(&Tensor::from_f32(vec![v], &[1]).unwrap())
+            .unwrap()
+    };
+    let table = be
+        .upload(&Tensor::from_f32(vec![1.0; 6], &[3, 2]).unwrap())
+        .unwrap();
+    let bad = be
+        .upload(&Tensor::from_i32(vec![0, 7], &[2]).unwrap())
+        .unwrap();
+    let mut queue = ScalarQueue::new(&gpu, 2).unwrap();
+    queue.push(&one(1.5)).unwrap();
+    be.gather_rows(&table, &bad).unwrap();
+    queue.push(&one(2.5)).unwrap();
+    // The value queued before the bad gather reads back clean; the one after carries its error.
+    assert_eq!(queue.pop().unwrap(), Some(1.5));
+    let err = queue.pop().unwrap_err().to_string();
+    assert!(err.contains("gather_rows"), "{err}");
+    // The error word was cleared: the next read is clean again.
+    queue.push(&one(3.5)).unwrap();
+    assert_eq!(queue.pop().unwrap(), Some(3.5));
+    assert_eq!(queue.pop().unwrap(), None);
+}
