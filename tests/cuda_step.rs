@@ -155,18 +155,44 @@ fn emu_stats() -> Option<serde_json::Value> {
     }
 }
 
+/// The backend's counts and the emulated driver's over one window, field by field.
+fn assert_counts_agree(
+    what: &str,
+    ours: DriverCounts,
+    (e0, e1): (serde_json::Value, serde_json::Value),
+) {
+    let theirs = |k: &str| e1[k].as_u64().unwrap() - e0[k].as_u64().unwrap();
+    assert_eq!(ours.launches, theirs("launches"), "{what}: launches");
+    assert_eq!(ours.host_syncs, theirs("host_syncs"), "{what}: host syncs");
+    assert_eq!(
+        ours.event_waits,
+        theirs("event_waits"),
+        "{what}: event waits"
+    );
+    assert_eq!(ours.allocs, theirs("allocs"), "{what}: allocations");
+}
+
 fn backend_counts_match_the_emulated_driver() {
     let (gpu, _serial) = gpu();
     let f = load_on("delo-tiny", 1, &gpu, DType::F32);
     let r = run(&f, &gpu, 5, || (counts(&gpu), emu_stats().unwrap()));
     let ((ours0, emu0), (ours1, emu1)) = r.window;
     let ours = ours1.since(&ours0);
-    let theirs = |k: &str| emu1[k].as_u64().unwrap() - emu0[k].as_u64().unwrap();
-    assert_eq!(ours.launches, theirs("launches"), "launches");
-    assert_eq!(ours.host_syncs, theirs("host_syncs"), "host syncs");
-    assert_eq!(ours.event_waits, theirs("event_waits"), "event waits");
-    assert_eq!(ours.allocs, theirs("allocs"), "allocations");
     assert!(ours.launches > 0 && ours.event_waits > 0, "{ours:?}");
+    assert_counts_agree("steady-state steps", ours, (emu0, emu1));
+    // What the steps never do: a fresh block size (a driver allocation), an upload and a
+    // blocking download (the copy, then the error word's).
+    let (ours0, emu0) = (counts(&gpu), emu_stats().unwrap());
+    let big = Tensor::from_f32(vec![0.5; 1 << 20], &[1 << 20]).unwrap();
+    let back = gpu.backend().upload(&big).unwrap().to_vec_f32().unwrap();
+    assert_eq!(back, big.to_vec_f32().unwrap());
+    let ours = counts(&gpu).since(&ours0);
+    assert_eq!(
+        (ours.allocs, ours.uploads, ours.host_syncs),
+        (1, 1, 2),
+        "{ours:?}"
+    );
+    assert_counts_agree("upload and download", ours, (emu0, emu_stats().unwrap()));
 }
 
 fn late_read_reports_a_kernel_error() {
@@ -182,16 +208,17 @@ fn late_read_reports_a_kernel_error() {
     let bad = be
         .upload(&Tensor::from_i32(vec![0, 7], &[2]).unwrap())
         .unwrap();
-    let mut queue = ScalarQueue::new(&gpu, 2).unwrap();
+    let mut queue = ScalarQueue::new(&gpu, 3).unwrap();
     queue.push(&one(1.5)).unwrap();
     be.gather_rows(&table, &bad).unwrap();
     queue.push(&one(2.5)).unwrap();
-    // The value queued before the bad gather reads back clean; the one after carries its error.
+    queue.push(&one(3.5)).unwrap();
+    assert!(queue.push(&one(4.5)).is_err(), "a fourth value in three slots");
+    // The value queued before the bad gather reads back clean; the one after carries its
+    // error, once: the word is cleared as each value is queued.
     assert_eq!(queue.pop().unwrap(), Some(1.5));
     let err = queue.pop().unwrap_err().to_string();
     assert!(err.contains("gather_rows"), "{err}");
-    // The error word was cleared: the next read is clean again.
-    queue.push(&one(3.5)).unwrap();
     assert_eq!(queue.pop().unwrap(), Some(3.5));
     assert_eq!(queue.pop().unwrap(), None);
 }

@@ -391,7 +391,11 @@ pub struct ExpertGrads {
 /// Checks the `parts` of [`Backend::add_assign_parts`] against a flat `dst` of `len` elements:
 /// in range and disjoint.
 pub(crate) fn check_parts(len: usize, parts: &[(usize, &Tensor)]) -> Result<()> {
-    let mut ranges: Vec<(usize, usize)> = parts.iter().map(|(o, t)| (*o, o + t.numel())).collect();
+    let mut ranges: Vec<(usize, usize)> = parts
+        .iter()
+        .filter(|(_, t)| t.numel() > 0)
+        .map(|(o, t)| (*o, o + t.numel()))
+        .collect();
     ranges.sort_unstable();
     for (i, &(start, end)) in ranges.iter().enumerate() {
         if end > len {

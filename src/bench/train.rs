@@ -297,7 +297,7 @@ impl Drop for TorchRef {
 pub struct TrainBenchRow {
     pub name: &'static str,
     pub what: &'static str,
-    /// Best wall seconds per step over the rounds.
+    /// Wall seconds per step of the fastest round (its steps pipelined, their mean).
     pub seconds: f64,
     /// Driver work per step (CUDA only), averaged over the last round's steps.
     pub per_step: Option<PerStep>,

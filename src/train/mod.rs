@@ -485,6 +485,7 @@ impl Trainer {
                     epoch,
                     lr,
                     samples,
+                    seconds: losses.started.elapsed().as_secs_f64(),
                 });
                 step += 1;
                 // Shown one step late: this step's kernels keep the device busy meanwhile.
@@ -527,12 +528,14 @@ impl Trainer {
 
 /// A step whose loss is queued and not yet shown.
 struct QueuedStep {
-    /// 0-based step of the task.
+    /// 0-based step and epoch of the task.
     step: usize,
     epoch: usize,
     lr: f32,
     /// Samples trained on up to and including this step.
     samples: usize,
+    /// Seconds since the task started when the step was queued.
+    seconds: f64,
 }
 
 /// The losses of a task's steps on their way to the progress line.
@@ -559,8 +562,8 @@ impl LossLog {
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(
                 "the loss of task {task} became {loss} at step {} (epoch {}); stopping. The checkpoints of tasks 0..{task} in {} are intact; lower --lr or check the data",
-                q.step,
-                q.epoch,
+                q.step + 1,
+                q.epoch + 1,
                 run_dir.display()
             )));
         }
@@ -571,7 +574,7 @@ impl LossLog {
             total,
             loss,
             lr: q.lr,
-            samples_per_second: q.samples as f64 / self.started.elapsed().as_secs_f64(),
+            samples_per_second: q.samples as f64 / q.seconds,
         });
         Ok(())
     }

@@ -86,7 +86,8 @@ pub fn train_step(
 /// when taken: on CUDA an asynchronous copy into pinned memory with the device error word
 /// beside it; on the CPU the value itself.
 pub enum ScalarQueue {
-    Host(VecDeque<f32>),
+    /// The values and the most the queue holds.
+    Host(VecDeque<f32>, usize),
     Cuda(ScalarReadback),
 }
 
@@ -94,14 +95,20 @@ impl ScalarQueue {
     /// A queue holding at most `depth` values not yet taken.
     pub fn new(device: &Device, depth: usize) -> Result<ScalarQueue> {
         Ok(match device {
-            Device::Cpu => ScalarQueue::Host(VecDeque::new()),
+            Device::Cpu => ScalarQueue::Host(VecDeque::new(), depth.max(1)),
             Device::Cuda(b) => ScalarQueue::Cuda(ScalarReadback::new(b.clone(), depth)?),
         })
     }
-    /// Queues the value of the one-element f32 tensor `t`.
+    /// Queues the value of the one-element f32 tensor `t`. Fails when the queue already holds
+    /// `depth` values: take the oldest first.
     pub fn push(&mut self, t: &Tensor) -> Result<()> {
         match self {
-            ScalarQueue::Host(q) => q.push_back(t.item()?),
+            ScalarQueue::Host(q, depth) if q.len() == *depth => {
+                return Err(crate::error::Error::Msg(format!(
+                    "scalar readback: all {depth} slots are pending; take a value first"
+                )))
+            }
+            ScalarQueue::Host(q, _) => q.push_back(t.item()?),
             ScalarQueue::Cuda(r) => r.push(t)?,
         }
         Ok(())
@@ -109,14 +116,14 @@ impl ScalarQueue {
     /// The oldest value not yet taken (waiting for it on a GPU); `None` when none is queued.
     pub fn pop(&mut self) -> Result<Option<f32>> {
         match self {
-            ScalarQueue::Host(q) => Ok(q.pop_front()),
+            ScalarQueue::Host(q, _) => Ok(q.pop_front()),
             ScalarQueue::Cuda(r) => r.pop(),
         }
     }
     /// Values queued and not yet taken.
     pub fn pending(&self) -> usize {
         match self {
-            ScalarQueue::Host(q) => q.len(),
+            ScalarQueue::Host(q, _) => q.len(),
             ScalarQueue::Cuda(r) => r.pending(),
         }
     }

@@ -13,14 +13,15 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{result, CudaStream};
+use cudarc::driver::{result, CudaStream, DriverError};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Running totals of what the backend asked of the driver, counted on the host. Valid on a real
-/// GPU as under the emulated driver (whose own counters `tests/cuda_model.rs` checks these
-/// against).
+/// Running totals of the driver work that shapes a step's cost, counted on the host where the
+/// backend asks for it (event records and the readback's small copies are not counted). Valid
+/// on a real GPU as under the emulated driver, whose own counters `tests/cuda_step.rs` checks
+/// these against.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     launches: AtomicU64,
@@ -120,14 +121,21 @@ pub(crate) fn block_bytes(bytes: usize) -> usize {
 /// Free blocks by size, and the stream their frees are ordered on.
 pub(crate) struct BlockCache {
     stream: Arc<CudaStream>,
+    /// Whether the device has stream-ordered allocation (else plain cuMemAlloc/cuMemFree).
+    stream_ordered: bool,
     free: Mutex<HashMap<usize, Vec<u64>>>,
     counters: Arc<Counters>,
 }
 
 impl BlockCache {
-    pub(crate) fn new(stream: Arc<CudaStream>, counters: Arc<Counters>) -> Arc<BlockCache> {
+    pub(crate) fn new(
+        stream: Arc<CudaStream>,
+        counters: Arc<Counters>,
+        stream_ordered: bool,
+    ) -> Arc<BlockCache> {
         Arc::new(BlockCache {
             stream,
+            stream_ordered,
             free: Mutex::new(HashMap::new()),
             counters,
         })
@@ -150,36 +158,51 @@ impl BlockCache {
     }
 
     fn alloc_from_driver(&self, size: usize) -> Result<u64> {
+        use cudarc::driver::sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY;
         self.stream
             .context()
             .bind_to_thread()
             .map_err(|e| Error::Cuda(format!("binding the context: {e}")))?;
-        self.counters.add(Count::Alloc);
-        // SAFETY: a plain stream-ordered allocation on this backend's stream.
-        match unsafe { result::malloc_async(self.stream.cu_stream(), size) } {
-            Ok(p) => Ok(p),
-            Err(_) => {
-                // Out of memory (or fragmented): give every cached block back and try once more.
+        let fail = |e| Error::Cuda(format!("allocating {size} bytes of device memory: {e}"));
+        match self.driver_alloc(size) {
+            Err(e) if e.0 == CUDA_ERROR_OUT_OF_MEMORY => {
+                // Give every cached block back and try once more.
                 self.release_cached()?;
-                self.counters.add(Count::Alloc);
-                // SAFETY: as above.
-                unsafe { result::malloc_async(self.stream.cu_stream(), size) }.map_err(|e| {
+                self.driver_alloc(size).map_err(|e| {
                     Error::Cuda(format!(
-                        "allocating {size} bytes of device memory ({e}), even after returning \
+                        "allocating {size} bytes of device memory: {e}, even after returning \
                          every cached block to the driver"
                     ))
                 })
             }
+            r => r.map_err(fail),
         }
     }
 
-    /// Returns every free block to the driver (stream-ordered).
+    fn driver_alloc(&self, size: usize) -> std::result::Result<u64, DriverError> {
+        self.counters.add(Count::Alloc);
+        // SAFETY: plain allocations on this backend's context (current, see the caller).
+        unsafe {
+            match self.stream_ordered {
+                true => result::malloc_async(self.stream.cu_stream(), size),
+                false => result::malloc_sync(size),
+            }
+        }
+    }
+
+    /// Returns every free block to the driver (stream-ordered where the device allows).
     pub(crate) fn release_cached(&self) -> Result<()> {
         let blocks: Vec<u64> = self.lock()?.drain().flat_map(|(_, v)| v).collect();
         for p in blocks {
-            // SAFETY: `p` came from malloc_async on this stream and no buffer owns it any more.
-            unsafe { result::free_async(p, self.stream.cu_stream()) }
-                .map_err(|e| Error::Cuda(format!("freeing device memory: {e}")))?;
+            // SAFETY: `p` came from this cache's allocator and no buffer owns it any more; a
+            // synchronous free waits for the work that used it.
+            unsafe {
+                match self.stream_ordered {
+                    true => result::free_async(p, self.stream.cu_stream()),
+                    false => result::free_sync(p),
+                }
+            }
+            .map_err(|e| Error::Cuda(format!("freeing device memory: {e}")))?;
         }
         Ok(())
     }

@@ -194,7 +194,7 @@ impl CudaBackend {
             })?;
         let counters = Arc::new(Counters::default());
         let k = Kernels::load(&module, counters.clone())?;
-        let cache = BlockCache::new(stream.clone(), counters.clone());
+        let cache = BlockCache::new(stream.clone(), counters.clone(), ctx.has_async_alloc());
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
         let err = cache.alloc(4)?;
@@ -303,16 +303,10 @@ impl CudaBackend {
     fn check_kernel_errors(&self) -> Result<()> {
         let mut v = [0i32];
         self.download_into(&mut v, self.err_ptr(), "reading the error word")?;
-        self.raise_kernel_error(v[0])
-    }
-
-    /// Fails with the meaning of a non-zero error word read back from the device, clearing
-    /// the word so that the next step starts clean.
-    fn raise_kernel_error(&self, code: i32) -> Result<()> {
-        if code != 0 {
+        if v[0] != 0 {
             // SAFETY: the error word is a live 4-byte allocation of this backend.
             unsafe { self.memset0(self.err_ptr(), 4)? };
-            return Err(kernel_error(code));
+            return Err(kernel_error(v[0]));
         }
         Ok(())
     }
@@ -322,8 +316,9 @@ impl CudaBackend {
         Ptr(self.err.ptr())
     }
 
-    /// Copies device memory at `src` into `dst`, waiting for the stream first (a blocking
-    /// download, counted as a host synchronisation).
+    /// Copies device memory at `src` into `dst` once the stream's queued work is done (a
+    /// blocking download, counted as a host synchronisation: a copy into pageable memory
+    /// returns only when complete).
     fn download_into<T: DeviceRepr>(&self, dst: &mut [T], src: Ptr, what: &str) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
@@ -331,11 +326,8 @@ impl CudaBackend {
         self.bind()?;
         self.counters.add(Count::HostSync);
         // SAFETY: callers pass `src` addressing at least `dst.len()` elements of a live block.
-        unsafe {
-            cudarc::driver::result::memcpy_dtoh_async(dst, src.0, self.stream.cu_stream())
-                .map_err(cuda_err(what))?;
-        }
-        self.stream.synchronize().map_err(cuda_err(what))
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src.0, self.stream.cu_stream()) }
+            .map_err(cuda_err(what))
     }
 
     /// Queues a copy of host memory into device memory at `dst`.

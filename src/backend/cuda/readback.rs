@@ -9,7 +9,7 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys, CudaEvent};
 
 use super::memory::Count;
-use super::{cuda_err, CudaBackend};
+use super::{cuda_err, CudaBackend, Ptr};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -34,7 +34,6 @@ pub struct ScalarReadback {
     events: Vec<CudaEvent>,
     /// Slots queued and not yet taken, oldest first.
     queued: VecDeque<usize>,
-    next: usize,
 }
 
 // SAFETY: the pinned pointer is owned by this value alone and only touched through `&mut self`.
@@ -61,12 +60,12 @@ impl ScalarReadback {
             pinned,
             events,
             queued: VecDeque::new(),
-            next: 0,
         })
     }
 
-    /// Queues the copy of the one-element f32 tensor `t` (and of the error word). Fails when
-    /// every slot is still pending: take the oldest first.
+    /// Queues the copy of the one-element f32 tensor `t` and of the error word, then clears the
+    /// word, so that each value carries the kernel errors of the work queued since the previous
+    /// one. Fails when every slot is still pending: take the oldest first.
     pub fn push(&mut self, t: &Tensor) -> Result<()> {
         const OP: &str = "scalar readback";
         if t.numel() != 1 {
@@ -82,24 +81,40 @@ impl ScalarReadback {
             )));
         }
         let src = self.be.ptr(t, DType::F32, OP)?;
-        let slot = self.next;
-        self.next = (slot + 1) % self.pinned.slots;
+        // The slot after the newest pending one (the ring's free slots follow it).
+        let slot = self
+            .queued
+            .back()
+            .map_or(0, |&s| (s + 1) % self.pinned.slots);
+        let queued = self.queue_copies(slot, src);
+        if queued.is_err() {
+            // A copy may be queued into a slot that is not marked pending: let it land before
+            // the slot (or the pinned memory) is used again.
+            let _ = self.be.sync_stream();
+        }
+        queued?;
+        self.queued.push_back(slot);
+        Ok(())
+    }
+
+    fn queue_copies(&self, slot: usize, src: Ptr) -> Result<()> {
+        const OP: &str = "scalar readback";
         let be = &self.be;
         be.bind()?;
-        // SAFETY: the slot's 8 bytes are ours and not pending (checked above); the sources are
-        // live device memory of this backend, kept alive by stream order until the copies run.
+        // SAFETY: the slot's 8 bytes are ours and not pending (checked by the caller); the
+        // sources are live device memory of this backend, kept alive by stream order until the
+        // copies run.
         unsafe {
             let host = std::slice::from_raw_parts_mut(self.pinned.ptr.add(2 * slot), 2);
             let stream = be.stream.cu_stream();
             result::memcpy_dtoh_async(&mut host[..1], src.0, stream).map_err(cuda_err(OP))?;
             result::memcpy_dtoh_async(&mut host[1..], be.err_ptr().0, stream)
                 .map_err(cuda_err(OP))?;
+            be.memset0(be.err_ptr(), 4)?;
         }
         self.events[slot]
             .record(&be.stream)
-            .map_err(cuda_err("recording an event"))?;
-        self.queued.push_back(slot);
-        Ok(())
+            .map_err(cuda_err("recording an event"))
     }
 
     /// Number of values queued and not yet taken.
@@ -124,14 +139,19 @@ impl ScalarReadback {
                 *self.pinned.ptr.add(2 * slot + 1) as i32,
             )
         };
-        self.be.raise_kernel_error(code)?;
+        if code != 0 {
+            // The word was cleared when this value was queued: later values are unaffected.
+            return Err(super::kernel_error(code));
+        }
         Ok(Some(f32::from_bits(bits)))
     }
 }
 
 impl Drop for ScalarReadback {
     fn drop(&mut self) {
-        // The pinned memory may only go once no queued copy can still write into it.
+        // The pinned memory may only go once no queued copy can still write into it, and its
+        // free needs the context current.
+        let _ = self.be.bind();
         while let Some(slot) = self.queued.pop_front() {
             let _ = self.events[slot].synchronize();
         }
