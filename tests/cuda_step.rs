@@ -213,7 +213,10 @@ fn late_read_reports_a_kernel_error() {
     be.gather_rows(&table, &bad).unwrap();
     queue.push(&one(2.5)).unwrap();
     queue.push(&one(3.5)).unwrap();
-    assert!(queue.push(&one(4.5)).is_err(), "a fourth value in three slots");
+    assert!(
+        queue.push(&one(4.5)).is_err(),
+        "a fourth value in three slots"
+    );
     // The value queued before the bad gather reads back clean; the one after carries its
     // error, once: the word is cleared as each value is queued.
     assert_eq!(queue.pop().unwrap(), Some(1.5));
