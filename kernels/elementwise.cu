@@ -24,6 +24,11 @@ extern "C" __global__ void ew_add_assign_parts_f32(const unsigned long long* tab
         dst[j] += src[j];
 }
 
+// y = a * y + b * x, in place (the task-key EMA).
+extern "C" __global__ void ew_axpby_f32(float* y, const float* x, float a, float b, long long n) {
+    DELO_GRID_LOOP(i, n) y[i] = a * y[i] + b * x[i];
+}
+
 // out = x * s; out may be x itself.
 extern "C" __global__ void ew_scale_f32(const float* x, float s, float* out, long long n) {
     DELO_GRID_LOOP(i, n) out[i] = x[i] * s;
@@ -100,8 +105,11 @@ extern "C" __global__ void cast_bf16_to_f32(const unsigned short* x, float* out,
 // One AdamW element update per thread: PyTorch's formulation, the twin of `adamw_scalar`. The
 // bias corrections bc1 = 1 - beta1^t and bc2 = 1 - beta2^t come from the host.
 extern "C" __global__ void adamw_f32(float* p, const float* g, float* m, float* v, long long n,
-                                     float lr, float beta1, float beta2, float eps, float wd,
-                                     float bc1, float bc2) {
+                                     const float* step_hp, float beta1, float beta2, float eps,
+                                     float wd) {
+    // The step's learning rate and bias corrections come from device memory, so that one
+    // captured step serves every step of a schedule.
+    const float lr = step_hp[0], bc1 = step_hp[1], bc2 = step_hp[2];
     const float sqrt_bc2 = sqrtf(bc2);
     const float step = lr / bc1;
     DELO_GRID_LOOP(i, n) {

@@ -91,12 +91,9 @@ impl ParamSet {
         Ok(tape.param(id, self.value(id)?))
     }
 
+    /// Zeroes the flat gradient buffer in place.
     pub fn zero_grads(&mut self) -> Result<()> {
-        self.grads = self
-            .device
-            .backend()
-            .zeros(&[self.values.numel()], DType::F32)?;
-        Ok(())
+        self.device.backend().fill_zero(&mut self.grads)
     }
 
     /// Adds one backward pass's gradients into the flat gradient buffer (`+=`), all of them

@@ -452,6 +452,18 @@ fn elementwise_ops() {
         assert!(b.add_assign_parts(&mut got, &bad).is_err());
     }
     check("add_assign_parts (refused)", &got, &want, 0.0, 0.0);
+    // axpby and fill_zero in place, on views of the big buffer
+    let x = randn(&mut r, &[10, 20]);
+    let mut want = CPU.copy(&big).unwrap();
+    want.with_view_mut(100, &[10, 20], |v| CPU.axpby(v, 0.9, &x, 0.05))
+        .unwrap();
+    want.with_view_mut(500, &[7], |v| CPU.fill_zero(v)).unwrap();
+    let mut got = up(&d, &big);
+    let gx2 = up(&d, &x);
+    got.with_view_mut(100, &[10, 20], |v| b.axpby(v, 0.9, &gx2, 0.05))
+        .unwrap();
+    got.with_view_mut(500, &[7], |v| b.fill_zero(v)).unwrap();
+    check("axpby and fill_zero (views)", &got, &want, 1e-7, 1e-6);
     // wrong dtype or device: an error, not a crash
     let xb = b.cast(&gx, DType::BF16).unwrap();
     assert!(b.gelu(&xb).is_err());

@@ -117,10 +117,7 @@ fn five_adamw_steps_and_task_key_match_pytorch() {
         )
         .unwrap();
         losses.push(tape.value(l.total).item().unwrap());
-        key = Some(
-            delo::delo::keys::ema_key(Device::Cpu.backend(), key.as_ref(), &l.task_query, 0.99)
-                .unwrap(),
-        );
+        delo::delo::keys::ema_key(Device::Cpu.backend(), &mut key, &l.task_query, 0.99).unwrap();
         let g = tape.backward(l.total).unwrap();
         p.accumulate(&g).unwrap();
         p.adamw_step(1e-3, (0.9, 0.98), 1e-8, 0.01).unwrap();

@@ -34,13 +34,15 @@ fn majority_takes_the_most_picked_task_and_the_lower_one_on_ties() {
 fn ema_key_starts_from_the_batch_mean_then_decays() {
     let be = delo::Device::Cpu.backend();
     let q1 = Tensor::from_f32(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
-    let k = delo::delo::keys::ema_key(be, None, &q1, 0.9).unwrap();
-    assert_eq!(k.to_vec_f32().unwrap(), vec![2.0, 3.0]);
+    let mut k = None;
+    delo::delo::keys::ema_key(be, &mut k, &q1, 0.9).unwrap();
+    assert_eq!(k.as_ref().unwrap().to_vec_f32().unwrap(), vec![2.0, 3.0]);
     let q2 = Tensor::from_f32(vec![12.0, 13.0], &[1, 2]).unwrap();
-    let k = delo::delo::keys::ema_key(be, Some(&k), &q2, 0.9).unwrap();
-    common::assert_close("ema", &k.to_vec_f32().unwrap(), &[3.0, 4.0], 1e-6, 1e-6);
+    delo::delo::keys::ema_key(be, &mut k, &q2, 0.9).unwrap();
+    let k = k.unwrap().to_vec_f32().unwrap();
+    common::assert_close("ema", &k, &[3.0, 4.0], 1e-6, 1e-6);
     let empty = Tensor::from_f32(vec![], &[0, 2]).unwrap();
-    assert!(delo::delo::keys::ema_key(be, None, &empty, 0.9).is_err());
+    assert!(delo::delo::keys::ema_key(be, &mut None, &empty, 0.9).is_err());
 }
 
 /// Random tasks with non-zero B pools, so that each task changes the stream differently.

@@ -453,6 +453,28 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+    fn axpby(&self, y: &mut Tensor, a: f32, x: &Tensor, b: f32) -> Result<()> {
+        same_shape("axpby", y, x)?;
+        let xv = x.f32s()?;
+        y.f32s_mut()?
+            .par_iter_mut()
+            .zip(xv.par_iter())
+            .for_each(|(y, &x)| *y = a * *y + b * x);
+        Ok(())
+    }
+    fn fill_zero(&self, t: &mut Tensor) -> Result<()> {
+        match t.storage_mut()? {
+            (Storage::Cpu(CpuStorage::F32(v)), off, n) => v[off..off + n].fill(0.0),
+            (Storage::Cpu(CpuStorage::BF16(v)), off, n) => v[off..off + n].fill(bf16::ZERO),
+            (Storage::Cpu(CpuStorage::I32(v)), off, n) => v[off..off + n].fill(0),
+            (Storage::Cuda(_), ..) => {
+                return Err(Error::Msg(
+                    "fill_zero: a CUDA tensor was given to the CPU backend".into(),
+                ))
+            }
+        }
+        Ok(())
+    }
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
         map(x, |v| v * s)
     }

@@ -168,6 +168,10 @@ pub trait Backend: Send + Sync {
     /// ranges inside the flat `dst` and disjoint (a task's parameter gradients into its flat
     /// gradient buffer). One launch on CUDA, whatever the number of parts.
     fn add_assign_parts(&self, dst: &mut Tensor, parts: &[(usize, &Tensor)]) -> Result<()>;
+    /// `y = a·y + b·x` in place, for `y`, `x` f32 of one shape.
+    fn axpby(&self, y: &mut Tensor, a: f32, x: &Tensor, b: f32) -> Result<()>;
+    /// Sets every element of `t` to zero, in place.
+    fn fill_zero(&self, t: &mut Tensor) -> Result<()>;
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor>;
     /// Elementwise product of two tensors of one shape.
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;

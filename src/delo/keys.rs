@@ -12,9 +12,9 @@ pub struct TaskKeys {
     pub keys: Vec<Vec<f32>>,
 }
 
-/// Eq. (8) on the query's device: key ← β·key + (1−β)·mean_batch(q) for `q [n, d]`; the first
-/// batch (`key` = None) gives the batch mean itself, not a decayed zero.
-pub fn ema_key(be: &dyn Backend, key: Option<&Tensor>, q: &Tensor, beta: f32) -> Result<Tensor> {
+/// Eq. (8) on the query's device: key ← β·key + (1−β)·mean_batch(q) for `q [n, d]`, in place;
+/// the first batch (`key` = None) sets the batch mean itself, not a decayed zero.
+pub fn ema_key(be: &dyn Backend, key: &mut Option<Tensor>, q: &Tensor, beta: f32) -> Result<()> {
     if q.rank() != 2 || q.dim(0) == 0 {
         return Err(Error::shape(
             "task-key update",
@@ -27,9 +27,10 @@ pub fn ema_key(be: &dyn Backend, key: Option<&Tensor>, q: &Tensor, beta: f32) ->
     let sum = be.sum_rows(q)?;
     let n = q.dim(0) as f32;
     match key {
-        None => be.scale(&sum, 1.0 / n),
-        Some(k) => be.add(&be.scale(k, beta)?, &be.scale(&sum, (1.0 - beta) / n)?),
+        None => *key = Some(be.scale(&sum, 1.0 / n)?),
+        Some(k) => be.axpby(k, beta, &sum, (1.0 - beta) / n)?,
     }
+    Ok(())
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {

@@ -77,7 +77,7 @@ pub fn train_step(
     };
     let be = vilt.device.backend();
     for (key, q) in state.keys.iter_mut().zip(&queries) {
-        *key = Some(ema_key(be, key.as_ref(), q, cfg.ema_beta)?);
+        ema_key(be, key, q, cfg.ema_beta)?;
     }
     Ok(loss)
 }

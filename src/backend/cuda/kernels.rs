@@ -98,6 +98,7 @@ kernels! {
     ew_add_f32(a: Ptr, b: Ptr, out: Ptr, n: i64);
     ew_add_assign_f32(a: Ptr, b: Ptr, n: i64);
     ew_add_assign_parts_f32(table: Ptr, parts: i32);
+    ew_axpby_f32(y: Ptr, x: Ptr, a: f32, b: f32, n: i64);
     ew_scale_f32(x: Ptr, s: f32, out: Ptr, n: i64);
     ew_mul_f32(a: Ptr, b: Ptr, out: Ptr, n: i64);
     ew_bias_add_f32(x: Ptr, b: Ptr, out: Ptr, n: i64, d: i64);
@@ -108,8 +109,8 @@ kernels! {
     cast_f32_to_bf16(x: Ptr, out: Ptr, n: i64);
     cast_bf16_to_f32(x: Ptr, out: Ptr, n: i64);
     adamw_f32(
-        p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: i64,
-        lr: f32, beta1: f32, beta2: f32, eps: f32, wd: f32, bc1: f32, bc2: f32,
+        p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: i64, step_hp: Ptr, beta1: f32, beta2: f32, eps: f32,
+        wd: f32,
     );
     // reduce.cu
     colsum_partial_f32(x: Ptr, rows: i32, d: i32, rpc: i32, partial: Ptr);

@@ -453,6 +453,26 @@ impl Backend for CudaBackend {
         }
         Ok(())
     }
+    fn axpby(&self, y: &mut Tensor, a: f32, x: &Tensor, b: f32) -> Result<()> {
+        const OP: &str = "axpby";
+        same_shape(OP, y, x)?;
+        let px = self.ptr(x, F32, OP)?;
+        let py = self.ptr_mut(y, F32, OP)?;
+        let n = y.numel();
+        unsafe {
+            self.k
+                .ew_axpby_f32(&self.stream, cfg_flat(n), py, px, a, b, long(n))
+        }
+    }
+    fn fill_zero(&self, t: &mut Tensor) -> Result<()> {
+        let p = self.ptr_mut(t, t.dtype(), "fill_zero")?;
+        let bytes = t.numel() * t.dtype().size_bytes();
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: the tensor's own range of a live block of this backend.
+        unsafe { self.memset0(p, bytes) }
+    }
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
         self.map1(x, "scale", |px, po, n| unsafe {
             self.k
@@ -1272,9 +1292,13 @@ impl Backend for CudaBackend {
         same_shape(OP, params, m)?;
         same_shape(OP, params, v)?;
         ensure_shape!(hp.step >= 1, OP, "step numbers start at 1");
-        // Bias corrections exactly as the CPU backend computes them, passed as arguments.
+        // Bias corrections exactly as the CPU backend computes them, uploaded with the
+        // learning rate: the kernel's arguments stay the same from step to step.
         let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
         let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
+        let step_hp = self.scratch_f32(3)?;
+        // SAFETY: the scratch block holds 3 floats.
+        unsafe { self.upload_from(step_hp.ptr(), &[hp.lr, bc1, bc2])? };
         let pg = self.ptr(grads, F32, OP)?;
         let pp = self.ptr_mut(params, F32, OP)?;
         let pm = self.ptr_mut(m, F32, OP)?;
@@ -1289,13 +1313,11 @@ impl Backend for CudaBackend {
                 pm,
                 pv,
                 long(n),
-                hp.lr,
+                step_hp.ptr(),
                 hp.beta1,
                 hp.beta2,
                 hp.eps,
                 hp.weight_decay,
-                bc1,
-                bc2,
             )
         }
     }
