@@ -138,6 +138,10 @@ struct TrainArgs {
     /// or bf16.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
     frozen_dtype: String,
+    /// On CUDA: replay each kind of training step as one CUDA graph (`on`), or launch kernel by
+    /// kernel (`off`). Both give the same parameters.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    cuda_graph: String,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 4)]
@@ -202,6 +206,7 @@ impl TrainArgs {
             skip_bad: self.skip_bad,
             device: self.device.clone(),
             frozen_dtype: self.frozen_dtype.clone(),
+            cuda_graph: self.cuda_graph == "on",
             max_steps_per_task: self.max_steps_per_task,
             delo: self.delo.config()?,
         })
@@ -440,6 +445,9 @@ enum BenchCommand {
         /// allocs_per_step, cuda_graph, every variant) instead of the tables.
         #[arg(long)]
         json: bool,
+        /// On CUDA: replay each step as a CUDA graph (`on`) or launch kernel by kernel (`off`).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        cuda_graph: String,
     },
 }
 
@@ -736,6 +744,7 @@ pub fn run(cli: Cli) -> Result<()> {
             compile_budget,
             no_compile,
             json,
+            cuda_graph,
         }) => {
             use delo::bench::train;
             let opts = train::TrainBenchOptions {
@@ -747,6 +756,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 rank,
                 steps,
                 rounds,
+                cuda_graph: cuda_graph == "on",
             };
             let device = delo::Device::parse(&device)?;
             // The scripts go to a private temp folder: torch_reference.py imports

@@ -87,10 +87,12 @@ fn delo_train_cuda_matches_cpu() {
     let (root, data, model) = common::synthetic_setup("cuda-train");
     // The demo's DeLo settings (delo::train::demo::demo_settings), with f32 frozen linears on
     // both devices so that the comparison is about the CUDA path, not bf16's precision.
-    let train = |device: &str| {
-        let out = root.join(device);
+    let train = |device: &str, graph: &str| {
+        let out = root.join(format!("{device}-graph-{graph}"));
         delo(&[
             "train",
+            "--cuda-graph",
+            graph,
             "--data",
             path(&data),
             "--model",
@@ -111,9 +113,12 @@ fn delo_train_cuda_matches_cpu() {
         ]);
         ap_fg(&out)
     };
-    let (ap_cpu, fg_cpu) = train("cpu");
-    let (ap, fg) = train("cuda");
+    let (ap_cpu, fg_cpu) = train("cpu", "on");
+    let (ap, fg) = train("cuda", "on");
     println!("AP {ap:.2} FG {fg:.2} on CUDA, AP {ap_cpu:.2} FG {fg_cpu:.2} on the CPU");
+    // The graph replays exactly the kernels the plain path launches: the same results.
+    let (ap_plain, fg_plain) = train("cuda", "off");
+    assert_eq!((ap, fg), (ap_plain, fg_plain), "CUDA graph on vs off");
     assert!(
         (ap - ap_cpu).abs() <= 1.0,
         "AP {ap} on CUDA, {ap_cpu} on the CPU"

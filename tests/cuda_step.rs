@@ -12,7 +12,7 @@ use common::harness::{self, cuda_device};
 use std::sync::{Mutex, MutexGuard};
 
 use delo::backend::cuda::{CudaBackend, DriverCounts};
-use delo::train::step::{train_step, ScalarQueue, StepOptim, TaskState};
+use delo::train::step::{run_step, ScalarQueue, StepBatch, StepOptim, TaskState};
 use delo::{DType, Device, Tensor};
 
 fn main() {
@@ -20,6 +20,9 @@ fn main() {
         trial!(pipelined_steps_match_cpu_without_syncs_or_allocations),
         trial!(backend_counts_match_the_emulated_driver).needs(emulated_driver()),
         trial!(late_read_reports_a_kernel_error),
+        trial!(graph_and_plain_steps_are_bit_identical),
+        trial!(a_graphed_step_cannot_read_the_device),
+        trial!(a_host_wait_inside_a_capture_is_refused),
     ];
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
@@ -61,8 +64,17 @@ struct Run<T> {
     window: (T, T),
 }
 
-/// Runs `steps` steps pipelined as the trainer does.
-fn run<T>(f: &Fixture, device: &Device, steps: usize, probe: impl Fn() -> T) -> Run<T> {
+/// Runs `steps` steps pipelined as the trainer does, on the plain path (`graph` false) or
+/// replayed as CUDA graphs, whose steady state starts two steps later: after both instances
+/// of the steady step's graph are captured.
+fn run<T>(
+    f: &Fixture,
+    device: &Device,
+    steps: usize,
+    graph: bool,
+    probe: impl Fn() -> T,
+) -> Run<T> {
+    let warm_up = WARM_UP + if graph { 2 } else { 0 };
     let mut state = TaskState {
         params: param_set_on(f, device),
         keys: vec![None],
@@ -71,13 +83,15 @@ fn run<T>(f: &Fixture, device: &Device, steps: usize, probe: impl Fn() -> T) -> 
     let mut losses = Vec::new();
     let mut start = None;
     for step in 0..steps {
-        if step == WARM_UP {
+        if step == warm_up {
             start = Some(probe());
         }
-        let loss = train_step(
-            &f.vilt, &f.cfg, &mut state, &f.inputs, &f.missing, &f.targets, OPTIM,
-        )
-        .unwrap();
+        let batch = StepBatch {
+            inputs: &f.inputs,
+            missing: &f.missing,
+            targets: &f.targets,
+        };
+        let loss = run_step(&f.vilt, &f.cfg, &mut state, &batch, OPTIM, graph).unwrap();
         queue.push(&loss).unwrap();
         if queue.pending() > 1 {
             losses.push(queue.pop().unwrap().unwrap());
@@ -99,13 +113,15 @@ fn pipelined_steps_match_cpu_without_syncs_or_allocations() {
     let (gpu, _serial) = gpu();
     let steps = 5;
     let cpu = &Device::Cpu;
-    let c = run(&load_on("delo-tiny", 1, cpu, DType::F32), cpu, steps, || ());
-    let g = run(
-        &load_on("delo-tiny", 1, &gpu, DType::F32),
-        &gpu,
+    let c = run(
+        &load_on("delo-tiny", 1, cpu, DType::F32),
+        cpu,
         steps,
-        || counts(&gpu),
+        false,
+        || (),
     );
+    let f = load_on("delo-tiny", 1, &gpu, DType::F32);
+    let g = run(&f, &gpu, steps, false, || counts(&gpu));
     assert_eq!(g.losses.len(), steps);
     assert_close("losses, step by step", &g.losses, &c.losses, 1e-5, 1e-4);
     assert_close(
@@ -175,7 +191,7 @@ fn assert_counts_agree(
 fn backend_counts_match_the_emulated_driver() {
     let (gpu, _serial) = gpu();
     let f = load_on("delo-tiny", 1, &gpu, DType::F32);
-    let r = run(&f, &gpu, 5, || (counts(&gpu), emu_stats().unwrap()));
+    let r = run(&f, &gpu, 5, false, || (counts(&gpu), emu_stats().unwrap()));
     let ((ours0, emu0), (ours1, emu1)) = r.window;
     let ours = ours1.since(&ours0);
     assert!(ours.launches > 0 && ours.event_waits > 0, "{ours:?}");
@@ -224,4 +240,88 @@ fn late_read_reports_a_kernel_error() {
     assert!(err.contains("gather_rows"), "{err}");
     assert_eq!(queue.pop().unwrap(), Some(3.5));
     assert_eq!(queue.pop().unwrap(), None);
+}
+
+/// The acceptance check: 20 steps replayed as CUDA graphs leave exactly the parameters,
+/// keys and losses of 20 plain steps, and a steady-state graphed step launches one graph and
+/// nothing else: no kernel launch, upload, allocation or host synchronisation of its own.
+fn graph_and_plain_steps_are_bit_identical() {
+    let (gpu, _serial) = gpu();
+    let steps = 20;
+    let f = load_on("delo-tiny", 1, &gpu, DType::BF16);
+    let plain = run(&f, &gpu, steps, false, || ());
+    let graphed = run(&f, &gpu, steps, true, || counts(&gpu));
+    assert_eq!(graphed.losses, plain.losses, "losses");
+    assert_eq!(
+        graphed.params, plain.params,
+        "parameters after {steps} steps"
+    );
+    assert_eq!(graphed.key, plain.key, "task key after {steps} steps");
+    let used = graphed.window.1.since(&graphed.window.0);
+    let later = (steps - WARM_UP - 2) as u64;
+    assert_eq!(used.graph_launches, later, "{used:?}");
+    assert_eq!(
+        (used.launches, used.uploads, used.allocs, used.host_syncs),
+        (0, 0, 0, 0),
+        "{used:?}"
+    );
+    let Device::Cuda(b) = &gpu else {
+        unreachable!()
+    };
+    // The first step (no key yet), the second (the key's block taken) and the steady state,
+    // whose graph has two instances used in turn.
+    assert!(
+        b.graphs_captured() <= 4,
+        "{} graphs captured",
+        b.graphs_captured()
+    );
+}
+
+fn a_graphed_step_cannot_read_the_device() {
+    let (gpu, _serial) = gpu();
+    let Device::Cuda(b) = &gpu else {
+        unreachable!()
+    };
+    let t = gpu
+        .backend()
+        .upload(&Tensor::from_f32(vec![1.0, 2.0], &[2]).unwrap())
+        .unwrap();
+    let err = b.graphed(|| t.to_vec_f32()).unwrap_err().to_string();
+    assert!(err.contains("graphed step"), "{err}");
+    // The backend is usable afterwards, outside and inside graphed steps.
+    assert_eq!(t.to_vec_f32().unwrap(), vec![1.0, 2.0]);
+    let doubled = b.graphed(|| gpu.backend().scale(&t, 2.0)).unwrap();
+    assert_eq!(doubled.to_vec_f32().unwrap(), vec![2.0, 4.0]);
+}
+
+/// A host wait on a capturing stream fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and
+/// invalidates the capture, on a GPU as under the emulated driver.
+fn a_host_wait_inside_a_capture_is_refused() {
+    use cudarc::driver::{result, sys};
+    let (gpu, _serial) = gpu();
+    let Device::Cuda(b) = &gpu else {
+        unreachable!()
+    };
+    b.stream().context().bind_to_thread().unwrap();
+    let s = b.stream().cu_stream();
+    // SAFETY: the backend's own stream, idle; the capture is ended below whatever happens.
+    unsafe {
+        result::stream::begin_capture(
+            s,
+            sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        )
+        .unwrap();
+        let sync = result::stream::synchronize(s).unwrap_err();
+        assert_eq!(
+            sync.0,
+            sys::cudaError_enum::CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED
+        );
+        let end = result::stream::end_capture(s).unwrap_err();
+        assert_eq!(
+            end.0,
+            sys::cudaError_enum::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+        );
+    }
+    // The stream works again.
+    gpu.backend().synchronize().unwrap();
 }

@@ -48,8 +48,9 @@ namespace {
 
 // CUresult codes (cuda.h).
 constexpr Result kOutOfMemory = 2, kInvalidDevice = 101, kNoBinaryForGpu = 209,
-                 kInvalidPtx = 218, kUnsupportedPtxVersion = 222, kNotFound = 500,
-                 kNotReady = 600, kPrimaryContextActive = 708;
+                 kInvalidPtx = 218, kUnsupportedPtxVersion = 222, kIllegalState = 401,
+                 kNotFound = 500, kNotReady = 600, kPrimaryContextActive = 708,
+                 kCaptureUnsupported = 900, kCaptureInvalidated = 901;
 
 // The emulated device: an H100/H200-class part (compute capability 9.0, 132 SMs).
 constexpr int kCcMajor = 9, kCcMinor = 0, kSms = 132;
@@ -73,10 +74,19 @@ struct Alloc {
     unsigned char* raw;  // what malloc returned; the allocation starts kGuard bytes in
 };
 
+// A captured or instantiated graph: the ops of one stream capture, run in order on launch.
+struct Graph {
+    std::vector<std::function<void()>> ops;
+};
+
 struct Stream {
     std::mutex m;
     std::deque<std::function<void()>> q;
     unsigned long long queued = 0, done = 0;  // ops queued and run so far
+    // While capturing: where queued work goes instead of `q`, and whether an operation that
+    // cannot be captured has invalidated the capture.
+    Graph* capture = nullptr;
+    bool invalidated = false;
 };
 
 struct Event {
@@ -103,7 +113,8 @@ struct Context {
 struct Counters {
     std::map<std::string, unsigned long long> launches;
     unsigned long long host_syncs = 0, event_waits = 0, bytes_htod = 0, bytes_dtoh = 0,
-                       bytes_dtod = 0, memsets = 0, allocs = 0, frees = 0, nvtx_ranges = 0;
+                       bytes_dtod = 0, memsets = 0, allocs = 0, frees = 0, nvtx_ranges = 0,
+                       graph_launches = 0;
     size_t live_bytes = 0, peak_bytes = 0;
 };
 
@@ -115,6 +126,7 @@ struct State {
     std::set<Stream*> streams;
     std::set<Event*> events;
     std::set<Module*> modules;
+    std::set<Graph*> graphs, execs;
     std::map<uint64_t, Alloc> device;      // base → block
     std::map<uint64_t, size_t> pinned;     // page-locked host blocks: base → size
     unsigned long long release_threshold = 0;
@@ -340,7 +352,7 @@ std::string stats_json() {
     unsigned long long total = 0;
     for (auto& [n, v] : c.launches) total += v;
     o << "{\"launches\":" << total << ",\"host_syncs\":" << c.host_syncs
-      << ",\"event_waits\":" << c.event_waits
+      << ",\"event_waits\":" << c.event_waits << ",\"graph_launches\":" << c.graph_launches
       << ",\"bytes_htod\":" << c.bytes_htod << ",\"bytes_dtoh\":" << c.bytes_dtoh
       << ",\"bytes_dtod\":" << c.bytes_dtod << ",\"memsets\":" << c.memsets
       << ",\"allocs\":" << c.allocs << ",\"frees\":" << c.frees
@@ -417,9 +429,53 @@ Result enqueue(void* stream, std::function<void()> op) {
     Stream* s = stream_of(stream);
     if (!s) return kInvalidHandle;
     std::lock_guard<std::mutex> l(s->m);
+    if (s->capture) {
+        if (s->invalidated) return kCaptureInvalidated;
+        s->capture->ops.push_back(std::move(op));
+        return kSuccess;
+    }
     s->q.push_back(std::move(op));
     ++s->queued;
     return kSuccess;
+}
+
+// ---- stream capture ----------------------------------------------------------------------------
+// A capturing stream records its work into a graph instead of queueing it. Operations that
+// cannot be captured (a host wait, an allocation, a copy from pageable memory, an event record
+// on the capturing stream) fail with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate the
+// capture, as the driver does in the global capture mode; ending an invalidated capture fails.
+
+// Whether `s` is capturing (a null `s`: whether any stream is).
+bool capturing(Stream* s = nullptr) {
+    std::vector<Stream*> all;
+    if (s) {
+        all.push_back(s);
+    } else {
+        std::lock_guard<std::mutex> l(g().mu);
+        all.assign(g().streams.begin(), g().streams.end());
+    }
+    for (Stream* x : all) {
+        std::lock_guard<std::mutex> l(x->m);
+        if (x->capture) return true;
+    }
+    return false;
+}
+
+// Refuses an operation during capture: invalidates `s`'s capture (every capture when `s` is
+// null) and returns CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
+Result refuse_in_capture(Stream* s = nullptr) {
+    std::vector<Stream*> all;
+    if (s) {
+        all.push_back(s);
+    } else {
+        std::lock_guard<std::mutex> l(g().mu);
+        all.assign(g().streams.begin(), g().streams.end());
+    }
+    for (Stream* x : all) {
+        std::lock_guard<std::mutex> l(x->m);
+        if (x->capture) x->invalidated = true;
+    }
+    return kCaptureUnsupported;
 }
 
 bool device_range_ok(uint64_t p, size_t bytes) {
@@ -642,6 +698,7 @@ EXPORT CUresult cuCtxGetDevice(CUdevice* d) {
 
 EXPORT CUresult cuCtxSynchronize() {
     if (Result e = ready()) return e;
+    if (capturing()) return refuse_in_capture();
     flush_all();
     count_sync();
     return sticky();
@@ -696,12 +753,14 @@ static CUresult run_until(Stream* st, unsigned long long until, Wait wait) {
 EXPORT CUresult cuStreamSynchronize(void* s) {
     if (Result e = ready()) return e;
     Stream* st = stream_of(s);
+    if (st && capturing(st)) return refuse_in_capture(st);
     return st ? run_until(st, ~0ull, Wait::Stream) : kInvalidHandle;
 }
 
 EXPORT CUresult cuStreamQuery(void* s) {
     if (Result e = ready()) return e;
     Stream* st = stream_of(s);
+    if (st && capturing(st)) return refuse_in_capture(st);
     return st ? run_until(st, ~0ull, Wait::None) : kInvalidHandle;
 }
 
@@ -741,6 +800,8 @@ EXPORT CUresult cuEventRecord(void* e, void* s) {
     Event* ev = event_of(e);
     Stream* st = stream_of(s);
     if (!ev || !st) return kInvalidHandle;
+    // Events between captured work are graph edges on a GPU; this emulation has none.
+    if (capturing(st)) return refuse_in_capture(st);
     std::lock_guard<std::mutex> l(st->m);
     ev->stream = st;
     ev->recorded = true;
@@ -810,17 +871,22 @@ EXPORT CUresult cuEventDestroy_v2(void* e) {
 
 EXPORT CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     if (Result e = ready()) return e;
+    if (capturing()) return refuse_in_capture();
     return alloc_device(p, bytes);
 }
 
 EXPORT CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {
     if (Result e = ready()) return e;
-    if (!stream_of(s)) return kInvalidHandle;
+    Stream* st = stream_of(s);
+    if (!st) return kInvalidHandle;
+    // Graph memory nodes are not emulated: allocate before capturing.
+    if (capturing(st)) return refuse_in_capture(st);
     return alloc_device(p, bytes);
 }
 
 EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
     if (Result e = ready()) return e;
+    if (capturing()) return refuse_in_capture();
     if (!is_block_base(p)) return kInvalidValue;
     flush_all();  // a blocking free waits for the device
     count_sync();
@@ -830,6 +896,7 @@ EXPORT CUresult cuMemFree_v2(CUdeviceptr p) {
 
 EXPORT CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
     if (Result e = ready()) return e;
+    if (Stream* st = stream_of(s); st && capturing(st)) return refuse_in_capture(st);
     if (!is_block_base(p)) return kInvalidValue;
     return enqueue(s, [p] { release_block(p); });
 }
@@ -859,6 +926,7 @@ EXPORT CUresult cuMemAllocHost_v2(void** p, size_t bytes) { return cuMemHostAllo
 
 EXPORT CUresult cuMemFreeHost(void* p) {
     if (Result e = ready()) return e;
+    if (capturing()) return refuse_in_capture();
     {
         std::lock_guard<std::mutex> l(g().mu);
         if (!g().pinned.count((uint64_t)p)) return kInvalidValue;
@@ -872,6 +940,18 @@ EXPORT CUresult cuMemFreeHost(void* p) {
 
 EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, void* s) {
     if (!src && n) return kInvalidValue;
+    if (Stream* st = stream_of(s); st && capturing(st)) {
+        // A captured copy reads the host memory when the graph runs; only page-locked memory
+        // can be captured.
+        if (!pinned_range(src, n)) return refuse_in_capture(st);
+        Result r = queue_checked(s, {{dst, n}}, "cuMemcpyHtoDAsync (graph)",
+                                 [dst, src, n] { memcpy((void*)dst, src, n); });
+        if (r == kSuccess) {
+            std::lock_guard<std::mutex> l(g().mu);
+            g().counters.bytes_htod += n;
+        }
+        return r;
+    }
     // Staged at the call, from pinned memory too: a later stream-ordered copy into the same
     // pinned buffer (which fills it with 0xFF until the host synchronises) must not change
     // what this one uploads.
@@ -891,7 +971,10 @@ EXPORT CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n,
 EXPORT CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, void* s) {
     if (!dst && n) return kInvalidValue;
     const bool pinned = pinned_range(dst, n);
-    if (pinned && device_range_ok(src, n)) {
+    Stream* st = stream_of(s);
+    const bool captured = st && capturing(st);
+    if (captured && !pinned) return refuse_in_capture(st);
+    if (pinned && !captured && device_range_ok(src, n)) {
         // Until the host synchronises, the destination holds no data yet.
         memset(dst, 0xFF, n);
     }
@@ -921,6 +1004,7 @@ EXPORT CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n,
 
 EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
     if (Result e = ready()) return e;
+    if (capturing()) return refuse_in_capture();
     flush_all();
     Result r = cuMemcpyHtoDAsync_v2(dst, src, n, nullptr);
     if (r) return r;
@@ -931,6 +1015,7 @@ EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
 
 EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
     if (Result e = ready()) return e;
+    if (capturing()) return refuse_in_capture();
     flush_all();
     Result r = cuMemcpyDtoHAsync_v2(dst, src, n, nullptr);
     if (r) return r;
@@ -941,6 +1026,7 @@ EXPORT CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
 
 EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
     if (Result e = ready()) return e;
+    if (capturing()) return refuse_in_capture();
     flush_all();
     Result r = cuMemcpyDtoDAsync_v2(dst, src, n, nullptr);
     if (r) return r;
@@ -973,6 +1059,7 @@ EXPORT CUresult cuMemsetD32Async(CUdeviceptr p, unsigned v, size_t n, void* s) {
 }
 
 EXPORT CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {
+    if (capturing()) return refuse_in_capture();
     Result r = memset_async(p, v, n, 1, nullptr);
     if (r) return r;
     flush(&g().legacy);
@@ -980,6 +1067,7 @@ EXPORT CUresult cuMemsetD8_v2(CUdeviceptr p, unsigned char v, size_t n) {
 }
 
 EXPORT CUresult cuMemsetD32_v2(CUdeviceptr p, unsigned v, size_t n) {
+    if (capturing()) return refuse_in_capture();
     if (p % 4) return kInvalidValue;
     Result r = memset_async(p, v, n, 4, nullptr);
     if (r) return r;
@@ -1226,6 +1314,112 @@ EXPORT CUresult cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, 
     return enqueue(s, [f, d, smem, args = std::move(args)] { run_kernel(f, d, smem, args); });
 }
 
+// ---- graphs ------------------------------------------------------------------------------------
+
+EXPORT CUresult cuStreamBeginCapture_v2(void* s, int mode) {
+    if (Result e = ready()) return e;
+    if (mode < 0 || mode > 2) return kInvalidValue;
+    if (s == nullptr || s == (void*)0x1 || s == (void*)0x2) return kCaptureUnsupported;
+    Stream* st = stream_of(s);
+    if (!st) return kInvalidHandle;
+    std::lock_guard<std::mutex> l(st->m);
+    if (st->capture) return kIllegalState;
+    st->capture = new Graph();
+    st->invalidated = false;
+    return kSuccess;
+}
+
+EXPORT CUresult cuStreamBeginCapture(void* s, int mode) { return cuStreamBeginCapture_v2(s, mode); }
+
+EXPORT CUresult cuStreamEndCapture(void* s, void** graph) {
+    if (Result e = ready()) return e;
+    if (!graph) return kInvalidValue;
+    Stream* st = stream_of(s);
+    if (!st) return kInvalidHandle;
+    Graph* cap;
+    bool invalidated;
+    {
+        std::lock_guard<std::mutex> l(st->m);
+        if (!st->capture) return kIllegalState;
+        cap = st->capture;
+        invalidated = st->invalidated;
+        st->capture = nullptr;
+        st->invalidated = false;
+    }
+    if (invalidated) {
+        delete cap;
+        *graph = nullptr;
+        return kCaptureInvalidated;
+    }
+    std::lock_guard<std::mutex> l(g().mu);
+    g().graphs.insert(cap);
+    *graph = cap;
+    return kSuccess;
+}
+
+// CU_STREAM_CAPTURE_STATUS_NONE, _ACTIVE, _INVALIDATED.
+EXPORT CUresult cuStreamIsCapturing(void* s, int* status) {
+    if (Result e = ready()) return e;
+    if (!status) return kInvalidValue;
+    Stream* st = stream_of(s);
+    if (!st) return kInvalidHandle;
+    std::lock_guard<std::mutex> l(st->m);
+    *status = st->capture ? (st->invalidated ? 2 : 1) : 0;
+    return kSuccess;
+}
+
+static Graph* graph_in(std::set<Graph*> State::*set, void* h) {
+    std::lock_guard<std::mutex> l(g().mu);
+    return (g().*set).count((Graph*)h) ? (Graph*)h : nullptr;
+}
+
+EXPORT CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long flags) {
+    if (Result e = ready()) return e;
+    if (!exec || flags > 0xF) return kInvalidValue;
+    Graph* gr = graph_in(&State::graphs, graph);
+    if (!gr) return kInvalidHandle;
+    Graph* x = new Graph(*gr);
+    std::lock_guard<std::mutex> l(g().mu);
+    g().execs.insert(x);
+    *exec = x;
+    return kSuccess;
+}
+
+EXPORT CUresult cuGraphLaunch(void* exec, void* s) {
+    if (Result e = ready()) return e;
+    Graph* x = graph_in(&State::execs, exec);
+    if (!x) return kInvalidHandle;
+    Stream* st = stream_of(s);
+    if (!st) return kInvalidHandle;
+    // Child graphs are not emulated.
+    if (capturing(st)) return refuse_in_capture(st);
+    // The graph's ops are copied: destroying the exec while a launch is queued is legal.
+    Result r = enqueue(s, [ops = x->ops] {
+        for (const auto& op : ops) op();
+    });
+    if (r == kSuccess) {
+        std::lock_guard<std::mutex> l(g().mu);
+        ++g().counters.graph_launches;
+    }
+    return r;
+}
+
+EXPORT CUresult cuGraphExecDestroy(void* exec) {
+    if (Result e = ready()) return e;
+    std::lock_guard<std::mutex> l(g().mu);
+    if (!g().execs.erase((Graph*)exec)) return kInvalidHandle;
+    delete (Graph*)exec;
+    return kSuccess;
+}
+
+EXPORT CUresult cuGraphDestroy(void* graph) {
+    if (Result e = ready()) return e;
+    std::lock_guard<std::mutex> l(g().mu);
+    if (!g().graphs.erase((Graph*)graph)) return kInvalidHandle;
+    delete (Graph*)graph;
+    return kSuccess;
+}
+
 // ---- errors ------------------------------------------------------------------------------------
 
 static const char* error_name(int e) {
@@ -1242,12 +1436,15 @@ static const char* error_name(int e) {
         case 222: return "CUDA_ERROR_UNSUPPORTED_PTX_VERSION";
         case 301: return "CUDA_ERROR_FILE_NOT_FOUND";
         case 400: return "CUDA_ERROR_INVALID_HANDLE";
+        case 401: return "CUDA_ERROR_ILLEGAL_STATE";
         case 500: return "CUDA_ERROR_NOT_FOUND";
         case 600: return "CUDA_ERROR_NOT_READY";
         case 700: return "CUDA_ERROR_ILLEGAL_ADDRESS";
         case 708: return "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE";
         case 719: return "CUDA_ERROR_LAUNCH_FAILED";
         case 801: return "CUDA_ERROR_NOT_SUPPORTED";
+        case 900: return "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED";
+        case 901: return "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED";
         case 999: return "CUDA_ERROR_UNKNOWN";
         default: return nullptr;
     }
@@ -1267,12 +1464,15 @@ static const char* error_text(int e) {
         case 222: return "the provided PTX was compiled with an unsupported toolchain";
         case 301: return "file not found";
         case 400: return "invalid resource handle";
+        case 401: return "the operation cannot be performed in the present state";
         case 500: return "named symbol not found";
         case 600: return "device not ready";
         case 700: return "an illegal memory access was encountered";
         case 708: return "primary context active";
         case 719: return "unspecified launch failure";
         case 801: return "operation not supported";
+        case 900: return "operation not permitted when stream is capturing";
+        case 901: return "operation failed due to a previous error during capture";
         case 999: return "unknown error";
         default: return nullptr;
     }

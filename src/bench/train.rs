@@ -31,7 +31,7 @@ use crate::delo::params::{init_params, task_specs};
 use crate::error::{Error, Result};
 use crate::params::ParamSet;
 use crate::tensor::{DType, Tensor};
-use crate::train::step::{train_step, ScalarQueue, StepOptim, TaskState};
+use crate::train::step::{run_step, ScalarQueue, StepBatch, StepOptim, TaskState};
 use crate::vilt::{init_weights, InitOptions, Preset, Vilt, ViltConfig, ViltInputs};
 
 /// Classes of the synthetic task (Food101's count).
@@ -49,6 +49,8 @@ pub struct TrainBenchOptions {
     pub steps: usize,
     /// Alternating rounds over all variants (and the PyTorch reference).
     pub rounds: usize,
+    /// On CUDA, replay each step as a CUDA graph.
+    pub cuda_graph: bool,
 }
 
 /// A synthetic batch with the missing mix: samples `i % 4` ∈ {0, 1} complete, 2 text
@@ -145,6 +147,7 @@ fn timed_steps(
     case: &mut Case,
     batch: &(ViltInputs, Vec<MissingType>, Targets),
     steps: usize,
+    graph: bool,
 ) -> Result<(f64, Option<DriverCounts>)> {
     let (inputs, missing, targets) = batch;
     let counts = || match &vilt.device {
@@ -155,15 +158,12 @@ fn timed_steps(
     let before = counts();
     let started = Instant::now();
     for _ in 0..steps {
-        let loss = train_step(
-            vilt,
-            &case.cfg,
-            &mut case.state,
+        let batch = StepBatch {
             inputs,
             missing,
             targets,
-            OPTIM,
-        )?;
+        };
+        let loss = run_step(vilt, &case.cfg, &mut case.state, &batch, OPTIM, graph)?;
         losses.push(&loss)?;
         if losses.pending() > 1 {
             losses.pop()?;
@@ -312,6 +312,7 @@ pub struct PerStep {
     pub event_waits: f64,
     pub allocs: f64,
     pub uploads: f64,
+    pub graph_launches: f64,
 }
 
 impl PerStep {
@@ -324,6 +325,7 @@ impl PerStep {
             event_waits: c.event_waits as f64 / n,
             allocs: c.allocs as f64 / n,
             uploads: c.uploads as f64 / n,
+            graph_launches: c.graph_launches as f64 / n,
         }
     }
 }
@@ -412,20 +414,22 @@ pub fn bench_train(
         })
         .collect::<Result<Vec<_>>>()?;
     let batch = synthetic_batch(&vcfg, o.batch, o.text_len, o.image_size)?;
-    // Two warm-up rounds over the variants (a first step has no task key to decay yet): GEMM
-    // heuristics chosen, and the block cache filled for every variant's shapes while every
-    // variant's own state (parameters, moments, keys) is alive, before anything is timed or
-    // counted.
-    for _ in 0..2 {
+    let graph = o.cuda_graph && device.is_cuda();
+    // Warm-up rounds over the variants before anything is timed or counted: GEMM heuristics
+    // chosen, the block cache filled for every variant's shapes while every variant's own
+    // state (parameters, moments, keys) is alive, and with the graph on both instances of each
+    // variant's steady-state graph captured (a task's first step has no key to decay, its
+    // second starts with the key's block taken, the third is the steady state).
+    for _ in 0..4 {
         for case in cases.iter_mut() {
-            timed_steps(&vilt, case, &batch, 1)?;
+            timed_steps(&vilt, case, &batch, 1, graph)?;
         }
     }
     let steps = o.steps.max(1);
     for _ in 0..o.rounds.max(1) {
         for case in cases.iter_mut() {
             let _range = nvtx::range(&format!("bench train {}", case.name));
-            let (t, used) = timed_steps(&vilt, case, &batch, steps)?;
+            let (t, used) = timed_steps(&vilt, case, &batch, steps, graph)?;
             case.best_s = case.best_s.min(t);
             case.per_step = used;
         }
@@ -462,7 +466,7 @@ pub fn train_table(r: &TrainBenchReport) -> String {
     let b = o.batch as f64;
     let vcfg = o.preset.config();
     let mut s = format!(
-        "DeLo training step, {:?} ViLT (d={}, L={}), batch {}, text {} + image {}² ({} patches), E={}, r={}, on {} ({} rayon threads); best of {} rounds of {} pipelined steps; CUDA graph: off\n\n",
+        "DeLo training step, {:?} ViLT (d={}, L={}), batch {}, text {} + image {}² ({} patches), E={}, r={}, on {} ({} rayon threads); best of {} rounds of {} pipelined steps; CUDA graph: {}\n\n",
         o.preset,
         vcfg.hidden_size,
         vcfg.num_hidden_layers,
@@ -475,7 +479,12 @@ pub fn train_table(r: &TrainBenchReport) -> String {
         r.device,
         rayon::current_num_threads(),
         o.rounds,
-        o.steps
+        o.steps,
+        if o.cuda_graph && r.device.starts_with("cuda") {
+            "on"
+        } else {
+            "off"
+        }
     );
     let seconds = |n: &str| r.rows.iter().find(|x| x.name == n).map(|x| x.seconds);
     let lora = seconds("lora");
@@ -516,12 +525,13 @@ pub fn train_table(r: &TrainBenchReport) -> String {
         s += "\n";
     }
     if r.rows.iter().any(|x| x.per_step.is_some()) {
-        s += "\nWhat one step asks of the driver (counted by the backend, steady state):\n\n| variant | launches | memsets + copies | host syncs | event waits | allocations | uploads |\n|---|---|---|---|---|---|---|\n";
+        s += "\nWhat one step asks of the driver (counted by the backend, steady state; with the graph on, the kernels, copies and uploads are inside the graph launch):\n\n| variant | graph launches | kernel launches | memsets + copies | host syncs | event waits | allocations | uploads |\n|---|---|---|---|---|---|---|---|\n";
         for row in &r.rows {
             if let Some(p) = &row.per_step {
                 s += &format!(
-                    "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+                    "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
                     row.name,
+                    p.graph_launches,
                     p.launches,
                     p.memops,
                     p.host_syncs,
@@ -552,8 +562,9 @@ pub fn train_table(r: &TrainBenchReport) -> String {
 }
 
 /// The report as one JSON object for scripts: the `delo` variant's figures at the top level
-/// (`samples_per_second`, `launches_per_step`, `host_syncs_per_step`, `allocs_per_step`, …;
-/// the per-step counts are null on the CPU), every variant under `variants`, and the PyTorch
+/// (`samples_per_second`, `launches_per_step` (kernel launches and cuBLAS calls the host
+/// makes), `graph_launches_per_step`, `host_syncs_per_step`, `allocs_per_step`, …; the
+/// per-step counts are null on the CPU), every variant under `variants`, and the PyTorch
 /// reference's samples/s when it ran.
 pub fn train_json(r: &TrainBenchReport) -> serde_json::Value {
     let o = &r.opts;
@@ -570,6 +581,7 @@ pub fn train_json(r: &TrainBenchReport) -> serde_json::Value {
             "event_waits_per_step": p.map(|p| p.event_waits),
             "allocs_per_step": p.map(|p| p.allocs),
             "uploads_per_step": p.map(|p| p.uploads),
+            "graph_launches_per_step": p.map(|p| p.graph_launches),
         })
     };
     let mut top = r
@@ -596,7 +608,7 @@ pub fn train_json(r: &TrainBenchReport) -> serde_json::Value {
         "rank": o.rank,
         "steps": o.steps,
         "rounds": o.rounds,
-        "cuda_graph": false,
+        "cuda_graph": o.cuda_graph && r.device.starts_with("cuda"),
         "variants": r.rows.iter().map(row_json).collect::<Vec<_>>(),
         "torch": torch,
     });

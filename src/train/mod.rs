@@ -34,7 +34,7 @@ use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
 pub use crate::delo::keys::TaskKeys;
 use prep::ViltPrep;
-use step::{train_step, ScalarQueue, StepOptim, TaskState};
+use step::{run_step, ScalarQueue, StepBatch, StepOptim, TaskState};
 
 /// The frozen linears' element type that the `frozen_dtype` setting asks for on `device`.
 fn frozen_dtype(setting: &str, device: &Device) -> Result<DType> {
@@ -75,6 +75,8 @@ pub struct TrainSettings {
     /// Element type of the frozen linears' weights: `auto` (bf16 on CUDA, f32 on the CPU),
     /// `f32` or `bf16`.
     pub frozen_dtype: String,
+    /// On CUDA, replay each kind of step as one CUDA graph (else launch kernel by kernel).
+    pub cuda_graph: bool,
     /// Stop each task after this many steps (quick runs and tests); `None`: all epochs.
     pub max_steps_per_task: Option<usize>,
     pub delo: DeloConfig,
@@ -100,6 +102,7 @@ impl Default for TrainSettings {
             skip_bad: false,
             device: "cpu".into(),
             frozen_dtype: "auto".into(),
+            cuda_graph: true,
             max_steps_per_task: None,
             delo: DeloConfig::default(),
         }
@@ -469,14 +472,18 @@ impl Trainer {
                     eps: s.eps,
                     weight_decay: s.weight_decay,
                 };
-                let loss = train_step(
+                let batch_in = StepBatch {
+                    inputs: &batch.data,
+                    missing: &missing,
+                    targets: &targets,
+                };
+                let loss = run_step(
                     &self.vilt,
                     &s.delo,
                     &mut state,
-                    &batch.data,
-                    &missing,
-                    &targets,
+                    &batch_in,
                     optim,
+                    s.cuda_graph,
                 )?;
                 samples += batch.samples.len();
                 losses.queue.push(&loss)?;

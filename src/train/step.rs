@@ -38,6 +38,41 @@ pub struct StepOptim {
     pub weight_decay: f32,
 }
 
+/// One batch as a step takes it: host tensors, moved to the model's device by the step.
+#[derive(Clone, Copy)]
+pub struct StepBatch<'a> {
+    pub inputs: &'a ViltInputs,
+    pub missing: &'a [MissingType],
+    pub targets: &'a Targets,
+}
+
+/// [`train_step`] on a CUDA device replayed as a CUDA graph when `graph` is set (one graph per
+/// kind of step, captured on first sight; see `backend::cuda::graph`); as is otherwise.
+pub fn run_step(
+    vilt: &Vilt,
+    cfg: &DeloConfig,
+    state: &mut TaskState,
+    batch: &StepBatch,
+    optim: StepOptim,
+    graph: bool,
+) -> Result<Tensor> {
+    let step = |state: &mut TaskState| {
+        train_step(
+            vilt,
+            cfg,
+            state,
+            batch.inputs,
+            batch.missing,
+            batch.targets,
+            optim,
+        )
+    };
+    match &vilt.device {
+        Device::Cuda(b) if graph => b.graphed(|| step(state)),
+        _ => step(state),
+    }
+}
+
 /// Runs one step on `batch` (host tensors, moved to the model's device) and returns the total
 /// loss as a `[1]` tensor on the device. The keys are updated from the task query of the
 /// `--task-key` source: the frozen model's pooled output, the input embeddings (eq. 7), or

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 /// One (strided-batched) row-major GEMM `C = alpha · op(A) · op(B) + beta · C`; `C` is f32.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct GemmCall {
     /// Element type of `A` and `B` (f32 or bf16).
     pub dtype: DType,
@@ -61,6 +61,16 @@ impl CudaBackend {
     /// (callers handle empty products themselves).
     pub(crate) fn gemm(&self, g: &GemmCall) -> Result<()> {
         debug_assert!(g.m > 0 && g.n > 0 && g.k > 0 && g.batch > 0);
+        if self.recorder.record(|| super::graph::Op::Gemm(*g)) {
+            return Ok(());
+        }
+        self.counters.add(super::memory::Count::Launch);
+        self.gemm_now(g)
+    }
+
+    /// [`CudaBackend::gemm`] issued to cuBLAS whether or not a step is being traced (and not
+    /// counted: a capture replays it into a graph).
+    pub(crate) fn gemm_now(&self, g: &GemmCall) -> Result<()> {
         let ab_type = match g.dtype {
             DType::F32 => cudaDataType_t::CUDA_R_32F,
             DType::BF16 => cudaDataType_t::CUDA_R_16BF,
@@ -76,7 +86,6 @@ impl CudaBackend {
             .map_err(|_| Error::Cuda("the cuBLAS handle's lock is poisoned".into()))?;
         let handle = *guard.handle();
         self.bind()?;
-        self.counters.add(super::memory::Count::Launch);
         // SAFETY: the callers derive every pointer, leading dimension and stride from tensors
         // whose storage covers the addressed elements; alpha and beta are host f32 (the
         // handle's default pointer mode) as COMPUTE_32F requires.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig};
 
+use super::graph::{Arg, Recorder};
 use super::memory::{Count, Counters};
 use crate::error::{Error, Result};
 
@@ -45,12 +46,18 @@ macro_rules! kernels {
         pub(crate) struct Kernels {
             $( $name: CudaFunction, )*
             counters: Arc<Counters>,
+            recorder: Arc<Recorder>,
         }
 
         impl Kernels {
-            pub(crate) fn load(module: &Arc<CudaModule>, counters: Arc<Counters>) -> Result<Kernels> {
+            pub(crate) fn load(
+                module: &Arc<CudaModule>,
+                counters: Arc<Counters>,
+                recorder: Arc<Recorder>,
+            ) -> Result<Kernels> {
                 Ok(Kernels {
                     counters,
+                    recorder,
                     $(
                         $name: module.load_function(stringify!($name)).map_err(|e| {
                             Error::Cuda(format!(
@@ -76,6 +83,10 @@ macro_rules! kernels {
                     $( $arg: $ty, )*
                 ) -> Result<()> {
                     use cudarc::driver::PushKernelArg;
+                    let args = [$( Arg::from($arg) ),*];
+                    if self.recorder.kernel(stringify!($name), &self.$name, &cfg, &args) {
+                        return Ok(());
+                    }
                     self.counters.add(Count::Launch);
                     let mut b = stream.launch_builder(&self.$name);
                     $( b.arg(&$arg); )*

@@ -30,6 +30,7 @@ pub(crate) struct Counters {
     event_waits: AtomicU64,
     allocs: AtomicU64,
     uploads: AtomicU64,
+    graph_launches: AtomicU64,
 }
 
 /// Which counter an event adds to.
@@ -47,6 +48,8 @@ pub(crate) enum Count {
     Alloc,
     /// A host-to-device copy.
     Upload,
+    /// A `cuGraphLaunch` (a whole step's work).
+    GraphLaunch,
 }
 
 impl Counters {
@@ -58,6 +61,7 @@ impl Counters {
             Count::EventWait => &self.event_waits,
             Count::Alloc => &self.allocs,
             Count::Upload => &self.uploads,
+            Count::GraphLaunch => &self.graph_launches,
         };
         n.fetch_add(1, Ordering::Relaxed);
     }
@@ -70,6 +74,7 @@ impl Counters {
             event_waits: r(&self.event_waits),
             allocs: r(&self.allocs),
             uploads: r(&self.uploads),
+            graph_launches: r(&self.graph_launches),
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct DriverCounts {
     pub allocs: u64,
     /// Host-to-device copies.
     pub uploads: u64,
+    /// CUDA-graph launches (each a whole step's kernels, copies and uploads).
+    pub graph_launches: u64,
 }
 
 impl DriverCounts {
@@ -102,6 +109,7 @@ impl DriverCounts {
             event_waits: self.event_waits - earlier.event_waits,
             allocs: self.allocs - earlier.allocs,
             uploads: self.uploads - earlier.uploads,
+            graph_launches: self.graph_launches - earlier.graph_launches,
         }
     }
 }
@@ -125,6 +133,9 @@ pub(crate) struct BlockCache {
     stream_ordered: bool,
     free: Mutex<HashMap<usize, Vec<u64>>>,
     counters: Arc<Counters>,
+    /// Incremented whenever blocks go back to the driver (graphs holding their addresses are
+    /// stale from then on).
+    epoch: AtomicU64,
 }
 
 impl BlockCache {
@@ -138,6 +149,7 @@ impl BlockCache {
             stream_ordered,
             free: Mutex::new(HashMap::new()),
             counters,
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -190,9 +202,26 @@ impl BlockCache {
         }
     }
 
+    /// Puts every free list in one order (the lowest address is handed out first), so that
+    /// the same sequence of requests from the same free blocks gets the same addresses.
+    pub(crate) fn canonicalize(&self) -> Result<()> {
+        for list in self.lock()?.values_mut() {
+            list.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        Ok(())
+    }
+
+    /// How many times blocks went back to the driver.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
     /// Returns every free block to the driver (stream-ordered where the device allows).
     pub(crate) fn release_cached(&self) -> Result<()> {
         let blocks: Vec<u64> = self.lock()?.drain().flat_map(|(_, v)| v).collect();
+        if !blocks.is_empty() {
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+        }
         for p in blocks {
             // SAFETY: `p` came from this cache's allocator and no buffer owns it any more; a
             // synchronous free waits for the work that used it.

@@ -13,6 +13,7 @@
 
 mod experts;
 mod gemm;
+mod graph;
 mod kernels;
 mod memory;
 pub mod nvtx;
@@ -82,6 +83,10 @@ pub struct CudaBackend {
     // the context they live in.
     blas: Mutex<CudaBlas>,
     k: Kernels,
+    /// Graphs of the steps run through [`CudaBackend::graphed`]; they go before the blocks
+    /// and the stream they use.
+    graphs: Mutex<graph::StepGraphs>,
+    recorder: Arc<graph::Recorder>,
     cache: Arc<BlockCache>,
     counters: Arc<Counters>,
     /// The device error word (see the module docs); 0 when no kernel met an invalid input.
@@ -193,7 +198,8 @@ impl CudaBackend {
                 ))
             })?;
         let counters = Arc::new(Counters::default());
-        let k = Kernels::load(&module, counters.clone())?;
+        let recorder = Arc::new(graph::Recorder::default());
+        let k = Kernels::load(&module, counters.clone(), recorder.clone())?;
         let cache = BlockCache::new(stream.clone(), counters.clone(), ctx.has_async_alloc());
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
@@ -211,6 +217,8 @@ impl CudaBackend {
         Ok(Arc::new_cyclic(|me| CudaBackend {
             blas: Mutex::new(blas),
             k,
+            graphs: Mutex::new(graph::StepGraphs::default()),
+            recorder,
             cache,
             counters,
             err,
@@ -293,8 +301,20 @@ impl CudaBackend {
             .map_err(cuda_err("binding the context"))
     }
 
+    /// Fails inside a traced step (see [`CudaBackend::graphed`]): `what` would read the device.
+    fn not_traced(&self, what: &str) -> Result<()> {
+        match self.recorder.active() {
+            true => Err(Error::Cuda(format!(
+                "{what} inside a graphed step: a step replayed as a CUDA graph cannot read the \
+                 device"
+            ))),
+            false => Ok(()),
+        }
+    }
+
     /// Waits for everything queued on the stream.
     fn sync_stream(&self) -> Result<()> {
+        self.not_traced("a synchronisation")?;
         self.counters.add(Count::HostSync);
         self.stream.synchronize().map_err(cuda_err("synchronize"))
     }
@@ -323,6 +343,7 @@ impl CudaBackend {
         if dst.is_empty() {
             return Ok(());
         }
+        self.not_traced(what)?;
         self.bind()?;
         self.counters.add(Count::HostSync);
         // SAFETY: callers pass `src` addressing at least `dst.len()` elements of a live block.
@@ -336,6 +357,12 @@ impl CudaBackend {
     /// `dst` must address at least `src.len()` elements of a live block of this backend.
     unsafe fn upload_from<T: DeviceRepr>(&self, dst: Ptr, src: &[T]) -> Result<()> {
         if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: plain-old-data elements seen as their bytes.
+        let bytes =
+            std::slice::from_raw_parts(src.as_ptr() as *const u8, std::mem::size_of_val(src));
+        if self.recorder.upload(dst.0, bytes) {
             return Ok(());
         }
         self.bind()?;
@@ -416,6 +443,12 @@ impl CudaBackend {
     /// `p..p + bytes` must lie in a live allocation of this backend.
     unsafe fn memset0(&self, p: Ptr, bytes: usize) -> Result<()> {
         // Raw driver calls need the context current on this thread (cudarc's own calls bind it).
+        if self
+            .recorder
+            .record(|| graph::Op::Memset { dst: p.0, bytes })
+        {
+            return Ok(());
+        }
         self.bind()?;
         self.counters.add(Count::Memop);
         cudarc::driver::result::memset_d8_async(p.0, 0, bytes, self.stream.cu_stream())
@@ -427,6 +460,14 @@ impl CudaBackend {
     /// # Safety
     /// Both ranges must lie in live allocations of this backend.
     unsafe fn memcpy_dtod(&self, dst: Ptr, src: Ptr, bytes: usize) -> Result<()> {
+        let op = || graph::Op::Copy {
+            dst: dst.0,
+            src: src.0,
+            bytes,
+        };
+        if self.recorder.record(op) {
+            return Ok(());
+        }
         self.bind()?;
         self.counters.add(Count::Memop);
         cudarc::driver::result::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream())

@@ -80,6 +80,7 @@ impl ScalarReadback {
                 self.pinned.slots
             )));
         }
+        self.be.not_traced(OP)?;
         let src = self.be.ptr(t, DType::F32, OP)?;
         // The slot after the newest pending one (the ring's free slots follow it).
         let slot = self

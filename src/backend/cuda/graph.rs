@@ -1,0 +1,420 @@
+//! A training step replayed as a CUDA graph (`--cuda-graph on`).
+//!
+//! The step's host program runs every step, as on the plain path, but against a backend that
+//! records instead of calling the driver: each kernel launch (function, grid, arguments),
+//! cuBLAS call, memset, device copy and upload becomes an [`Op`] of a trace, and each upload's
+//! bytes go to the trace's payload. Two traces with the same ops describe the same device work
+//! on different data, so the first trace of a kind is captured once as a graph (its uploads as
+//! copies from a page-locked staging buffer) and every later step of that kind costs one
+//! `cuGraphLaunch` after its payload is copied into the staging buffer.
+//!
+//! What makes consecutive steps trace alike: the block cache hands out blocks in a canonical
+//! order at the start of each step ([`super::memory::BlockCache::canonicalize`]), a step keeps
+//! nothing allocated past its end (the optimiser, the gradient zeroing and the key EMA work in
+//! place), and per-step scalars (the learning rate, Adam's bias corrections) travel as
+//! uploaded data, not as kernel arguments. A step of another kind (the first one of a task,
+//! whose key has nothing to decay yet, or a batch with another count of complete samples)
+//! traces differently and gets a graph of its own. Ops are compared in full, never by hash
+//! alone, so a replayed graph is always exactly the work the plain path would have queued.
+
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use cudarc::driver::{result, sys, CudaEvent, LaunchConfig};
+
+use super::gemm::GemmCall;
+use super::kernels::Ptr;
+use super::memory::Count;
+use super::{cuda_err, CudaBackend};
+use crate::error::{Error, Result};
+
+/// One kernel argument: its bytes (little-endian, in the low bytes) and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Arg {
+    bits: u64,
+    size: u8,
+}
+
+impl From<Ptr> for Arg {
+    fn from(p: Ptr) -> Arg {
+        Arg { bits: p.0, size: 8 }
+    }
+}
+impl From<i64> for Arg {
+    fn from(v: i64) -> Arg {
+        Arg {
+            bits: v as u64,
+            size: 8,
+        }
+    }
+}
+impl From<i32> for Arg {
+    fn from(v: i32) -> Arg {
+        Arg {
+            bits: v as u32 as u64,
+            size: 4,
+        }
+    }
+}
+impl From<f32> for Arg {
+    fn from(v: f32) -> Arg {
+        Arg {
+            bits: v.to_bits() as u64,
+            size: 4,
+        }
+    }
+}
+
+/// One unit of device work of a step.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Op {
+    Kernel {
+        name: &'static str,
+        /// The `CUfunction`, as an address.
+        function: usize,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared: u32,
+        args: Vec<Arg>,
+    },
+    Gemm(GemmCall),
+    Memset {
+        dst: u64,
+        bytes: usize,
+    },
+    Copy {
+        dst: u64,
+        src: u64,
+        bytes: usize,
+    },
+    /// `bytes` bytes of the payload, from `offset`, to `dst`.
+    Upload {
+        dst: u64,
+        offset: usize,
+        bytes: usize,
+    },
+}
+
+/// The device work of one step and the bytes its uploads carry.
+#[derive(Default)]
+pub(crate) struct Trace {
+    ops: Vec<Op>,
+    payload: Vec<u8>,
+}
+
+/// Where ops go while a step is traced; empty otherwise.
+#[derive(Default)]
+pub(crate) struct Recorder(Mutex<Option<Trace>>);
+
+impl Recorder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Trace>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Whether a step is being traced.
+    pub(crate) fn active(&self) -> bool {
+        self.lock().is_some()
+    }
+    /// Adds `op` to the trace; false (and nothing recorded) when no step is traced.
+    pub(crate) fn record(&self, op: impl FnOnce() -> Op) -> bool {
+        match self.lock().as_mut() {
+            Some(t) => {
+                t.ops.push(op());
+                true
+            }
+            None => false,
+        }
+    }
+    /// Adds a kernel launch to the trace; false when no step is traced.
+    pub(crate) fn kernel(
+        &self,
+        name: &'static str,
+        function: &cudarc::driver::CudaFunction,
+        cfg: &LaunchConfig,
+        args: &[Arg],
+    ) -> bool {
+        self.record(|| Op::Kernel {
+            name,
+            function: function.cu_function() as usize,
+            grid: cfg.grid_dim,
+            block: cfg.block_dim,
+            shared: cfg.shared_mem_bytes,
+            args: args.to_vec(),
+        })
+    }
+    /// Adds an upload of `bytes` to `dst`; false when no step is traced.
+    pub(crate) fn upload(&self, dst: u64, bytes: &[u8]) -> bool {
+        match self.lock().as_mut() {
+            Some(t) => {
+                t.ops.push(Op::Upload {
+                    dst,
+                    offset: t.payload.len(),
+                    bytes: bytes.len(),
+                });
+                t.payload.extend_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+    fn start(&self) -> Result<()> {
+        let mut t = self.lock();
+        if t.is_some() {
+            return Err(Error::Cuda("a graphed step inside another one".into()));
+        }
+        *t = Some(Trace::default());
+        Ok(())
+    }
+    fn finish(&self) -> Trace {
+        self.lock().take().unwrap_or_default()
+    }
+}
+
+/// Graphs kept per backend (each of a different kind of step); the least recently used goes.
+const MAX_GRAPHS: usize = 8;
+
+/// One instantiated graph, its staging buffer and the event after its last launch.
+struct Instance {
+    exec: sys::CUgraphExec,
+    staging: *mut u8,
+    done: CudaEvent,
+    launched: bool,
+}
+
+/// The graphs of one kind of step. Two instances, used in turn, so that the host fills one
+/// staging buffer while the device may still read the other's.
+struct Entry {
+    ops: Vec<Op>,
+    payload_len: usize,
+    instances: [Option<Instance>; 2],
+    next: usize,
+    last_used: u64,
+}
+
+/// Every captured kind of step of a backend, and the block-cache epoch they were captured in
+/// (blocks given back to the driver invalidate them all).
+#[derive(Default)]
+pub(crate) struct StepGraphs {
+    entries: Vec<Entry>,
+    epoch: u64,
+    uses: u64,
+    /// Graphs captured so far (every kind, every instance).
+    pub(crate) captures: u64,
+}
+
+// SAFETY: the raw graph and pinned pointers are only used under the backend's mutex.
+unsafe impl Send for StepGraphs {}
+
+impl CudaBackend {
+    /// Runs `step`, the host program of one step, traced, and replays its device work as a
+    /// CUDA graph (captured the first time this kind of step is seen). `step` must not read
+    /// the device (a download or synchronisation inside it is an error). Returns what `step`
+    /// returns; its tensors hold the step's results once the graph has run (stream order).
+    pub fn graphed<T>(&self, step: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.cache.canonicalize()?;
+        self.recorder.start()?;
+        let out = step();
+        let trace = self.recorder.finish();
+        let out = out?;
+        let mut graphs = self
+            .graphs
+            .lock()
+            .map_err(|_| Error::Cuda("the step graphs' lock is poisoned".into()))?;
+        self.replay(&mut graphs, trace)?;
+        Ok(out)
+    }
+
+    /// Graphs captured by [`CudaBackend::graphed`] so far.
+    pub fn graphs_captured(&self) -> u64 {
+        self.graphs.lock().map(|g| g.captures).unwrap_or(0)
+    }
+
+    fn replay(&self, graphs: &mut StepGraphs, trace: Trace) -> Result<()> {
+        let epoch = self.cache.epoch();
+        if graphs.epoch != epoch {
+            self.drop_entries(graphs, |_| true)?;
+            graphs.epoch = epoch;
+        }
+        graphs.uses += 1;
+        let i = match graphs.entries.iter().position(|e| e.ops == trace.ops) {
+            Some(i) => i,
+            None => {
+                if graphs.entries.len() >= MAX_GRAPHS {
+                    let oldest = (0..graphs.entries.len())
+                        .min_by_key(|&i| graphs.entries[i].last_used)
+                        .expect("a full cache has entries");
+                    let stale = graphs.entries[oldest].last_used;
+                    self.drop_entries(graphs, |e| e.last_used == stale)?;
+                }
+                graphs.entries.push(Entry {
+                    ops: trace.ops,
+                    payload_len: trace.payload.len(),
+                    instances: [None, None],
+                    next: 0,
+                    last_used: 0,
+                });
+                graphs.entries.len() - 1
+            }
+        };
+        let uses = graphs.uses;
+        let entry = &mut graphs.entries[i];
+        entry.last_used = uses;
+        let slot = entry.next;
+        entry.next = 1 - slot;
+        if entry.instances[slot].is_none() {
+            let inst = self.instantiate(&entry.ops, entry.payload_len)?;
+            entry.instances[slot] = Some(inst);
+            graphs.captures += 1;
+        }
+        let inst = entry.instances[slot].as_mut().expect("just instantiated");
+        if inst.launched {
+            // The launch before last of this instance may still read its staging buffer.
+            self.counters.add(Count::EventWait);
+            inst.done
+                .synchronize()
+                .map_err(cuda_err("waiting for a graph's previous launch"))?;
+        }
+        // SAFETY: the staging buffer holds `payload_len` bytes, the trace's payload exactly
+        // (equal ops imply equal upload sizes), and no launch reads it now.
+        unsafe {
+            std::ptr::copy_nonoverlapping(trace.payload.as_ptr(), inst.staging, trace.payload.len())
+        };
+        self.bind()?;
+        self.counters.add(Count::GraphLaunch);
+        // SAFETY: a live graph of this context, launched on the backend's stream.
+        unsafe { result::graph::launch(inst.exec, self.stream.cu_stream()) }
+            .map_err(cuda_err("launching a step's graph"))?;
+        inst.done
+            .record(&self.stream)
+            .map_err(cuda_err("recording an event"))?;
+        inst.launched = true;
+        Ok(())
+    }
+
+    /// Captures `ops` as a graph whose uploads read from a fresh staging buffer.
+    fn instantiate(&self, ops: &[Op], payload_len: usize) -> Result<Instance> {
+        self.bind()?;
+        // SAFETY: a plain page-locked allocation (at least one byte).
+        let staging = unsafe { result::malloc_host(payload_len.max(1), 0) }
+            .map_err(cuda_err("allocating a graph's staging buffer"))?
+            as *mut u8;
+        let done = self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .map_err(cuda_err("creating an event"));
+        let captured = done.and_then(|done| {
+            let exec = self.capture(ops, staging)?;
+            Ok(Instance {
+                exec,
+                staging,
+                done,
+                launched: false,
+            })
+        });
+        if captured.is_err() {
+            // SAFETY: nothing was launched that reads the buffer.
+            let _ = unsafe { result::free_host(staging as *mut c_void) };
+        }
+        captured
+    }
+
+    fn capture(&self, ops: &[Op], staging: *mut u8) -> Result<sys::CUgraphExec> {
+        let stream = self.stream.cu_stream();
+        // SAFETY: the backend's own stream, not capturing (graphed steps do not nest).
+        unsafe {
+            result::stream::begin_capture(
+                stream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+        }
+        .map_err(cuda_err("beginning a stream capture"))?;
+        let queued = ops.iter().try_for_each(|op| self.issue(op, staging));
+        // SAFETY: ends the capture begun above, whatever happened in between.
+        let graph = unsafe { result::stream::end_capture(stream) };
+        queued?;
+        let graph = graph.map_err(cuda_err("ending a stream capture"))?;
+        // SAFETY: a graph just captured; it is not needed once instantiated.
+        unsafe {
+            let exec = result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = result::graph::destroy(graph);
+            exec.map_err(cuda_err("instantiating a step's graph"))
+        }
+    }
+
+    /// Queues one op on the (capturing) stream, uploads from the staging buffer.
+    fn issue(&self, op: &Op, staging: *mut u8) -> Result<()> {
+        let stream = self.stream.cu_stream();
+        let err = |what: &'static str| cuda_err(what);
+        // SAFETY: the ops were traced from this backend's own calls, with live blocks of the
+        // block cache (kept out of the driver's hands while graphs exist, see `epoch`) and
+        // the staging buffer sized for the payload.
+        unsafe {
+            match op {
+                Op::Kernel {
+                    function,
+                    grid,
+                    block,
+                    shared,
+                    args,
+                    ..
+                } => {
+                    let mut bits: Vec<u64> = args.iter().map(|a| a.bits).collect();
+                    let mut params: Vec<*mut c_void> = bits
+                        .iter_mut()
+                        .map(|b| b as *mut u64 as *mut c_void)
+                        .collect();
+                    result::launch_kernel(
+                        *function as sys::CUfunction,
+                        *grid,
+                        *block,
+                        *shared,
+                        stream,
+                        &mut params,
+                    )
+                    .map_err(err("capturing a kernel launch"))
+                }
+                Op::Gemm(g) => self.gemm_now(g),
+                Op::Memset { dst, bytes } => result::memset_d8_async(*dst, 0, *bytes, stream)
+                    .map_err(err("capturing a memset")),
+                Op::Copy { dst, src, bytes } => {
+                    result::memcpy_dtod_async(*dst, *src, *bytes, stream)
+                        .map_err(err("capturing a device copy"))
+                }
+                Op::Upload { dst, offset, bytes } => {
+                    let src = std::slice::from_raw_parts(staging.add(*offset), *bytes);
+                    result::memcpy_htod_async(*dst, src, stream).map_err(err("capturing an upload"))
+                }
+            }
+        }
+    }
+
+    /// Destroys the entries `which` selects, after their last launches.
+    fn drop_entries(&self, graphs: &mut StepGraphs, which: impl Fn(&Entry) -> bool) -> Result<()> {
+        self.bind()?;
+        let (gone, kept): (Vec<Entry>, Vec<Entry>) =
+            graphs.entries.drain(..).partition(|e| which(e));
+        graphs.entries = kept;
+        for inst in gone.into_iter().flat_map(|e| e.instances).flatten() {
+            destroy(inst);
+        }
+        Ok(())
+    }
+}
+
+/// Frees an instance once its last launch is done.
+fn destroy(inst: Instance) {
+    // Nothing to report to: a failure here leaves at most a leak.
+    let _ = inst.done.synchronize();
+    // SAFETY: the graph is no longer running and its staging buffer no longer read.
+    unsafe {
+        let _ = result::graph::exec_destroy(inst.exec);
+        let _ = result::free_host(inst.staging as *mut c_void);
+    }
+}
+
+impl Drop for StepGraphs {
+    fn drop(&mut self) {
+        for inst in self.entries.drain(..).flat_map(|e| e.instances).flatten() {
+            destroy(inst);
+        }
+    }
+}
