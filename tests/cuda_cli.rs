@@ -133,12 +133,14 @@ fn delo_train_cuda_matches_cpu() {
 /// `delo bench train --json` on both devices: one JSON object whose per-step driver counts are
 /// those of a step that neither synchronises the host nor allocates (CUDA), and null on the CPU.
 fn bench_train_json_counts_a_step_without_syncs() {
-    let run = |device: &str| -> serde_json::Value {
+    let run = |device: &str, graph: &str| -> serde_json::Value {
         let args = [
             "bench",
             "train",
             "--device",
             device,
+            "--cuda-graph",
+            graph,
             "--json",
             "--steps",
             "2",
@@ -152,16 +154,29 @@ fn bench_train_json_counts_a_step_without_syncs() {
         let out = delo(&args);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
-    let g = run("cuda");
-    assert_eq!(g["cuda_graph"], false);
-    assert_eq!(g["variant"], "delo");
-    assert_eq!(g["host_syncs_per_step"], 0.0, "{g}");
-    assert_eq!(g["allocs_per_step"], 0.0, "{g}");
-    assert_eq!(g["event_waits_per_step"], 1.0, "{g}");
-    assert!(g["launches_per_step"].as_f64().unwrap() > 100.0, "{g}");
-    assert!(g["samples_per_second"].as_f64().unwrap() > 0.0, "{g}");
-    assert_eq!(g["variants"].as_array().unwrap().len(), 4, "{g}");
-    let c = run("cpu");
+    // Kernel by kernel: hundreds of launches, one wait (the previous step's loss).
+    let p = run("cuda", "off");
+    assert_eq!(p["cuda_graph"], false);
+    assert_eq!(p["variant"], "delo");
+    assert_eq!(p["host_syncs_per_step"], 0.0, "{p}");
+    assert_eq!(p["allocs_per_step"], 0.0, "{p}");
+    assert_eq!(p["event_waits_per_step"], 1.0, "{p}");
+    assert_eq!(p["graph_launches_per_step"], 0.0, "{p}");
+    assert!(p["launches_per_step"].as_f64().unwrap() > 100.0, "{p}");
+    assert!(p["samples_per_second"].as_f64().unwrap() > 0.0, "{p}");
+    assert_eq!(p["variants"].as_array().unwrap().len(), 4, "{p}");
+    // One graph launch and nothing else; a second wait, for the staging buffer.
+    let g = run("cuda", "on");
+    assert_eq!(g["cuda_graph"], true);
+    for v in g["variants"].as_array().unwrap() {
+        assert_eq!(v["graph_launches_per_step"], 1.0, "{v}");
+        assert_eq!(v["launches_per_step"], 0.0, "{v}");
+        assert_eq!(v["uploads_per_step"], 0.0, "{v}");
+        assert_eq!(v["host_syncs_per_step"], 0.0, "{v}");
+        assert_eq!(v["allocs_per_step"], 0.0, "{v}");
+        assert_eq!(v["event_waits_per_step"], 2.0, "{v}");
+    }
+    let c = run("cpu", "on");
     assert!(c["launches_per_step"].is_null(), "{c}");
     assert!(c["samples_per_second"].as_f64().unwrap() > 0.0, "{c}");
 }

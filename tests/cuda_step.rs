@@ -65,8 +65,10 @@ struct Run<T> {
 }
 
 /// Runs `steps` steps pipelined as the trainer does, on the plain path (`graph` false) or
-/// replayed as CUDA graphs, whose steady state starts two steps later: after both instances
-/// of the steady step's graph are captured.
+/// replayed as CUDA graphs, whose steady state starts three steps later: the steady kind of
+/// step runs kernel by kernel when first seen, then both instances of its graph are captured.
+/// Each step's images are the fixture's scaled by a step-dependent factor, so that every step
+/// uploads different data.
 fn run<T>(
     f: &Fixture,
     device: &Device,
@@ -74,7 +76,7 @@ fn run<T>(
     graph: bool,
     probe: impl Fn() -> T,
 ) -> Run<T> {
-    let warm_up = WARM_UP + if graph { 2 } else { 0 };
+    let warm_up = WARM_UP + if graph { 3 } else { 0 };
     let mut state = TaskState {
         params: param_set_on(f, device),
         keys: vec![None],
@@ -86,8 +88,16 @@ fn run<T>(
         if step == warm_up {
             start = Some(probe());
         }
+        let mut inputs = f.inputs.clone();
+        let scale = 1.0 + 0.01 * step as f32;
+        let pixels = inputs.pixel_values.to_vec_f32().unwrap();
+        inputs.pixel_values = Tensor::from_f32(
+            pixels.iter().map(|v| v * scale).collect(),
+            inputs.pixel_values.shape(),
+        )
+        .unwrap();
         let batch = StepBatch {
-            inputs: &f.inputs,
+            inputs: &inputs,
             missing: &f.missing,
             targets: &f.targets,
         };
@@ -242,8 +252,8 @@ fn late_read_reports_a_kernel_error() {
     assert_eq!(queue.pop().unwrap(), None);
 }
 
-/// The acceptance check: 20 steps replayed as CUDA graphs leave exactly the parameters,
-/// keys and losses of 20 plain steps, and a steady-state graphed step launches one graph and
+/// The acceptance check: 20 steps replayed as CUDA graphs, each on other images, leave
+/// exactly the parameters, keys and losses of 20 plain steps, and a steady-state graphed step launches one graph and
 /// nothing else: no kernel launch, upload, allocation or host synchronisation of its own.
 fn graph_and_plain_steps_are_bit_identical() {
     let (gpu, _serial) = gpu();
@@ -258,7 +268,7 @@ fn graph_and_plain_steps_are_bit_identical() {
     );
     assert_eq!(graphed.key, plain.key, "task key after {steps} steps");
     let used = graphed.window.1.since(&graphed.window.0);
-    let later = (steps - WARM_UP - 2) as u64;
+    let later = (steps - WARM_UP - 3) as u64;
     assert_eq!(used.graph_launches, later, "{used:?}");
     assert_eq!(
         (used.launches, used.uploads, used.allocs, used.host_syncs),

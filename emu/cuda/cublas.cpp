@@ -253,7 +253,14 @@ EXPORT int cublasGetMathMode(Handle* h, int* mode) {
     return kOk;
 }
 
-EXPORT int cublasSetWorkspace_v2(Handle* h, void*, size_t) { return h ? kOk : kNotInitialized; }
+// The workspace must be live device memory of the size given, 256-byte aligned (cuBLAS's
+// documented requirement), or null with size 0 (back to cuBLAS's own).
+EXPORT int cublasSetWorkspace_v2(Handle* h, void* w, size_t bytes) {
+    if (!h) return kNotInitialized;
+    if (!w) return bytes ? kInvalidValue : kOk;
+    if ((uint64_t)w % 256 || !emu::device_range_ok((uint64_t)w, bytes)) return kInvalidValue;
+    return kOk;
+}
 
 EXPORT int cublasGetVersion_v2(Handle* h, int* v) {
     if (!h) return kNotInitialized;

@@ -419,8 +419,9 @@ pub fn bench_train(
     // chosen, the block cache filled for every variant's shapes while every variant's own
     // state (parameters, moments, keys) is alive, and with the graph on both instances of each
     // variant's steady-state graph captured (a task's first step has no key to decay, its
-    // second starts with the key's block taken, the third is the steady state).
-    for _ in 0..4 {
+    // second starts with the key's block taken, the third is the steady state's first sight,
+    // run kernel by kernel; the fourth and fifth capture its two instances).
+    for _ in 0..5 {
         for case in cases.iter_mut() {
             timed_steps(&vilt, case, &batch, 1, graph)?;
         }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 /// One (strided-batched) row-major GEMM `C = alpha · op(A) · op(B) + beta · C`; `C` is f32.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct GemmCall {
     /// Element type of `A` and `B` (f32 or bf16).
     pub dtype: DType,
@@ -42,6 +42,22 @@ pub(crate) struct GemmCall {
     pub ldc: usize,
     pub stride_c: usize,
     pub batch: usize,
+}
+
+/// Equal calls do the same work: the scales compare by their bits (a NaN scale equals itself,
+/// −0 differs from +0), like a traced kernel's arguments.
+impl PartialEq for GemmCall {
+    fn eq(&self, o: &Self) -> bool {
+        let key = |g: &GemmCall| {
+            (
+                (g.dtype, g.trans_a, g.trans_b, g.m, g.n, g.k),
+                (g.alpha.to_bits(), g.beta.to_bits()),
+                (g.a, g.lda, g.stride_a, g.b, g.ldb, g.stride_b),
+                (g.c, g.ldc, g.stride_c, g.batch),
+            )
+        };
+        key(self) == key(o)
+    }
 }
 
 fn int(v: usize, what: &str) -> Result<i32> {

@@ -156,6 +156,22 @@ impl Recorder {
             None => false,
         }
     }
+    /// Whether ops traced so far use memory in `base..base + size` (checked before a free
+    /// block goes back to the driver in the middle of a traced step).
+    pub(crate) fn references(&self, base: u64, size: usize) -> bool {
+        let trace = self.lock();
+        let Some(t) = trace.as_ref() else {
+            return false;
+        };
+        let inside = |p: u64| p >= base && p < base + size as u64;
+        t.ops.iter().any(|op| match op {
+            Op::Kernel { args, .. } => args.iter().any(|a| a.size == 8 && inside(a.bits)),
+            Op::Gemm(g) => [g.a, g.b, g.c].iter().any(|p| inside(p.0)),
+            Op::Memset { dst, .. } | Op::Upload { dst, .. } => inside(*dst),
+            Op::Copy { dst, src, .. } => inside(*dst) || inside(*src),
+        })
+    }
+
     fn start(&self) -> Result<()> {
         let mut t = self.lock();
         if t.is_some() {
@@ -181,13 +197,16 @@ struct Instance {
 }
 
 /// The graphs of one kind of step. Two instances, used in turn, so that the host fills one
-/// staging buffer while the device may still read the other's.
+/// staging buffer while the device may still read the other's. A kind seen once runs kernel by
+/// kernel (every GEMM shape meets cuBLAS outside a capture first, and a one-off step, such as
+/// a task's first, costs no capture); from its second step on it runs as a graph.
 struct Entry {
     ops: Vec<Op>,
     payload_len: usize,
     instances: [Option<Instance>; 2],
     next: usize,
     last_used: u64,
+    seen: u64,
 }
 
 /// Every captured kind of step of a backend, and the block-cache epoch they were captured in
@@ -199,6 +218,8 @@ pub(crate) struct StepGraphs {
     uses: u64,
     /// Graphs captured so far (every kind, every instance).
     pub(crate) captures: u64,
+    /// Whether a capture failed (reported once; such steps run kernel by kernel).
+    capture_failed: bool,
 }
 
 // SAFETY: the raw graph and pinned pointers are only used under the backend's mutex.
@@ -210,10 +231,19 @@ impl CudaBackend {
     /// the device (a download or synchronisation inside it is an error). Returns what `step`
     /// returns; its tensors hold the step's results once the graph has run (stream order).
     pub fn graphed<T>(&self, step: impl FnOnce() -> Result<T>) -> Result<T> {
+        /// Ends the recording however `step` ends, a panic included.
+        struct Recording<'a>(&'a Recorder);
+        impl Drop for Recording<'_> {
+            fn drop(&mut self) {
+                self.0.finish();
+            }
+        }
         self.cache.canonicalize()?;
         self.recorder.start()?;
+        let recording = Recording(&self.recorder);
         let out = step();
         let trace = self.recorder.finish();
+        drop(recording);
         let out = out?;
         let mut graphs = self
             .graphs
@@ -245,26 +275,41 @@ impl CudaBackend {
                     let stale = graphs.entries[oldest].last_used;
                     self.drop_entries(graphs, |e| e.last_used == stale)?;
                 }
+                // First sight: kernel by kernel, and remembered for a capture next time.
+                let ops = trace.ops.clone();
+                self.issue_all(&trace)?;
                 graphs.entries.push(Entry {
-                    ops: trace.ops,
+                    ops,
                     payload_len: trace.payload.len(),
                     instances: [None, None],
                     next: 0,
-                    last_used: 0,
+                    last_used: graphs.uses,
+                    seen: 1,
                 });
-                graphs.entries.len() - 1
+                return Ok(());
             }
         };
         let uses = graphs.uses;
         let entry = &mut graphs.entries[i];
         entry.last_used = uses;
+        entry.seen += 1;
         let slot = entry.next;
-        entry.next = 1 - slot;
         if entry.instances[slot].is_none() {
-            let inst = self.instantiate(&entry.ops, entry.payload_len)?;
-            entry.instances[slot] = Some(inst);
+            match self.instantiate(&entry.ops, entry.payload_len) {
+                Ok(inst) => entry.instances[slot] = Some(inst),
+                Err(e) => {
+                    // A capture the driver refuses costs speed, not the step.
+                    if !graphs.capture_failed {
+                        eprintln!("CUDA graph capture failed ({e}); running kernel by kernel");
+                    }
+                    graphs.capture_failed = true;
+                    return self.issue_all(&trace);
+                }
+            }
             graphs.captures += 1;
         }
+        let entry = &mut graphs.entries[i];
+        entry.next = 1 - slot;
         let inst = entry.instances[slot].as_mut().expect("just instantiated");
         if inst.launched {
             // The launch before last of this instance may still read its staging buffer.
@@ -283,10 +328,38 @@ impl CudaBackend {
         // SAFETY: a live graph of this context, launched on the backend's stream.
         unsafe { result::graph::launch(inst.exec, self.stream.cu_stream()) }
             .map_err(cuda_err("launching a step's graph"))?;
-        inst.done
-            .record(&self.stream)
-            .map_err(cuda_err("recording an event"))?;
+        // From here the staging buffer may be in use: a failed record must not let the next
+        // use skip its wait.
         inst.launched = true;
+        if let Err(e) = inst.done.record(&self.stream) {
+            self.sync_stream()?;
+            return Err(cuda_err("recording an event")(e));
+        }
+        Ok(())
+    }
+
+    /// Issues a trace kernel by kernel, its uploads from the payload.
+    fn issue_all(&self, trace: &Trace) -> Result<()> {
+        self.bind()?;
+        for op in &trace.ops {
+            match op {
+                Op::Upload { dst, offset, bytes } => {
+                    // SAFETY: the destination was a live block of the size when traced, and
+                    // stays one: the block cache gives nothing back to the driver meanwhile.
+                    unsafe {
+                        self.upload_from(Ptr(*dst), &trace.payload[*offset..offset + bytes])?
+                    };
+                }
+                Op::Gemm(_) | Op::Kernel { .. } => {
+                    self.counters.add(Count::Launch);
+                    self.issue(op, std::ptr::null_mut())?;
+                }
+                Op::Memset { .. } | Op::Copy { .. } => {
+                    self.counters.add(Count::Memop);
+                    self.issue(op, std::ptr::null_mut())?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -330,8 +403,16 @@ impl CudaBackend {
         let queued = ops.iter().try_for_each(|op| self.issue(op, staging));
         // SAFETY: ends the capture begun above, whatever happened in between.
         let graph = unsafe { result::stream::end_capture(stream) };
-        queued?;
-        let graph = graph.map_err(cuda_err("ending a stream capture"))?;
+        let graph = match (queued, graph) {
+            (Ok(()), Ok(g)) => g,
+            (Ok(()), Err(e)) => return Err(cuda_err("ending a stream capture")(e)),
+            (Err(e), Ok(g)) => {
+                // SAFETY: a graph of this capture, used by nothing.
+                let _ = unsafe { result::graph::destroy(g) };
+                return Err(e);
+            }
+            (Err(e), Err(_)) => return Err(e),
+        };
         // SAFETY: a graph just captured; it is not needed once instantiated.
         unsafe {
             let exec = result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
@@ -340,7 +421,8 @@ impl CudaBackend {
         }
     }
 
-    /// Queues one op on the (capturing) stream, uploads from the staging buffer.
+    /// Queues one op on the stream (capturing, or not for ops other than uploads), uploads from
+    /// the staging buffer.
     fn issue(&self, op: &Op, staging: *mut u8) -> Result<()> {
         let stream = self.stream.cu_stream();
         let err = |what: &'static str| cuda_err(what);

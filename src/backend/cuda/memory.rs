@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{result, CudaStream, DriverError};
 use serde::Serialize;
 
+use super::graph::Recorder;
 use crate::error::{Error, Result};
 
 /// Running totals of the driver work that shapes a step's cost, counted on the host where the
@@ -133,6 +134,8 @@ pub(crate) struct BlockCache {
     stream_ordered: bool,
     free: Mutex<HashMap<usize, Vec<u64>>>,
     counters: Arc<Counters>,
+    /// The step recorder: blocks its trace uses stay, even free, until the step is issued.
+    recorder: Arc<Recorder>,
     /// Incremented whenever blocks go back to the driver (graphs holding their addresses are
     /// stale from then on).
     epoch: AtomicU64,
@@ -142,11 +145,13 @@ impl BlockCache {
     pub(crate) fn new(
         stream: Arc<CudaStream>,
         counters: Arc<Counters>,
+        recorder: Arc<Recorder>,
         stream_ordered: bool,
     ) -> Arc<BlockCache> {
         Arc::new(BlockCache {
             stream,
             stream_ordered,
+            recorder,
             free: Mutex::new(HashMap::new()),
             counters,
             epoch: AtomicU64::new(0),
@@ -216,9 +221,17 @@ impl BlockCache {
         self.epoch.load(Ordering::Relaxed)
     }
 
-    /// Returns every free block to the driver (stream-ordered where the device allows).
+    /// Returns every free block to the driver (stream-ordered where the device allows), but
+    /// for those the ops of a step being traced use: they run only once the step is issued.
     pub(crate) fn release_cached(&self) -> Result<()> {
-        let blocks: Vec<u64> = self.lock()?.drain().flat_map(|(_, v)| v).collect();
+        let mut blocks = Vec::new();
+        for (&size, list) in self.lock()?.iter_mut() {
+            let (used, unused): (Vec<u64>, Vec<u64>) = list
+                .drain(..)
+                .partition(|&p| self.recorder.references(p, size));
+            *list = used;
+            blocks.extend(unused);
+        }
         if !blocks.is_empty() {
             self.epoch.fetch_add(1, Ordering::Relaxed);
         }

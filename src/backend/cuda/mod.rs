@@ -79,13 +79,15 @@ impl CudaStorage {
 }
 
 pub struct CudaBackend {
-    // Field order is drop order: the cuBLAS handle and the module go before the stream and
-    // the context they live in.
-    blas: Mutex<CudaBlas>,
-    k: Kernels,
-    /// Graphs of the steps run through [`CudaBackend::graphed`]; they go before the blocks
-    /// and the stream they use.
+    // Field order is drop order: the step graphs go first (they launch the module's kernels,
+    // cuBLAS calls and the blocks), then the cuBLAS handle and the module, before the stream
+    // and the context they live in.
+    /// Graphs of the steps run through [`CudaBackend::graphed`].
     graphs: Mutex<graph::StepGraphs>,
+    blas: Mutex<CudaBlas>,
+    /// cuBLAS's workspace, ours so that graphed and plain calls share it (see `new_private`).
+    _blas_workspace: DeviceBuf,
+    k: Kernels,
     recorder: Arc<graph::Recorder>,
     cache: Arc<BlockCache>,
     counters: Arc<Counters>,
@@ -200,9 +202,29 @@ impl CudaBackend {
         let counters = Arc::new(Counters::default());
         let recorder = Arc::new(graph::Recorder::default());
         let k = Kernels::load(&module, counters.clone(), recorder.clone())?;
-        let cache = BlockCache::new(stream.clone(), counters.clone(), ctx.has_async_alloc());
+        let cache = BlockCache::new(
+            stream.clone(),
+            counters.clone(),
+            recorder.clone(),
+            ctx.has_async_alloc(),
+        );
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
+        // A workspace of our own (32 MiB, cuBLAS's recommendation for Hopper): without one,
+        // cuBLAS allocates its own, inside a graph capture as graph memory, so captured and
+        // plain calls would not share it.
+        let blas_workspace = cache.alloc(BLAS_WORKSPACE_BYTES)?;
+        // SAFETY: a live handle on this stream and a block of the size given, kept as long as
+        // the handle (field order).
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                blas_workspace.ptr() as *mut std::ffi::c_void,
+                BLAS_WORKSPACE_BYTES,
+            )
+        }
+        .result()
+        .map_err(|e| Error::Cuda(format!("setting cuBLAS's workspace: {e:?}")))?;
         let err = cache.alloc(4)?;
         // SAFETY: the error word is a fresh 4-byte block of this stream.
         unsafe { cudarc::driver::result::memset_d8_async(err.ptr(), 0, 4, stream.cu_stream()) }
@@ -215,9 +237,10 @@ impl CudaBackend {
             .map(|n| n.max(1) as usize)
             .unwrap_or(100);
         Ok(Arc::new_cyclic(|me| CudaBackend {
-            blas: Mutex::new(blas),
-            k,
             graphs: Mutex::new(graph::StepGraphs::default()),
+            blas: Mutex::new(blas),
+            _blas_workspace: blas_workspace,
+            k,
             recorder,
             cache,
             counters,
@@ -474,6 +497,9 @@ impl CudaBackend {
             .map_err(cuda_err("copying device memory"))
     }
 }
+
+/// Bytes of cuBLAS's workspace.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// Scratch device memory of one op (see [`CudaBackend::scratch_f32`]).
 struct Scratch(DeviceBuf);
