@@ -20,9 +20,9 @@ fn main() {
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
 
-/// Runs `delo ARGS` and returns its standard output, failing the test with its output when it
-/// fails.
-fn delo(args: &[&str]) -> String {
+/// Runs `delo ARGS` and returns its standard output and error, failing the test with them when
+/// it fails.
+fn delo(args: &[&str]) -> (String, String) {
     let out = Command::new(common::delo_exe())
         .args(args)
         .output()
@@ -35,7 +35,10 @@ fn delo(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    (
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 fn path(p: &Path) -> &str {
@@ -89,7 +92,7 @@ fn delo_train_cuda_matches_cpu() {
     // both devices so that the comparison is about the CUDA path, not bf16's precision.
     let train = |device: &str, graph: &str| {
         let out = root.join(format!("{device}-graph-{graph}"));
-        delo(&[
+        let (stdout, stderr) = delo(&[
             "train",
             "--cuda-graph",
             graph,
@@ -111,13 +114,27 @@ fn delo_train_cuda_matches_cpu() {
             "96",
             "--cache-images",
         ]);
-        ap_fg(&out)
+        (ap_fg(&out), format!("{stdout}{stderr}"))
     };
-    let (ap_cpu, fg_cpu) = train("cpu", "on");
-    let (ap, fg) = train("cuda", "on");
+    let ((ap_cpu, fg_cpu), _) = train("cpu", "on");
+    let ((ap, fg), log) = train("cuda", "on");
+    // Text lengths in a few buckets: most steps of a task replay a graph.
+    let replayed: Vec<(u64, u64)> = log
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(": ")?;
+            let (n, rest) = rest.split_once(" of ")?;
+            let (total, _) = rest.split_once(" steps replayed as CUDA graphs")?;
+            Some((n.parse().ok()?, total.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(replayed.len(), 3, "one graph line per task:\n{log}");
+    for (n, total) in replayed {
+        assert!(n * 10 >= total * 8, "{n} of {total} steps replayed");
+    }
     println!("AP {ap:.2} FG {fg:.2} on CUDA, AP {ap_cpu:.2} FG {fg_cpu:.2} on the CPU");
     // The graph replays exactly the kernels the plain path launches: the same results.
-    let (ap_plain, fg_plain) = train("cuda", "off");
+    let ((ap_plain, fg_plain), _) = train("cuda", "off");
     assert_eq!((ap, fg), (ap_plain, fg_plain), "CUDA graph on vs off");
     assert!(
         (ap - ap_cpu).abs() <= 1.0,
@@ -151,7 +168,7 @@ fn bench_train_json_counts_a_step_without_syncs() {
             "--text-len",
             "16",
         ];
-        let out = delo(&args);
+        let (out, _) = delo(&args);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
     // Kernel by kernel: hundreds of launches, one wait (the previous step's loss).

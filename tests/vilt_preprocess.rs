@@ -85,6 +85,37 @@ fn batch_pads_with_zero_and_truncates() {
 }
 
 #[test]
+fn bucketed_batches_round_their_length_up_within_the_limit() {
+    let tok = BertTokenizer::bert_base_uncased();
+    let texts = ["hello world", ""];
+    // Longest 4 tokens: a multiple of 32 above it, then the limit caps it.
+    let b = tok.encode_batch_bucketed(&texts, 40, 32).unwrap();
+    assert_eq!(b.input_ids.shape(), &[2, 32]);
+    assert_eq!(b.lengths, vec![4, 2]);
+    let m = b.attention_mask.i32s().unwrap();
+    assert_eq!(m.iter().sum::<i32>(), 6, "padding stays masked");
+    assert_eq!(
+        &b.input_ids.i32s().unwrap()[..5],
+        &[101, 7592, 2088, 102, 0]
+    );
+    assert_eq!(
+        tok.encode_batch_bucketed(&texts, 20, 32)
+            .unwrap()
+            .input_ids
+            .shape(),
+        &[2, 20]
+    );
+    // Bucket 1 is the plain batch.
+    let plain = tok.encode_batch(&texts, 40).unwrap();
+    let one = tok.encode_batch_bucketed(&texts, 40, 1).unwrap();
+    assert_eq!(one.input_ids.shape(), plain.input_ids.shape());
+    assert_eq!(
+        one.input_ids.i32s().unwrap(),
+        plain.input_ids.i32s().unwrap()
+    );
+}
+
+#[test]
 fn model_dir_tokenizer_prefers_tokenizer_json() {
     let dir = std::env::temp_dir().join(format!("delo-tok-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -173,21 +173,41 @@ impl BertTokenizer {
 
     /// Tokenises a batch: ids and attention mask `[B, T]` with T the longest (truncated) text.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<TextBatch> {
+        self.encode_batch_bucketed(texts, max_len, 1)
+    }
+
+    /// [`BertTokenizer::encode_batch`] with the batch's length rounded up to a multiple of
+    /// `bucket` tokens (at most `max_len`): batches of a run then come in a few lengths, each
+    /// a static shape for a CUDA graph. Padding is masked out of attention and of q_t, so only
+    /// the summation order of the padded rows' neighbours can change.
+    pub fn encode_batch_bucketed<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        max_len: usize,
+        bucket: usize,
+    ) -> Result<TextBatch> {
         let seqs = texts
             .iter()
             .map(|t| self.encode(t.as_ref(), max_len))
             .collect::<Result<Vec<_>>>()?;
-        pad_batch(&seqs, self.pad)
+        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let len = longest.div_ceil(bucket.max(1)) * bucket.max(1);
+        pad_batch_to(&seqs, self.pad, len.min(max_len.max(longest)))
     }
 }
 
 /// Right-pads token sequences with `pad_id` to the longest one: ids, mask and lengths.
 pub fn pad_batch(seqs: &[Vec<i32>], pad_id: i32) -> Result<TextBatch> {
+    pad_batch_to(seqs, pad_id, 0)
+}
+
+/// [`pad_batch`] to at least `len` tokens.
+pub fn pad_batch_to(seqs: &[Vec<i32>], pad_id: i32, len: usize) -> Result<TextBatch> {
     if seqs.is_empty() {
         return Err(Error::Msg("cannot build a text batch of zero texts".into()));
     }
     let b = seqs.len();
-    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let t = seqs.iter().map(Vec::len).max().unwrap_or(0).max(len);
     let mut ids = vec![pad_id; b * t];
     let mut mask = vec![0i32; b * t];
     for (i, s) in seqs.iter().enumerate() {

@@ -36,6 +36,10 @@ pub use crate::delo::keys::TaskKeys;
 use prep::ViltPrep;
 use step::{run_step, ScalarQueue, StepBatch, StepOptim, TaskState};
 
+/// On CUDA, text lengths are rounded up to a multiple of this many tokens (see
+/// [`BertTokenizer::encode_batch_bucketed`]).
+pub const CUDA_TEXT_BUCKET: usize = 32;
+
 /// The frozen linears' element type that the `frozen_dtype` setting asks for on `device`.
 fn frozen_dtype(setting: &str, device: &Device) -> Result<DType> {
     match setting {
@@ -228,6 +232,12 @@ impl Trainer {
             tokenizer,
             images,
             max_text_len: s.max_text_len,
+            // On CUDA a few text lengths, so that steps come in a few kinds, each one graph.
+            text_bucket: if device.is_cuda() {
+                CUDA_TEXT_BUCKET
+            } else {
+                1
+            },
         });
         let missing: MissingSpec = s.missing.parse()?;
         Ok(Trainer {
@@ -247,6 +257,14 @@ impl Trainer {
 
     pub fn settings(&self) -> &TrainSettings {
         &self.spec.settings
+    }
+
+    /// The CUDA-graph counts of the run's backend, when its steps are graphed.
+    fn graph_stats(&self) -> Option<crate::backend::cuda::GraphStats> {
+        match &self.device {
+            Device::Cuda(b) if self.settings().cuda_graph => Some(b.graph_stats()),
+            _ => None,
+        }
     }
 
     pub fn loader(&self, task: usize, split: Split, train: bool) -> Result<Loader<ViltPrep>> {
@@ -452,6 +470,7 @@ impl Trainer {
             last: f32::NAN,
         };
         let (mut step, mut samples) = (0usize, 0usize);
+        let graphs_before = self.graph_stats();
         'epochs: for epoch in 0..s.epochs {
             for batch in loader.epoch(epoch as u64) {
                 if step >= total {
@@ -503,6 +522,16 @@ impl Trainer {
         }
         while losses.queue.pending() > 0 {
             losses.take(t, total, &self.run_dir, log)?;
+        }
+        if let (Some(before), Some(after)) = (graphs_before, self.graph_stats()) {
+            log(Event::Line(&format!(
+                "task {t}: {} of {} steps replayed as CUDA graphs ({} kinds of step, {} graphs captured, {} kinds evicted)",
+                after.replayed - before.replayed,
+                after.steps - before.steps,
+                after.kinds - before.kinds,
+                after.captured - before.captured,
+                after.evicted - before.evicted,
+            )));
         }
         let (params, keys, last_loss) = (state.params, state.keys, losses.last);
         if step == 0 {

@@ -13,6 +13,8 @@ pub struct ViltPrep {
     pub tokenizer: Arc<BertTokenizer>,
     pub images: ImageProcessor,
     pub max_text_len: usize,
+    /// Text lengths are rounded up to a multiple of this (1: the longest text of the batch).
+    pub text_bucket: usize,
 }
 
 impl SamplePrep for ViltPrep {
@@ -28,7 +30,9 @@ impl SamplePrep for ViltPrep {
     fn collate(&self, images: &[&PixelImage], texts: &[&str]) -> Result<ViltInputs> {
         let owned: Vec<PixelImage> = images.iter().map(|&i| i.clone()).collect();
         let img = collate_images(&owned)?;
-        let txt = self.tokenizer.encode_batch(texts, self.max_text_len)?;
+        let txt =
+            self.tokenizer
+                .encode_batch_bucketed(texts, self.max_text_len, self.text_bucket)?;
         Ok(ViltInputs {
             input_ids: txt.input_ids,
             attention_mask: txt.attention_mask,

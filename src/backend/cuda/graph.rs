@@ -185,8 +185,10 @@ impl Recorder {
     }
 }
 
-/// Graphs kept per backend (each of a different kind of step); the least recently used goes.
-const MAX_GRAPHS: usize = 8;
+/// Kinds of step kept per backend; beyond either bound the least recently used goes.
+const MAX_KINDS: usize = 32;
+/// Page-locked staging bytes kept per backend (two buffers per kind).
+const MAX_STAGING_BYTES: usize = 1 << 30;
 
 /// One instantiated graph, its staging buffer and the event after its last launch.
 struct Instance {
@@ -209,15 +211,28 @@ struct Entry {
     seen: u64,
 }
 
+/// Counts of what graphed steps did, since the backend was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GraphStats {
+    /// Steps run through [`CudaBackend::graphed`].
+    pub steps: u64,
+    /// Of those, steps replayed as a graph launch.
+    pub replayed: u64,
+    /// Graphs captured (every kind of step, every instance).
+    pub captured: u64,
+    /// Kinds of step seen (each runs kernel by kernel when first seen).
+    pub kinds: u64,
+    /// Kinds dropped to stay within the cache's size (each seen again pays for new captures).
+    pub evicted: u64,
+}
+
 /// Every captured kind of step of a backend, and the block-cache epoch they were captured in
 /// (blocks given back to the driver invalidate them all).
 #[derive(Default)]
 pub(crate) struct StepGraphs {
     entries: Vec<Entry>,
     epoch: u64,
-    uses: u64,
-    /// Graphs captured so far (every kind, every instance).
-    pub(crate) captures: u64,
+    stats: GraphStats,
     /// Whether a capture failed (reported once; such steps run kernel by kernel).
     capture_failed: bool,
 }
@@ -255,7 +270,12 @@ impl CudaBackend {
 
     /// Graphs captured by [`CudaBackend::graphed`] so far.
     pub fn graphs_captured(&self) -> u64 {
-        self.graphs.lock().map(|g| g.captures).unwrap_or(0)
+        self.graph_stats().captured
+    }
+
+    /// What [`CudaBackend::graphed`] has done so far.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.graphs.lock().map(|g| g.stats).unwrap_or_default()
     }
 
     fn replay(&self, graphs: &mut StepGraphs, trace: Trace) -> Result<()> {
@@ -264,16 +284,19 @@ impl CudaBackend {
             self.drop_entries(graphs, |_| true)?;
             graphs.epoch = epoch;
         }
-        graphs.uses += 1;
+        graphs.stats.steps += 1;
         let i = match graphs.entries.iter().position(|e| e.ops == trace.ops) {
             Some(i) => i,
             None => {
-                if graphs.entries.len() >= MAX_GRAPHS {
-                    let oldest = (0..graphs.entries.len())
-                        .min_by_key(|&i| graphs.entries[i].last_used)
-                        .expect("a full cache has entries");
-                    let stale = graphs.entries[oldest].last_used;
-                    self.drop_entries(graphs, |e| e.last_used == stale)?;
+                let staging =
+                    |g: &StepGraphs| -> usize { g.entries.iter().map(|e| 2 * e.payload_len).sum() };
+                while !graphs.entries.is_empty()
+                    && (graphs.entries.len() >= MAX_KINDS
+                        || staging(graphs) + 2 * trace.payload.len() > MAX_STAGING_BYTES)
+                {
+                    let stale = graphs.entries.iter().map(|e| e.last_used).min();
+                    self.drop_entries(graphs, |e| Some(e.last_used) == stale)?;
+                    graphs.stats.evicted += 1;
                 }
                 // First sight: kernel by kernel, and remembered for a capture next time.
                 let ops = trace.ops.clone();
@@ -283,13 +306,14 @@ impl CudaBackend {
                     payload_len: trace.payload.len(),
                     instances: [None, None],
                     next: 0,
-                    last_used: graphs.uses,
+                    last_used: graphs.stats.steps,
                     seen: 1,
                 });
+                graphs.stats.kinds += 1;
                 return Ok(());
             }
         };
-        let uses = graphs.uses;
+        let uses = graphs.stats.steps;
         let entry = &mut graphs.entries[i];
         entry.last_used = uses;
         entry.seen += 1;
@@ -306,7 +330,7 @@ impl CudaBackend {
                     return self.issue_all(&trace);
                 }
             }
-            graphs.captures += 1;
+            graphs.stats.captured += 1;
         }
         let entry = &mut graphs.entries[i];
         entry.next = 1 - slot;
@@ -331,6 +355,7 @@ impl CudaBackend {
         // From here the staging buffer may be in use: a failed record must not let the next
         // use skip its wait.
         inst.launched = true;
+        graphs.stats.replayed += 1;
         if let Err(e) = inst.done.record(&self.stream) {
             self.sync_stream()?;
             return Err(cuda_err("recording an event")(e));

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Storage, Tensor};
 
 pub use experts::{ExpertPath, FUSED_MAX_K};
+pub use graph::GraphStats;
 pub use kernels::kernel_signatures;
 use kernels::{Kernels, Ptr};
 pub use memory::DriverCounts;
