@@ -174,8 +174,13 @@ struct TrainArgs {
     /// Stop each task after this many steps (quick runs).
     #[arg(long)]
     max_steps_per_task: Option<usize>,
-    #[arg(long, default_value_t = 2)]
-    loader_threads: usize,
+    /// Round every batch's text length up to a multiple of this many tokens (default: 32 on
+    /// CUDA, where each length is a kind of step with its own CUDA graph; 1 on the CPU).
+    #[arg(long)]
+    text_bucket: Option<usize>,
+    /// Threads decoding and pre-processing batches (default: one per core of the machine).
+    #[arg(long)]
+    loader_threads: Option<usize>,
     /// Keep decoded images in memory (small datasets).
     #[arg(long)]
     cache_images: bool,
@@ -200,8 +205,11 @@ impl TrainArgs {
             seed: self.seed,
             missing: self.missing.clone(),
             max_text_len: self.max_text_len,
+            text_bucket: self.text_bucket,
             image_size: (self.image_size > 0).then_some(self.image_size),
-            loader_threads: self.loader_threads,
+            loader_threads: self
+                .loader_threads
+                .unwrap_or_else(delo::train::default_loader_threads),
             cache_images: self.cache_images,
             skip_bad: self.skip_bad,
             device: self.device.clone(),

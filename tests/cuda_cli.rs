@@ -112,6 +112,9 @@ fn delo_train_cuda_matches_cpu() {
             "40",
             "--image-size",
             "96",
+            // The CUDA default on both devices: the same inputs.
+            "--text-bucket",
+            "32",
             "--cache-images",
         ]);
         (ap_fg(&out), format!("{stdout}{stderr}"))

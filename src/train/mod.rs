@@ -36,6 +36,12 @@ pub use crate::delo::keys::TaskKeys;
 use prep::ViltPrep;
 use step::{run_step, ScalarQueue, StepBatch, StepOptim, TaskState};
 
+/// One loader thread per core the process may use (2 when that is unknown): decoding and
+/// resizing keep up with a GPU step only with every core on them.
+pub fn default_loader_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// On CUDA, text lengths are rounded up to a multiple of this many tokens (see
 /// [`BertTokenizer::encode_batch_bucketed`]).
 pub const CUDA_TEXT_BUCKET: usize = 32;
@@ -69,6 +75,9 @@ pub struct TrainSettings {
     /// `type:η`, e.g. `both:0.7` (CMML.md "Missing modality").
     pub missing: String,
     pub max_text_len: usize,
+    /// Text lengths are rounded up to a multiple of this many tokens; `None`:
+    /// [`CUDA_TEXT_BUCKET`] on CUDA, 1 (the batch's longest text) on the CPU.
+    pub text_bucket: Option<usize>,
     /// Forced square image size (`None`: ViLT's shortest-edge resize).
     pub image_size: Option<u32>,
     pub loader_threads: usize,
@@ -100,8 +109,9 @@ impl Default for TrainSettings {
             seed: 42,
             missing: "both:0.7".into(),
             max_text_len: 512,
+            text_bucket: None,
             image_size: Some(384),
-            loader_threads: 2,
+            loader_threads: default_loader_threads(),
             cache_images: false,
             skip_bad: false,
             device: "cpu".into(),
@@ -233,11 +243,10 @@ impl Trainer {
             images,
             max_text_len: s.max_text_len,
             // On CUDA a few text lengths, so that steps come in a few kinds, each one graph.
-            text_bucket: if device.is_cuda() {
-                CUDA_TEXT_BUCKET
-            } else {
-                1
-            },
+            text_bucket: s.text_bucket.unwrap_or(match device.is_cuda() {
+                true => CUDA_TEXT_BUCKET,
+                false => 1,
+            }),
         });
         let missing: MissingSpec = s.missing.parse()?;
         Ok(Trainer {
