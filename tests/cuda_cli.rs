@@ -90,8 +90,8 @@ fn delo_train_cuda_matches_cpu() {
     let (root, data, model) = common::synthetic_setup("cuda-train");
     // The demo's DeLo settings (delo::train::demo::demo_settings), with f32 frozen linears on
     // both devices so that the comparison is about the CUDA path, not bf16's precision.
-    let train = |device: &str, graph: &str| {
-        let out = root.join(format!("{device}-graph-{graph}"));
+    let train = |device: &str, graph: &str, bucket: &str| {
+        let out = root.join(format!("{device}-graph-{graph}-bucket-{bucket}"));
         let (stdout, stderr) = delo(&[
             "train",
             "--cuda-graph",
@@ -112,16 +112,27 @@ fn delo_train_cuda_matches_cpu() {
             "40",
             "--image-size",
             "96",
-            // The CUDA default on both devices: the same inputs.
             "--text-bucket",
-            "32",
+            bucket,
             "--cache-images",
         ]);
         (ap_fg(&out), format!("{stdout}{stderr}"))
     };
-    let ((ap_cpu, fg_cpu), _) = train("cpu", "on");
-    let ((ap, fg), log) = train("cuda", "on");
-    // Text lengths in a few buckets: most steps of a task replay a graph.
+    // Texts padded to each batch's longest on both devices (the CPU's default): the same
+    // inputs, so the comparison is about the CUDA path.
+    let ((ap_cpu, fg_cpu), _) = train("cpu", "on", "1");
+    let ((ap, fg), _) = train("cuda", "on", "1");
+    println!("AP {ap:.2} FG {fg:.2} on CUDA, AP {ap_cpu:.2} FG {fg_cpu:.2} on the CPU");
+    assert!(
+        (ap - ap_cpu).abs() <= 1.0,
+        "AP {ap} on CUDA, {ap_cpu} on the CPU"
+    );
+    assert!(
+        (fg - fg_cpu).abs() <= 1.0,
+        "FG {fg} on CUDA, {fg_cpu} on the CPU"
+    );
+    // CUDA's default 32-token text buckets: a few kinds of step, most steps replay a graph.
+    let ((ap, fg), log) = train("cuda", "on", "32");
     let replayed: Vec<(u64, u64)> = log
         .lines()
         .filter_map(|l| {
@@ -135,18 +146,9 @@ fn delo_train_cuda_matches_cpu() {
     for (n, total) in replayed {
         assert!(n * 10 >= total * 8, "{n} of {total} steps replayed");
     }
-    println!("AP {ap:.2} FG {fg:.2} on CUDA, AP {ap_cpu:.2} FG {fg_cpu:.2} on the CPU");
     // The graph replays exactly the kernels the plain path launches: the same results.
-    let ((ap_plain, fg_plain), _) = train("cuda", "off");
+    let ((ap_plain, fg_plain), _) = train("cuda", "off", "32");
     assert_eq!((ap, fg), (ap_plain, fg_plain), "CUDA graph on vs off");
-    assert!(
-        (ap - ap_cpu).abs() <= 1.0,
-        "AP {ap} on CUDA, {ap_cpu} on the CPU"
-    );
-    assert!(
-        (fg - fg_cpu).abs() <= 1.0,
-        "FG {fg} on CUDA, {fg_cpu} on the CPU"
-    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -445,16 +445,16 @@ Result enqueue(void* stream, std::function<void()> op) {
 // on the capturing stream) fail with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate the
 // capture, as the driver does in the global capture mode; ending an invalidated capture fails.
 
+// `s` alone, or (a null `s`) every created stream: the legacy stream cannot capture.
+std::vector<Stream*> streams_or_all(Stream* s) {
+    if (s) return {s};
+    std::lock_guard<std::mutex> l(g().mu);
+    return {g().streams.begin(), g().streams.end()};
+}
+
 // Whether `s` is capturing (a null `s`: whether any stream is).
 bool capturing(Stream* s = nullptr) {
-    std::vector<Stream*> all;
-    if (s) {
-        all.push_back(s);
-    } else {
-        std::lock_guard<std::mutex> l(g().mu);
-        all.assign(g().streams.begin(), g().streams.end());
-    }
-    for (Stream* x : all) {
+    for (Stream* x : streams_or_all(s)) {
         std::lock_guard<std::mutex> l(x->m);
         if (x->capture) return true;
     }
@@ -464,14 +464,7 @@ bool capturing(Stream* s = nullptr) {
 // Refuses an operation during capture: invalidates `s`'s capture (every capture when `s` is
 // null) and returns CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
 Result refuse_in_capture(Stream* s = nullptr) {
-    std::vector<Stream*> all;
-    if (s) {
-        all.push_back(s);
-    } else {
-        std::lock_guard<std::mutex> l(g().mu);
-        all.assign(g().streams.begin(), g().streams.end());
-    }
-    for (Stream* x : all) {
+    for (Stream* x : streams_or_all(s)) {
         std::lock_guard<std::mutex> l(x->m);
         if (x->capture) x->invalidated = true;
     }
