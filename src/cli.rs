@@ -424,7 +424,8 @@ enum BenchCommand {
         /// `cpu` or `cuda` (bf16 frozen linears; steps pipelined as in training, each loss read one step late).
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Timed steps per variant and round, after one warm-up step (the best is kept).
+        /// Timed steps per variant and round, after five warm-up rounds over the variants (the
+        /// best round is kept).
         #[arg(long, default_value_t = 3)]
         steps: usize,
         /// Alternating rounds over the variants (and the PyTorch reference).

@@ -377,11 +377,11 @@ void print_stats(FILE* f, bool json) {
     unsigned long long total = 0;
     for (auto& [n, v] : c.launches) total += v;
     fprintf(f,
-            "emulated CUDA: %llu launches, %llu host synchronisations, %llu event waits, "
-            "%llu B host→device, "
+            "emulated CUDA: %llu launches, %llu graph launches, %llu host synchronisations, "
+            "%llu event waits, %llu B host→device, "
             "%llu B device→host, %llu B device→device, %llu memsets, %llu allocations, %llu "
             "frees, peak %zu B live\n",
-            total, c.host_syncs, c.event_waits, c.bytes_htod, c.bytes_dtoh, c.bytes_dtod,
+            total, c.graph_launches, c.host_syncs, c.event_waits, c.bytes_htod, c.bytes_dtoh, c.bytes_dtod,
             c.memsets, c.allocs, c.frees, c.peak_bytes);
     for (auto& [n, v] : c.launches) fprintf(f, "  %8llu  %s\n", v, n.c_str());
 }

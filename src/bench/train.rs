@@ -45,7 +45,7 @@ pub struct TrainBenchOptions {
     pub image_size: usize,
     pub experts: usize,
     pub rank: usize,
-    /// Timed steps per variant and round (after one warm-up step); the best is kept.
+    /// Timed steps per variant and round (after five warm-up rounds); the best round is kept.
     pub steps: usize,
     /// Alternating rounds over all variants (and the PyTorch reference).
     pub rounds: usize,

@@ -46,8 +46,9 @@ pub struct StepBatch<'a> {
     pub targets: &'a Targets,
 }
 
-/// [`train_step`] on a CUDA device replayed as a CUDA graph when `graph` is set (one graph per
-/// kind of step, captured on first sight; see `backend::cuda::graph`); as is otherwise.
+/// [`train_step`] on a CUDA device replayed as a CUDA graph when `graph` is set (a kind of step
+/// runs kernel by kernel when first seen and as a graph from its second sight on; see
+/// `backend::cuda::graph`); as is otherwise.
 pub fn run_step(
     vilt: &Vilt,
     cfg: &DeloConfig,

@@ -4,9 +4,10 @@
 //! records instead of calling the driver: each kernel launch (function, grid, arguments),
 //! cuBLAS call, memset, device copy and upload becomes an [`Op`] of a trace, and each upload's
 //! bytes go to the trace's payload. Two traces with the same ops describe the same device work
-//! on different data, so the first trace of a kind is captured once as a graph (its uploads as
-//! copies from a page-locked staging buffer) and every later step of that kind costs one
-//! `cuGraphLaunch` after its payload is copied into the staging buffer.
+//! on different data. A kind of step seen once runs kernel by kernel; on its second and third
+//! sight one graph instance each is captured (its uploads as copies from a page-locked staging
+//! buffer), and from then on a step of that kind costs one `cuGraphLaunch` after its payload is
+//! copied into the staging buffer of the instance whose turn it is.
 //!
 //! What makes consecutive steps trace alike: the block cache hands out blocks in a canonical
 //! order at the start of each step ([`super::memory::BlockCache::canonicalize`]), a step keeps
@@ -241,8 +242,9 @@ pub(crate) struct StepGraphs {
 unsafe impl Send for StepGraphs {}
 
 impl CudaBackend {
-    /// Runs `step`, the host program of one step, traced, and replays its device work as a
-    /// CUDA graph (captured the first time this kind of step is seen). `step` must not read
+    /// Runs `step`, the host program of one step, traced, and issues its device work: kernel
+    /// by kernel the first time this kind of step is seen, as a CUDA graph from then on
+    /// (captured on the second and third sight, one instance each). `step` must not read
     /// the device (a download or synchronisation inside it is an error). Returns what `step`
     /// returns; its tensors hold the step's results once the graph has run (stream order).
     pub fn graphed<T>(&self, step: impl FnOnce() -> Result<T>) -> Result<T> {
