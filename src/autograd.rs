@@ -52,6 +52,9 @@ pub struct Tape {
     device: Device,
     entries: Vec<Entry>,
     nodes: Vec<Node>,
+    /// The latest input of a frozen linear cast to its weight's dtype: the q, k and v
+    /// projections of a layer share one input, and so one cast.
+    last_cast: Option<(Var, Tensor)>,
 }
 
 impl Tape {
@@ -60,6 +63,7 @@ impl Tape {
             device,
             entries: Vec::new(),
             nodes: Vec::new(),
+            last_cast: None,
         }
     }
 
@@ -124,7 +128,16 @@ impl Tape {
     /// backward is the input gradient alone: `dx = dy · W`.
     pub fn linear(&mut self, x: Var, w: &Tensor, b: Option<&Tensor>) -> Result<Var> {
         let xv = self.value(x).clone();
-        let y = linear_forward(self.be(), &xv, w, b)?;
+        let xin = match &self.last_cast {
+            _ if xv.dtype() == w.dtype() => xv.clone(),
+            Some((v, c)) if *v == x && c.dtype() == w.dtype() => c.clone(),
+            _ => {
+                let c = self.be().cast(&xv, w.dtype())?;
+                self.last_cast = Some((x, c.clone()));
+                c
+            }
+        };
+        let y = linear_forward(self.be(), &xin, w, b)?;
         let w = w.clone();
         let x_shape = xv.shape().to_vec();
         Ok(self.record(&[x], y, move |be, dy, _| {
@@ -345,6 +358,7 @@ impl Tape {
             device,
             entries,
             nodes,
+            ..
         } = self;
         let be = device.backend();
         ensure_shape!(
