@@ -102,10 +102,7 @@ fn run<T>(
             targets: &f.targets,
         };
         let loss = run_step(&f.vilt, &f.cfg, &mut state, &batch, OPTIM, graph).unwrap();
-        queue.push(&loss).unwrap();
-        if queue.pending() > 1 {
-            losses.push(queue.pop().unwrap().unwrap());
-        }
+        losses.extend(queue.push_late(&loss).unwrap());
     }
     let window = (start.expect("more steps than the warm-up"), probe());
     while let Some(l) = queue.pop().unwrap() {

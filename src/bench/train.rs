@@ -164,14 +164,9 @@ fn timed_steps(
             targets,
         };
         let loss = run_step(vilt, &case.cfg, &mut case.state, &batch, OPTIM, graph)?;
-        losses.push(&loss)?;
-        if losses.pending() > 1 {
-            losses.pop()?;
-        }
+        losses.push_late(&loss)?;
     }
-    while losses.pending() > 0 {
-        losses.pop()?;
-    }
+    while losses.pop()?.is_some() {}
     let seconds = started.elapsed().as_secs_f64() / steps as f64;
     let used = counts()
         .zip(before)

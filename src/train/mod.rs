@@ -514,7 +514,6 @@ impl Trainer {
                     s.cuda_graph,
                 )?;
                 samples += batch.samples.len();
-                losses.queue.push(&loss)?;
                 losses.steps.push_back(QueuedStep {
                     step,
                     epoch,
@@ -524,13 +523,13 @@ impl Trainer {
                 });
                 step += 1;
                 // Shown one step late: this step's kernels keep the device busy meanwhile.
-                if losses.queue.pending() > 1 {
-                    losses.take(t, total, &self.run_dir, log)?;
+                if let Some(l) = losses.queue.push_late(&loss)? {
+                    losses.show(l, t, total, &self.run_dir, log)?;
                 }
             }
         }
-        while losses.queue.pending() > 0 {
-            losses.take(t, total, &self.run_dir, log)?;
+        while let Some(l) = losses.queue.pop()? {
+            losses.show(l, t, total, &self.run_dir, log)?;
         }
         if let (Some(before), Some(after)) = (graphs_before, self.graph_stats()) {
             log(Event::Line(&format!(
@@ -593,16 +592,18 @@ struct LossLog {
 }
 
 impl LossLog {
-    /// Takes the oldest queued loss, stops the run if it is not finite, and reports it.
-    fn take(
+    /// Reports `loss`, the loss of the oldest queued step, and stops the run if it is not
+    /// finite.
+    fn show(
         &mut self,
+        loss: f32,
         task: usize,
         total: usize,
         run_dir: &Path,
         log: &mut dyn FnMut(Event),
     ) -> Result<()> {
-        let (Some(loss), Some(q)) = (self.queue.pop()?, self.steps.pop_front()) else {
-            return Ok(());
+        let Some(q) = self.steps.pop_front() else {
+            return Err(Error::Msg("a loss read back for no queued step".into()));
         };
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(

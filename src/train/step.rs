@@ -57,20 +57,9 @@ pub fn run_step(
     optim: StepOptim,
     graph: bool,
 ) -> Result<Tensor> {
-    let step = |state: &mut TaskState| {
-        train_step(
-            vilt,
-            cfg,
-            state,
-            batch.inputs,
-            batch.missing,
-            batch.targets,
-            optim,
-        )
-    };
     match &vilt.device {
-        Device::Cuda(b) if graph => b.graphed(|| step(state)),
-        _ => step(state),
+        Device::Cuda(b) if graph => b.graphed(|| train_step(vilt, cfg, state, batch, optim)),
+        _ => train_step(vilt, cfg, state, batch, optim),
     }
 }
 
@@ -82,11 +71,14 @@ pub fn train_step(
     vilt: &Vilt,
     cfg: &DeloConfig,
     state: &mut TaskState,
-    inputs: &ViltInputs,
-    missing: &[MissingType],
-    targets: &Targets,
+    batch: &StepBatch,
     optim: StepOptim,
 ) -> Result<Tensor> {
+    let StepBatch {
+        inputs,
+        missing,
+        targets,
+    } = *batch;
     let mut tape = Tape::new(vilt.device.clone());
     let frozen_query = match cfg.task_key {
         TaskKeySource::Frozen => Some(vilt.infer(inputs)?.pooled),
@@ -148,6 +140,16 @@ impl ScalarQueue {
             ScalarQueue::Cuda(r) => r.push(t)?,
         }
         Ok(())
+    }
+    /// Queues `t` and, once more than one value waits, takes the oldest: values come out one
+    /// step late, so that the device runs one step while the host waits for the previous one.
+    /// Drain the rest with [`ScalarQueue::pop`].
+    pub fn push_late(&mut self, t: &Tensor) -> Result<Option<f32>> {
+        self.push(t)?;
+        match self.pending() > 1 {
+            true => self.pop(),
+            false => Ok(None),
+        }
     }
     /// The oldest value not yet taken (waiting for it on a GPU); `None` when none is queued.
     pub fn pop(&mut self) -> Result<Option<f32>> {

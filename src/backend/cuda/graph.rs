@@ -25,7 +25,7 @@ use cudarc::driver::{result, sys, CudaEvent, LaunchConfig};
 
 use super::gemm::GemmCall;
 use super::kernels::Ptr;
-use super::memory::Count;
+use super::memory::{Count, PinnedBuf};
 use super::{cuda_err, CudaBackend};
 use crate::error::{Error, Result};
 
@@ -194,7 +194,7 @@ const MAX_STAGING_BYTES: usize = 1 << 30;
 /// One instantiated graph, its staging buffer and the event after its last launch.
 struct Instance {
     exec: sys::CUgraphExec,
-    staging: *mut u8,
+    staging: PinnedBuf,
     done: CudaEvent,
     launched: bool,
 }
@@ -209,7 +209,6 @@ struct Entry {
     instances: [Option<Instance>; 2],
     next: usize,
     last_used: u64,
-    seen: u64,
 }
 
 /// Counts of what graphed steps did, since the backend was created.
@@ -301,15 +300,13 @@ impl CudaBackend {
                     graphs.stats.evicted += 1;
                 }
                 // First sight: kernel by kernel, and remembered for a capture next time.
-                let ops = trace.ops.clone();
                 self.issue_all(&trace)?;
                 graphs.entries.push(Entry {
-                    ops,
+                    ops: trace.ops,
                     payload_len: trace.payload.len(),
                     instances: [None, None],
                     next: 0,
                     last_used: graphs.stats.steps,
-                    seen: 1,
                 });
                 graphs.stats.kinds += 1;
                 return Ok(());
@@ -318,7 +315,6 @@ impl CudaBackend {
         let uses = graphs.stats.steps;
         let entry = &mut graphs.entries[i];
         entry.last_used = uses;
-        entry.seen += 1;
         let slot = entry.next;
         if entry.instances[slot].is_none() {
             match self.instantiate(&entry.ops, entry.payload_len) {
@@ -344,10 +340,15 @@ impl CudaBackend {
                 .synchronize()
                 .map_err(cuda_err("waiting for a graph's previous launch"))?;
         }
+        debug_assert_eq!(inst.staging.len(), trace.payload.len());
         // SAFETY: the staging buffer holds `payload_len` bytes, the trace's payload exactly
         // (equal ops imply equal upload sizes), and no launch reads it now.
         unsafe {
-            std::ptr::copy_nonoverlapping(trace.payload.as_ptr(), inst.staging, trace.payload.len())
+            std::ptr::copy_nonoverlapping(
+                trace.payload.as_ptr(),
+                inst.staging.ptr(),
+                trace.payload.len(),
+            )
         };
         self.bind()?;
         self.counters.add(Count::GraphLaunch);
@@ -393,28 +394,19 @@ impl CudaBackend {
     /// Captures `ops` as a graph whose uploads read from a fresh staging buffer.
     fn instantiate(&self, ops: &[Op], payload_len: usize) -> Result<Instance> {
         self.bind()?;
-        // SAFETY: a plain page-locked allocation (at least one byte).
-        let staging = unsafe { result::malloc_host(payload_len.max(1), 0) }
-            .map_err(cuda_err("allocating a graph's staging buffer"))?
-            as *mut u8;
+        // Freed on an error below: nothing was launched that reads it.
+        let staging = PinnedBuf::new(payload_len, "a graph's staging buffer")?;
         let done = self
             .ctx
             .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
-            .map_err(cuda_err("creating an event"));
-        let captured = done.and_then(|done| {
-            let exec = self.capture(ops, staging)?;
-            Ok(Instance {
-                exec,
-                staging,
-                done,
-                launched: false,
-            })
-        });
-        if captured.is_err() {
-            // SAFETY: nothing was launched that reads the buffer.
-            let _ = unsafe { result::free_host(staging as *mut c_void) };
-        }
-        captured
+            .map_err(cuda_err("creating an event"))?;
+        let exec = self.capture(ops, staging.ptr())?;
+        Ok(Instance {
+            exec,
+            staging,
+            done,
+            launched: false,
+        })
     }
 
     fn capture(&self, ops: &[Op], staging: *mut u8) -> Result<sys::CUgraphExec> {
@@ -513,11 +505,9 @@ impl CudaBackend {
 fn destroy(inst: Instance) {
     // Nothing to report to: a failure here leaves at most a leak.
     let _ = inst.done.synchronize();
-    // SAFETY: the graph is no longer running and its staging buffer no longer read.
-    unsafe {
-        let _ = result::graph::exec_destroy(inst.exec);
-        let _ = result::free_host(inst.staging as *mut c_void);
-    }
+    // SAFETY: the graph is no longer running; its staging buffer, no longer read, goes with
+    // `inst` (the event's wait made the context current).
+    let _ = unsafe { result::graph::exec_destroy(inst.exec) };
 }
 
 impl Drop for StepGraphs {

@@ -287,6 +287,43 @@ impl Drop for DeviceBuf {
     }
 }
 
+/// Page-locked host memory (at least one byte), freed when dropped. Its owner keeps it until no
+/// queued copy can still use it, and has the context current when it drops.
+pub(crate) struct PinnedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is owned by one value and only reached through it.
+unsafe impl Send for PinnedBuf {}
+
+impl PinnedBuf {
+    /// `len` bytes of page-locked memory (uninitialised); the context must be current.
+    pub(crate) fn new(len: usize, what: &str) -> Result<PinnedBuf> {
+        // SAFETY: a plain page-locked allocation.
+        let ptr = unsafe { result::malloc_host(len.max(1), 0) }
+            .map_err(|e| Error::Cuda(format!("allocating pinned host memory for {what}: {e}")))?;
+        Ok(PinnedBuf {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for PinnedBuf {
+    fn drop(&mut self) {
+        // Nothing to report to from a drop: a failure leaves at most a leak.
+        // SAFETY: allocated by malloc_host; the owner guarantees no queued copy uses it.
+        let _ = unsafe { result::free_host(self.ptr as *mut std::ffi::c_void) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::block_bytes;

@@ -8,46 +8,29 @@ use std::sync::Arc;
 
 use cudarc::driver::{result, sys, CudaEvent};
 
-use super::memory::Count;
+use super::memory::{Count, PinnedBuf};
 use super::{cuda_err, CudaBackend, Ptr};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
-/// Page-locked host memory for `slots` pairs of (value f32, error word i32).
-struct Pinned {
-    ptr: *mut u32,
-    slots: usize,
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        // SAFETY: allocated by malloc_host below and no longer referenced by queued copies
-        // (the readback waits for every outstanding slot before it is dropped).
-        let _ = unsafe { result::free_host(self.ptr as *mut std::ffi::c_void) };
-    }
-}
-
 /// A ring of `depth` pending one-element reads; see the module docs.
 pub struct ScalarReadback {
     be: Arc<CudaBackend>,
-    pinned: Pinned,
+    /// `slots` pairs of (value f32, error word i32); freed after every pending slot's wait
+    /// (see `Drop`).
+    pinned: PinnedBuf,
+    slots: usize,
     events: Vec<CudaEvent>,
     /// Slots queued and not yet taken, oldest first.
     queued: VecDeque<usize>,
 }
-
-// SAFETY: the pinned pointer is owned by this value alone and only touched through `&mut self`.
-unsafe impl Send for ScalarReadback {}
 
 impl ScalarReadback {
     /// A readback ring of `depth` ≥ 1 slots on `be`'s stream.
     pub fn new(be: Arc<CudaBackend>, depth: usize) -> Result<ScalarReadback> {
         let depth = depth.max(1);
         be.bind()?;
-        // SAFETY: a plain page-locked allocation of 8 bytes per slot.
-        let ptr = unsafe { result::malloc_host(8 * depth, 0) }
-            .map_err(cuda_err("allocating pinned host memory"))? as *mut u32;
-        let pinned = Pinned { ptr, slots: depth };
+        let pinned = PinnedBuf::new(8 * depth, "a scalar readback")?;
         let events = (0..depth)
             .map(|_| {
                 be.ctx
@@ -58,6 +41,7 @@ impl ScalarReadback {
         Ok(ScalarReadback {
             be,
             pinned,
+            slots: depth,
             events,
             queued: VecDeque::new(),
         })
@@ -74,19 +58,16 @@ impl ScalarReadback {
                 format!("expected one element, got shape {:?}", t.shape()),
             ));
         }
-        if self.queued.len() == self.pinned.slots {
+        if self.queued.len() == self.slots {
             return Err(Error::Msg(format!(
                 "{OP}: all {} slots are pending; take a value first",
-                self.pinned.slots
+                self.slots
             )));
         }
         self.be.not_traced(OP)?;
         let src = self.be.ptr(t, DType::F32, OP)?;
         // The slot after the newest pending one (the ring's free slots follow it).
-        let slot = self
-            .queued
-            .back()
-            .map_or(0, |&s| (s + 1) % self.pinned.slots);
+        let slot = self.queued.back().map_or(0, |&s| (s + 1) % self.slots);
         let queued = self.queue_copies(slot, src);
         if queued.is_err() {
             // A copy may be queued into a slot that is not marked pending: let it land before
@@ -106,7 +87,7 @@ impl ScalarReadback {
         // sources are live device memory of this backend, kept alive by stream order until the
         // copies run.
         unsafe {
-            let host = std::slice::from_raw_parts_mut(self.pinned.ptr.add(2 * slot), 2);
+            let host = std::slice::from_raw_parts_mut(self.words().add(2 * slot), 2);
             let stream = be.stream.cu_stream();
             result::memcpy_dtoh_async(&mut host[..1], src.0, stream).map_err(cuda_err(OP))?;
             result::memcpy_dtoh_async(&mut host[1..], be.err_ptr().0, stream)
@@ -116,6 +97,11 @@ impl ScalarReadback {
         self.events[slot]
             .record(&be.stream)
             .map_err(cuda_err("recording an event"))
+    }
+
+    /// The pinned slots as 32-bit words.
+    fn words(&self) -> *mut u32 {
+        self.pinned.ptr() as *mut u32
     }
 
     /// Number of values queued and not yet taken.
@@ -136,8 +122,8 @@ impl ScalarReadback {
         // SAFETY: the copies into this slot are complete (its event has passed).
         let (bits, code) = unsafe {
             (
-                *self.pinned.ptr.add(2 * slot),
-                *self.pinned.ptr.add(2 * slot + 1) as i32,
+                *self.words().add(2 * slot),
+                *self.words().add(2 * slot + 1) as i32,
             )
         };
         if code != 0 {
