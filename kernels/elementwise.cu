@@ -47,12 +47,39 @@ extern "C" __global__ void ew_bias_add_f32(const float* x, const float* b, float
 #define DELO_SQRT_1_2 0.70710678118654752f
 #define DELO_INV_SQRT_2PI 0.3989423f
 
+// out = (y + b[j]) + (p0 + p1) over n = rows * d elements: a frozen linear's product, its bias
+// and the adapter's updates, in the unfused ops' order. b, p0 and p1 may each be null (absent).
+extern "C" __global__ void ew_bias_add_parts_f32(const float* y, const float* b, const float* p0,
+                                                 const float* p1, float* out, long long n,
+                                                 long long d) {
+    DELO_GRID_LOOP(i, n) {
+        float v = y[i];
+        if (b) v += b[i % d];
+        if (p0) {
+            const float parts = p1 ? p0[i] + p1[i] : p0[i];
+            v += parts;
+        }
+        out[i] = v;
+    }
+}
+
+__device__ __forceinline__ float delo_gelu(float v) {
+    return 0.5f * v * (1.0f + erff(v * DELO_SQRT_1_2));
+}
+
+// pre = y + b[j] (b may be null), out = gelu(pre): the MLP's first bias with its activation.
+extern "C" __global__ void ew_bias_gelu_f32(const float* y, const float* b, float* pre,
+                                            float* out, long long n, long long d) {
+    DELO_GRID_LOOP(i, n) {
+        const float v = b ? y[i] + b[i % d] : y[i];
+        pre[i] = v;
+        out[i] = delo_gelu(v);
+    }
+}
+
 // Exact GELU, x * Phi(x).
 extern "C" __global__ void ew_gelu_f32(const float* x, float* out, long long n) {
-    DELO_GRID_LOOP(i, n) {
-        const float v = x[i];
-        out[i] = 0.5f * v * (1.0f + erff(v * DELO_SQRT_1_2));
-    }
+    DELO_GRID_LOOP(i, n) out[i] = delo_gelu(x[i]);
 }
 
 // dy * (Phi(x) + x * phi(x)).

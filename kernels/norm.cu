@@ -2,15 +2,11 @@
 // 256-thread block), f32 statistics. Twins of CpuBackend::{layernorm, softmax}(_backward).
 #include "common.cuh"
 
-// y = (x - mean) * rstd * w + b with rstd = 1 / sqrt(var + eps) (biased variance).
-extern "C" __global__ void layernorm_f32(const float* x, const float* w, const float* b,
-                                         int rows, int d, float eps, float* y, float* mean,
-                                         float* rstd) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
-    if (r >= rows) return;
-    const float* xr = x + (long long)r * d;
-    float* yr = y + (long long)r * d;
+// LayerNorm of one row xr into yr by one warp: y = (x - mean) * rstd * w + b with
+// rstd = 1 / sqrt(var + eps) (biased variance); lane 0 stores the statistics of row r.
+__device__ __forceinline__ void delo_layernorm_row(const float* xr, const float* w, const float* b,
+                                                   int d, float eps, float* yr, float* mean,
+                                                   float* rstd, int r, int lane) {
     float s = 0.0f;
     for (int j = lane; j < d; j += 32) s += xr[j];
     const float mu = delo_warp_sum(s) / (float)d;
@@ -26,6 +22,34 @@ extern "C" __global__ void layernorm_f32(const float* x, const float* w, const f
         mean[r] = mu;
         rstd[r] = rs;
     }
+}
+
+extern "C" __global__ void layernorm_f32(const float* x, const float* w, const float* b,
+                                         int rows, int d, float eps, float* y, float* mean,
+                                         float* rstd) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
+    if (r >= rows) return;
+    delo_layernorm_row(x + (long long)r * d, w, b, d, eps, y + (long long)r * d, mean, rstd, r,
+                       lane);
+}
+
+// The residual stream and its LayerNorm in one pass: s = x + (yin + bias) (bias may be null),
+// then y = LayerNorm(s). Each lane reads back only the elements it wrote, so the row needs no
+// barrier between the two.
+extern "C" __global__ void add_layernorm_f32(const float* x, const float* yin, const float* bias,
+                                             const float* w, const float* b, int rows, int d,
+                                             float eps, float* s, float* y, float* mean,
+                                             float* rstd) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r = blockIdx.x * DELO_ROWS_PER_BLOCK + warp;
+    if (r >= rows) return;
+    const long long base = (long long)r * d;
+    for (int j = lane; j < d; j += 32) {
+        const float o = bias ? yin[base + j] + bias[j] : yin[base + j];
+        s[base + j] = x[base + j] + o;
+    }
+    delo_layernorm_row(s + base, w, b, d, eps, y + base, mean, rstd, r, lane);
 }
 
 // dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)).

@@ -30,6 +30,7 @@ fn main() {
         trial!(elementwise_ops),
         trial!(sum_rows_is_deterministic_and_accurate),
         trial!(layernorm_forward_backward),
+        trial!(fused_block_ops),
         trial!(softmax_forward_backward),
         trial!(attention_forward_backward),
         trial!(gather_scatter_concat_split),
@@ -561,6 +562,87 @@ fn layernorm_forward_backward() {
                 );
             }
         }
+    }
+}
+
+/// The fused ops of the ViLT block against the CPU's unfused sequences, with and without the
+/// bias and with zero, one, two and three adapter parts; the residual sum and GELU's input are
+/// the same f32 additions in the same order, so they must agree to the bit.
+fn fused_block_ops() {
+    let d = gpu();
+    let b = d.backend();
+    let mut r = rng(21);
+    for (rows, dim) in [(37, 768), (300, 33), (1, 1)] {
+        let what = format!("[{rows}, {dim}]");
+        let y = randn(&mut r, &[rows, dim]);
+        let x = randn(&mut r, &[rows, dim]);
+        let bias = randn(&mut r, &[dim]);
+        let parts: Vec<Tensor> = (0..3).map(|_| randn(&mut r, &[rows, dim])).collect();
+        let (yd, xd, bd) = (up(&d, &y), up(&d, &x), up(&d, &bias));
+        let parts_d: Vec<Tensor> = parts.iter().map(|p| up(&d, p)).collect();
+        for with_bias in [false, true] {
+            let (bc, bg) = (with_bias.then_some(&bias), with_bias.then_some(&bd));
+            for n in 0..=3 {
+                let pc: Vec<&Tensor> = parts[..n].iter().collect();
+                let pg: Vec<&Tensor> = parts_d[..n].iter().collect();
+                let want = CPU.bias_add_parts(&y, bc, &pc).unwrap();
+                let got = b.bias_add_parts(&yd, bg, &pg).unwrap();
+                check(
+                    &format!("bias_add_parts {what} bias {with_bias} parts {n}"),
+                    &got,
+                    &want,
+                    0.0,
+                    0.0,
+                );
+            }
+            let (pre_c, out_c) = CPU.bias_gelu(&y, bc).unwrap();
+            let (pre_g, out_g) = b.bias_gelu(&yd, bg).unwrap();
+            check(&format!("bias_gelu {what} pre"), &pre_g, &pre_c, 0.0, 0.0);
+            // erff of the device library against the host's: a few ulps
+            check(&format!("bias_gelu {what} out"), &out_g, &out_c, 1e-6, 1e-5);
+            let w = randn(&mut r, &[dim]);
+            let lb = randn(&mut r, &[dim]);
+            let (s_c, ln_c) = CPU.add_layernorm(&x, &y, bc, &w, &lb, 1e-12).unwrap();
+            let (s_g, ln_g) = b
+                .add_layernorm(&xd, &yd, bg, &up(&d, &w), &up(&d, &lb), 1e-12)
+                .unwrap();
+            check(&format!("add_layernorm {what} s"), &s_g, &s_c, 0.0, 0.0);
+            check(
+                &format!("add_layernorm {what} y"),
+                &ln_g.y,
+                &ln_c.y,
+                2e-5,
+                1e-4,
+            );
+            check(
+                &format!("add_layernorm {what} mean"),
+                &ln_g.mean,
+                &ln_c.mean,
+                1e-6,
+                1e-5,
+            );
+            check(
+                &format!("add_layernorm {what} rstd"),
+                &ln_g.rstd,
+                &ln_c.rstd,
+                1e-6,
+                1e-4,
+            );
+        }
+    }
+    let y = randn(&mut r, &[4, 8]);
+    let bad = randn(&mut r, &[7]);
+    for err in [
+        b.bias_add_parts(&up(&d, &y), Some(&up(&d, &bad)), &[])
+            .err(),
+        b.bias_add_parts(&up(&d, &y), None, &[&up(&d, &bad)]).err(),
+        b.bias_gelu(&up(&d, &y), Some(&up(&d, &bad))).err(),
+    ] {
+        let msg = err.expect("a misfit bias or part is refused").to_string();
+        assert!(
+            msg.contains("does not fit") || msg.contains("shape"),
+            "{msg}"
+        );
     }
 }
 

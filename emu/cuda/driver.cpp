@@ -296,15 +296,21 @@ void run_kernel(const Function* f, const Dims& d, unsigned smem,
         if (!k.params[i].is_pointer) continue;
         uint64_t p;
         memcpy(&p, args.data() + k.params[i].offset, 8);
-        std::lock_guard<std::mutex> l(g().mu);
-        const auto* b = find_block(p, 0);
-        if (!b) {
+        // A null pointer is an absent optional operand (a kernel tests it before any access);
+        // dereferencing it still faults inside the kernel.
+        if (p == 0) continue;
+        uint64_t base = 0;
+        {
+            std::lock_guard<std::mutex> l(g().mu);
+            if (const auto* b = find_block(p, 0)) base = b->first;
+        }
+        if (base == 0) {
             fault(kIllegalAddress, "kernel " + k.name + ": pointer parameter " +
                                        std::to_string(i) + " (" + hex(p) +
                                        ") is not inside any live device allocation");
             return;
         }
-        bases.push_back(b->first);
+        bases.push_back(base);
     }
     std::string err;
     if (!k.run(d, smem, args.data(), &err)) {

@@ -410,6 +410,9 @@ impl Backend for CpuBackend {
         matmul_cpu(a, b, g, &mut c, 1.0, &d)?;
         out(c, &d.out_shape)
     }
+    fn gemm_folds_bias(&self) -> bool {
+        true
+    }
     fn matmul_into(
         &self,
         a: &Tensor,

@@ -186,6 +186,48 @@ pub trait Backend: Send + Sync {
     /// Gradient of tanh given its output `y`.
     fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor>;
 
+    /// `(y + bias) + (parts₀ + parts₁ + …)` for `y [rows, d]`, `bias [d]` and parts of `y`'s
+    /// shape: a frozen linear's output with its bias and the updates an adapter adds to it, in
+    /// the order of the unfused ops (bias add, the parts summed left to right, one add), so a
+    /// backend that does not fuse gives exactly their result. One launch on CUDA for up to two
+    /// parts. With no bias, `y` already carries it (see [`Backend::gemm_folds_bias`]).
+    fn bias_add_parts(
+        &self,
+        y: &Tensor,
+        bias: Option<&Tensor>,
+        parts: &[&Tensor],
+    ) -> Result<Tensor> {
+        let biased = match bias {
+            Some(b) => self.bias_add(y, b)?,
+            None => y.clone(),
+        };
+        let Some((first, rest)) = parts.split_first() else {
+            return Ok(biased);
+        };
+        let mut sum = (*first).clone();
+        for p in rest {
+            sum = self.add(&sum, p)?;
+        }
+        self.add(&biased, &sum)
+    }
+    /// `pre = y + bias` and `gelu(pre)`, both returned (the backward needs `pre`): the bias of
+    /// the MLP's first linear fused with its activation. One launch on CUDA.
+    fn bias_gelu(&self, y: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let pre = match bias {
+            Some(b) => self.bias_add(y, b)?,
+            None => y.clone(),
+        };
+        let out = self.gelu(&pre)?;
+        Ok((pre, out))
+    }
+    /// Whether [`Backend::matmul_bias`] adds the bias inside the product at no extra pass (the
+    /// CPU's GEMM starts from the bias rows). Where it does not, a linear leaves its bias to the
+    /// fused op that follows it ([`Backend::bias_add_parts`], [`Backend::bias_gelu`],
+    /// [`Backend::add_layernorm`]).
+    fn gemm_folds_bias(&self) -> bool {
+        false
+    }
+
     // ---- normalisation and softmax --------------------------------------------------------
     /// LayerNorm over the last dimension with affine `w`, `b`.
     fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut>;
@@ -198,6 +240,27 @@ pub trait Backend: Send + Sync {
         rstd: &Tensor,
         affine_grads: bool,
     ) -> Result<LayerNormGrads>;
+    /// The residual stream and the LayerNorm that reads it, `s = x + (y + bias)` and
+    /// `LayerNorm(s)`, for `x, y [rows, d]` (the sublayer's output `y` without or with its
+    /// bias): both returned. One launch on CUDA (ViLT's post-attention and post-MLP residuals,
+    /// VILT.md §Forward).
+    fn add_layernorm(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        bias: Option<&Tensor>,
+        w: &Tensor,
+        b: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, LayerNormOut)> {
+        let y = match bias {
+            Some(bias) => self.bias_add(y, bias)?,
+            None => y.clone(),
+        };
+        let s = self.add(x, &y)?;
+        let ln = self.layernorm(&s, w, b, eps)?;
+        Ok((s, ln))
+    }
     /// Softmax over the last dimension.
     fn softmax(&self, x: &Tensor) -> Result<Tensor>;
     /// Gradient of softmax given its output `y`.

@@ -131,7 +131,8 @@ impl<'a> DeloAdapter<'a> {
         self.layer_queries.is_some() || matches!(self.choice, TaskChoice::PerLayer { .. })
     }
 
-    /// One task's update of target `p` (`layer{l}.{target}`) for input `x` and guided queries.
+    /// One task's updates of target `p` (`layer{l}.{target}`) for input `x` and guided
+    /// queries: one per pool (DeLo: the image pool's, then the text pool's, eq. 4).
     fn task_delta(
         &mut self,
         tape: &mut Tape,
@@ -139,7 +140,7 @@ impl<'a> DeloAdapter<'a> {
         p: &str,
         x: Var,
         q: Option<(Var, Var)>,
-    ) -> Result<Var> {
+    ) -> Result<Vec<Var>> {
         let cfg = self.cfg;
         let queries = || q.ok_or_else(|| Error::Msg("routing before the layer's queries".into()));
         let mut routed = |tape: &mut Tape, prefix: String, q: Var| -> Result<Var> {
@@ -156,13 +157,13 @@ impl<'a> DeloAdapter<'a> {
                 let (qv, qt) = queries()?;
                 let dv = routed(tape, format!("{p}.v"), qv)?;
                 let dt = routed(tape, format!("{p}.t"), qt)?;
-                tape.add(dv, dt)
+                Ok(vec![dv, dt])
             }
             Variant::UnifiedPool => {
                 let (qv, qt) = queries()?;
                 let s = tape.add(qv, qt)?;
                 let q = tape.scale(s, 0.5)?;
-                routed(tape, format!("{p}.u"), q)
+                Ok(vec![routed(tape, format!("{p}.u"), q)?])
             }
             Variant::Lora | Variant::SeqLora => {
                 let (a, b) = (
@@ -171,7 +172,7 @@ impl<'a> DeloAdapter<'a> {
                 );
                 let ax = tape.linear_param(x, a, None)?;
                 let bax = tape.linear_param(ax, b, None)?;
-                tape.scale(bax, cfg.alpha)
+                Ok(vec![tape.scale(bax, cfg.alpha)?])
             }
         }
     }
@@ -217,6 +218,14 @@ fn by_group(
     let rows = tape.reshape(joined, &[b, n * d_out])?;
     let back = tape.gather_rows(rows, &row_index(tape, &inverse)?)?;
     tape.reshape(back, &[b, n, d_out])
+}
+
+/// The sum of a task's per-pool updates, in order.
+fn sum_parts(tape: &mut Tape, parts: &[Var]) -> Result<Var> {
+    let (&first, rest) = parts
+        .split_first()
+        .ok_or_else(|| Error::Msg("a task with no update".into()))?;
+    rest.iter().try_fold(first, |acc, &p| tape.add(acc, p))
 }
 
 /// The Task-Key query of eq. (7), (q̂_v + q̂_t)/2 per sample, as a value (keys take no
@@ -336,33 +345,28 @@ impl Adapter for DeloAdapter<'_> {
         Ok(())
     }
 
-    fn adapt(
-        &mut self,
-        tape: &mut Tape,
-        layer: usize,
-        target: Target,
-        x: Var,
-    ) -> Result<Option<Var>> {
+    fn adapt(&mut self, tape: &mut Tape, layer: usize, target: Target, x: Var) -> Result<Vec<Var>> {
         if !self.cfg.targets.contains(&target) || self.cfg.variant == Variant::HeadsOnly {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let p = format!("layer{layer}.{}", target.name());
         let q = self.guided;
-        let delta = match self.choice {
-            TaskChoice::One(task) => self.task_delta(tape, task, &p, x, q)?,
+        match self.choice {
+            TaskChoice::One(task) => self.task_delta(tape, task, &p, x, q),
             TaskChoice::PerLayer { tasks, .. } => {
                 let groups = groups_of(self.picks.last().ok_or_else(|| {
                     Error::Msg("per-layer task choice before the layer's queries".into())
                 })?);
                 if let [(k, _)] = groups.as_slice() {
-                    self.task_delta(tape, &tasks[*k], &p, x, q)?
+                    self.task_delta(tape, &tasks[*k], &p, x, q)
                 } else {
-                    by_group(tape, x, q, &groups, |tape, k, x, q| {
-                        self.task_delta(tape, &tasks[k], &p, x, q)
-                    })?
+                    let joined = by_group(tape, x, q, &groups, |tape, k, x, q| {
+                        let parts = self.task_delta(tape, &tasks[k], &p, x, q)?;
+                        sum_parts(tape, &parts)
+                    })?;
+                    Ok(vec![joined])
                 }
             }
-        };
-        Ok(Some(delta))
+        }
     }
 }

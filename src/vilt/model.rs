@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::{LinearOut, PendingLayerNorm, Tape, Var};
 use crate::backend::Device;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -14,15 +14,16 @@ use crate::vilt::{stretch_text_positions, LayerNorm, Linear, Target, ViltConfig,
 pub trait Adapter {
     /// Called with the residual stream `X_l` at the input of layer `l`, before any linear.
     fn layer_input(&mut self, tape: &mut Tape, layer: usize, x: Var, emb: &Embedded) -> Result<()>;
-    /// An update to add to the output of the frozen linear `target` of layer `l`, given that
-    /// linear's input; `None` leaves the linear as it is.
+    /// The updates to add to the output of the frozen linear `target` of layer `l`, given
+    /// that linear's input, each of the output's shape (DeLo: one per modality pool); none
+    /// leaves the linear as it is. They are added in order, summed first.
     fn adapt(
         &mut self,
         tape: &mut Tape,
         layer: usize,
         target: Target,
         input: Var,
-    ) -> Result<Option<Var>>;
+    ) -> Result<Vec<Var>>;
 }
 
 /// The frozen backbone alone.
@@ -32,8 +33,8 @@ impl Adapter for NoAdapter {
     fn layer_input(&mut self, _: &mut Tape, _: usize, _: Var, _: &Embedded) -> Result<()> {
         Ok(())
     }
-    fn adapt(&mut self, _: &mut Tape, _: usize, _: Target, _: Var) -> Result<Option<Var>> {
-        Ok(None)
+    fn adapt(&mut self, _: &mut Tape, _: usize, _: Target, _: Var) -> Result<Vec<Var>> {
+        Ok(Vec::new())
     }
 }
 
@@ -149,7 +150,7 @@ impl Vilt {
         self.tables.embed(self.device.backend(), &self.cfg, inputs)
     }
 
-    /// A frozen linear plus whatever the adapter adds to it.
+    /// A frozen linear plus whatever the adapter adds to it (bias and updates in one node).
     fn linear(
         &self,
         tape: &mut Tape,
@@ -159,14 +160,33 @@ impl Vilt {
         x: Var,
         l: &Linear,
     ) -> Result<Var> {
-        let y = tape.linear(x, &l.weight, Some(&l.bias))?;
-        match ad.adapt(tape, layer, target, x)? {
-            Some(delta) => tape.add(y, delta),
-            None => Ok(y),
-        }
+        let y = tape.linear_deferred(x, &l.weight, &l.bias)?;
+        let parts = ad.adapt(tape, layer, target, x)?;
+        tape.add_parts(y, &parts)
     }
 
-    /// The encoder, final LayerNorm and pooler over an embedded batch.
+    /// A frozen linear whose bias is left to the fused op that reads it; with adapter updates,
+    /// they are added (with the bias) first.
+    fn linear_for_fusion(
+        &self,
+        tape: &mut Tape,
+        ad: &mut dyn Adapter,
+        layer: usize,
+        target: Target,
+        x: Var,
+        l: &Linear,
+    ) -> Result<LinearOut> {
+        let y = tape.linear_deferred(x, &l.weight, &l.bias)?;
+        let parts = ad.adapt(tape, layer, target, x)?;
+        if parts.is_empty() {
+            return Ok(y);
+        }
+        Ok(LinearOut::biased(tape.add_parts(y, &parts)?))
+    }
+
+    /// The encoder, final LayerNorm and pooler over an embedded batch. Each sublayer's output
+    /// bias, residual add and the LayerNorm after it are one fused node
+    /// ([`Tape::add_layernorm`]), as are the MLP's first bias and GELU.
     pub fn encode(
         &self,
         tape: &mut Tape,
@@ -176,23 +196,46 @@ impl Vilt {
         let eps = self.cfg.layer_norm_eps as f32;
         let heads = self.cfg.num_attention_heads;
         let mut x = tape.constant(emb.x.clone());
+        let mut pending: Option<PendingLayerNorm> = None;
+        let mut h = None;
         for (li, l) in self.layers.iter().enumerate() {
             ad.layer_input(tape, li, x, &emb)?;
-            let h = tape.layernorm(x, &l.layernorm_before.weight, &l.layernorm_before.bias, eps)?;
+            let hb = match pending.take() {
+                Some(ln) => tape.record_layernorm(x, ln),
+                None => {
+                    let ln = &l.layernorm_before;
+                    tape.layernorm(x, &ln.weight, &ln.bias, eps)?
+                }
+            };
             let a = &l.attention;
-            let q = self.linear(tape, ad, li, Target::Q, h, &a.query)?;
-            let k = self.linear(tape, ad, li, Target::K, h, &a.key)?;
-            let v = self.linear(tape, ad, li, Target::V, h, &a.value)?;
+            let q = self.linear(tape, ad, li, Target::Q, hb, &a.query)?;
+            let k = self.linear(tape, ad, li, Target::K, hb, &a.key)?;
+            let v = self.linear(tape, ad, li, Target::V, hb, &a.value)?;
             let ctx = tape.attention(q, k, v, &emb.mask, heads)?;
-            let o = self.linear(tape, ad, li, Target::O, ctx, &a.output)?;
-            x = tape.add(x, o)?;
-            let h = tape.layernorm(x, &l.layernorm_after.weight, &l.layernorm_after.bias, eps)?;
-            let f = self.linear(tape, ad, li, Target::Fc1, h, &l.intermediate)?;
-            let f = tape.gelu(f)?;
-            let f = self.linear(tape, ad, li, Target::Fc2, f, &l.output)?;
-            x = tape.add(x, f)?;
+            let o = self.linear_for_fusion(tape, ad, li, Target::O, ctx, &a.output)?;
+            let ln = &l.layernorm_after;
+            let (x_mid, ln_after) = tape.add_layernorm(x, o, &ln.weight, &ln.bias, eps)?;
+            let ha = tape.record_layernorm(x_mid, ln_after);
+            let f = self.linear_for_fusion(tape, ad, li, Target::Fc1, ha, &l.intermediate)?;
+            let f = tape.bias_gelu(f)?;
+            let f = self.linear_for_fusion(tape, ad, li, Target::Fc2, f, &l.output)?;
+            let next = self
+                .layers
+                .get(li + 1)
+                .map(|n| &n.layernorm_before)
+                .unwrap_or(&self.final_ln);
+            let (x_out, ln_next) = tape.add_layernorm(x_mid, f, &next.weight, &next.bias, eps)?;
+            x = x_out;
+            if li + 1 == self.layers.len() {
+                h = Some(tape.record_layernorm(x, ln_next));
+            } else {
+                pending = Some(ln_next);
+            }
         }
-        let last = tape.layernorm(x, &self.final_ln.weight, &self.final_ln.bias, eps)?;
+        let last = match h {
+            Some(h) => h,
+            None => tape.layernorm(x, &self.final_ln.weight, &self.final_ln.bias, eps)?,
+        };
         let (b, s, d) = {
             let v = tape.value(last);
             (v.dim(0), v.dim(1), v.dim(2))

@@ -113,6 +113,8 @@ kernels! {
     ew_scale_f32(x: Ptr, s: f32, out: Ptr, n: i64);
     ew_mul_f32(a: Ptr, b: Ptr, out: Ptr, n: i64);
     ew_bias_add_f32(x: Ptr, b: Ptr, out: Ptr, n: i64, d: i64);
+    ew_bias_add_parts_f32(y: Ptr, b: Ptr, p0: Ptr, p1: Ptr, out: Ptr, n: i64, d: i64);
+    ew_bias_gelu_f32(y: Ptr, b: Ptr, pre: Ptr, out: Ptr, n: i64, d: i64);
     ew_gelu_f32(x: Ptr, out: Ptr, n: i64);
     ew_gelu_backward_f32(dy: Ptr, x: Ptr, out: Ptr, n: i64);
     ew_tanh_f32(x: Ptr, out: Ptr, n: i64);
@@ -137,6 +139,10 @@ kernels! {
     // norm.cu
     layernorm_f32(
         x: Ptr, w: Ptr, b: Ptr, rows: i32, d: i32, eps: f32, y: Ptr, mean: Ptr, rstd: Ptr,
+    );
+    add_layernorm_f32(
+        x: Ptr, yin: Ptr, bias: Ptr, w: Ptr, b: Ptr, rows: i32, d: i32, eps: f32, s: Ptr, y: Ptr,
+        mean: Ptr, rstd: Ptr,
     );
     layernorm_backward_f32(
         dy: Ptr, x: Ptr, w: Ptr, mean: Ptr, rstd: Ptr, rows: i32, d: i32, dx: Ptr,

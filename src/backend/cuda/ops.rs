@@ -203,6 +203,25 @@ impl CudaBackend {
         Ok(out)
     }
 
+    /// The device address of an optional bias `[d]` for rows of `x`, or null when absent.
+    fn opt_bias(
+        &self,
+        bias: Option<&Tensor>,
+        d: usize,
+        x: &Tensor,
+        op: &'static str,
+    ) -> Result<Ptr> {
+        let Some(b) = bias else { return Ok(Ptr(0)) };
+        ensure_shape!(
+            b.shape() == [d],
+            op,
+            "bias {:?} does not fit input {:?}",
+            b.shape(),
+            x.shape()
+        );
+        self.ptr(b, F32, op)
+    }
+
     /// The cuBLAS call of a (batched) matmul; a shared 2-D `b` under an untransposed `a` folds
     /// the batch into the rows of one GEMM.
     #[allow(clippy::too_many_arguments)]
@@ -501,6 +520,68 @@ impl Backend for CudaBackend {
                 .ew_bias_add_f32(&self.stream, cfg_flat(n as usize), px, pb, po, n, long(d))
         })
     }
+    fn bias_add_parts(
+        &self,
+        y: &Tensor,
+        bias: Option<&Tensor>,
+        parts: &[&Tensor],
+    ) -> Result<Tensor> {
+        const OP: &str = "bias_add_parts";
+        let (_, d) = rows_cols(y);
+        let pb = self.opt_bias(bias, d, y, OP)?;
+        // More than two parts (never in ViLT + DeLo) are summed first, in order.
+        let folded;
+        let parts = if parts.len() > 2 {
+            let mut sum = self.add(parts[0], parts[1])?;
+            for p in &parts[2..] {
+                sum = self.add(&sum, p)?;
+            }
+            folded = sum;
+            vec![&folded]
+        } else {
+            parts.to_vec()
+        };
+        let mut pp = [Ptr(0); 2];
+        for (slot, p) in pp.iter_mut().zip(&parts) {
+            same_shape(OP, y, p)?;
+            *slot = self.ptr(p, F32, OP)?;
+        }
+        self.map1(y, OP, |py, po, n| unsafe {
+            self.k.ew_bias_add_parts_f32(
+                &self.stream,
+                cfg_flat(n as usize),
+                py,
+                pb,
+                pp[0],
+                pp[1],
+                po,
+                n,
+                long(d),
+            )
+        })
+    }
+    fn bias_gelu(&self, y: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "bias_gelu";
+        let (_, d) = rows_cols(y);
+        let pb = self.opt_bias(bias, d, y, OP)?;
+        let py = self.ptr(y, F32, OP)?;
+        let (pre, ppre) = self.empty(y.shape(), F32)?;
+        let (out, po) = self.empty(y.shape(), F32)?;
+        let n = y.numel();
+        unsafe {
+            self.k.ew_bias_gelu_f32(
+                &self.stream,
+                cfg_flat(n),
+                py,
+                pb,
+                ppre,
+                po,
+                long(n),
+                long(d),
+            )?
+        };
+        Ok((pre, out))
+    }
     fn sum_rows(&self, x: &Tensor) -> Result<Tensor> {
         const OP: &str = "sum_rows";
         let (rows, d) = rows_cols(x);
@@ -574,6 +655,58 @@ impl Backend for CudaBackend {
             )?;
         }
         Ok(LayerNormOut { y, mean, rstd })
+    }
+    fn add_layernorm(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        bias: Option<&Tensor>,
+        w: &Tensor,
+        b: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, LayerNormOut)> {
+        let _r = nvtx::range("add_layernorm");
+        const OP: &str = "add_layernorm";
+        same_shape(OP, x, y)?;
+        let (rows, d) = rows_cols(x);
+        ensure_shape!(
+            w.shape() == [d] && b.shape() == [d],
+            OP,
+            "weight {:?} / bias {:?} do not fit input {:?}",
+            w.shape(),
+            b.shape(),
+            x.shape()
+        );
+        let pbias = self.opt_bias(bias, d, y, OP)?;
+        let (px, py, pw, pb) = (
+            self.ptr(x, F32, OP)?,
+            self.ptr(y, F32, OP)?,
+            self.ptr(w, F32, OP)?,
+            self.ptr(b, F32, OP)?,
+        );
+        let (s, ps) = self.empty(x.shape(), F32)?;
+        let (out, pout) = self.empty(x.shape(), F32)?;
+        let (mean, pm) = self.empty(&[rows], F32)?;
+        let (rstd, pr) = self.empty(&[rows], F32)?;
+        unsafe {
+            self.k.add_layernorm_f32(
+                &self.stream,
+                cfg_rows(rows),
+                px,
+                py,
+                pbias,
+                pw,
+                pb,
+                int(rows, OP)?,
+                int(d, OP)?,
+                eps,
+                ps,
+                pout,
+                pm,
+                pr,
+            )?;
+        }
+        Ok((s, LayerNormOut { y: out, mean, rstd }))
     }
     fn layernorm_backward(
         &self,

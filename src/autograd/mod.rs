@@ -7,12 +7,16 @@
 //! gradient (one GEMM), and only for inputs that need it. Gradients of a value used several
 //! times accumulate (+=).
 
+mod fused;
+
 use std::collections::BTreeMap;
 
 use crate::backend::{Backend, Device, Gemm};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+
+pub use fused::{LinearOut, PendingLayerNorm};
 
 /// A value recorded on a tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
