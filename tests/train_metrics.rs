@@ -96,7 +96,10 @@ fn every_step_is_logged_once_and_a_resumed_run_continues_the_log() {
         assert!(svg.contains(&format!("task {t} ({} steps)", steps[t - 1])));
     }
     let results = std::fs::read_to_string(run.join("results.json")).unwrap();
-    assert!(!results.contains("loss_curves"), "curves stay in metrics.jsonl");
+    assert!(
+        !results.contains("loss_curves"),
+        "curves stay in metrics.jsonl"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -107,7 +110,11 @@ fn an_unreadable_line_is_named() {
     std::fs::create_dir_all(&dir).unwrap();
     assert!(read_metrics(&dir).unwrap().is_empty(), "no file: no steps");
     let good = r#"{"task":0,"step":1,"epoch":1,"loss":1.5,"l_c":1.4,"l_align":0.5,"l_con":0.5,"lr":0.001,"samples_per_second":10.0}"#;
-    std::fs::write(dir.join(METRICS_FILE), format!("{good}\n{{\"task\": 0}}\n{good}\n")).unwrap();
+    std::fs::write(
+        dir.join(METRICS_FILE),
+        format!("{good}\n{{\"task\": 0}}\n{good}\n"),
+    )
+    .unwrap();
     let err = read_metrics(&dir).unwrap_err().to_string();
     assert!(
         err.contains(METRICS_FILE) && err.contains("line 2") && err.contains("step"),

@@ -692,6 +692,9 @@ pub fn cos_histogram_svg(samples: &[f32], bins: usize) -> Option<String> {
 // ---------------------------------------------------------------------------------------
 // (d) Training loss curves
 
+/// One line of a loss plot: its legend, its value at a point and its viridis position.
+type Series = (&'static str, fn(&LossPoint) -> f64, f64);
+
 /// Points drawn per series at most: longer curves are averaged over runs of equal steps.
 pub const LOSS_CURVE_POINTS: usize = 500;
 
@@ -720,7 +723,7 @@ pub fn loss_curve_svg(curve: &LossCurve) -> Option<String> {
             }
         })
         .collect();
-    let series: [(&str, fn(&LossPoint) -> f64, f64); 4] = [
+    let series: [Series; 4] = [
         ("L (total)", |p| p.loss, 0.0),
         ("L_c", |p| p.l_c, 0.35),
         ("L_align", |p| p.l_align, 0.62),
@@ -741,7 +744,11 @@ pub fn loss_curve_svg(curve: &LossCurve) -> Option<String> {
 
     let (left, top, pw, ph) = (64.0, 44.0, 520.0, 260.0);
     let mut svg = Svg::new(left + pw + 130.0, top + ph + 56.0);
-    let mut title = format!("Training loss, task {} ({} steps", curve.task + 1, pts.len());
+    let mut title = format!(
+        "Training loss, task {} ({} steps",
+        curve.task + 1,
+        pts.len()
+    );
     if per > 1 {
         let _ = write!(title, ", mean of every {per}");
     }
@@ -756,7 +763,14 @@ pub fn loss_curve_svg(curve: &LossCurve) -> Option<String> {
         let y = sy(v);
         svg.line(left, y, left + pw, y, "#e3e3e3");
         svg.line(left - 4.0, y, left, y, "#333");
-        svg.text(left - 7.0, y + 3.5, 10.0, "end", "", &format!("{v:.y_dec$}"));
+        svg.text(
+            left - 7.0,
+            y + 3.5,
+            10.0,
+            "end",
+            "",
+            &format!("{v:.y_dec$}"),
+        );
     }
     let xstep = nice_step(x_hi - x_lo, 6).max(1.0);
     let mut x = (x_lo / xstep).ceil() * xstep;

@@ -5,7 +5,10 @@
 pub mod checkpoint;
 pub mod demo;
 pub mod eval;
+pub mod forward;
+pub mod inputs;
 pub mod metrics;
+pub mod predict;
 pub mod prep;
 pub mod results;
 pub mod schedule;
@@ -32,8 +35,8 @@ use crate::tensor::{DType, Tensor};
 use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
 pub use crate::delo::keys::TaskKeys;
-use prep::ViltPrep;
 use metrics::StepLog;
+use prep::ViltPrep;
 use step::{run_step_losses, StepBatch, StepOptim, TaskState};
 
 /// One loader thread per core the process may use (2 when that is unknown): decoding and

@@ -4,11 +4,9 @@
 
 use crate::data::{LabelKind, Split};
 use crate::error::Result;
-use crate::report::{
-    FactorSide, LossCurve, LossPoint, Metric, Results, TaskStats as ReportStats,
-};
-use crate::train::metrics::StepMetrics;
+use crate::report::{FactorSide, LossCurve, LossPoint, Metric, Results, TaskStats as ReportStats};
 use crate::train::eval::Probes;
+use crate::train::metrics::StepMetrics;
 use crate::train::Trainer;
 
 /// The display name of a variant in reports.

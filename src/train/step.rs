@@ -70,9 +70,7 @@ pub fn run_step_losses(
     graph: bool,
 ) -> Result<StepLosses> {
     match &vilt.device {
-        Device::Cuda(b) if graph => {
-            b.graphed(|| train_step_losses(vilt, cfg, state, batch, optim))
-        }
+        Device::Cuda(b) if graph => b.graphed(|| train_step_losses(vilt, cfg, state, batch, optim)),
         _ => train_step_losses(vilt, cfg, state, batch, optim),
     }
 }
