@@ -482,7 +482,7 @@ fn loss_curves_are_plotted_per_task_and_linked_but_not_stored() {
         loss: 2.0 / step as f64,
         l_c: 1.5 / step as f64,
         l_align: 0.5,
-        l_con: if step % 2 == 0 { 0.0 } else { 0.25 },
+        l_con: if step.is_multiple_of(2) { 0.0 } else { 0.25 },
     };
     r.loss_curves = vec![
         report::LossCurve {
