@@ -31,14 +31,32 @@ enum Command {
     /// Write the small synthetic CMML benchmark (demo, tests).
     Synth(SynthArgs),
     /// Run the frozen ViLT on HF-named inputs (pixel_values, pixel_mask, input_ids,
-    /// attention_mask, token_type_ids) and write last_hidden_state and pooler_output.
+    /// attention_mask, token_type_ids), or on raw images and texts through the training
+    /// pre-processing, and write last_hidden_state and pooler_output.
     Forward {
         /// A Hugging Face ViLT model directory (config.json, model.safetensors).
         #[arg(long)]
         model: PathBuf,
-        /// Input safetensors file.
+        /// Input safetensors file (pre-processed tensors).
+        #[arg(long, required_unless_present_any = ["images", "texts", "items"], conflicts_with_all = ["images", "texts", "items"])]
+        inputs: Option<PathBuf>,
+        /// Image paths, one per line (relative to this file's folder; an empty line: no image).
         #[arg(long)]
-        inputs: PathBuf,
+        images: Option<PathBuf>,
+        /// Texts, one per line (an empty line: no text); line i goes with image line i.
+        #[arg(long)]
+        texts: Option<PathBuf>,
+        /// Items as a CMML JSON list (`image`, `text`) or a CSV with `image,text` columns.
+        #[arg(long, conflicts_with_all = ["images", "texts"])]
+        items: Option<PathBuf>,
+        /// With raw inputs: also write the pre-processed pixel_values, pixel_mask, input_ids,
+        /// attention_mask and token_type_ids (safetensors, HF names) to this file.
+        #[arg(long, conflicts_with = "inputs")]
+        dump_inputs: Option<PathBuf>,
+        /// With raw inputs: square image size (0: ViLT's shortest-edge resize, ViltProcessor's
+        /// default).
+        #[arg(long, default_value_t = 0)]
+        image_size: u32,
         /// Output safetensors file.
         #[arg(long)]
         output: PathBuf,
@@ -74,6 +92,36 @@ enum Command {
         /// Write per-sample predictions (item index, task, predicted task, prediction).
         #[arg(long)]
         predictions: Option<PathBuf>,
+    },
+    /// Apply a trained run to new image–text items: per item the chosen task and its key
+    /// cosine, the predicted class and score, the top-k, and for multi-label every label over
+    /// the threshold, as CSV.
+    Predict {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+        /// A JSON list in the CMML item shape (`image` and/or `text`) or a CSV with `image,text`
+        /// columns; images relative to this file's folder (or its images/ folder).
+        #[arg(long)]
+        input: PathBuf,
+        /// The predictions CSV to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// `oracle`: answer with the head of --task instead of the Task-Key memory's choice.
+        #[arg(long)]
+        task_key: Option<String>,
+        /// With --task-key oracle: the task (0-based) whose head answers.
+        #[arg(long)]
+        task: Option<usize>,
+        /// Classes listed per item, best first.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Multi-label: predict a label when its probability exceeds this.
+        #[arg(long, default_value_t = 0.5)]
+        threshold: f32,
+        /// Items per forward (default: the run's evaluation batch size).
+        #[arg(long)]
+        batch_size: Option<usize>,
     },
     /// Train DeLo on a CMML benchmark, task after task, evaluating and checkpointing each.
     Train(Box<TrainArgs>),
@@ -508,6 +556,12 @@ fn progress_reporter() -> impl FnMut(delo::train::Event) {
     }
 }
 
+/// A `--task-key` value.
+fn parse_task_key(k: &str) -> Result<delo::delo::config::TaskKeySource> {
+    serde_json::from_value(serde_json::Value::String(k.to_string()))
+        .context("--task-key: input, frozen, layer or oracle")
+}
+
 /// The reference scripts, embedded so that `delo bench` works from any directory.
 const NUMPY_GEMM_PY: &str = include_str!("../benches/numpy_gemm.py");
 /// The PyTorch reference step and the module it imports, embedded for the same reason.
@@ -604,6 +658,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Forward {
             model,
             inputs,
+            images,
+            texts,
+            items,
+            dump_inputs,
+            image_size,
             output,
             max_text_len,
             device,
@@ -615,14 +674,38 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 delo::DType::F32
             };
-            delo::vilt::model::forward_file(
-                &model,
-                &inputs,
-                &output,
-                max_text_len,
-                &device,
-                dtype,
-            )?;
+            if let Some(inputs) = inputs {
+                delo::vilt::model::forward_file(
+                    &model,
+                    &inputs,
+                    &output,
+                    max_text_len,
+                    &device,
+                    dtype,
+                )?;
+            } else {
+                use delo::train::{forward, inputs};
+                let items = match items {
+                    Some(file) => inputs::read_items(&file)?,
+                    None => inputs::read_line_lists(images.as_deref(), texts.as_deref())?,
+                };
+                let prep = forward::RawPrep {
+                    image_size: (image_size > 0).then_some(image_size),
+                    max_text_len,
+                };
+                forward::forward_raw(
+                    &model,
+                    &items,
+                    &prep,
+                    &output,
+                    dump_inputs.as_deref(),
+                    &device,
+                    dtype,
+                )?;
+                if let Some(d) = &dump_inputs {
+                    println!("wrote {}", d.display());
+                }
+            }
             println!("wrote {}", output.display());
         }
         Command::Demo { out } => {
@@ -644,17 +727,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let mut tr = delo::train::Trainer::resume(&run)?;
             if let Some(k) = task_key {
-                let k: delo::delo::config::TaskKeySource =
-                    serde_json::from_value(serde_json::Value::String(k.clone()))
-                        .context("--task-key: input, frozen, layer or oracle")?;
-                let own = tr.spec.settings.delo.task_key;
-                // Keys built from one source's queries mean nothing to another's.
-                if k != own && k != delo::delo::config::TaskKeySource::Oracle {
-                    anyhow::bail!(
-                        "--task-key {}: this run's keys were built from `{}` queries; only oracle (or the run's own source) can evaluate it", format!("{k:?}").to_lowercase(), format!("{own:?}").to_lowercase()
-                    );
-                }
-                tr.spec.settings.delo.task_key = k;
+                tr.use_task_key(parse_task_key(&k)?)?;
             }
             let split = match split.as_str() {
                 "val" => delo::data::Split::Val,
@@ -665,6 +738,32 @@ pub fn run(cli: Cli) -> Result<()> {
                 "{}",
                 delo::train::eval::eval_run(&tr, split, predictions.as_deref())?
             );
+        }
+        Command::Predict {
+            run,
+            input,
+            output,
+            task_key,
+            task,
+            top_k,
+            threshold,
+            batch_size,
+        } => {
+            use delo::train::{inputs, predict};
+            let mut tr = delo::train::Trainer::resume(&run)?;
+            if let Some(k) = task_key {
+                tr.use_task_key(parse_task_key(&k)?)?;
+            }
+            let items = inputs::read_items(&input)?;
+            let opts = predict::PredictOptions {
+                top_k,
+                threshold,
+                task,
+                batch_size,
+            };
+            let preds = predict::predict(&tr, &items, &opts)?;
+            predict::write_csv(&tr, &preds, &output)?;
+            println!("wrote {} predictions to {}", preds.len(), output.display());
         }
         Command::Train(a) => {
             let mut trainer = match &a.resume {

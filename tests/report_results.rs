@@ -472,3 +472,78 @@ fn write_all_writes_every_output() {
     assert_eq!(Results::load(&dir.join("results.json")).unwrap(), r);
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn loss_curves_are_plotted_per_task_and_linked_but_not_stored() {
+    let dir = tmp("loss");
+    let mut r = full_results();
+    let point = |step: u64| report::LossPoint {
+        step,
+        loss: 2.0 / step as f64,
+        l_c: 1.5 / step as f64,
+        l_align: 0.5,
+        l_con: if step.is_multiple_of(2) { 0.0 } else { 0.25 },
+    };
+    r.loss_curves = vec![
+        report::LossCurve {
+            task: 0,
+            points: (1..=40).map(point).collect(),
+        },
+        // Long curves are drawn as means over runs of steps: 1500 steps → 3 per point.
+        report::LossCurve {
+            task: 1,
+            points: (1..=1500).map(point).collect(),
+        },
+        report::LossCurve {
+            task: 2,
+            points: Vec::new(),
+        },
+    ];
+    let written = write_plots(&r, &dir).unwrap();
+    let names: Vec<String> = written
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        &names[4..],
+        ["loss_task1.svg", "loss_task2.svg"],
+        "no plot without steps"
+    );
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    for f in ["loss_task1.svg", "loss_task2.svg"] {
+        let svg = read(f);
+        check_well_formed(&svg).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(svg.matches("class=\"series\"").count(), 4, "{f}");
+        for name in ["L (total)", "L_c", "L_align", "L_con"] {
+            assert!(
+                svg.contains(&format!(">{name}</text>")),
+                "{f}: legend {name}"
+            );
+        }
+    }
+    assert!(read("loss_task1.svg").contains("task 1 (40 steps)"));
+    let long = read("loss_task2.svg");
+    assert!(
+        long.contains("task 2 (1500 steps, mean of every 3)"),
+        "{long}"
+    );
+    let series = long.split("class=\"series\"").nth(1).unwrap();
+    let points = series
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 500);
+    let md = render_report(&r, "DeLo", "#Image 65% #Text 65%").unwrap();
+    assert!(md.contains("(loss_task1.svg)") && md.contains("(loss_task2.svg)"));
+    assert!(!md.contains("loss_task3.svg"));
+    r.save(&dir.join("results.json")).unwrap();
+    let json = std::fs::read_to_string(dir.join("results.json")).unwrap();
+    assert!(
+        !json.contains("loss_curves") && !json.contains("l_align"),
+        "the curves live in metrics.jsonl"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -7,7 +7,8 @@
 //! 2. after every task t, for every evaluated task j ≤ t and split:
 //!    [`Results::set_entry`] with the value from [`metrics::top1_accuracy`] or
 //!    [`metrics::f1_macro`] and the task-id accuracy; [`Results::set_task_stats`];
-//!    optionally [`Results::add_selection_counts`] and [`Results::add_cos_samples`];
+//!    optionally [`Results::add_selection_counts`] and [`Results::add_cos_samples`], and
+//!    the per-step [`LossCurve`]s in [`Results::loss_curves`];
 //!    [`write_all`] (AP/FG always match the matrices, so partial runs report honestly);
 //! 3. at the end [`Results::finalize`] (errors on a missing entry) and [`write_all`].
 
@@ -26,7 +27,8 @@ pub use metrics::{
     top1_accuracy, MultiLabelCounts,
 };
 pub use results::{
-    FactorSide, Metric, Results, SelectionFrequency, SplitResults, TaskStats, RESULTS_VERSION,
+    FactorSide, LossCurve, LossPoint, Metric, Results, SelectionFrequency, SplitResults, TaskStats,
+    RESULTS_VERSION,
 };
 pub use svg::{plot_files, write_plots, PlotFile};
 

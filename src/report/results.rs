@@ -156,6 +156,28 @@ pub struct TaskStats {
     pub final_loss: f64,
 }
 
+/// One training step's loss terms (eq. 9–10) on a [`LossCurve`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossPoint {
+    /// The step within its task, 1-based.
+    pub step: u64,
+    /// L = L_c + λ_align·L_align + λ_con·L_con.
+    pub loss: f64,
+    pub l_c: f64,
+    /// 0 where the step did not compute it.
+    pub l_align: f64,
+    /// 0 where the step did not compute it.
+    pub l_con: f64,
+}
+
+/// The loss terms of every step of one task, in step order (from the run's `metrics.jsonl`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LossCurve {
+    /// The task, 0-based.
+    pub task: usize,
+    pub points: Vec<LossPoint>,
+}
+
 /// Which side of a low-rank factor pool a selection count belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FactorSide {
@@ -211,6 +233,10 @@ pub struct Results {
     pub selection_frequency: SelectionFrequency,
     /// Samples of cos(q_v, q_t) on complete samples (paper Fig. 4b); may be empty.
     pub cos_qv_qt: Vec<f32>,
+    /// Per-step loss curves of the trained tasks, for the report's plots. Not stored in
+    /// `results.json`: `metrics.jsonl` beside it is their record.
+    #[serde(skip)]
+    pub loss_curves: Vec<LossCurve>,
 }
 
 /// Checks a percentage before it enters a matrix: a NaN would serialise as `null` and read
@@ -238,6 +264,7 @@ impl Results {
             tasks: vec![None; num_tasks],
             selection_frequency: SelectionFrequency::default(),
             cos_qv_qt: Vec::new(),
+            loss_curves: Vec::new(),
         }
     }
 

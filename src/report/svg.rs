@@ -1,6 +1,6 @@
 //! Hand-written SVG plots of a run (no plotting crate): the accuracy matrices as heatmaps,
-//! the factor selection frequency of every pool (paper Fig. 5) and the histogram of
-//! cos(q_v, q_t) over complete samples (paper Fig. 4b).
+//! the factor selection frequency of every pool (paper Fig. 5), the histogram of
+//! cos(q_v, q_t) over complete samples (paper Fig. 4b) and each task's training loss curves.
 //!
 //! Every plot is a standalone, well-formed SVG document with a title, axis labels and, for
 //! heatmaps, a colour scale legend. Colours follow viridis (perceptually uniform, readable in
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::report::results::{FactorSide, Results, SelectionFrequency};
+use crate::report::results::{FactorSide, LossCurve, LossPoint, Results, SelectionFrequency};
 
 /// Bins of the cos(q_v, q_t) histogram written by [`write_plots`].
 pub const COS_BINS: usize = 30;
@@ -20,34 +20,69 @@ pub const COS_BINS: usize = 30;
 /// directory) and a caption. The report links exactly these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlotFile {
-    pub file: &'static str,
-    pub caption: &'static str,
+    pub file: String,
+    pub caption: String,
+    kind: PlotKind,
+}
+
+/// What a [`PlotFile`] draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PlotKind {
+    Accuracy(Split),
+    Selection,
+    Cosine,
+    /// The loss curve at this index of [`Results::loss_curves`].
+    Loss(usize),
+}
+
+impl PlotFile {
+    fn new(file: String, caption: String, kind: PlotKind) -> PlotFile {
+        PlotFile {
+            file,
+            caption,
+            kind,
+        }
+    }
 }
 
 /// The plots [`write_plots`] writes for `results`, in order: both accuracy heatmaps always,
-/// the selection frequency and the cosine histogram only when they have data.
+/// the selection frequency and the cosine histogram only when they have data, then one loss
+/// curve per task with recorded steps (`loss_task{t}.svg`, tasks 1-based).
 pub fn plot_files(results: &Results) -> Vec<PlotFile> {
     let mut v = vec![
-        PlotFile {
-            file: "accuracy_test.svg",
-            caption: "Metric matrix, test split",
-        },
-        PlotFile {
-            file: "accuracy_val.svg",
-            caption: "Metric matrix, validation split",
-        },
+        PlotFile::new(
+            "accuracy_test.svg".into(),
+            "Metric matrix, test split".into(),
+            PlotKind::Accuracy(Split::Test),
+        ),
+        PlotFile::new(
+            "accuracy_val.svg".into(),
+            "Metric matrix, validation split".into(),
+            PlotKind::Accuracy(Split::Val),
+        ),
     ];
     if !results.selection_frequency.is_empty() {
-        v.push(PlotFile {
-            file: "selection_frequency.svg",
-            caption: "Factor selection frequency per pool (Fig. 5)",
-        });
+        v.push(PlotFile::new(
+            "selection_frequency.svg".into(),
+            "Factor selection frequency per pool (Fig. 5)".into(),
+            PlotKind::Selection,
+        ));
     }
     if !results.cos_qv_qt.is_empty() {
-        v.push(PlotFile {
-            file: "cos_qv_qt.svg",
-            caption: "cos(q_v, q_t) over complete samples (Fig. 4b)",
-        });
+        v.push(PlotFile::new(
+            "cos_qv_qt.svg".into(),
+            "cos(q_v, q_t) over complete samples (Fig. 4b)".into(),
+            PlotKind::Cosine,
+        ));
+    }
+    for (i, c) in results.loss_curves.iter().enumerate() {
+        if !c.points.is_empty() {
+            v.push(PlotFile::new(
+                format!("loss_task{}.svg", c.task + 1),
+                format!("Training loss per step, task {}", c.task + 1),
+                PlotKind::Loss(i),
+            ));
+        }
     }
     v
 }
@@ -58,16 +93,16 @@ pub fn write_plots(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut written = Vec::new();
     for p in plot_files(results) {
-        let svg = match p.file {
-            "accuracy_test.svg" => accuracy_heatmap_svg(results, Split::Test)?,
-            "accuracy_val.svg" => accuracy_heatmap_svg(results, Split::Val)?,
-            "selection_frequency.svg" => selection_frequency_svg(&results.selection_frequency)
+        let svg = match p.kind {
+            PlotKind::Accuracy(split) => accuracy_heatmap_svg(results, split)?,
+            PlotKind::Selection => selection_frequency_svg(&results.selection_frequency)
                 .ok_or_else(|| Error::Msg("selection frequency vanished".into()))?,
-            "cos_qv_qt.svg" => cos_histogram_svg(&results.cos_qv_qt, COS_BINS)
+            PlotKind::Cosine => cos_histogram_svg(&results.cos_qv_qt, COS_BINS)
                 .ok_or_else(|| Error::Msg("cos(q_v, q_t) samples vanished".into()))?,
-            other => return Err(Error::Msg(format!("no renderer for plot {other}"))),
+            PlotKind::Loss(i) => loss_curve_svg(&results.loss_curves[i])
+                .ok_or_else(|| Error::Msg("a loss curve vanished".into()))?,
         };
-        let path = dir.join(p.file);
+        let path = dir.join(&p.file);
         crate::st::write_atomic(&path, svg.as_bytes())?;
         written.push(path);
     }
@@ -651,5 +686,121 @@ pub fn cos_histogram_svg(samples: &[f32], bins: usize) -> Option<String> {
         "cos(q_v, q_t)",
     );
     svg.vtext(18.0, top + ph / 2.0, 12.0, "samples");
+    Some(svg.finish())
+}
+
+// ---------------------------------------------------------------------------------------
+// (d) Training loss curves
+
+/// One line of a loss plot: its legend, its value at a point and its viridis position.
+type Series = (&'static str, fn(&LossPoint) -> f64, f64);
+
+/// Points drawn per series at most: longer curves are averaged over runs of equal steps.
+pub const LOSS_CURVE_POINTS: usize = 500;
+
+/// The loss terms of one task against the step (eq. 9–10): L, L_c, L_align and L_con as four
+/// lines with a legend, x = step (1-based), y from 0. Curves longer than
+/// [`LOSS_CURVE_POINTS`] steps are drawn as means over runs of consecutive steps (the title
+/// says how many). `None` when the curve has no point.
+pub fn loss_curve_svg(curve: &LossCurve) -> Option<String> {
+    let pts = &curve.points;
+    if pts.is_empty() {
+        return None;
+    }
+    let per = pts.len().div_ceil(LOSS_CURVE_POINTS);
+    // Means over runs of `per` steps, at their mean step.
+    let drawn: Vec<LossPoint> = pts
+        .chunks(per)
+        .map(|c| {
+            let n = c.len() as f64;
+            let mean = |f: fn(&LossPoint) -> f64| c.iter().map(f).sum::<f64>() / n;
+            LossPoint {
+                step: (c.iter().map(|p| p.step as f64).sum::<f64>() / n).round() as u64,
+                loss: mean(|p| p.loss),
+                l_c: mean(|p| p.l_c),
+                l_align: mean(|p| p.l_align),
+                l_con: mean(|p| p.l_con),
+            }
+        })
+        .collect();
+    let series: [Series; 4] = [
+        ("L (total)", |p| p.loss, 0.0),
+        ("L_c", |p| p.l_c, 0.35),
+        ("L_align", |p| p.l_align, 0.62),
+        ("L_con", |p| p.l_con, 0.85),
+    ];
+    let ymax_data = drawn
+        .iter()
+        .flat_map(|p| series.iter().map(move |s| (s.1)(p)))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let ystep = nice_step(ymax_data.max(1e-6), 5);
+    let ymax = ((ymax_data / ystep).ceil() * ystep).max(ystep);
+    let (x_lo, x_hi) = (
+        pts.first().map_or(1, |p| p.step) as f64,
+        pts.last().map_or(1, |p| p.step) as f64,
+    );
+    let x_hi = if x_hi > x_lo { x_hi } else { x_lo + 1.0 };
+
+    let (left, top, pw, ph) = (64.0, 44.0, 520.0, 260.0);
+    let mut svg = Svg::new(left + pw + 130.0, top + ph + 56.0);
+    let mut title = format!(
+        "Training loss, task {} ({} steps",
+        curve.task + 1,
+        pts.len()
+    );
+    if per > 1 {
+        let _ = write!(title, ", mean of every {per}");
+    }
+    title.push(')');
+    svg.text(left + pw / 2.0, 24.0, 14.0, "middle", "", &title);
+    let sx = |v: f64| left + (v - x_lo) / (x_hi - x_lo) * pw;
+    let sy = |v: f64| top + ph - v / ymax * ph;
+    let n_y = (ymax / ystep).round() as usize;
+    let y_dec = step_decimals(ystep);
+    for k in 0..=n_y {
+        let v = k as f64 * ystep;
+        let y = sy(v);
+        svg.line(left, y, left + pw, y, "#e3e3e3");
+        svg.line(left - 4.0, y, left, y, "#333");
+        svg.text(
+            left - 7.0,
+            y + 3.5,
+            10.0,
+            "end",
+            "",
+            &format!("{v:.y_dec$}"),
+        );
+    }
+    let xstep = nice_step(x_hi - x_lo, 6).max(1.0);
+    let mut x = (x_lo / xstep).ceil() * xstep;
+    while x <= x_hi + 1e-9 {
+        let px = sx(x);
+        svg.line(px, top + ph, px, top + ph + 4.0, "#333");
+        svg.text(px, top + ph + 16.0, 10.0, "middle", "", &format!("{x:.0}"));
+        x += xstep;
+    }
+    svg.line(left, top + ph, left + pw, top + ph, "#333");
+    svg.line(left, top, left, top + ph, "#333");
+    for (k, (name, value, colour)) in series.iter().enumerate() {
+        let colour = hex(viridis(*colour));
+        let mut points = String::new();
+        for p in &drawn {
+            let v = value(p);
+            if v.is_finite() {
+                let _ = write!(points, "{:.1},{:.1} ", sx(p.step as f64), sy(v));
+            }
+        }
+        svg.raw(&format!(
+            r#"<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"><title>{}</title></polyline>"#,
+            points.trim_end(),
+            esc(name)
+        ));
+        let ly = top + 10.0 + 18.0 * k as f64;
+        svg.line(left + pw + 14.0, ly, left + pw + 34.0, ly, &colour);
+        svg.text(left + pw + 40.0, ly + 3.5, 11.0, "start", "", name);
+    }
+    svg.text(left + pw / 2.0, top + ph + 40.0, 12.0, "middle", "", "step");
+    svg.vtext(18.0, top + ph / 2.0, 12.0, "loss");
     Some(svg.finish())
 }

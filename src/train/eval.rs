@@ -45,15 +45,35 @@ pub struct Probes {
 pub type SamplePrediction = (usize, usize, Vec<usize>);
 
 /// The logits of one sample from the head trained with task `k` (with `seq-lora`: the latest).
-struct Answer {
-    k: usize,
-    logits: Vec<f32>,
+pub(crate) struct Answer {
+    pub(crate) k: usize,
+    pub(crate) logits: Vec<f32>,
+}
+
+impl Answer {
+    /// The head column with the largest logit (the first of equal ones).
+    pub(crate) fn top(&self) -> usize {
+        let l = &self.logits;
+        (0..l.len()).fold(0, |b, c| if l[c] > l[b] { c } else { b })
+    }
+
+    /// The task the sample is attributed to: the answering head's, or with `seq-lora` the
+    /// task whose columns (`spans`, per task up to `trained`) hold the top class.
+    pub(crate) fn attributed(&self, seq: bool, spans: &[std::ops::Range<usize>]) -> usize {
+        if !seq {
+            return self.k;
+        }
+        let top = self.top();
+        (0..spans.len())
+            .find(|&j| spans[j].contains(&top))
+            .unwrap_or(spans.len() - 1)
+    }
 }
 
 /// Runs the trained tasks 0..=`trained` on a batch and says, per sample, which head answered
 /// with what: per key group (`input`, `frozen`, `oracle`), by per-layer choice with the head of
 /// the majority (`layer`), or the one shared model (`seq-lora`).
-fn answer_batch(
+pub(crate) fn answer_batch(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
     task: usize,
@@ -155,18 +175,10 @@ pub fn evaluate(
         let answers = answer_batch(tr, &batch, task, trained, probes.as_deref_mut())?;
         for (a, sample) in answers.iter().zip(&batch.samples) {
             let columns = &columns[a.k];
-            let top =
-                (0..a.logits.len()).fold(0, |b, c| if a.logits[c] > a.logits[b] { c } else { b });
-            // With seq-lora the task is the one owning the top class; otherwise the head's.
+            let top = a.top();
+            let attributed = a.attributed(seq, &spans);
             let span = spans[task].clone();
-            let (attributed, own) = if seq {
-                let owner = (0..=trained)
-                    .find(|&j| spans[j].contains(&top))
-                    .unwrap_or(trained);
-                (owner, Some(span))
-            } else {
-                (a.k, (a.k == task).then_some(span))
-            };
+            let own = (seq || a.k == task).then_some(span);
             id_correct += (attributed == task) as usize;
             total += 1;
             let predicted: Vec<usize> = match (&sample.label, &sample.local_label) {

@@ -5,15 +5,17 @@
 pub mod checkpoint;
 pub mod demo;
 pub mod eval;
+pub mod forward;
+pub mod inputs;
+pub mod metrics;
+pub mod predict;
 pub mod prep;
 pub mod results;
 pub mod schedule;
 pub mod step;
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +35,9 @@ use crate::tensor::{DType, Tensor};
 use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
 pub use crate::delo::keys::TaskKeys;
+use metrics::StepLog;
 use prep::ViltPrep;
-use step::{run_step, ScalarQueue, StepBatch, StepOptim, TaskState};
+use step::{run_step_losses, StepBatch, StepOptim, TaskState};
 
 /// One loader thread per core the process may use (2 when that is unknown): decoding and
 /// resizing keep up with a GPU step only with every core on them.
@@ -268,6 +271,23 @@ impl Trainer {
         &self.spec.settings
     }
 
+    /// Answers with `key` instead of the run's own task-key source: `oracle` (the true task,
+    /// task-incremental use) always, another source only if it is the run's own, since keys
+    /// built from one source's queries mean nothing to another's.
+    pub fn use_task_key(&mut self, key: TaskKeySource) -> Result<()> {
+        let own = self.settings().delo.task_key;
+        if key != own && key != TaskKeySource::Oracle {
+            let name = |k: TaskKeySource| format!("{k:?}").to_lowercase();
+            return Err(Error::Msg(format!(
+                "--task-key {}: this run's keys were built from `{}` queries; only oracle (or the run's own source) can be used",
+                name(key),
+                name(own)
+            )));
+        }
+        self.spec.settings.delo.task_key = key;
+        Ok(())
+    }
+
     /// The CUDA-graph counts of the run's backend, when its steps are graphed.
     fn graph_stats(&self) -> Option<crate::backend::cuda::GraphStats> {
         match &self.device {
@@ -472,12 +492,7 @@ impl Trainer {
         if let Some(m) = s.max_steps_per_task {
             total = total.min(m);
         }
-        let mut losses = LossLog {
-            queue: ScalarQueue::new(&self.device, 2)?,
-            steps: VecDeque::new(),
-            started: Instant::now(),
-            last: f32::NAN,
-        };
+        let mut losses = StepLog::new(&self.device, &self.run_dir, t, total)?;
         let (mut step, mut samples) = (0usize, 0usize);
         let graphs_before = self.graph_stats();
         'epochs: for epoch in 0..s.epochs {
@@ -505,7 +520,7 @@ impl Trainer {
                     missing: &missing,
                     targets: &targets,
                 };
-                let loss = run_step(
+                let loss = run_step_losses(
                     &self.vilt,
                     &s.delo,
                     &mut state,
@@ -514,23 +529,13 @@ impl Trainer {
                     s.cuda_graph,
                 )?;
                 samples += batch.samples.len();
-                losses.steps.push_back(QueuedStep {
-                    step,
-                    epoch,
-                    lr,
-                    samples,
-                    seconds: losses.started.elapsed().as_secs_f64(),
-                });
-                step += 1;
                 // Shown one step late: this step's kernels keep the device busy meanwhile.
-                if let Some(l) = losses.queue.push_late(&loss)? {
-                    losses.show(l, t, total, &self.run_dir, log)?;
-                }
+                losses.push(step, epoch, lr, samples, &loss, log)?;
+                step += 1;
             }
         }
-        while let Some(l) = losses.queue.pop()? {
-            losses.show(l, t, total, &self.run_dir, log)?;
-        }
+        let started = losses.started;
+        let last_loss = losses.finish(log)?;
         if let (Some(before), Some(after)) = (graphs_before, self.graph_stats()) {
             log(Event::Line(&format!(
                 "task {t}: {} of {} steps replayed as CUDA graphs ({} kinds of step, {} graphs captured, {} kinds evicted)",
@@ -541,7 +546,7 @@ impl Trainer {
                 after.evicted - before.evicted,
             )));
         }
-        let (params, keys, last_loss) = (state.params, state.keys, losses.last);
+        let (params, keys) = (state.params, state.keys);
         if step == 0 {
             return Err(Error::Msg(format!("task {t} has no training batch")));
         }
@@ -559,7 +564,7 @@ impl Trainer {
                 .map(|(n, t)| Ok((n, t.to_device(&self.device)?)))
                 .collect::<Result<_>>()?,
         });
-        let wall = losses.started.elapsed().as_secs_f64();
+        let wall = started.elapsed().as_secs_f64();
         Ok(TaskStats {
             epochs: s.epochs.min(step.div_ceil(per_epoch.max(1))),
             wall_seconds: wall,
@@ -567,61 +572,5 @@ impl Trainer {
             steps: step,
             final_loss: last_loss,
         })
-    }
-}
-
-/// A step whose loss is queued and not yet shown.
-struct QueuedStep {
-    /// 0-based step and epoch of the task.
-    step: usize,
-    epoch: usize,
-    lr: f32,
-    /// Samples trained on up to and including this step.
-    samples: usize,
-    /// Seconds since the task started when the step was queued.
-    seconds: f64,
-}
-
-/// The losses of a task's steps on their way to the progress line.
-struct LossLog {
-    queue: ScalarQueue,
-    steps: VecDeque<QueuedStep>,
-    started: Instant,
-    /// The latest loss shown.
-    last: f32,
-}
-
-impl LossLog {
-    /// Reports `loss`, the loss of the oldest queued step, and stops the run if it is not
-    /// finite.
-    fn show(
-        &mut self,
-        loss: f32,
-        task: usize,
-        total: usize,
-        run_dir: &Path,
-        log: &mut dyn FnMut(Event),
-    ) -> Result<()> {
-        let Some(q) = self.steps.pop_front() else {
-            return Err(Error::Msg("a loss read back for no queued step".into()));
-        };
-        if !loss.is_finite() {
-            return Err(Error::Numeric(format!(
-                "the loss of task {task} became {loss} at step {} (epoch {}); stopping. The checkpoints of tasks 0..{task} in {} are intact; lower --lr or check the data",
-                q.step + 1,
-                q.epoch + 1,
-                run_dir.display()
-            )));
-        }
-        self.last = loss;
-        log(Event::Step {
-            task,
-            step: q.step + 1,
-            total,
-            loss,
-            lr: q.lr,
-            samples_per_second: q.samples as f64 / q.seconds,
-        });
-        Ok(())
     }
 }

@@ -1,10 +1,12 @@
-//! A run's results: the matrices of every evaluation so far, AP/FG, per-task statistics and
-//! the probes of the final evaluation, written as results.json, report.md and plots.
+//! A run's results: the matrices of every evaluation so far, AP/FG, per-task statistics, the
+//! probes of the final evaluation and the loss curves of `metrics.jsonl`, written as
+//! results.json, report.md and plots.
 
 use crate::data::{LabelKind, Split};
 use crate::error::Result;
-use crate::report::{FactorSide, Metric, Results, TaskStats as ReportStats};
+use crate::report::{FactorSide, LossCurve, LossPoint, Metric, Results, TaskStats as ReportStats};
 use crate::train::eval::Probes;
+use crate::train::metrics::StepMetrics;
 use crate::train::Trainer;
 
 /// The display name of a variant in reports.
@@ -49,6 +51,7 @@ pub fn build(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
         };
         r.set_task_stats(t, stats)?;
     }
+    r.loss_curves = loss_curves(&crate::train::metrics::read_metrics(&tr.run_dir)?);
     if let Some(p) = probes {
         for (side, map) in [
             (FactorSide::A, &p.selection_a),
@@ -61,6 +64,28 @@ pub fn build(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
         r.add_cos_samples(&p.cos_qv_qt)?;
     }
     Ok(r)
+}
+
+/// The steps of `metrics.jsonl` as one loss curve per task, in task order.
+fn loss_curves(steps: &[StepMetrics]) -> Vec<LossCurve> {
+    let mut curves: Vec<LossCurve> = Vec::new();
+    for m in steps {
+        if curves.last().is_none_or(|c| c.task != m.task) {
+            curves.push(LossCurve {
+                task: m.task,
+                points: Vec::new(),
+            });
+        }
+        let curve = curves.last_mut().expect("just pushed");
+        curve.points.push(LossPoint {
+            step: m.step as u64,
+            loss: m.loss as f64,
+            l_c: m.l_c as f64,
+            l_align: m.l_align as f64,
+            l_con: m.l_con as f64,
+        });
+    }
+    curves
 }
 
 /// Writes results.json, report.md and the plots into the run directory.

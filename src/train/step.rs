@@ -57,10 +57,32 @@ pub fn run_step(
     optim: StepOptim,
     graph: bool,
 ) -> Result<Tensor> {
+    Ok(run_step_losses(vilt, cfg, state, batch, optim, graph)?.total)
+}
+
+/// [`run_step`] returning every loss term, not only the total.
+pub fn run_step_losses(
+    vilt: &Vilt,
+    cfg: &DeloConfig,
+    state: &mut TaskState,
+    batch: &StepBatch,
+    optim: StepOptim,
+    graph: bool,
+) -> Result<StepLosses> {
     match &vilt.device {
-        Device::Cuda(b) if graph => b.graphed(|| train_step(vilt, cfg, state, batch, optim)),
-        _ => train_step(vilt, cfg, state, batch, optim),
+        Device::Cuda(b) if graph => b.graphed(|| train_step_losses(vilt, cfg, state, batch, optim)),
+        _ => train_step_losses(vilt, cfg, state, batch, optim),
     }
+}
+
+/// The loss terms of one step (eq. 9–10) as `[1]` f32 tensors on the device, unread: the total
+/// L, L_c, and L_align and L_con where the step computed them (`None` when their λ is 0 or the
+/// batch has no complete sample).
+pub struct StepLosses {
+    pub total: Tensor,
+    pub c: Tensor,
+    pub align: Option<Tensor>,
+    pub con: Option<Tensor>,
 }
 
 /// Runs one step on `batch` (host tensors, moved to the model's device) and returns the total
@@ -74,6 +96,17 @@ pub fn train_step(
     batch: &StepBatch,
     optim: StepOptim,
 ) -> Result<Tensor> {
+    Ok(train_step_losses(vilt, cfg, state, batch, optim)?.total)
+}
+
+/// [`train_step`] returning every loss term, not only the total.
+pub fn train_step_losses(
+    vilt: &Vilt,
+    cfg: &DeloConfig,
+    state: &mut TaskState,
+    batch: &StepBatch,
+    optim: StepOptim,
+) -> Result<StepLosses> {
     let StepBatch {
         inputs,
         missing,
@@ -93,7 +126,13 @@ pub fn train_step(
         .collect::<Result<_>>()?;
     let bound = BoundTask::new(vars);
     let losses = batch_losses(vilt, cfg, &mut tape, &bound, inputs, missing, targets)?;
-    let loss = tape.value(losses.total).clone();
+    let value = |v| tape.value(v).clone();
+    let loss = StepLosses {
+        total: value(losses.total),
+        c: value(losses.c),
+        align: losses.align.map(value),
+        con: losses.con.map(value),
+    };
     let grads = tape.backward(losses.total)?;
     params.accumulate(&grads)?;
     params.adamw_step(optim.lr, optim.betas, optim.eps, optim.weight_decay)?;
