@@ -81,7 +81,7 @@ fn run<T>(
         params: param_set_on(f, device),
         keys: vec![None],
     };
-    let mut queue = ScalarQueue::new(device, 2).unwrap();
+    let mut queue = ScalarQueue::new(device, 2, 1).unwrap();
     let mut losses = Vec::new();
     let mut start = None;
     for step in 0..steps {
@@ -102,11 +102,11 @@ fn run<T>(
             targets: &f.targets,
         };
         let loss = run_step(&f.vilt, &f.cfg, &mut state, &batch, OPTIM, graph).unwrap();
-        losses.extend(queue.push_late(&loss).unwrap());
+        losses.extend(queue.push_late(&[&loss]).unwrap().map(|g| g[0]));
     }
     let window = (start.expect("more steps than the warm-up"), probe());
-    while let Some(l) = queue.pop().unwrap() {
-        losses.push(l);
+    while let Some(g) = queue.pop().unwrap() {
+        losses.push(g[0]);
     }
     Run {
         losses,
@@ -231,21 +231,28 @@ fn late_read_reports_a_kernel_error() {
     let bad = be
         .upload(&Tensor::from_i32(vec![0, 7], &[2]).unwrap())
         .unwrap();
-    let mut queue = ScalarQueue::new(&gpu, 3).unwrap();
-    queue.push(&one(1.5)).unwrap();
+    let mut queue = ScalarQueue::new(&gpu, 3, 2).unwrap();
+    queue.push(&[&one(1.5), &one(-1.0)]).unwrap();
     be.gather_rows(&table, &bad).unwrap();
-    queue.push(&one(2.5)).unwrap();
-    queue.push(&one(3.5)).unwrap();
+    queue.push(&[&one(2.5)]).unwrap();
+    queue.push(&[&one(3.5), &one(0.25)]).unwrap();
     assert!(
-        queue.push(&one(4.5)).is_err(),
-        "a fourth value in three slots"
+        queue.push(&[&one(4.5)]).is_err(),
+        "a fourth group in three slots"
     );
-    // The value queued before the bad gather reads back clean; the one after carries its
-    // error, once: the word is cleared as each value is queued.
-    assert_eq!(queue.pop().unwrap(), Some(1.5));
+    assert!(
+        ScalarQueue::new(&gpu, 1, 2)
+            .unwrap()
+            .push(&[&one(1.0), &one(2.0), &one(3.0)])
+            .is_err(),
+        "three values in a group of two"
+    );
+    // The group queued before the bad gather reads back clean; the one after carries its
+    // error, once: the word is cleared as each group is queued.
+    assert_eq!(queue.pop().unwrap(), Some(vec![1.5, -1.0]));
     let err = queue.pop().unwrap_err().to_string();
     assert!(err.contains("gather_rows"), "{err}");
-    assert_eq!(queue.pop().unwrap(), Some(3.5));
+    assert_eq!(queue.pop().unwrap(), Some(vec![3.5, 0.25]));
     assert_eq!(queue.pop().unwrap(), None);
 }
 

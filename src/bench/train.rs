@@ -154,7 +154,7 @@ fn timed_steps(
         Device::Cuda(b) => Some(b.counts()),
         Device::Cpu => None,
     };
-    let mut losses = ScalarQueue::new(&vilt.device, 2)?;
+    let mut losses = ScalarQueue::new(&vilt.device, 2, 1)?;
     let before = counts();
     let started = Instant::now();
     for _ in 0..steps {
@@ -164,7 +164,7 @@ fn timed_steps(
             targets,
         };
         let loss = run_step(vilt, &case.cfg, &mut case.state, &batch, OPTIM, graph)?;
-        losses.push_late(&loss)?;
+        losses.push_late(&[&loss])?;
     }
     while losses.pop()?.is_some() {}
     let seconds = started.elapsed().as_secs_f64() / steps as f64;

@@ -80,7 +80,8 @@ pub struct DeloAdapter<'a> {
     cfg: &'a DeloConfig,
     choice: TaskChoice<'a>,
     missing: Vec<MissingType>,
-    proxy: Proxy,
+    /// Per sample: which query a consistency forward replaces.
+    proxies: Vec<Proxy>,
     layers: usize,
     /// Guided queries (q̂_v, q̂_t) of the layer being run.
     guided: Option<(Var, Var)>,
@@ -107,7 +108,7 @@ impl<'a> DeloAdapter<'a> {
             cfg,
             choice,
             missing: missing.to_vec(),
-            proxy,
+            proxies: vec![proxy; missing.len()],
             layers,
             guided: None,
             last_queries: None,
@@ -115,6 +116,11 @@ impl<'a> DeloAdapter<'a> {
             layer_queries: None,
             picks: Vec::new(),
         }
+    }
+    /// A proxy per sample instead of one for the batch (see [`guide_queries_per_sample`]).
+    pub fn with_proxies(mut self, proxies: Vec<Proxy>) -> Self {
+        self.proxies = proxies;
+        self
     }
     pub fn record_selections(mut self) -> Self {
         self.selections = Some(Vec::new());
@@ -276,7 +282,8 @@ pub fn choose_rows(tape: &mut Tape, a: Var, b: Var, take_b: &[bool]) -> Result<V
 }
 
 /// Cross-modal guided queries, eq. (5): a text-missing sample routes its text pool by q_v, an
-/// image-missing one its image pool by q_t. Returns (q̂_v, q̂_t).
+/// image-missing one its image pool by q_t; a consistency forward's `proxy` replaces one query
+/// of every sample (DELO.md L_con). Returns (q̂_v, q̂_t).
 pub fn guide_queries(
     tape: &mut Tape,
     qv: Var,
@@ -285,22 +292,36 @@ pub fn guide_queries(
     enabled: bool,
     proxy: Proxy,
 ) -> Result<(Var, Var)> {
-    let text_missing: Vec<bool> = missing
-        .iter()
-        .map(|m| enabled && *m == MissingType::Text)
-        .collect();
-    let image_missing: Vec<bool> = missing
-        .iter()
-        .map(|m| enabled && *m == MissingType::Image)
-        .collect();
-    let qt_hat = match proxy {
-        Proxy::Text => qv,
-        _ => choose_rows(tape, qt, qv, &text_missing)?,
+    guide_queries_per_sample(tape, qv, qt, missing, enabled, &vec![proxy; missing.len()])
+}
+
+/// [`guide_queries`] with a proxy per sample: the ordinary and the consistency forwards of a
+/// step run as one batch, each sample with its own rule (samples do not interact in the
+/// encoder, so each row gets what its own forward would give it).
+pub fn guide_queries_per_sample(
+    tape: &mut Tape,
+    qv: Var,
+    qt: Var,
+    missing: &[MissingType],
+    enabled: bool,
+    proxies: &[Proxy],
+) -> Result<(Var, Var)> {
+    if proxies.len() != missing.len() {
+        return Err(Error::Msg(format!(
+            "{} proxies for {} samples",
+            proxies.len(),
+            missing.len()
+        )));
+    }
+    let takes_other = |own: Proxy, gone: MissingType| -> Vec<bool> {
+        missing
+            .iter()
+            .zip(proxies)
+            .map(|(m, p)| *p == own || (enabled && *m == gone))
+            .collect()
     };
-    let qv_hat = match proxy {
-        Proxy::Image => qt,
-        _ => choose_rows(tape, qv, qt, &image_missing)?,
-    };
+    let qt_hat = choose_rows(tape, qt, qv, &takes_other(Proxy::Text, MissingType::Text))?;
+    let qv_hat = choose_rows(tape, qv, qt, &takes_other(Proxy::Image, MissingType::Image))?;
     Ok((qv_hat, qt_hat))
 }
 
@@ -319,13 +340,13 @@ impl Adapter for DeloAdapter<'_> {
         if !self.routed() && !self.keyed() {
             return Ok(());
         }
-        let guided = guide_queries(
+        let guided = guide_queries_per_sample(
             tape,
             qv,
             qt,
             &self.missing,
             self.cfg.cross_modal_guide,
-            self.proxy,
+            &self.proxies,
         )?;
         self.guided = Some(guided);
         if self.keyed() {

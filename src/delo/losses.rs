@@ -89,18 +89,56 @@ pub fn batch_losses(
     targets: &Targets,
 ) -> Result<Losses> {
     let layers = vilt.cfg.num_hidden_layers;
-    let mut ad = DeloAdapter::new(cfg, TaskChoice::One(task), missing, layers, Proxy::None);
+    let b = missing.len();
+    let complete: Vec<usize> = (0..b)
+        .filter(|&i| missing[i] == MissingType::None)
+        .collect();
+    let routed = matches!(cfg.variant, Variant::Delo | Variant::UnifiedPool);
+    let proxies: &[Proxy] = match cfg.con_proxy {
+        _ if cfg.lambda_con <= 0.0 || !routed || complete.is_empty() => &[],
+        ConProxy::Text => &[Proxy::Text],
+        ConProxy::Image => &[Proxy::Image],
+        ConProxy::Both => &[Proxy::Text, Proxy::Image],
+    };
+    // One forward for the whole objective: the batch as it is, then its complete samples once
+    // per L_con proxy. Samples do not interact in the encoder, so each row is what its own
+    // forward would give, and the step launches one encoder instead of one per proxy.
+    let n = complete.len();
+    let mut all_missing = missing.to_vec();
+    let mut all_proxies = vec![Proxy::None; b];
+    let mut rows: Vec<usize> = (0..b).collect();
+    for &p in proxies {
+        rows.extend_from_slice(&complete);
+        all_missing.extend(std::iter::repeat_n(MissingType::None, n));
+        all_proxies.extend(std::iter::repeat_n(p, n));
+    }
+    let all_inputs = match proxies.is_empty() {
+        true => inputs.clone(),
+        false => inputs.select(&rows)?,
+    };
+    let mut ad = DeloAdapter::new(
+        cfg,
+        TaskChoice::One(task),
+        &all_missing,
+        layers,
+        Proxy::None,
+    )
+    .with_proxies(all_proxies);
     if cfg.task_key == TaskKeySource::Layer {
         ad = ad.record_layer_queries();
     }
-    let emb = vilt.embed(inputs)?;
-    let task_query = task_query(tape, &emb, missing, cfg.cross_modal_guide)?;
+    let emb = vilt.embed(&all_inputs)?;
+    let task_query = first_rows(
+        task_query(tape, &emb, &all_missing, cfg.cross_modal_guide)?,
+        b,
+    )?;
     let out = vilt.encode(tape, emb, &mut ad)?;
-    let logits = head_logits(tape, task, out.pooled)?;
+    let all_logits = head_logits(tape, task, out.pooled)?;
+    let logits = match proxies.is_empty() {
+        true => all_logits,
+        false => tape.gather_rows(all_logits, &row_index(tape, &rows[..b])?)?,
+    };
     let c = classification_loss(tape, logits, targets)?;
-    let complete: Vec<usize> = (0..missing.len())
-        .filter(|&i| missing[i] == MissingType::None)
-        .collect();
     let align = match ad.last_queries {
         Some((qv, qt)) if cfg.lambda_align > 0.0 && !complete.is_empty() => {
             Some(alignment_loss(tape, qv, qt, &complete)?)
@@ -108,25 +146,16 @@ pub fn batch_losses(
         _ => None,
     };
     let mut proxy_logits = Vec::new();
-    let routed = matches!(cfg.variant, Variant::Delo | Variant::UnifiedPool);
-    let con = if cfg.lambda_con > 0.0 && routed && !complete.is_empty() {
-        let sub = inputs.select(&complete)?;
-        let sub_missing = vec![MissingType::None; complete.len()];
+    let con = if !proxies.is_empty() {
         let idx = row_index(tape, &complete)?;
         let target = tape
             .device()
             .backend()
             .gather_rows(tape.value(logits), &idx)?;
-        let proxies: &[Proxy] = match cfg.con_proxy {
-            ConProxy::Text => &[Proxy::Text],
-            ConProxy::Image => &[Proxy::Image],
-            ConProxy::Both => &[Proxy::Text, Proxy::Image],
-        };
         let mut terms = Vec::new();
-        for &p in proxies {
-            let mut ad = DeloAdapter::new(cfg, TaskChoice::One(task), &sub_missing, layers, p);
-            let out = vilt.forward(tape, &sub, &mut ad)?;
-            let pl = head_logits(tape, task, out.pooled)?;
+        for j in 0..proxies.len() {
+            let own: Vec<usize> = (b + j * n..b + (j + 1) * n).collect();
+            let pl = tape.gather_rows(all_logits, &row_index(tape, &own)?)?;
             proxy_logits.push(pl);
             terms.push(match targets {
                 Targets::Single(_) => tape.kl_categorical(&target, pl)?,
@@ -152,8 +181,24 @@ pub fn batch_losses(
         logits,
         proxy_logits,
         task_query,
-        layer_queries: ad.layer_queries.take().unwrap_or_default(),
+        layer_queries: ad
+            .layer_queries
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|q| first_rows(q, b))
+            .collect::<Result<_>>()?,
     })
+}
+
+/// The first `b` rows of `t [N, ..]` (a view, nothing copied).
+fn first_rows(t: Tensor, b: usize) -> Result<Tensor> {
+    let mut shape = t.shape().to_vec();
+    if shape.first() == Some(&b) {
+        return Ok(t);
+    }
+    shape[0] = b;
+    t.view(0, &shape)
 }
 
 /// The Task-Key query at the `input` source (eq. 7): (q̂_v + q̂_t)/2 of the frozen

@@ -158,7 +158,7 @@ impl StepLog {
     pub fn new(device: &Device, run_dir: &Path, task: usize, total: usize) -> Result<StepLog> {
         Ok(StepLog {
             // Two steps' terms: the one the device runs and the one read back meanwhile.
-            queue: ScalarQueue::new(device, 2 * TERMS)?,
+            queue: ScalarQueue::new(device, 2, TERMS)?,
             steps: VecDeque::new(),
             file: MetricsFile::open(run_dir, task)?,
             run_dir: run_dir.to_path_buf(),
@@ -181,11 +181,9 @@ impl StepLog {
         losses: &StepLosses,
         log: &mut dyn FnMut(Event),
     ) -> Result<()> {
-        self.queue.push(&losses.total)?;
-        self.queue.push(&losses.c)?;
-        for t in [&losses.align, &losses.con].into_iter().flatten() {
-            self.queue.push(t)?;
-        }
+        let mut group = vec![&losses.total, &losses.c];
+        group.extend([&losses.align, &losses.con].into_iter().flatten());
+        self.queue.push(&group)?;
         self.steps.push_back(QueuedStep {
             step,
             epoch,
@@ -209,20 +207,24 @@ impl StepLog {
         Ok(self.last)
     }
 
-    fn pop(&mut self) -> Result<f32> {
-        self.queue
-            .pop()?
-            .ok_or_else(|| Error::Msg("a step's loss terms were not queued".into()))
-    }
-
     /// Reads the oldest step's terms, stops the run if its loss is not finite, and reports it.
     fn show_oldest(&mut self, log: &mut dyn FnMut(Event)) -> Result<()> {
         let Some(q) = self.steps.pop_front() else {
             return Err(Error::Msg("a loss read back for no queued step".into()));
         };
-        let (loss, l_c) = (self.pop()?, self.pop()?);
-        let l_align = if q.has_align { self.pop()? } else { 0.0 };
-        let l_con = if q.has_con { self.pop()? } else { 0.0 };
+        let terms = self
+            .queue
+            .pop()?
+            .ok_or_else(|| Error::Msg("a step's loss terms were not queued".into()))?;
+        let mut terms = terms.into_iter();
+        let mut next = || {
+            terms
+                .next()
+                .ok_or_else(|| Error::Msg("a step's loss terms were cut short".into()))
+        };
+        let (loss, l_c) = (next()?, next()?);
+        let l_align = if q.has_align { next()? } else { 0.0 };
+        let l_con = if q.has_con { next()? } else { 0.0 };
         let task = self.task;
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(

@@ -149,55 +149,58 @@ pub fn train_step_losses(
     Ok(loss)
 }
 
-/// One-element device values (step losses) read back in the order queued, each waited for only
-/// when taken: on CUDA an asynchronous copy into pinned memory with the device error word
-/// beside it; on the CPU the value itself.
+/// Groups of one-element device values (a step's loss terms) read back in the order queued,
+/// each group waited for only when taken: on CUDA asynchronous copies into pinned memory with
+/// the device error word beside them, one event wait per group; on the CPU the values
+/// themselves.
 pub enum ScalarQueue {
-    /// The values and the most the queue holds.
-    Host(VecDeque<f32>, usize),
+    /// The groups and the most the queue holds.
+    Host(VecDeque<Vec<f32>>, usize),
     Cuda(ScalarReadback),
 }
 
 impl ScalarQueue {
-    /// A queue holding at most `depth` values not yet taken.
-    pub fn new(device: &Device, depth: usize) -> Result<ScalarQueue> {
+    /// A queue holding at most `depth` groups of at most `width` values not yet taken.
+    pub fn new(device: &Device, depth: usize, width: usize) -> Result<ScalarQueue> {
         Ok(match device {
             Device::Cpu => ScalarQueue::Host(VecDeque::new(), depth.max(1)),
-            Device::Cuda(b) => ScalarQueue::Cuda(ScalarReadback::new(b.clone(), depth)?),
+            Device::Cuda(b) => ScalarQueue::Cuda(ScalarReadback::new(b.clone(), depth, width)?),
         })
     }
-    /// Queues the value of the one-element f32 tensor `t`. Fails when the queue already holds
-    /// `depth` values: take the oldest first.
-    pub fn push(&mut self, t: &Tensor) -> Result<()> {
+    /// Queues the values of the one-element f32 tensors `group`. Fails when the queue already
+    /// holds `depth` groups: take the oldest first.
+    pub fn push(&mut self, group: &[&Tensor]) -> Result<()> {
         match self {
             ScalarQueue::Host(q, depth) if q.len() == *depth => {
                 return Err(crate::error::Error::Msg(format!(
                     "scalar readback: all {depth} slots are pending; take a value first"
                 )))
             }
-            ScalarQueue::Host(q, _) => q.push_back(t.item()?),
-            ScalarQueue::Cuda(r) => r.push(t)?,
+            ScalarQueue::Host(q, _) => {
+                q.push_back(group.iter().map(|t| t.item()).collect::<Result<_>>()?)
+            }
+            ScalarQueue::Cuda(r) => r.push(group)?,
         }
         Ok(())
     }
-    /// Queues `t` and, once more than one value waits, takes the oldest: values come out one
-    /// step late, so that the device runs one step while the host waits for the previous one.
-    /// Drain the rest with [`ScalarQueue::pop`].
-    pub fn push_late(&mut self, t: &Tensor) -> Result<Option<f32>> {
-        self.push(t)?;
+    /// Queues `group` and, once more than one group waits, takes the oldest: values come out
+    /// one step late, so that the device runs one step while the host waits for the previous
+    /// one. Drain the rest with [`ScalarQueue::pop`].
+    pub fn push_late(&mut self, group: &[&Tensor]) -> Result<Option<Vec<f32>>> {
+        self.push(group)?;
         match self.pending() > 1 {
             true => self.pop(),
             false => Ok(None),
         }
     }
-    /// The oldest value not yet taken (waiting for it on a GPU); `None` when none is queued.
-    pub fn pop(&mut self) -> Result<Option<f32>> {
+    /// The oldest group not yet taken (waiting for it on a GPU); `None` when none is queued.
+    pub fn pop(&mut self) -> Result<Option<Vec<f32>>> {
         match self {
             ScalarQueue::Host(q, _) => Ok(q.pop_front()),
             ScalarQueue::Cuda(r) => r.pop(),
         }
     }
-    /// Values queued and not yet taken.
+    /// Groups queued and not yet taken.
     pub fn pending(&self) -> usize {
         match self {
             ScalarQueue::Host(q, _) => q.len(),

@@ -1,7 +1,8 @@
-//! One-element results read back without stopping the device: the copy is queued into pinned
-//! host memory with the device error word beside it, and waited for later, once more work has
-//! been queued behind it. The trainer shows each step's loss (and checks it for NaN) one step
-//! late this way, so a step never waits for its own kernels (ENGINE.md "Speed, measured honestly").
+//! Small groups of one-element results (a step's loss terms) read back without stopping the
+//! device: the copies are queued into pinned host memory with the device error word beside
+//! them, and waited for later, once more work has been queued behind them: one event wait per
+//! group. The trainer shows each step's losses (and checks them for NaN) one step late this
+//! way, so a step never waits for its own kernels (ENGINE.md "Speed, measured honestly").
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,24 +14,27 @@ use super::{cuda_err, CudaBackend, Ptr};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
-/// A ring of `depth` pending one-element reads; see the module docs.
+/// A ring of `depth` pending reads of up to `width` values each; see the module docs.
 pub struct ScalarReadback {
     be: Arc<CudaBackend>,
-    /// `slots` pairs of (value f32, error word i32); freed after every pending slot's wait
-    /// (see `Drop`).
+    /// `slots` groups of `width` f32 values and the error word (i32); freed after every
+    /// pending slot's wait (see `Drop`).
     pinned: PinnedBuf,
     slots: usize,
+    width: usize,
+    /// How many values each slot holds, once queued.
+    lens: Vec<usize>,
     events: Vec<CudaEvent>,
     /// Slots queued and not yet taken, oldest first.
     queued: VecDeque<usize>,
 }
 
 impl ScalarReadback {
-    /// A readback ring of `depth` ≥ 1 slots on `be`'s stream.
-    pub fn new(be: Arc<CudaBackend>, depth: usize) -> Result<ScalarReadback> {
-        let depth = depth.max(1);
+    /// A readback ring of `depth` ≥ 1 slots of at most `width` ≥ 1 values on `be`'s stream.
+    pub fn new(be: Arc<CudaBackend>, depth: usize, width: usize) -> Result<ScalarReadback> {
+        let (depth, width) = (depth.max(1), width.max(1));
         be.bind()?;
-        let pinned = PinnedBuf::new(8 * depth, "a scalar readback")?;
+        let pinned = PinnedBuf::new(4 * (width + 1) * depth, "a scalar readback")?;
         let events = (0..depth)
             .map(|_| {
                 be.ctx
@@ -42,17 +46,30 @@ impl ScalarReadback {
             be,
             pinned,
             slots: depth,
+            width,
+            lens: vec![0; depth],
             events,
             queued: VecDeque::new(),
         })
     }
 
-    /// Queues the copy of the one-element f32 tensor `t` and of the error word, then clears the
-    /// word, so that each value carries the kernel errors of the work queued since the previous
-    /// one. Fails when every slot is still pending: take the oldest first.
-    pub fn push(&mut self, t: &Tensor) -> Result<()> {
+    /// Queues the copies of the one-element f32 tensors `group` (at most `width`) and of the
+    /// error word, then clears the word, so that each group carries the kernel errors of the
+    /// work queued since the previous one. Fails when every slot is still pending: take the
+    /// oldest first.
+    pub fn push(&mut self, group: &[&Tensor]) -> Result<()> {
         const OP: &str = "scalar readback";
-        if t.numel() != 1 {
+        if group.len() > self.width {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{} values in a group of at most {}",
+                    group.len(),
+                    self.width
+                ),
+            ));
+        }
+        if let Some(t) = group.iter().find(|t| t.numel() != 1) {
             return Err(Error::shape(
                 OP,
                 format!("expected one element, got shape {:?}", t.shape()),
@@ -65,32 +82,40 @@ impl ScalarReadback {
             )));
         }
         self.be.not_traced(OP)?;
-        let src = self.be.ptr(t, DType::F32, OP)?;
+        let srcs = group
+            .iter()
+            .map(|t| self.be.ptr(t, DType::F32, OP))
+            .collect::<Result<Vec<Ptr>>>()?;
         // The slot after the newest pending one (the ring's free slots follow it).
         let slot = self.queued.back().map_or(0, |&s| (s + 1) % self.slots);
-        let queued = self.queue_copies(slot, src);
+        let queued = self.queue_copies(slot, &srcs);
         if queued.is_err() {
             // A copy may be queued into a slot that is not marked pending: let it land before
             // the slot (or the pinned memory) is used again.
             let _ = self.be.sync_stream();
         }
         queued?;
+        self.lens[slot] = srcs.len();
         self.queued.push_back(slot);
         Ok(())
     }
 
-    fn queue_copies(&self, slot: usize, src: Ptr) -> Result<()> {
+    fn queue_copies(&self, slot: usize, srcs: &[Ptr]) -> Result<()> {
         const OP: &str = "scalar readback";
         let be = &self.be;
         be.bind()?;
-        // SAFETY: the slot's 8 bytes are ours and not pending (checked by the caller); the
+        let w = self.width + 1;
+        // SAFETY: the slot's words are ours and not pending (checked by the caller); the
         // sources are live device memory of this backend, kept alive by stream order until the
         // copies run.
         unsafe {
-            let host = std::slice::from_raw_parts_mut(self.words().add(2 * slot), 2);
+            let host = std::slice::from_raw_parts_mut(self.words().add(w * slot), w);
             let stream = be.stream.cu_stream();
-            result::memcpy_dtoh_async(&mut host[..1], src.0, stream).map_err(cuda_err(OP))?;
-            result::memcpy_dtoh_async(&mut host[1..], be.err_ptr().0, stream)
+            for (i, src) in srcs.iter().enumerate() {
+                result::memcpy_dtoh_async(&mut host[i..i + 1], src.0, stream)
+                    .map_err(cuda_err(OP))?;
+            }
+            result::memcpy_dtoh_async(&mut host[w - 1..], be.err_ptr().0, stream)
                 .map_err(cuda_err(OP))?;
             be.memset0(be.err_ptr(), 4)?;
         }
@@ -104,14 +129,14 @@ impl ScalarReadback {
         self.pinned.ptr() as *mut u32
     }
 
-    /// Number of values queued and not yet taken.
+    /// Number of groups queued and not yet taken.
     pub fn pending(&self) -> usize {
         self.queued.len()
     }
 
-    /// Waits for the oldest queued value and returns it (`None` when nothing is queued).
-    /// Fails with the kernel error a step met, if its error word was set.
-    pub fn pop(&mut self) -> Result<Option<f32>> {
+    /// Waits for the oldest queued group and returns its values (`None` when nothing is
+    /// queued). Fails with the kernel error a step met, if its error word was set.
+    pub fn pop(&mut self) -> Result<Option<Vec<f32>>> {
         let Some(slot) = self.queued.pop_front() else {
             return Ok(None);
         };
@@ -119,18 +144,20 @@ impl ScalarReadback {
         self.events[slot]
             .synchronize()
             .map_err(cuda_err("waiting for a queued read"))?;
+        let w = self.width + 1;
         // SAFETY: the copies into this slot are complete (its event has passed).
-        let (bits, code) = unsafe {
-            (
-                *self.words().add(2 * slot),
-                *self.words().add(2 * slot + 1) as i32,
-            )
-        };
+        let words = unsafe { std::slice::from_raw_parts(self.words().add(w * slot), w) };
+        let code = words[w - 1] as i32;
         if code != 0 {
-            // The word was cleared when this value was queued: later values are unaffected.
+            // The word was cleared when this group was queued: later groups are unaffected.
             return Err(super::kernel_error(code));
         }
-        Ok(Some(f32::from_bits(bits)))
+        Ok(Some(
+            words[..self.lens[slot]]
+                .iter()
+                .map(|&b| f32::from_bits(b))
+                .collect(),
+        ))
     }
 }
 
