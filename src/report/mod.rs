@@ -26,7 +26,8 @@ pub use metrics::{
     top1_accuracy, MultiLabelCounts,
 };
 pub use results::{
-    FactorSide, Metric, Results, SelectionFrequency, SplitResults, TaskStats, RESULTS_VERSION,
+    FactorSide, Metric, Results, SelectionFrequency, SkippedImage, SplitResults, TaskStats,
+    RESULTS_VERSION,
 };
 pub use svg::{plot_files, write_plots, PlotFile};
 
