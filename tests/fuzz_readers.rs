@@ -22,13 +22,16 @@ const BUDGET: Duration = Duration::from_millis(1500);
 /// Largest entropy per case: inputs stay small, so that cases are many.
 const SIZE_MAX: u32 = 4096;
 
+/// Reads a file: its path, and its bytes as written there.
+type ReadFn = dyn Fn(&Path, &[u8]) -> Result<()>;
+
 /// A reader under test: its file name, real files to mutate, and how it reads `path` once
 /// `bytes` are written there (readers of text get the file's text).
 struct Reader {
     name: &'static str,
     file: &'static str,
     seeds: Vec<Vec<u8>>,
-    read: Box<dyn Fn(&Path, &[u8]) -> Result<()>>,
+    read: Box<ReadFn>,
 }
 
 fn scratch(name: &str) -> PathBuf {

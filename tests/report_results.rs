@@ -481,7 +481,13 @@ fn cells_without_samples_are_empty_and_left_out_of_ap_and_fg() {
     //   row 2: [60, --, 40]
     // AP = (60 + 40) / 2 = 50; FG over task 0 only: max(80 − 60, 70 − 60) = 20.
     let mut r = Results::new(Metric::Accuracy, 3, serde_json::json!({}));
-    for (t, j, v) in [(0, 0, 80.0), (1, 0, 70.0), (1, 1, 90.0), (2, 0, 60.0), (2, 2, 40.0)] {
+    for (t, j, v) in [
+        (0, 0, 80.0),
+        (1, 0, 70.0),
+        (1, 1, 90.0),
+        (2, 0, 60.0),
+        (2, 2, 40.0),
+    ] {
         r.set_entry(Split::Test, t, j, v, 100.0).unwrap();
         r.set_entry(Split::Val, t, j, v, 100.0).unwrap();
     }
@@ -509,7 +515,10 @@ fn cells_without_samples_are_empty_and_left_out_of_ap_and_fg() {
     // A no-sample cell that holds a value, or lies above the diagonal, is refused on load.
     let mut bad = r.clone();
     bad.test.no_samples.push([2, 2]);
-    assert!(bad.validate().unwrap_err().contains("no_samples lists [2, 2]"));
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .contains("no_samples lists [2, 2]"));
     let mut bad = r.clone();
     bad.test.no_samples = vec![[0, 1]];
     assert!(bad.validate().is_err());
