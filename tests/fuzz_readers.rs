@@ -1,4 +1,5 @@
-//! Fuzzing every reader of user files: CMML JSON and meta.json, the Food101 CSV, images of
+//! Fuzzing every reader of user files: CMML JSON and meta.json, the Food101 CSV and MM-IMDb
+//! JSON files of `delo prepare`, images of
 //! every format, safetensors (inputs, weights and task checkpoints), a model directory's
 //! config.json and weights, vocab.txt and tokenizer.json, run.json and results.json.
 //!
@@ -141,6 +142,49 @@ const TOKENIZER_JSON: &[u8] =
  "continuing_subword_prefix": "##", "max_input_chars_per_word": 100,
  "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4}}}"###;
 
+/// A raw MM-IMDb tree of three movies (one per split, all dramas) under `dir/imdb`.
+fn imdb_tree(dir: &Path) -> PathBuf {
+    let raw = dir.join("imdb");
+    std::fs::create_dir_all(&raw).unwrap();
+    std::fs::write(
+        raw.join("split.json"),
+        br#"{"train": ["1"], "dev": ["2"], "test": [3]}"#,
+    )
+    .unwrap();
+    for id in 1..=3 {
+        std::fs::write(
+            raw.join(format!("{id}.json")),
+            format!(r#"{{"plot": ["a plot {id}", "more"], "genres": ["Drama"], "title": "x"}}"#),
+        )
+        .unwrap();
+        image::RgbImage::new(8, 6)
+            .save(raw.join(format!("{id}.jpeg")))
+            .unwrap();
+    }
+    raw
+}
+
+/// `delo prepare mmimdb` on the tree holding `file`. An error about `file` goes to the
+/// checks of [`fuzz`]; an error about the dataset as a whole (too few genres once a movie lost
+/// its genre, say) is not a reading error, and must name the raw folder.
+fn prepare_imdb(file: &Path) -> Result<()> {
+    let raw = file.parent().unwrap();
+    let out = raw.with_file_name("imdb-out");
+    let opts = delo::data::MmImdbOptions {
+        seed: 0,
+        tasks: 1,
+        genres_per_task: 1,
+    };
+    match delo::data::prepare_mmimdb(raw, &out, &opts) {
+        Err(e) if !e.to_string().contains(&file.display().to_string()) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&raw.display().to_string()), "{msg}");
+            Ok(())
+        }
+        r => r.map(drop),
+    }
+}
+
 fn small_safetensors(dir: &Path) -> Vec<u8> {
     let p = dir.join("seed.safetensors");
     delo::st::write_file(
@@ -206,7 +250,23 @@ fn readers(dir: &Path) -> Vec<Reader> {
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("config.json"), &config).unwrap();
 
+    let imdb = imdb_tree(dir);
+    let movie = std::fs::read(imdb.join("1.json")).unwrap();
+    let split = std::fs::read(imdb.join("split.json")).unwrap();
+
     vec![
+        Reader {
+            name: "MM-IMDb movie JSON (delo prepare)",
+            file: "imdb/1.json",
+            seeds: vec![movie],
+            read: Box::new(|p, _| prepare_imdb(p)),
+        },
+        Reader {
+            name: "MM-IMDb split.json (delo prepare)",
+            file: "imdb/split.json",
+            seeds: vec![split],
+            read: Box::new(|p, _| prepare_imdb(p)),
+        },
         Reader {
             name: "CMML benchmark JSON",
             file: "bench.json",
@@ -310,7 +370,7 @@ fn no_reader_panics_and_every_error_names_its_file() {
 #[test]
 fn a_tokenizer_json_that_panics_the_tokenizers_crate_is_an_error() {
     // Found by the fuzzing above: a syntax error inside `decoder` hits an `expect` in the
-    // tokenizers crate's deserialiser.
+    // tokenizers crate's deserialiser; delo checks the JSON first and says where it breaks.
     let dir = scratch("tokenizer-panic");
     let path = dir.join("tokenizer.json");
     let text = String::from_utf8(TOKENIZER_JSON.to_vec()).unwrap();
@@ -319,7 +379,7 @@ fn a_tokenizer_json_that_panics_the_tokenizers_crate_is_an_error() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.starts_with(&format!("{}: not a valid tokenizer.json", path.display())),
+        e.starts_with(&format!("{}: invalid JSON at line 3", path.display())),
         "{e}"
     );
     let _ = std::fs::remove_dir_all(&dir);

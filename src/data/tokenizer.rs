@@ -90,8 +90,11 @@ impl BertTokenizer {
     /// BERT single-text rules).
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        // The tokenizers crate panics on some malformed files (an unwrap inside its
-        // deserialiser for `decoder`) instead of returning an error: turn that into one.
+        // The tokenizers crate panics on a syntax error inside `decoder` (an `expect` in its
+        // deserialiser) instead of returning an error: check the JSON first, with line and
+        // column, and turn any other panic of the crate into an error too.
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| crate::data::cmml::json_error(path, &e))?;
         let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)).map_err(|p| {
             let why = p
                 .downcast_ref::<String>()
