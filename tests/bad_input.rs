@@ -202,3 +202,16 @@ fn an_out_of_range_id_names_the_tensor_sample_and_position() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_gif_named_jpg_trains_and_evaluates() {
+    // Issue case 1: `cannot decode image: The image format Gif is not supported`.
+    let gif = std::fs::read(common::data_dir().join("formats/gif_named.jpg")).unwrap();
+    let root = scratch("gif");
+    let (data, model) = one_task_benchmark(&root, &gif);
+    let mut tr = Trainer::create(&data, &model, &root.join("run"), settings(false)).unwrap();
+    let r = tr.run(&mut |_| {}).unwrap();
+    assert!(r.test.matrix[0][0].is_some() && r.test.no_samples.is_empty());
+    assert!(r.skipped_images.is_empty());
+    let _ = std::fs::remove_dir_all(&root);
+}
