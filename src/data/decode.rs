@@ -7,7 +7,12 @@
 //!   give their first frame. Grey is replicated, alpha and transparency are dropped (not
 //!   composited), as `convert("RGB")` does.
 //! - **Truncated files** are errors, as in Pillow ("image file is truncated"): decoders that
-//!   would fill the missing part with grey (JPEG) are checked for the end of their data.
+//!   would fill the missing part with grey or stop early without a word (JPEG, lossy WebP)
+//!   are checked for the end of their data (JPEG's end-of-image marker, the size a RIFF
+//!   header declares).
+//! - Two gaps of the `image` crate are bridged: TGA, which has no signature, is recognised by
+//!   Pillow's header test, and an ICO whose largest image is an RGB PNG (the crate wants
+//!   RGBA) has that PNG decoded directly.
 //! - **Size**: Pillow refuses images of more than 2 × `Image.MAX_IMAGE_PIXELS` pixels
 //!   (`DecompressionBombError`); so does delo, with an error that gives the size and the way
 //!   out. Below that, images decode whatever their bit depth or channel count (the `image`
