@@ -232,7 +232,8 @@ struct TrainArgs {
     /// Keep decoded images in memory (small datasets).
     #[arg(long)]
     cache_images: bool,
-    /// Leave out unreadable images (counted and reported) instead of failing.
+    /// Leave out unreadable images instead of failing: each is printed and listed in
+    /// results.json and report.md; a task left with no sample gets an empty cell, not 0%.
     #[arg(long)]
     skip_bad: bool,
     #[command(flatten)]

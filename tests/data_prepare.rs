@@ -419,3 +419,53 @@ fn mmimdb_bad_inputs() {
         .to_string();
     assert!(e.contains("\"dev\""), "{e}");
 }
+
+#[test]
+fn food101_unclosed_quote_names_its_line_and_drops_no_row() {
+    // Issue case 5: a quote opened on line 2 and never closed on that line.
+    let raw = TempDir::new("food-quote-raw");
+    food_tree(raw.path(), &names(&FOOD), 4, 1);
+    let out = TempDir::new("food-quote-out");
+    let csv = raw.join("texts/train_titles.csv");
+    let rows: Vec<String> = (0..4)
+        .map(|k| format!("apple_pie_{k}.jpg,apple pie {k},apple_pie"))
+        .chain((0..4).map(|k| format!("baklava_{k}.jpg,baklava {k},baklava")))
+        .collect();
+    let others: String = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("apple_pie") && !l.contains("baklava"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    // Layout 1: the stray quote's field closes at the next quote, on line 5, before text.
+    let mut bad = rows.clone();
+    bad[1] = "apple_pie_1.jpg,\"apple pie 1,apple_pie".into();
+    bad[4] = "baklava_0.jpg,\"baklava\" 0,baklava".into();
+    write(&csv, &format!("{}\n{others}", bad.join("\n")));
+    let e = prepare_food101(raw.path(), out.path(), &small_food_opts(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train_titles.csv: line 2: "), "{e}");
+    // Layout 2: the field closes right before a comma, so three rows (the rest of the
+    // apple_pie class) would vanish into one text without a word.
+    let mut bad = rows.clone();
+    bad[1] = "apple_pie_1.jpg,\"apple pie 1,apple_pie".into();
+    bad[3] = "apple_pie_3.jpg,apple pie 3\",apple_pie".into();
+    write(&csv, &format!("{}\n{others}", bad.join("\n")));
+    let e = prepare_food101(raw.path(), out.path(), &small_food_opts(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("train_titles.csv: line 2: "), "{e}");
+    assert!(
+        e.contains("line 3 (\"apple_pie_2.jpg,apple pie 2,apple_pie\")"),
+        "{e}"
+    );
+    // Closed again, every row is there.
+    write(&csv, &format!("{}\n{others}", rows.join("\n")));
+    let rep = prepare_food101(raw.path(), out.path(), &small_food_opts(0)).unwrap();
+    assert!(
+        rep.skipped.iter().all(|s| s.contains("ghost.jpg")),
+        "{:?}",
+        rep.skipped
+    );
+}

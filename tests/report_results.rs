@@ -547,3 +547,59 @@ fn loss_curves_are_plotted_per_task_and_linked_but_not_stored() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn cells_without_samples_are_empty_and_left_out_of_ap_and_fg() {
+    // Test split: task 1 has no sample after task 2 (all its images skipped).
+    //   row 0: [80]
+    //   row 1: [70, 90]
+    //   row 2: [60, --, 40]
+    // AP = (60 + 40) / 2 = 50; FG over task 0 only: max(80 − 60, 70 − 60) = 20.
+    let mut r = Results::new(Metric::Accuracy, 3, serde_json::json!({}));
+    for (t, j, v) in [
+        (0, 0, 80.0),
+        (1, 0, 70.0),
+        (1, 1, 90.0),
+        (2, 0, 60.0),
+        (2, 2, 40.0),
+    ] {
+        r.set_entry(Split::Test, t, j, v, 100.0).unwrap();
+        r.set_entry(Split::Val, t, j, v, 100.0).unwrap();
+    }
+    assert_eq!(r.test.tasks_evaluated, 2, "row 2 is not complete yet");
+    r.set_no_samples(Split::Test, 2, 1).unwrap();
+    r.set_entry(Split::Val, 2, 1, 50.0, 100.0).unwrap();
+    r.finalize().unwrap();
+    assert_eq!(r.test.tasks_evaluated, 3);
+    assert_eq!(r.test.matrix[2][1], None);
+    assert_eq!(r.test.no_samples, vec![[2, 1]]);
+    assert!(close(r.test.ap.unwrap(), 50.0), "{:?}", r.test.ap);
+    assert!(close(r.test.fg.unwrap(), 20.0), "{:?}", r.test.fg);
+    assert!(close(r.test.ap_task_id.unwrap(), 100.0));
+    // Val has every cell: the usual formulas (AP (60 + 50 + 40) / 3, FG mean of 20 and 40).
+    assert!(close(r.val.ap.unwrap(), 50.0) && close(r.val.fg.unwrap(), 30.0));
+
+    let dir = tmp("no-samples");
+    r.save(&dir.join("results.json")).unwrap();
+    let back = Results::load(&dir.join("results.json")).unwrap();
+    assert_eq!(back, r);
+    let md = render_report(&r, "DeLo", "#Image 100% #Text 100%").unwrap();
+    assert!(md.contains("| 3 | 60.00 |  | 40.00 |"), "{md}");
+    assert!(md.contains("An empty cell had no sample"), "{md}");
+
+    // A no-sample cell that holds a value, or lies above the diagonal, is refused on load.
+    let mut bad = r.clone();
+    bad.test.no_samples.push([2, 2]);
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .contains("no_samples lists [2, 2]"));
+    let mut bad = r.clone();
+    bad.test.no_samples = vec![[0, 1]];
+    assert!(bad.validate().is_err());
+    // Only empty cells in the last row: no AP rather than a made-up 0.
+    let mut one = Results::new(Metric::Accuracy, 1, serde_json::json!({}));
+    one.set_no_samples(Split::Test, 0, 0).unwrap();
+    assert_eq!((one.test.tasks_evaluated, one.test.ap), (1, None));
+    let _ = std::fs::remove_dir_all(&dir);
+}

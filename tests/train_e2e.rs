@@ -209,11 +209,36 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         .expect_err("the run must stop")
         .to_string();
     assert!(err.contains("loss of task 1 became"), "{err}");
+    assert!(
+        err.contains("The checkpoint of task 0 in") && err.contains("continues at task 1"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(root.join("run/task0.safetensors")).unwrap(),
         before,
         "the last good checkpoint changed"
     );
     assert_eq!(tasks_done(&root.join("run")), 1);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_nan_loss_in_the_first_task_says_no_checkpoint_exists_yet() {
+    // Issue case 7: "the checkpoints of tasks 0..0 are intact" was said with none written.
+    let (root, data, model) = common::synthetic_setup("e2e-nan-first");
+    let mut s = demo_settings(Variant::Delo);
+    s.epochs = 1;
+    s.lr = 1e30;
+    let mut tr = Trainer::create(&data, &model, &root.join("run"), s).unwrap();
+    let err = tr
+        .run(&mut |_| {})
+        .map(drop)
+        .expect_err("the run must stop")
+        .to_string();
+    assert!(err.contains("loss of task 0 became"), "{err}");
+    assert!(err.contains("holds no task checkpoint yet"), "{err}");
+    assert!(!err.contains("intact"), "{err}");
+    assert!(!root.join("run/task0.safetensors").exists());
+    assert_eq!(tasks_done(&root.join("run")), 0);
     let _ = std::fs::remove_dir_all(&root);
 }

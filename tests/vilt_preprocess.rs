@@ -282,7 +282,7 @@ fn square_mode_missing_image_and_decode_errors() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("tokenizer_cases.json") && e.contains("cannot decode"),
+        e.contains("tokenizer_cases.json") && e.contains("not an image file delo reads"),
         "{e}"
     );
     let e = p.load(&pre("no-such.png")).unwrap_err().to_string();

@@ -1,6 +1,6 @@
 //! Image pre-processing with `ViltImageProcessor` semantics (VILT.md §Pre-processing).
 //!
-//! Decode (the `image` crate, JPEG and PNG) → RGB8 → resize → x/255 → (x − 0.5)/0.5 → CHW f32.
+//! Decode ([`crate::data::decode`]: every format Pillow reads that the `image` crate reads) → RGB8 → resize → x/255 → (x − 0.5)/0.5 → CHW f32.
 //! Resizing is a port of Pillow's `Image.resize(..., BICUBIC)` for 8-bit images (separable
 //! Keys cubic with a = −0.5, support scaled by the down-sampling factor, 22-bit fixed-point
 //! coefficients, two separable passes each rounded and clipped to u8), which is
@@ -129,12 +129,11 @@ impl ImageProcessor {
         self.decode(&bytes, path)
     }
 
-    /// Decodes JPEG or PNG bytes and pre-processes them; `source` names the image in errors.
+    /// Decodes an image file's bytes (any format of [`crate::data::decode`], as Pillow reads
+    /// it) and pre-processes them; `source` names the image in errors.
     pub fn decode(&self, bytes: &[u8], source: &Path) -> Result<PixelImage> {
-        let img = image::load_from_memory(bytes)
-            .map_err(|e| Error::format(source, format!("cannot decode image: {e}")))?;
-        // PIL's convert("RGB"): grey replicated, alpha dropped (not composited).
-        self.process(&img.to_rgb8())
+        let img = crate::data::decode::decode_rgb(bytes, source)?;
+        self.process(&img)
             .map_err(|e| Error::format(source, e.to_string()))
     }
 

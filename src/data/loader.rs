@@ -499,7 +499,7 @@ impl<P: SamplePrep> Drop for EpochIter<P> {
     }
 }
 
-/// A simple reference [`SamplePrep`]: decodes any PNG/JPEG, resizes it to a `size`×`size`
+/// A simple reference [`SamplePrep`]: decodes any image Pillow reads, resizes it to a `size`×`size`
 /// square (bilinear), scales to [-1, 1] (ViLT's mean = std = 0.5) in CHW order, and passes the
 /// texts through untokenized. Used by the tests, the loader benchmark and CPU experiments; the
 /// ViLT pipeline uses its own prep (aspect-preserving resize, tokenizer).
@@ -517,16 +517,11 @@ pub struct BasicPrepBatch {
 }
 
 impl BasicPrep {
-    /// Decodes an image file to RGB8; errors name the file.
+    /// Decodes an image file to RGB8 as Pillow would ([`crate::data::decode`]); errors name
+    /// the file.
     pub fn read_rgb(path: &Path) -> Result<image::RgbImage> {
-        let reader = image::ImageReader::open(path)
-            .map_err(|e| Error::io(path, e))?
-            .with_guessed_format()
-            .map_err(|e| Error::io(path, e))?;
-        let img = reader
-            .decode()
-            .map_err(|e| Error::format(path, format!("cannot decode the image: {e}")))?;
-        Ok(img.into_rgb8())
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        crate::data::decode::decode_rgb(&bytes, path)
     }
 }
 

@@ -14,6 +14,7 @@
 //! the `rand` crate and across platforms.
 
 pub mod cmml;
+pub mod decode;
 pub mod image;
 pub mod loader;
 pub mod missing;

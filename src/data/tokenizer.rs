@@ -90,8 +90,24 @@ impl BertTokenizer {
     /// BERT single-text rules).
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut tok = Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
+        // The tokenizers crate panics on a syntax error inside `decoder` (an `expect` in its
+        // deserialiser) instead of returning an error: check the JSON first, with line and
+        // column, and turn any other panic of the crate into an error too.
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| crate::data::cmml::json_error(path, &e))?;
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)).map_err(|p| {
+            let why = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Error::format(
+                path,
+                format!("not a valid tokenizer.json: the tokenizers library failed on it ({why})"),
+            )
+        })?;
+        let mut tok =
+            parsed.map_err(|e| Error::format(path, format!("not a valid tokenizer.json: {e}")))?;
         tok.with_truncation(None)
             .map_err(|e| Error::format(path, format!("disabling truncation: {e}")))?;
         tok.with_padding(None);

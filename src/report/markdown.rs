@@ -114,8 +114,8 @@ pub fn render_summary_table(rows: &[SummaryRow]) -> String {
 }
 
 /// A lower-triangular matrix as a Markdown table: 2 decimals, `—` above the diagonal, `n/a`
-/// where not evaluated yet.
-fn matrix_table(out: &mut String, matrix: &[Vec<Option<f64>>]) {
+/// where not evaluated yet, an empty cell where the evaluation had no sample (`empty`).
+fn matrix_table(out: &mut String, matrix: &[Vec<Option<f64>>], empty: &[[usize; 2]]) {
     let t = matrix.len();
     out.push_str("| after task ↓ / task → |");
     for j in 0..t {
@@ -129,6 +129,8 @@ fn matrix_table(out: &mut String, matrix: &[Vec<Option<f64>>]) {
         for (j, v) in row.iter().enumerate() {
             if j > i {
                 out.push_str(" — |");
+            } else if empty.contains(&[i, j]) {
+                out.push_str("  |");
             } else {
                 let _ = write!(out, " {} |", num(*v));
             }
@@ -177,15 +179,18 @@ pub fn render_report(results: &Results, method: &str, missing: &str) -> Result<S
             results.metric.display_name(),
             split.as_str()
         );
-        matrix_table(&mut out, &s.matrix);
+        matrix_table(&mut out, &s.matrix, &s.no_samples);
+        empty_note(&mut out, &s.no_samples);
         let _ = writeln!(
             out,
             "\n### Task-id accuracy (%) ({})\n\nShare of task j's samples the Task-Key \
              memory routed to task j.\n",
             split.as_str()
         );
-        matrix_table(&mut out, &s.task_id_matrix);
+        matrix_table(&mut out, &s.task_id_matrix, &s.no_samples);
+        empty_note(&mut out, &s.no_samples);
     }
+    skipped_section(&mut out, results);
 
     out.push_str("\n## Training per task\n\n");
     out.push_str(
@@ -231,6 +236,54 @@ pub fn render_report(results: &Results, method: &str, missing: &str) -> Result<S
     out.push_str(&serde_json::to_string_pretty(&results.config).unwrap_or_default());
     out.push_str("\n```\n");
     Ok(out)
+}
+
+/// Says what the empty cells of a matrix mean, when it has any.
+fn empty_note(out: &mut String, empty: &[[usize; 2]]) {
+    if !empty.is_empty() {
+        out.push_str(
+            "\nAn empty cell had no sample to evaluate (every image of that task's split was \
+             skipped); AP and FG leave it out.\n",
+        );
+    }
+}
+
+/// Most skipped images listed by name in the report; `results.json` lists them all.
+const SKIPPED_LISTED: usize = 50;
+
+/// The images `--skip-bad` left out: their count, then each with its item, task, split and
+/// reason.
+fn skipped_section(out: &mut String, results: &Results) {
+    let skipped = &results.skipped_images;
+    if skipped.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## Skipped images\n\n{} image{} could not be read and {} left out (`--skip-bad`):\n",
+        skipped.len(),
+        if skipped.len() == 1 { "" } else { "s" },
+        if skipped.len() == 1 { "was" } else { "were" }
+    );
+    out.push_str("| Item | Task | Split | File | Reason |\n|---:|---:|---|---|---|\n");
+    for s in skipped.iter().take(SKIPPED_LISTED) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            s.item,
+            s.task + 1,
+            s.split,
+            cell(&s.path),
+            cell(&s.error)
+        );
+    }
+    if skipped.len() > SKIPPED_LISTED {
+        let _ = writeln!(
+            out,
+            "\n… and {} more, all listed in results.json.",
+            skipped.len() - SKIPPED_LISTED
+        );
+    }
 }
 
 /// Writes `report.md` into `dir` atomically and returns its path.

@@ -27,7 +27,8 @@ pub use metrics::{
     top1_accuracy, MultiLabelCounts,
 };
 pub use results::{
-    FactorSide, LossCurve, LossPoint, Metric, Results, SelectionFrequency, SplitResults, TaskStats,
+    FactorSide, LossCurve, LossPoint, Metric, Results, SelectionFrequency, SkippedImage,
+    SplitResults, TaskStats,
     RESULTS_VERSION,
 };
 pub use svg::{plot_files, write_plots, PlotFile};

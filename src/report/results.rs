@@ -5,13 +5,18 @@
 //! { "version": 1, "metric": "accuracy" | "f1_macro", "num_tasks": T,
 //!   "config": { ...resolved config, filled by the trainer... },
 //!   "val":  { "matrix": [[a00, null, ...], ...], "task_id_matrix": [[...]],
-//!             "tasks_evaluated": t, "ap": f|null, "fg": f|null, "ap_task_id": f|null },
+//!             "tasks_evaluated": t, "ap": f|null, "fg": f|null, "ap_task_id": f|null,
+//!             "no_samples": [[t, j], ...] },
 //!   "test": { ...same... },
 //!   "tasks": [ {"wall_seconds", "train_samples_per_second", "epochs", "steps",
 //!               "final_loss"} | null, ... ],
 //!   "selection_frequency": { "a": {"layer3.q.v": [counts per factor]}, "b": {...} },
-//!   "cos_qv_qt": [ ... ] }
+//!   "cos_qv_qt": [ ... ],
+//!   "skipped_images": [ {"item", "task", "split", "path", "error"}, ... ] }
 //! ```
+//! A cell listed in `no_samples` was evaluated on no sample at all (every image of the task's
+//! split was skipped with `--skip-bad`): it is `null` in both matrices, since a metric over
+//! nothing is undefined (0 would read as a real result), and AP/FG leave it out.
 //! `matrix[t][j]` is a_{j,t}, the metric on task `j` after training task `t`; `null` above the
 //! diagonal and where not evaluated yet. AP, FG and task-id AP are derived from the matrices
 //! over the leading `tasks_evaluated` complete rows: every change to a matrix recomputes them,
@@ -84,6 +89,10 @@ pub struct SplitResults {
     pub fg: Option<f64>,
     /// AP of the task-id matrix: mean task-id accuracy after the last complete row.
     pub ap_task_id: Option<f64>,
+    /// Cells `[t, j]` evaluated on no sample (all skipped): `null` in both matrices, yet
+    /// complete; AP and FG leave them out.
+    #[serde(default)]
+    pub no_samples: Vec<[usize; 2]>,
 }
 
 impl SplitResults {
@@ -95,12 +104,21 @@ impl SplitResults {
             ap: None,
             fg: None,
             ap_task_id: None,
+            no_samples: Vec::new(),
         }
     }
 
-    /// Number of leading rows whose entries `0..=t` are all present in both matrices.
+    /// Whether cell `[t, j]` was evaluated on no sample.
+    pub fn is_empty_cell(&self, t: usize, j: usize) -> bool {
+        self.no_samples.contains(&[t, j])
+    }
+
+    /// Number of leading rows whose entries `0..=t` are all present in both matrices (or
+    /// evaluated on no sample).
     fn complete_rows(&self) -> usize {
-        let full = |m: &[Vec<Option<f64>>], t: usize| m[t][..=t].iter().all(Option::is_some);
+        let full = |m: &[Vec<Option<f64>>], t: usize| {
+            (0..=t).all(|j| m[t][j].is_some() || self.is_empty_cell(t, j))
+        };
         (0..self.matrix.len())
             .take_while(|&t| full(&self.matrix, t) && full(&self.task_id_matrix, t))
             .count()
@@ -114,6 +132,14 @@ impl SplitResults {
         }
         let m = &self.matrix[..t];
         let ti = &self.task_id_matrix[..t];
+        if !self.no_samples.is_empty() {
+            return Ok(Summaries {
+                tasks_evaluated: t,
+                ap: mean_of_last_row(m),
+                fg: forgetting_of_present(m),
+                ap_task_id: mean_of_last_row(ti),
+            });
+        }
         Ok(Summaries {
             tasks_evaluated: t,
             ap: Some(average_performance(m)?),
@@ -130,6 +156,47 @@ impl SplitResults {
         self.ap_task_id = s.ap_task_id;
         Ok(())
     }
+}
+
+/// AP over the cells of the last row that hold a value (cells without samples are `None`);
+/// `None` when no cell does.
+fn mean_of_last_row(m: &[Vec<Option<f64>>]) -> Option<f64> {
+    let last = m.last()?;
+    let values: Vec<f64> = last[..m.len()].iter().flatten().copied().collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// FG (paper eq. 11) over the tasks whose last entry and at least one earlier entry hold a
+/// value; 0 for one task, `None` when no task qualifies.
+fn forgetting_of_present(m: &[Vec<Option<f64>>]) -> Option<f64> {
+    let t = m.len();
+    if t == 1 {
+        return Some(0.0);
+    }
+    let drops: Vec<f64> = (0..t - 1)
+        .filter_map(|j| {
+            let last = m[t - 1][j]?;
+            (j..t - 1)
+                .filter_map(|z| m[z][j])
+                .map(|v| v - last)
+                .reduce(f64::max)
+        })
+        .collect();
+    (!drops.is_empty()).then(|| drops.iter().sum::<f64>() / drops.len() as f64)
+}
+
+/// One image left out of a run with `--skip-bad`, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedImage {
+    /// The item's index in the benchmark JSON.
+    pub item: usize,
+    pub task: usize,
+    /// `train`, `val` or `test`.
+    pub split: String,
+    /// The image file.
+    pub path: String,
+    /// Why it could not be read.
+    pub error: String,
 }
 
 /// The derived fields of a [`SplitResults`], computed from its matrices.
@@ -237,6 +304,9 @@ pub struct Results {
     /// `results.json`: `metrics.jsonl` beside it is their record.
     #[serde(skip)]
     pub loss_curves: Vec<LossCurve>,
+    /// Images left out with `--skip-bad`, each once, in item order.
+    #[serde(default)]
+    pub skipped_images: Vec<SkippedImage>,
 }
 
 /// Checks a percentage before it enters a matrix: a NaN would serialise as `null` and read
@@ -265,6 +335,7 @@ impl Results {
             selection_frequency: SelectionFrequency::default(),
             cos_qv_qt: Vec::new(),
             loss_curves: Vec::new(),
+            skipped_images: Vec::new(),
         }
     }
 
@@ -319,6 +390,26 @@ impl Results {
         let s = self.split_mut(split)?;
         s.matrix[after_task][task] = Some(value);
         s.task_id_matrix[after_task][task] = Some(task_id_acc);
+        s.recompute()
+    }
+
+    /// Records that `task`'s `split` had no sample to evaluate after training `after_task`
+    /// (all its images skipped): the cell stays `null` in both matrices, counts as evaluated,
+    /// and AP/FG leave it out.
+    pub fn set_no_samples(&mut self, split: Split, after_task: usize, task: usize) -> Result<()> {
+        let t = self.num_tasks;
+        if after_task >= t || task > after_task {
+            return Err(Error::Msg(format!(
+                "results entry (after task {after_task}, task {task}) is outside the lower \
+                 triangle of a {t} × {t} matrix"
+            )));
+        }
+        let s = self.split_mut(split)?;
+        s.matrix[after_task][task] = None;
+        s.task_id_matrix[after_task][task] = None;
+        if !s.is_empty_cell(after_task, task) {
+            s.no_samples.push([after_task, task]);
+        }
         s.recompute()
     }
 
@@ -389,7 +480,7 @@ impl Results {
         for (name, s) in [("val", &self.val), ("test", &self.test)] {
             for (mname, m) in [("matrix", &s.matrix), ("task_id_matrix", &s.task_id_matrix)] {
                 for (t, row) in m.iter().enumerate() {
-                    if let Some(j) = (0..=t).find(|&j| row[j].is_none()) {
+                    if let Some(j) = (0..=t).find(|&j| row[j].is_none() && !s.is_empty_cell(t, j)) {
                         return Err(Error::Msg(format!(
                             "cannot finalise results: {name} {mname} has no entry for task {j} \
                              after task {t}"
@@ -452,6 +543,23 @@ impl Results {
                             None => {}
                         }
                     }
+                }
+            }
+            for &[i, j] in &s.no_samples {
+                let present = s
+                    .matrix
+                    .get(i)
+                    .and_then(|r| r.get(j))
+                    .is_some_and(Option::is_some)
+                    || s.task_id_matrix
+                        .get(i)
+                        .and_then(|r| r.get(j))
+                        .is_some_and(Option::is_some);
+                if i >= t || j > i || present {
+                    return Err(format!(
+                        "{name}.no_samples lists [{i}, {j}], which is not a null cell on or \
+                         below the diagonal"
+                    ));
                 }
             }
             let Summaries {

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::report::SkippedImage;
 use crate::tensor::Tensor;
 use crate::train::eval::TaskRow;
 use crate::train::{FrozenTask, RunSpec, TaskKeys, TaskStats, Trainer};
@@ -25,6 +26,9 @@ struct Progress {
     keys: Vec<TaskKeys>,
     stats: Vec<TaskStats>,
     evals: Vec<TaskRow>,
+    /// Images left out so far (`--skip-bad`), so that a resumed run still reports them.
+    #[serde(default)]
+    skipped: Vec<SkippedImage>,
 }
 
 fn task_file(t: usize) -> String {
@@ -76,6 +80,7 @@ pub fn save_task(tr: &Trainer, t: usize) -> Result<()> {
         keys: tr.keys.clone(),
         stats: tr.stats.clone(),
         evals: tr.evals.clone(),
+        skipped: tr.skipped_images(),
     };
     write_json(&tr.run_dir.join(PROGRESS_FILE), &progress)
 }
@@ -128,5 +133,8 @@ pub fn restore(tr: &mut Trainer) -> Result<()> {
         .collect();
     tr.stats = p.stats[..p.tasks_done].to_vec();
     tr.evals = p.evals[..p.tasks_done].to_vec();
+    for s in p.skipped {
+        tr.record_skipped(s);
+    }
     Ok(())
 }

@@ -21,6 +21,9 @@ use crate::train::Trainer;
 pub struct Cell {
     pub metric: f64,
     pub task_id: f64,
+    /// No sample was evaluated (all skipped): `metric` and `task_id` mean nothing.
+    #[serde(default)]
+    pub empty: bool,
 }
 
 /// Evaluations after training one task: for each split, one cell per seen task.
@@ -170,7 +173,8 @@ pub fn evaluate(
     // Per head: its columns as global classes; per task: its columns in the latest head.
     let columns: Vec<Vec<usize>> = (0..=trained).map(|k| tr.head_classes(k)).collect();
     let spans: Vec<_> = (0..=trained).map(|j| tr.head_span(j, trained)).collect();
-    for batch in loader.epoch(0) {
+    let mut epoch = loader.epoch(0);
+    for batch in &mut epoch {
         let batch = batch?;
         let answers = answer_batch(tr, &batch, task, trained, probes.as_deref_mut())?;
         for (a, sample) in answers.iter().zip(&batch.samples) {
@@ -208,6 +212,7 @@ pub fn evaluate(
             predictions.push((sample.index, attributed, predicted));
         }
     }
+    tr.note_skipped(task, split, epoch.skipped());
     let metric = match tr.bench.kind {
         LabelKind::Single => 100.0 * correct as f64 / total.max(1) as f64,
         LabelKind::Multi => f1.f1_macro()?,
@@ -216,6 +221,7 @@ pub fn evaluate(
         Cell {
             metric,
             task_id: 100.0 * id_correct as f64 / total.max(1) as f64,
+            empty: total == 0,
         },
         predictions,
     ))
@@ -265,17 +271,24 @@ pub fn evaluate_after(tr: &Trainer, t: usize, mut probes: Option<&mut Probes>) -
 }
 
 pub fn row_summary(t: usize, row: &TaskRow) -> String {
+    // A cell without samples shows as "-", never as a 0 that reads like a result.
     let f = |cells: &[Cell]| {
         cells
             .iter()
-            .map(|c| format!("{:.1}", c.metric))
+            .map(|c| match c.empty {
+                true => "-".into(),
+                false => format!("{:.1}", c.metric),
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
     let id = |cells: &[Cell]| {
         cells
             .iter()
-            .map(|c| format!("{:.0}", c.task_id))
+            .map(|c| match c.empty {
+                true => "-".into(),
+                false => format!("{:.0}", c.task_id),
+            })
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -310,17 +323,35 @@ pub fn eval_run(
         }
     );
     let mut csv = String::from("item_index,task,predicted_task,prediction\n");
-    let mut sum = 0.0;
+    let (mut sum, mut counted) = (0.0, 0usize);
     for j in 0..done {
         let (cell, preds) = evaluate(tr, j, split, done - 1, None)?;
+        if cell.empty {
+            table += &format!("| {} | no samples | no samples |\n", j + 1);
+            continue;
+        }
         sum += cell.metric;
+        counted += 1;
         table += &format!("| {} | {:.2} | {:.2} |\n", j + 1, cell.metric, cell.task_id);
         for (index, k, classes) in preds {
             let pred: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
             csv += &format!("{index},{j},{k},{}\n", pred.join("|"));
         }
     }
-    table += &format!("| mean (AP) | {:.2} | |\n", sum / done as f64);
+    match counted {
+        0 => table += "| mean (AP) | no samples | |\n",
+        n => table += &format!("| mean (AP) | {:.2} | |\n", sum / n as f64),
+    }
+    let skipped = tr.skipped_images();
+    if !skipped.is_empty() {
+        table += &format!(
+            "\n{} image(s) could not be read and were left out (--skip-bad):\n",
+            skipped.len()
+        );
+        for s in &skipped {
+            table += &format!("- item {} ({}): {}\n", s.item, s.split, s.error);
+        }
+    }
     if let Some(path) = predictions_csv {
         crate::st::write_atomic(path, csv.as_bytes())?;
     }

@@ -228,10 +228,11 @@ impl StepLog {
         let task = self.task;
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(
-                "the loss of task {task} became {loss} at step {} (epoch {}); stopping. The checkpoints of tasks 0..{task} in {} are intact; lower --lr or check the data",
+                "the loss of task {task} became {loss} at step {} (epoch {}); stopping. {} \
+                 Lower --lr or check the data",
                 q.step + 1,
                 q.epoch + 1,
-                self.run_dir.display()
+                crate::train::saved_tasks_note(task, &self.run_dir)
             )));
         }
         self.last = loss;

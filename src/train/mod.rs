@@ -14,8 +14,9 @@ pub mod results;
 pub mod schedule;
 pub mod step;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,13 +25,14 @@ use crate::backend::Device;
 use crate::data::image::ImageProcessor;
 use crate::data::tokenizer::BertTokenizer;
 use crate::data::{
-    Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Split,
+    Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Skipped, Split,
 };
 use crate::delo::config::{DeloConfig, TaskKeySource, Variant};
 use crate::delo::losses::Targets;
 use crate::delo::params::{init_params, task_specs};
 use crate::error::{Error, Result};
 use crate::params::ParamSet;
+use crate::report::SkippedImage;
 use crate::tensor::{DType, Tensor};
 use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
@@ -164,6 +166,9 @@ pub struct Trainer {
     pub stats: Vec<TaskStats>,
     /// Evaluation rows so far: `evals[t]` = per split, per seen task j, (metric, task-id %).
     pub evals: Vec<eval::TaskRow>,
+    /// Images left out with `--skip-bad`, by item index (each reported once); behind a lock
+    /// because evaluation sees the trainer shared.
+    skipped: Mutex<BTreeMap<usize, SkippedImage>>,
 }
 
 /// What a run reports while it goes: a training step, or a line (evaluations, phases).
@@ -263,8 +268,34 @@ impl Trainer {
             keys: Vec::new(),
             stats: Vec::new(),
             evals: Vec::new(),
+            skipped: Mutex::new(BTreeMap::new()),
             spec,
         })
+    }
+
+    /// Records images a loader of `task`'s `split` left out (`--skip-bad`).
+    pub fn note_skipped(&self, task: usize, split: Split, skipped: &[Skipped]) {
+        for s in skipped {
+            self.record_skipped(SkippedImage {
+                item: s.index,
+                task,
+                split: split.as_str().into(),
+                path: s.path.display().to_string(),
+                error: s.error.clone(),
+            });
+        }
+    }
+
+    /// Records one skipped image (once per item).
+    pub fn record_skipped(&self, s: SkippedImage) {
+        let mut map = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(s.item).or_insert(s);
+    }
+
+    /// Every image left out so far, in item order.
+    pub fn skipped_images(&self) -> Vec<SkippedImage> {
+        let map = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().cloned().collect()
     }
 
     pub fn settings(&self) -> &TrainSettings {
@@ -462,6 +493,7 @@ impl Trainer {
     ) -> Result<crate::report::Results> {
         let total = self.bench.num_tasks();
         let mut probes = eval::Probes::default();
+        let mut reported: BTreeSet<usize> = self.skipped_images().iter().map(|s| s.item).collect();
         for t in self.tasks.len()..until.min(total) {
             let stats = self.train_task(t, log)?;
             self.stats.push(stats);
@@ -469,6 +501,7 @@ impl Trainer {
             let last = t + 1 == total;
             let row = eval::evaluate_after(self, t, last.then_some(&mut probes))?;
             log(Event::Line(&eval::row_summary(t, &row)));
+            self.log_skipped(&mut reported, log);
             self.evals.push(row);
             checkpoint::save_task(self, t)?;
             if !last {
@@ -477,6 +510,29 @@ impl Trainer {
         }
         let done = self.evals.len() == total;
         results::write(self, done.then_some(&probes))
+    }
+
+    /// Logs each image skipped and not yet in `reported` (one line each: item, task,
+    /// split and the error, which names the file), then the count so far.
+    fn log_skipped(&self, reported: &mut BTreeSet<usize>, log: &mut dyn FnMut(Event)) {
+        let all = self.skipped_images();
+        let mut fresh = 0;
+        for s in &all {
+            if reported.insert(s.item) {
+                fresh += 1;
+                log(Event::Line(&format!(
+                    "--skip-bad: left out item {} (task {}, {}): {}",
+                    s.item, s.task, s.split, s.error
+                )));
+            }
+        }
+        if fresh > 0 {
+            log(Event::Line(&format!(
+                "--skip-bad: {} unreadable image(s) left out so far; results.json and report.md \
+                 list them",
+                all.len()
+            )));
+        }
     }
 
     fn train_task(&mut self, t: usize, log: &mut dyn FnMut(Event)) -> Result<TaskStats> {
@@ -501,6 +557,7 @@ impl Trainer {
                     break 'epochs;
                 }
                 let batch = batch?;
+                self.note_skipped(t, Split::Train, &batch.skipped);
                 let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
                 let labels: Vec<Label> = batch
                     .samples
@@ -572,5 +629,43 @@ impl Trainer {
             steps: step,
             final_loss: last_loss,
         })
+    }
+}
+
+/// What a run stopped while training task `task` has kept, in words true for every `task`:
+/// tasks train in order and each is checkpointed when it ends, so exactly tasks
+/// `0..task` are saved (none for the first task), and `--resume` continues at `task`.
+pub fn saved_tasks_note(task: usize, run_dir: &Path) -> String {
+    let dir = run_dir.display();
+    match task {
+        0 => format!(
+            "No task had finished, so {dir} holds no task checkpoint yet; \
+             `delo train --resume {dir}` starts again at task 0."
+        ),
+        1 => format!(
+            "The checkpoint of task 0 in {dir} is intact; `delo train --resume {dir}` continues \
+             at task 1."
+        ),
+        t => format!(
+            "The checkpoints of tasks 0 to {} in {dir} are intact; `delo train --resume {dir}` \
+             continues at task {t}.",
+            t - 1
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nan_stop_says_what_is_saved() {
+        let dir = Path::new("runs/x");
+        let first = saved_tasks_note(0, dir);
+        assert!(first.contains("no task checkpoint yet"), "{first}");
+        assert!(!first.contains("intact"), "{first}");
+        assert!(saved_tasks_note(1, dir).contains("checkpoint of task 0 in runs/x is intact"));
+        let third = saved_tasks_note(3, dir);
+        assert!(third.contains("tasks 0 to 2 in runs/x") && third.contains("at task 3"));
     }
 }

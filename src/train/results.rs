@@ -37,7 +37,10 @@ pub fn build(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
     for (t, row) in tr.evals.iter().enumerate() {
         for (split, cells) in [(Split::Val, &row.val), (Split::Test, &row.test)] {
             for (j, c) in cells.iter().enumerate() {
-                r.set_entry(split, t, j, c.metric, c.task_id)?;
+                match c.empty {
+                    true => r.set_no_samples(split, t, j)?,
+                    false => r.set_entry(split, t, j, c.metric, c.task_id)?,
+                }
             }
         }
     }
@@ -52,6 +55,7 @@ pub fn build(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
         r.set_task_stats(t, stats)?;
     }
     r.loss_curves = loss_curves(&crate::train::metrics::read_metrics(&tr.run_dir)?);
+    r.skipped_images = tr.skipped_images();
     if let Some(p) = probes {
         for (side, map) in [
             (FactorSide::A, &p.selection_a),

@@ -109,12 +109,28 @@ impl EmbeddingTables {
             "text of {t} tokens is longer than the position table ({} rows); raise --max-text-len",
             self.text_pos.dim(0)
         );
-        let dev = be.device();
-        let ids_d = ids.to_device(&dev)?;
         let tt = match &inputs.token_type_ids {
             Some(tt) => tt.clone(),
             None => Tensor::from_i32(vec![0; b * t], &[b, t])?,
         };
+        // Checked here, where the tensors still have their names: a table lookup only knows
+        // an index and a row count.
+        check_ids(
+            "input_ids",
+            ids,
+            &[b, t],
+            self.word.dim(0),
+            "the vocabulary",
+        )?;
+        check_ids(
+            "token_type_ids",
+            &tt,
+            &[b, t],
+            self.segment.dim(0),
+            "the token types (type_vocab_size)",
+        )?;
+        let dev = be.device();
+        let ids_d = ids.to_device(&dev)?;
         let pos = Tensor::from_i32((0..b * t).map(|i| (i % t) as i32).collect(), &[b, t])?;
         let x = be.gather_rows(&self.word, &ids_d)?;
         let x = be.add(&x, &be.gather_rows(&self.segment, &tt.to_device(&dev)?)?)?;
@@ -271,6 +287,45 @@ impl EmbeddingTables {
             text_len: t,
         })
     }
+}
+
+/// Errors naming the tensor, the sample and the position of the first id outside
+/// `0..rows` of the table it indexes (`table` says which), or a shape other than `shape`.
+pub fn check_ids(
+    name: &str,
+    ids: &Tensor,
+    shape: &[usize],
+    rows: usize,
+    table: &str,
+) -> Result<()> {
+    if ids.shape() != shape {
+        return Err(Error::Msg(format!(
+            "`{name}` has shape {:?}; expected {shape:?} (batch, text length)",
+            ids.shape()
+        )));
+    }
+    if ids.dtype() != crate::DType::I32 {
+        return Err(Error::Msg(format!(
+            "`{name}` has dtype {:?}; expected integer ids",
+            ids.dtype()
+        )));
+    }
+    let t = shape[1].max(1);
+    let values = ids.to_device(&Device::Cpu)?.to_vec_i32()?;
+    if let Some((i, &v)) = values
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < 0 || v as usize >= rows)
+    {
+        return Err(Error::Msg(format!(
+            "`{name}` of sample {} at position {} is {v}, outside {table} (ids 0..{rows}, \
+             that is 0 to {})",
+            i / t,
+            i % t,
+            rows as i64 - 1
+        )));
+    }
+    Ok(())
 }
 
 fn pick_any<T: Copy>(v: &[T], rows: &[usize], per: usize) -> Vec<T> {

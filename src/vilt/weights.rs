@@ -423,7 +423,10 @@ impl ViltWeights {
     /// the accepted layouts).
     pub fn load_dir(dir: &Path, cfg: &ViltConfig) -> Result<Self> {
         let tensors = read_dir_tensors(dir)?;
-        Self::from_tensors(cfg, tensors, dir)
+        // Errors name the weights file when there is one; shards share the directory.
+        let single = dir.join(WEIGHTS_FILE);
+        let source = if single.is_file() { &single } else { dir };
+        Self::from_tensors(cfg, tensors, source)
     }
 
     /// Every tensor with its `ViltModel` name, in module order (the order of

@@ -55,16 +55,14 @@ fn read_rows(raw: &Path, split_dir: &str, skipped: &mut Vec<String>) -> Result<V
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
-    for (line, fields) in csv::parse(&text, &path)? {
-        if fields.len() != 3 {
-            return Err(Error::format(
-                &path,
-                format!(
-                    "line {line}: expected 3 columns (image file, text, class), found {}",
-                    fields.len()
-                ),
-            ));
-        }
+    let records = csv::parse(&text, &path, Some(3)).map_err(|e| match e {
+        Error::Format { path, msg } => Error::Format {
+            path,
+            msg: format!("{msg} (columns: image file, text, class)"),
+        },
+        e => e,
+    })?;
+    for (line, fields) in records {
         let [file, text, class]: [String; 3] = fields.try_into().expect("three fields");
         let (file, class) = (file.trim().to_string(), class.trim().to_string());
         if file.is_empty() || class.is_empty() {
