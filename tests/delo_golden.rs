@@ -145,3 +145,65 @@ fn five_adamw_steps_and_task_key_match_pytorch() {
         RTOL,
     );
 }
+
+/// The L_con proxy forwards run in the main forward's batch (one encoder pass): with both
+/// directions, each proxy's logits equal those of its own forward over the complete samples,
+/// and the main logits those of the plain forward, up to f32 summation order (the GEMMs block
+/// more rows differently).
+#[test]
+fn batched_proxy_forwards_equal_their_own_forwards() {
+    use delo::delo::adapter::{DeloAdapter, Proxy, TaskChoice};
+    use delo::delo::config::ConProxy;
+    use delo::delo::losses::head_logits;
+    let mut f = load("delo-tiny", 1);
+    f.cfg.con_proxy = ConProxy::Both;
+    let p = param_set(&f);
+    let mut tape = Tape::new(Device::Cpu);
+    let bound = bind(&mut tape, &p);
+    let l = batch_losses(
+        &f.vilt, &f.cfg, &mut tape, &bound, &f.inputs, &f.missing, &f.targets,
+    )
+    .unwrap();
+    assert_eq!(l.proxy_logits.len(), 2);
+    let layers = f.vilt.cfg.num_hidden_layers;
+    let complete: Vec<usize> = (0..f.missing.len())
+        .filter(|&i| f.missing[i] == delo::data::MissingType::None)
+        .collect();
+    assert!(!complete.is_empty() && complete.len() < f.missing.len());
+    let sub = f.inputs.select(&complete).unwrap();
+    let sub_missing = vec![delo::data::MissingType::None; complete.len()];
+    let own = |proxy: Proxy, inputs: &delo::vilt::ViltInputs, missing: &[_]| {
+        let mut t = Tape::new(Device::Cpu);
+        let b = bind(&mut t, &p);
+        let mut ad = DeloAdapter::new(&f.cfg, TaskChoice::One(&b), missing, layers, proxy);
+        let out = f.vilt.forward(&mut t, inputs, &mut ad).unwrap();
+        let logits = head_logits(&mut t, &b, out.pooled).unwrap();
+        t.value(logits).to_vec_f32().unwrap()
+    };
+    let value = |v| tape.value(v).to_vec_f32().unwrap();
+    let same = |what: &str, got: Vec<f32>, want: Vec<f32>| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        assert_close(what, &got, &want, 1e-6, 1e-5);
+    };
+    same(
+        "main",
+        value(l.logits),
+        own(Proxy::None, &f.inputs, &f.missing),
+    );
+    same(
+        "text proxy",
+        value(l.proxy_logits[0]),
+        own(Proxy::Text, &sub, &sub_missing),
+    );
+    same(
+        "image proxy",
+        value(l.proxy_logits[1]),
+        own(Proxy::Image, &sub, &sub_missing),
+    );
+    // Swapped proxies differ: the test can tell which forward a row came from.
+    let swapped = own(Proxy::Image, &sub, &sub_missing);
+    assert!(value(l.proxy_logits[0])
+        .iter()
+        .zip(&swapped)
+        .any(|(a, b)| (a - b).abs() > 1e-3));
+}

@@ -27,11 +27,26 @@ pub struct Var(usize);
 pub struct ParamId(pub usize);
 
 type BackwardFn = Box<dyn FnOnce(&dyn Backend, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>>>;
+/// A backward that may add an input's gradient straight into that input's accumulated
+/// gradient (given in the last argument, where one exists), returning `None` for it.
+type AccumulatingFn = Box<
+    dyn FnOnce(
+        &dyn Backend,
+        &Tensor,
+        &[bool],
+        &mut [Option<Tensor>],
+    ) -> Result<Vec<Option<Tensor>>>,
+>;
+
+enum Backward {
+    Plain(BackwardFn),
+    Accumulating(AccumulatingFn),
+}
 
 struct Node {
     inputs: Vec<Var>,
     output: Var,
-    backward: BackwardFn,
+    backward: Backward,
 }
 
 struct Entry {
@@ -114,13 +129,33 @@ impl Tape {
         output: Tensor,
         backward: impl FnOnce(&dyn Backend, &Tensor, &[bool]) -> Result<Vec<Option<Tensor>>> + 'static,
     ) -> Var {
+        self.record_node(inputs, output, Backward::Plain(Box::new(backward)))
+    }
+
+    /// [`Tape::record`] for a backward that can add into the inputs' accumulated gradients.
+    fn record_accumulating(
+        &mut self,
+        inputs: &[Var],
+        output: Tensor,
+        backward: impl FnOnce(
+                &dyn Backend,
+                &Tensor,
+                &[bool],
+                &mut [Option<Tensor>],
+            ) -> Result<Vec<Option<Tensor>>>
+            + 'static,
+    ) -> Var {
+        self.record_node(inputs, output, Backward::Accumulating(Box::new(backward)))
+    }
+
+    fn record_node(&mut self, inputs: &[Var], output: Tensor, backward: Backward) -> Var {
         let needs = inputs.iter().any(|&v| self.needs_grad(v));
         let out = self.push(output, needs, None);
         if needs {
             self.nodes.push(Node {
                 inputs: inputs.to_vec(),
                 output: out,
-                backward: Box::new(backward),
+                backward,
             });
         }
         out
@@ -144,10 +179,20 @@ impl Tape {
         let y = linear_forward(self.be(), &xin, w, b)?;
         let w = w.clone();
         let x_shape = xv.shape().to_vec();
-        Ok(self.record(&[x], y, move |be, dy, _| {
+        Ok(self.record_accumulating(&[x], y, move |be, dy, _, acc| {
             let dy2 = rows2(dy)?;
-            let dx = matmul_like(be, &dy2, &w, Gemm::nn())?.reshape(&x_shape)?;
-            Ok(vec![Some(dx)])
+            let dy2 = match dy2.dtype() == w.dtype() {
+                true => dy2,
+                false => be.cast(&dy2, w.dtype())?,
+            };
+            Ok(vec![product_into(
+                be,
+                &dy2,
+                &w,
+                Gemm::nn(),
+                &mut acc[0],
+                &x_shape,
+            )?])
         }))
     }
 
@@ -159,19 +204,21 @@ impl Tape {
         let y = linear_forward(self.be(), &xv, &wv, bv.as_ref())?;
         let mut inputs = vec![x, w];
         inputs.extend(b);
-        Ok(self.record(&inputs, y, move |be, dy, needs| {
-            let (dy2, x2) = (rows2(dy)?, rows2(&xv)?);
-            let dx = match needs[0] {
-                true => Some(be.matmul(&dy2, &wv, Gemm::nn())?.reshape(xv.shape())?),
-                false => None,
-            };
-            let dw = Some(be.matmul(&dy2, &x2, Gemm::tn())?);
-            let mut g = vec![dx, dw];
-            if bv.is_some() {
-                g.push(Some(be.sum_rows(&dy2)?));
-            }
-            Ok(g)
-        }))
+        Ok(
+            self.record_accumulating(&inputs, y, move |be, dy, needs, acc| {
+                let (dy2, x2) = (rows2(dy)?, rows2(&xv)?);
+                let dx = match needs[0] {
+                    true => product_into(be, &dy2, &wv, Gemm::nn(), &mut acc[0], xv.shape())?,
+                    false => None,
+                };
+                let dw = Some(be.matmul(&dy2, &x2, Gemm::tn())?);
+                let mut g = vec![dx, dw];
+                if bv.is_some() {
+                    g.push(Some(be.sum_rows(&dy2)?));
+                }
+                Ok(g)
+            }),
+        )
     }
 
     /// LayerNorm over the last dimension with frozen affine parameters.
@@ -386,7 +433,20 @@ impl Tape {
                 .iter()
                 .map(|v| entries[v.0].needs_grad)
                 .collect();
-            let input_grads = (node.backward)(be, &dy, &needs)?;
+            let input_grads = match node.backward {
+                Backward::Plain(f) => f(be, &dy, &needs)?,
+                Backward::Accumulating(f) => {
+                    let mut acc: Vec<Option<Tensor>> =
+                        node.inputs.iter().map(|v| grads[v.0].take()).collect();
+                    let g = f(be, &dy, &needs, &mut acc);
+                    for (v, a) in node.inputs.iter().zip(acc) {
+                        if a.is_some() {
+                            grads[v.0] = a;
+                        }
+                    }
+                    g?
+                }
+            };
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::Msg(format!(
                     "a backward returned {} gradients for {} inputs",
@@ -437,23 +497,41 @@ fn accumulate(be: &dyn Backend, slot: &mut Option<Tensor>, g: Tensor) -> Result<
     Ok(())
 }
 
+/// `a · op(b)` as an input's gradient of shape `shape`: added straight into its accumulated
+/// gradient `acc` by the GEMM (β = 1) where the backend accumulates in its GEMMs and `acc` has
+/// storage of its own (returns `None`), else returned for the ordinary accumulation.
+fn product_into(
+    be: &dyn Backend,
+    a: &Tensor,
+    b: &Tensor,
+    g: Gemm,
+    acc: &mut Option<Tensor>,
+    shape: &[usize],
+) -> Result<Option<Tensor>> {
+    if be.gemm_accumulates() {
+        if let Some(held) = acc.take() {
+            let rows = held.numel() / shape.last().copied().unwrap_or(1).max(1);
+            let mut flat = held.reshape(&[rows, *shape.last().unwrap_or(&1)])?;
+            drop(held);
+            if flat.storage_mut().is_ok() {
+                be.matmul_into(a, b, g, &mut flat, 1.0)?;
+                *acc = Some(flat.reshape(shape)?);
+                return Ok(None);
+            }
+            *acc = Some(flat.reshape(shape)?);
+        }
+    }
+    Ok(Some(be.matmul(a, b, g)?.reshape(shape)?))
+}
+
 /// A tensor of rank ≥ 1 seen as `[rows, last]`.
 fn rows2(t: &Tensor) -> Result<Tensor> {
     let d = *t.shape().last().unwrap_or(&1);
     t.reshape(&[t.numel() / d.max(1), d])
 }
 
-/// `a · op(w)` with `a` cast to `w`'s dtype: a bf16 frozen weight multiplies bf16 activations
-/// with f32 accumulation and f32 output.
-fn matmul_like(be: &dyn Backend, a: &Tensor, w: &Tensor, g: Gemm) -> Result<Tensor> {
-    if a.dtype() == w.dtype() {
-        be.matmul(a, w, g)
-    } else {
-        be.matmul(&be.cast(a, w.dtype())?, w, g)
-    }
-}
-
-/// `x · Wᵀ + b` over the last dimension of `x` (with a bf16 `W`, see [`matmul_like`]).
+/// `x · Wᵀ + b` over the last dimension of `x`; with a bf16 `W` the activations are cast to
+/// bf16 and multiplied with f32 accumulation and f32 output.
 pub fn linear_forward(
     be: &dyn Backend,
     x: &Tensor,

@@ -227,6 +227,12 @@ pub trait Backend: Send + Sync {
     fn gemm_folds_bias(&self) -> bool {
         false
     }
+    /// Whether the backward adds a product into a gradient already accumulated through the
+    /// GEMM itself (β = 1, [`Backend::matmul_into`]) instead of a separate `add_assign`. The
+    /// CPU does not, so that its sums keep the order of the unfused ops.
+    fn gemm_accumulates(&self) -> bool {
+        false
+    }
 
     // ---- normalisation and softmax --------------------------------------------------------
     /// LayerNorm over the last dimension with affine `w`, `b`.

@@ -102,7 +102,8 @@ pub fn batch_losses(
     };
     // One forward for the whole objective: the batch as it is, then its complete samples once
     // per L_con proxy. Samples do not interact in the encoder, so each row is what its own
-    // forward would give, and the step launches one encoder instead of one per proxy.
+    // forward would give (up to the GEMMs' f32 summation order), and the step launches one
+    // encoder instead of one per proxy.
     let n = complete.len();
     let mut all_missing = missing.to_vec();
     let mut all_proxies = vec![Proxy::None; b];

@@ -28,8 +28,7 @@ pub use metrics::{
 };
 pub use results::{
     FactorSide, LossCurve, LossPoint, Metric, Results, SelectionFrequency, SkippedImage,
-    SplitResults, TaskStats,
-    RESULTS_VERSION,
+    SplitResults, TaskStats, RESULTS_VERSION,
 };
 pub use svg::{plot_files, write_plots, PlotFile};
 

@@ -520,6 +520,9 @@ impl Backend for CudaBackend {
                 .ew_bias_add_f32(&self.stream, cfg_flat(n as usize), px, pb, po, n, long(d))
         })
     }
+    fn gemm_accumulates(&self) -> bool {
+        true
+    }
     fn bias_add_parts(
         &self,
         y: &Tensor,
