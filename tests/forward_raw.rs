@@ -5,18 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use delo::data::Benchmark;
 
-fn delo(args: &[&str], paths: &[(&str, &Path)]) -> std::process::Output {
-    let mut c = Command::new(common::delo_exe());
-    c.args(args);
-    for (flag, p) in paths {
-        c.arg(flag).arg(p);
-    }
-    c.output().unwrap()
-}
+use common::run_delo as delo;
 
 fn ok(out: std::process::Output) {
     assert!(

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use delo::data::{Benchmark, MissingType, Split};
 use delo::delo::config::Variant;
@@ -15,14 +14,7 @@ use delo::train::demo::demo_settings;
 use delo::train::inputs::read_items;
 use delo::train::Trainer;
 
-fn delo(args: &[&str], paths: &[(&str, &Path)]) -> std::process::Output {
-    let mut c = Command::new(common::delo_exe());
-    c.args(args);
-    for (flag, p) in paths {
-        c.arg(flag).arg(p);
-    }
-    c.output().unwrap()
-}
+use common::run_delo as delo;
 
 fn ok(out: std::process::Output) -> String {
     assert!(

@@ -94,13 +94,5 @@ pub fn forward_raw(
         crate::st::write_file(path, &hf_tensors(&inputs)?, None)?;
     }
     let model = Vilt::new(cfg, weights, device, opts.max_text_len, linear_dtype)?;
-    let out = model.infer(&inputs)?;
-    crate::st::write_file(
-        output,
-        &[
-            ("last_hidden_state".into(), out.last_hidden_state),
-            ("pooler_output".into(), out.pooled),
-        ],
-        None,
-    )
+    model.infer(&inputs)?.write(output)
 }

@@ -56,6 +56,21 @@ pub struct Features {
     pub pooled: Tensor,
 }
 
+impl Features {
+    /// Writes `last_hidden_state` and `pooler_output` (Hugging Face's names) to a safetensors
+    /// file.
+    pub fn write(self, output: &std::path::Path) -> Result<()> {
+        crate::st::write_file(
+            output,
+            &[
+                ("last_hidden_state".into(), self.last_hidden_state),
+                ("pooler_output".into(), self.pooled),
+            ],
+            None,
+        )
+    }
+}
+
 /// Outputs of a forward: the final hidden states `[B, S, d]` and the pooled text CLS `[B, d]`.
 pub struct ViltOutput {
     pub last_hidden_state: Var,
@@ -160,9 +175,8 @@ impl Vilt {
         x: Var,
         l: &Linear,
     ) -> Result<Var> {
-        let y = tape.linear_deferred(x, &l.weight, &l.bias)?;
-        let parts = ad.adapt(tape, layer, target, x)?;
-        tape.add_parts(y, &parts)
+        let y = self.linear_for_fusion(tape, ad, layer, target, x, l)?;
+        tape.add_parts(y, &[])
     }
 
     /// A frozen linear whose bias is left to the fused op that reads it; with adapter updates,
@@ -400,13 +414,5 @@ pub fn forward_file(
     }
     let (cfg, weights) = crate::vilt::load_model_dir(model_dir)?;
     let model = Vilt::new(cfg, weights, device, max_text_len, linear_dtype)?;
-    let out = model.infer(&inputs)?;
-    crate::st::write_file(
-        output,
-        &[
-            ("last_hidden_state".into(), out.last_hidden_state),
-            ("pooler_output".into(), out.pooled),
-        ],
-        None,
-    )
+    model.infer(&inputs)?.write(output)
 }

@@ -12,6 +12,17 @@ use rand::{Rng, SeedableRng};
 use delo::autograd::{ParamId, Tape, Var};
 use delo::{Device, Tensor};
 
+/// Runs the `delo` binary with `args` and then each `(flag, path)` pair; its output, whatever
+/// its exit status.
+pub fn run_delo(args: &[&str], paths: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut c = std::process::Command::new(delo_exe());
+    c.args(args);
+    for (flag, p) in paths {
+        c.arg(flag).arg(p);
+    }
+    c.output().unwrap()
+}
+
 /// The repository root, where the fixtures (`tests/data`) are: `$CARGO_MANIFEST_DIR` at run time
 /// when set (cargo sets it when it runs a test; scripts/gpu-check.sh exports it), else the
 /// folder the test was compiled in. So a test binary copied to another machine, where the

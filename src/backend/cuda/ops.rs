@@ -30,6 +30,20 @@ pub(super) fn long(v: usize) -> i64 {
     v as i64
 }
 
+/// `(rows, d)` of a LayerNorm's input `x [rows, d]`, checking its affine `w, b [d]`.
+fn ln_dims(op: &'static str, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(usize, usize)> {
+    let (rows, d) = rows_cols(x);
+    ensure_shape!(
+        w.shape() == [d] && b.shape() == [d],
+        op,
+        "weight {:?} / bias {:?} do not fit input {:?}",
+        w.shape(),
+        b.shape(),
+        x.shape()
+    );
+    Ok((rows, d))
+}
+
 /// `p` advanced by `elems` f32 elements.
 fn at(p: Ptr, elems: usize) -> Ptr {
     Ptr(p.0 + (elems * 4) as u64)
@@ -625,15 +639,7 @@ impl Backend for CudaBackend {
     fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut> {
         let _r = nvtx::range("layernorm");
         const OP: &str = "layernorm";
-        let (rows, d) = rows_cols(x);
-        ensure_shape!(
-            w.shape() == [d] && b.shape() == [d],
-            OP,
-            "weight {:?} / bias {:?} do not fit input {:?}",
-            w.shape(),
-            b.shape(),
-            x.shape()
-        );
+        let (rows, d) = ln_dims(OP, x, w, b)?;
         let (px, pw, pb) = (
             self.ptr(x, F32, OP)?,
             self.ptr(w, F32, OP)?,
@@ -671,15 +677,7 @@ impl Backend for CudaBackend {
         let _r = nvtx::range("add_layernorm");
         const OP: &str = "add_layernorm";
         same_shape(OP, x, y)?;
-        let (rows, d) = rows_cols(x);
-        ensure_shape!(
-            w.shape() == [d] && b.shape() == [d],
-            OP,
-            "weight {:?} / bias {:?} do not fit input {:?}",
-            w.shape(),
-            b.shape(),
-            x.shape()
-        );
+        let (rows, d) = ln_dims(OP, x, w, b)?;
         let pbias = self.opt_bias(bias, d, y, OP)?;
         let (px, py, pw, pb) = (
             self.ptr(x, F32, OP)?,
