@@ -9,6 +9,13 @@
 #define DELO_ERR_SCATTER 3
 #define DELO_ERR_SELECT 4
 
+// Declares which pointer parameters (0-based) of kernel `name` may be null: absent operands the
+// kernel tests before any access. Nothing for nvcc; the emulated driver refuses a null pointer
+// anywhere else.
+#ifndef DELO_OPTIONAL_PARAMS
+#define DELO_OPTIONAL_PARAMS(name, ...)
+#endif
+
 // Rust's f32::MIN, the additive mask of attention scores.
 #define DELO_F32_MIN (-3.40282347e+38f)
 

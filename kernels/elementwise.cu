@@ -63,6 +63,8 @@ extern "C" __global__ void ew_bias_add_parts_f32(const float* y, const float* b,
     }
 }
 
+DELO_OPTIONAL_PARAMS(ew_bias_add_parts_f32, 1, 2, 3)
+
 __device__ __forceinline__ float delo_gelu(float v) {
     return 0.5f * v * (1.0f + erff(v * DELO_SQRT_1_2));
 }
@@ -76,6 +78,7 @@ extern "C" __global__ void ew_bias_gelu_f32(const float* y, const float* b, floa
         out[i] = delo_gelu(v);
     }
 }
+DELO_OPTIONAL_PARAMS(ew_bias_gelu_f32, 1)
 
 // Exact GELU, x * Phi(x).
 extern "C" __global__ void ew_gelu_f32(const float* x, float* out, long long n) {

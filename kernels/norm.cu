@@ -51,6 +51,7 @@ extern "C" __global__ void add_layernorm_f32(const float* x, const float* yin, c
     }
     delo_layernorm_row(s + base, w, b, d, eps, y + base, mean, rstd, r, lane);
 }
+DELO_OPTIONAL_PARAMS(add_layernorm_f32, 2)
 
 // dx = rstd * (dy*w - mean(dy*w) - xhat * mean(dy*w*xhat)).
 extern "C" __global__ void layernorm_backward_f32(const float* dy, const float* x,

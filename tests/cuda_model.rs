@@ -17,6 +17,7 @@ fn main() {
     let tests = [
         trial!(vilt_forward_cuda_matches_cpu),
         trial!(delo_training_step_cuda_matches_cpu),
+        trial!(gradients_accumulated_by_the_gemm_match_cpu),
     ];
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
@@ -89,5 +90,47 @@ fn delo_training_step_cuda_matches_cpu() {
     assert_close("losses (c, align, con, total)", &lg, &lc, 1e-5, 1e-4);
     for ((name, a), (_, b)) in gg.iter().zip(&gc) {
         assert_close(&format!("grad {name}"), a, b, 1e-5, 1e-3);
+    }
+}
+
+/// On CUDA a linear's input gradient is added into the gradient the input already has by the
+/// GEMM itself (β = 1), or computed apart where that gradient's storage is shared (here: the
+/// one an `add` passes to both its inputs). Both branches, with f32 and bf16 frozen weights,
+/// against the CPU, which always sums apart.
+fn gradients_accumulated_by_the_gemm_match_cpu() {
+    let mut r = common::rng(5);
+    let (n, d) = (6, 8);
+    let u = common::randn(&mut r, &[n, d]);
+    let wp = common::randn(&mut r, &[d, d]);
+    let w1 = common::randn(&mut r, &[d, d]);
+    let w2 = common::randn(&mut r, &[d, d]);
+    let weights = common::randn(&mut r, &[n, d]);
+    let grad = |device: &Device, dtype: DType| -> Vec<f32> {
+        let up = |t: &delo::Tensor| t.to_device(device).unwrap();
+        let frozen = |t: &delo::Tensor| device.backend().cast(&up(t), dtype).unwrap();
+        let (w1, w2) = (frozen(&w1), frozen(&w2));
+        let mut tape = Tape::new(device.clone());
+        let uv = tape.constant(up(&u));
+        let p = tape.param(ParamId(0), up(&wp));
+        let x = tape.linear_param(uv, p, None).unwrap();
+        // Backward meets the add first, which gives x the gradient it gives y1 (shared), so
+        // W1's product is computed apart; W2's is then added by the GEMM into the private sum.
+        let y2 = tape.linear(x, &w2, None).unwrap();
+        let y1 = tape.linear(x, &w1, None).unwrap();
+        let s = tape.add(y1, x).unwrap();
+        let z = tape.add(s, y2).unwrap();
+        let loss = common::scalar_loss(&mut tape, z, &up(&weights));
+        let g = tape.backward(loss).unwrap();
+        g.get(ParamId(0)).unwrap().to_vec_f32().unwrap()
+    };
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2)] {
+        let (cuda, cpu) = (grad(&gpu(), dtype), grad(&Device::Cpu, dtype));
+        assert_close(
+            &format!("dW ({dtype:?} frozen weights)"),
+            &cuda,
+            &cpu,
+            tol,
+            tol,
+        );
     }
 }

@@ -157,6 +157,7 @@ fn batched_proxy_forwards_equal_their_own_forwards() {
     use delo::delo::losses::head_logits;
     let mut f = load("delo-tiny", 1);
     f.cfg.con_proxy = ConProxy::Both;
+    f.cfg.task_key = delo::delo::config::TaskKeySource::Layer;
     let p = param_set(&f);
     let mut tape = Tape::new(Device::Cpu);
     let bound = bind(&mut tape, &p);
@@ -200,6 +201,22 @@ fn batched_proxy_forwards_equal_their_own_forwards() {
         value(l.proxy_logits[1]),
         own(Proxy::Image, &sub, &sub_missing),
     );
+    // The per-layer task queries are the batch's own rows, as its plain forward records them.
+    let mut t = Tape::new(Device::Cpu);
+    let b = bind(&mut t, &p);
+    let mut ad = DeloAdapter::new(&f.cfg, TaskChoice::One(&b), &f.missing, layers, Proxy::None)
+        .record_layer_queries();
+    f.vilt.forward(&mut t, &f.inputs, &mut ad).unwrap();
+    let plain = ad.layer_queries.unwrap();
+    assert_eq!(l.layer_queries.len(), layers);
+    for (i, (got, want)) in l.layer_queries.iter().zip(&plain).enumerate() {
+        assert_eq!(got.shape(), [f.missing.len(), f.vilt.cfg.hidden_size]);
+        same(
+            &format!("layer {i} query"),
+            got.to_vec_f32().unwrap(),
+            want.to_vec_f32().unwrap(),
+        );
+    }
     // Swapped proxies differ: the test can tell which forward a row came from.
     let swapped = own(Proxy::Image, &sub, &sub_missing);
     assert!(value(l.proxy_logits[0])

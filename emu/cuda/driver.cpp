@@ -17,6 +17,7 @@
 // Counters (launches per kernel, host synchronisations, bytes each way, allocations, frees) are
 // printed at exit when DELO_EMU_STATS is set (1: to stderr; a path: JSON into that file) and can
 // be read at any time through delo_emu_stats_json().
+#include <algorithm>
 #include <unistd.h>
 
 #include <chrono>
@@ -281,6 +282,13 @@ void release_block(uint64_t base) {
     if (!damaged.empty()) fault(kIllegalAddress, "device memory written out of bounds: " + damaged);
 }
 
+// Whether pointer parameter `i` of kernel `name` is declared optional (may be null).
+bool is_optional(const std::string& name, int i) {
+    for (const auto& [kernel, params] : optional_params())
+        if (kernel == name) return std::find(params.begin(), params.end(), i) != params.end();
+    return false;
+}
+
 bool is_block_base(uint64_t p) {
     std::lock_guard<std::mutex> l(g().mu);
     return g().device.count(p) > 0;
@@ -296,9 +304,9 @@ void run_kernel(const Function* f, const Dims& d, unsigned smem,
         if (!k.params[i].is_pointer) continue;
         uint64_t p;
         memcpy(&p, args.data() + k.params[i].offset, 8);
-        // A null pointer is an absent optional operand (a kernel tests it before any access);
-        // dereferencing it still faults inside the kernel.
-        if (p == 0) continue;
+        // A null pointer is an absent operand where the kernel declares the parameter
+        // optional (it tests it before any access); anywhere else it is refused below.
+        if (p == 0 && is_optional(k.name, (int)i)) continue;
         uint64_t base = 0;
         {
             std::lock_guard<std::mutex> l(g().mu);
@@ -411,6 +419,11 @@ Result queue_checked(void* stream, std::vector<std::pair<uint64_t, size_t>> rang
 
 std::vector<KernelInfo>& kernel_table() {
     static std::vector<KernelInfo> table;
+    return table;
+}
+
+std::vector<std::pair<std::string, std::vector<int>>>& optional_params() {
+    static std::vector<std::pair<std::string, std::vector<int>>> table;
     return table;
 }
 

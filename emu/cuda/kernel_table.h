@@ -91,6 +91,19 @@ struct Register {
     explicit Register(KernelInfo k) { kernel_table().push_back(std::move(k)); }
 };
 
+// Optional pointer parameters (0-based) by kernel name, declared beside each kernel
+// (common.cuh's DELO_OPTIONAL_PARAMS): they may be null; every other pointer a kernel receives
+// must point into a live allocation.
+std::vector<std::pair<std::string, std::vector<int>>>& optional_params();
+
+struct Optional {
+    Optional(const char* name, std::vector<int> params) {
+        optional_params().emplace_back(name, std::move(params));
+    }
+};
+
 }  // namespace emu
 
+#define DELO_OPTIONAL_PARAMS(name, ...) \
+    static emu::Optional delo_emu_opt_##name(#name, {__VA_ARGS__});
 #define DELO_EMU_KERNEL(name) static emu::Register delo_emu_reg_##name(emu::Entry<&name>::info(#name));

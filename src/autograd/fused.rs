@@ -2,8 +2,8 @@
 //! it (the adapter's updates, GELU, the residual add and the next LayerNorm), so that a CUDA
 //! step launches one kernel where the unfused ops launched two to four (issue #12's launch
 //! budget). Each node's value is computed by one backend op whose CPU version is the unfused
-//! sequence itself, and each records the same backward as the unfused nodes, in the same order,
-//! so the CPU's results do not change by a bit.
+//! sequence itself, and each gives its inputs the gradients the unfused nodes gave them, in the
+//! same order, so the CPU's results do not change by a bit.
 
 use super::{Tape, Var};
 use crate::error::Result;

@@ -56,9 +56,9 @@ impl BoundTask {
 pub enum Proxy {
     /// Ordinary forward: eq. (5) from each sample's missing type.
     None,
-    /// q̂_t := q_v for every sample.
+    /// q̂_t := q_v for the sample.
     Text,
-    /// q̂_v := q_t for every sample.
+    /// q̂_v := q_t for the sample.
     Image,
 }
 
@@ -89,8 +89,9 @@ pub struct DeloAdapter<'a> {
     pub last_queries: Option<(Var, Var)>,
     /// (name, S_A, S_B) of every routed pool, when recording.
     pub selections: Option<Vec<(String, Tensor, Tensor)>>,
-    /// The task query (q̂_v + q̂_t)/2 at every layer's input, `[B, d]`, when recording (the
-    /// EMA of the per-layer key tables).
+    /// The task query (q̂_v + q̂_t)/2 at every layer's input, `[B, d]` for the adapter's `B`
+    /// samples (a step's L_con rows included: [`crate::delo::losses::batch_losses`] keeps the
+    /// batch's own), when recording (the EMA of the per-layer key tables).
     pub layer_queries: Option<Vec<Tensor>>,
     /// Under [`TaskChoice::PerLayer`]: each layer's task per sample.
     pub picks: Vec<Vec<usize>>,
@@ -118,9 +119,17 @@ impl<'a> DeloAdapter<'a> {
         }
     }
     /// A proxy per sample instead of one for the batch (see [`guide_queries_per_sample`]).
-    pub fn with_proxies(mut self, proxies: Vec<Proxy>) -> Self {
+    /// Fails unless there is one per sample.
+    pub fn with_proxies(mut self, proxies: Vec<Proxy>) -> Result<Self> {
+        if proxies.len() != self.missing.len() {
+            return Err(Error::Msg(format!(
+                "{} proxies for {} samples",
+                proxies.len(),
+                self.missing.len()
+            )));
+        }
         self.proxies = proxies;
-        self
+        Ok(self)
     }
     pub fn record_selections(mut self) -> Self {
         self.selections = Some(Vec::new());

@@ -124,7 +124,7 @@ pub fn batch_losses(
         layers,
         Proxy::None,
     )
-    .with_proxies(all_proxies);
+    .with_proxies(all_proxies)?;
     if cfg.task_key == TaskKeySource::Layer {
         ad = ad.record_layer_queries();
     }

@@ -154,8 +154,8 @@ pub fn train_step_losses(
 /// the device error word beside them, one event wait per group; on the CPU the values
 /// themselves.
 pub enum ScalarQueue {
-    /// The groups and the most the queue holds.
-    Host(VecDeque<Vec<f32>>, usize),
+    /// The groups, the most the queue holds and the most values a group holds.
+    Host(VecDeque<Vec<f32>>, usize, usize),
     Cuda(ScalarReadback),
 }
 
@@ -163,7 +163,7 @@ impl ScalarQueue {
     /// A queue holding at most `depth` groups of at most `width` values not yet taken.
     pub fn new(device: &Device, depth: usize, width: usize) -> Result<ScalarQueue> {
         Ok(match device {
-            Device::Cpu => ScalarQueue::Host(VecDeque::new(), depth.max(1)),
+            Device::Cpu => ScalarQueue::Host(VecDeque::new(), depth.max(1), width.max(1)),
             Device::Cuda(b) => ScalarQueue::Cuda(ScalarReadback::new(b.clone(), depth, width)?),
         })
     }
@@ -171,12 +171,18 @@ impl ScalarQueue {
     /// holds `depth` groups: take the oldest first.
     pub fn push(&mut self, group: &[&Tensor]) -> Result<()> {
         match self {
-            ScalarQueue::Host(q, depth) if q.len() == *depth => {
+            ScalarQueue::Host(q, depth, _) if q.len() == *depth => {
                 return Err(crate::error::Error::Msg(format!(
                     "scalar readback: all {depth} slots are pending; take a value first"
                 )))
             }
-            ScalarQueue::Host(q, _) => {
+            ScalarQueue::Host(_, _, width) if group.len() > *width => {
+                return Err(crate::error::Error::shape(
+                    "scalar readback",
+                    format!("{} values in a group of at most {width}", group.len()),
+                ))
+            }
+            ScalarQueue::Host(q, _, _) => {
                 q.push_back(group.iter().map(|t| t.item()).collect::<Result<_>>()?)
             }
             ScalarQueue::Cuda(r) => r.push(group)?,
@@ -196,15 +202,37 @@ impl ScalarQueue {
     /// The oldest group not yet taken (waiting for it on a GPU); `None` when none is queued.
     pub fn pop(&mut self) -> Result<Option<Vec<f32>>> {
         match self {
-            ScalarQueue::Host(q, _) => Ok(q.pop_front()),
+            ScalarQueue::Host(q, _, _) => Ok(q.pop_front()),
             ScalarQueue::Cuda(r) => r.pop(),
         }
     }
     /// Groups queued and not yet taken.
     pub fn pending(&self) -> usize {
         match self {
-            ScalarQueue::Host(q, _) => q.len(),
+            ScalarQueue::Host(q, _, _) => q.len(),
             ScalarQueue::Cuda(r) => r.pending(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_queue_keeps_groups_in_order_and_refuses_what_does_not_fit() {
+        let v = |x: f32| Tensor::from_f32(vec![x], &[1]).unwrap();
+        let mut q = ScalarQueue::new(&Device::Cpu, 2, 2).unwrap();
+        assert_eq!(q.push_late(&[&v(1.0), &v(2.0)]).unwrap(), None);
+        assert!(
+            q.push(&[&v(1.0), &v(2.0), &v(3.0)]).is_err(),
+            "three in a group of two"
+        );
+        assert_eq!(q.push_late(&[&v(3.0)]).unwrap(), Some(vec![1.0, 2.0]));
+        q.push(&[&v(4.0)]).unwrap();
+        assert!(q.push(&[&v(5.0)]).is_err(), "a third group in two slots");
+        assert_eq!(q.pop().unwrap(), Some(vec![3.0]));
+        assert_eq!(q.pop().unwrap(), Some(vec![4.0]));
+        assert_eq!(q.pop().unwrap(), None);
     }
 }
