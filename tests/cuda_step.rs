@@ -101,7 +101,9 @@ fn run<T>(
             missing: &f.missing,
             targets: &f.targets,
         };
-        let loss = run_step(&f.vilt, &f.cfg, &mut state, &batch, OPTIM, graph).unwrap();
+        let loss = run_step(&f.vilt, &f.cfg, &mut state, &batch, OPTIM, graph)
+            .unwrap()
+            .total;
         losses.extend(queue.push_late(&[&loss]).unwrap().map(|g| g[0]));
     }
     let window = (start.expect("more steps than the warm-up"), probe());

@@ -510,15 +510,16 @@ fn product_into(
 ) -> Result<Option<Tensor>> {
     if be.gemm_accumulates() {
         if let Some(held) = acc.take() {
-            let rows = held.numel() / shape.last().copied().unwrap_or(1).max(1);
-            let mut flat = held.reshape(&[rows, *shape.last().unwrap_or(&1)])?;
+            let mut flat = rows2(&held)?;
             drop(held);
-            if flat.storage_mut().is_ok() {
+            let own = flat.storage_mut().is_ok();
+            if own {
                 be.matmul_into(a, b, g, &mut flat, 1.0)?;
-                *acc = Some(flat.reshape(shape)?);
-                return Ok(None);
             }
             *acc = Some(flat.reshape(shape)?);
+            if own {
+                return Ok(None);
+            }
         }
     }
     Ok(Some(be.matmul(a, b, g)?.reshape(shape)?))

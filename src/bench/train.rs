@@ -163,7 +163,7 @@ fn timed_steps(
             missing,
             targets,
         };
-        let loss = run_step(vilt, &case.cfg, &mut case.state, &batch, OPTIM, graph)?;
+        let loss = run_step(vilt, &case.cfg, &mut case.state, &batch, OPTIM, graph)?.total;
         losses.push_late(&[&loss])?;
     }
     while losses.pop()?.is_some() {}

@@ -39,7 +39,7 @@ use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 pub use crate::delo::keys::TaskKeys;
 use metrics::StepLog;
 use prep::ViltPrep;
-use step::{run_step_losses, StepBatch, StepOptim, TaskState};
+use step::{run_step, StepBatch, StepOptim, TaskState};
 
 /// One loader thread per core the process may use (2 when that is unknown): decoding and
 /// resizing keep up with a GPU step only with every core on them.
@@ -577,7 +577,7 @@ impl Trainer {
                     missing: &missing,
                     targets: &targets,
                 };
-                let loss = run_step_losses(
+                let loss = run_step(
                     &self.vilt,
                     &s.delo,
                     &mut state,

@@ -56,22 +56,10 @@ pub fn run_step(
     batch: &StepBatch,
     optim: StepOptim,
     graph: bool,
-) -> Result<Tensor> {
-    Ok(run_step_losses(vilt, cfg, state, batch, optim, graph)?.total)
-}
-
-/// [`run_step`] returning every loss term, not only the total.
-pub fn run_step_losses(
-    vilt: &Vilt,
-    cfg: &DeloConfig,
-    state: &mut TaskState,
-    batch: &StepBatch,
-    optim: StepOptim,
-    graph: bool,
 ) -> Result<StepLosses> {
     match &vilt.device {
-        Device::Cuda(b) if graph => b.graphed(|| train_step_losses(vilt, cfg, state, batch, optim)),
-        _ => train_step_losses(vilt, cfg, state, batch, optim),
+        Device::Cuda(b) if graph => b.graphed(|| train_step(vilt, cfg, state, batch, optim)),
+        _ => train_step(vilt, cfg, state, batch, optim),
     }
 }
 
@@ -85,22 +73,11 @@ pub struct StepLosses {
     pub con: Option<Tensor>,
 }
 
-/// Runs one step on `batch` (host tensors, moved to the model's device) and returns the total
-/// loss as a `[1]` tensor on the device. The keys are updated from the task query of the
+/// Runs one step on `batch` (host tensors, moved to the model's device) and returns its loss
+/// terms as `[1]` tensors on the device. The keys are updated from the task query of the
 /// `--task-key` source: the frozen model's pooled output, the input embeddings (eq. 7), or
 /// every layer's input with one table per layer.
 pub fn train_step(
-    vilt: &Vilt,
-    cfg: &DeloConfig,
-    state: &mut TaskState,
-    batch: &StepBatch,
-    optim: StepOptim,
-) -> Result<Tensor> {
-    Ok(train_step_losses(vilt, cfg, state, batch, optim)?.total)
-}
-
-/// [`train_step`] returning every loss term, not only the total.
-pub fn train_step_losses(
     vilt: &Vilt,
     cfg: &DeloConfig,
     state: &mut TaskState,
