@@ -276,6 +276,26 @@ DELO_EXPERT_FWD(4)
 DELO_EXPERT_FWD(8)
 DELO_EXPERT_FWD(16)
 
+// Every pool of a group (the q, k, v targets x modalities of one layer, sharing the input x) in
+// one launch: grid (ceil(T / tt), B, P), blockIdx.z the pool. table[2p .. 2p + 2) = its A and B
+// pools; selections and gates are stacked [P, B, r], y [P, B, T, dout], u [P, B, T, K].
+#define DELO_EXPERT_FWD_GROUP(KM)                                                               \
+    extern "C" __global__ void __launch_bounds__(DELO_EXP_THREADS) expert_fwd_group_k##KM(       \
+        const unsigned long long* __restrict__ table, const float* __restrict__ x,              \
+        const int* __restrict__ sel_a, const int* __restrict__ sel_b,                           \
+        const float* __restrict__ gates, int T, int din, int dout, int E, int rho, int r,       \
+        int tt, int cha, float alpha, int vec, float* __restrict__ y, float* __restrict__ u,    \
+        int* err) {                                                                             \
+        const long long p = blockIdx.z, bsz = gridDim.y, K = (long long)r * rho;                \
+        const long long sel = p * bsz * r;                                                      \
+        delo_expert_fwd<KM>(x, (const float*)table[2 * p], (const float*)table[2 * p + 1],      \
+                            sel_a + sel, sel_b + sel, gates + sel, T, din, dout, E, rho, r, tt, \
+                            cha, alpha, vec, y + p * bsz * T * dout, u + p * bsz * T * K, err); \
+    }
+DELO_EXPERT_FWD_GROUP(4)
+DELO_EXPERT_FWD_GROUP(8)
+DELO_EXPERT_FWD_GROUP(16)
+
 // ---- fused backward --------------------------------------------------------------------------
 
 // grid (ntiles = ceil(T / tt), B), block DELO_EXP_THREADS, dynamic shared memory KM * chb * 4
@@ -426,6 +446,30 @@ DELO_EXPERT_BWD(4)
 DELO_EXPERT_BWD(8)
 DELO_EXPERT_BWD(16)
 
+// The backward of expert_fwd_group_k*: grid (ntiles, B, P), blockIdx.z the pool.
+// table[3p .. 3p + 3) = its A pool, B pool and upstream gradient dy [B, T, dout]; x is shared;
+// selections, gates [P, B, r] and u [P, B, T, K] stacked; dx [P, B, T, din] (one slab per pool,
+// summed by the caller) and the partials pda [P, B, ntiles, K, din], pdb [P, B, ntiles, K, dout],
+// pdg [P, B, ntiles, r] stacked, so that one expert_sum_tiles_f32 over P*B rows reduces them.
+#define DELO_EXPERT_BWD_GROUP(KM)                                                               \
+    extern "C" __global__ void __launch_bounds__(DELO_EXP_THREADS) expert_bwd_group_k##KM(       \
+        const unsigned long long* __restrict__ table, const float* __restrict__ x,              \
+        const int* __restrict__ sel_a, const int* __restrict__ sel_b,                           \
+        const float* __restrict__ gates, const float* __restrict__ u, int T, int din, int dout, \
+        int E, int rho, int r, int tt, int chb, float alpha, int vec, float* __restrict__ dx,   \
+        float* __restrict__ pda, float* __restrict__ pdb, float* __restrict__ pdg, int* err) {  \
+        const long long p = blockIdx.z, bsz = gridDim.y, K = (long long)r * rho;                \
+        const long long parts = p * bsz * gridDim.x, sel = p * bsz * r;                         \
+        delo_expert_bwd<KM>((const float*)table[3 * p + 2], x, (const float*)table[3 * p],      \
+                            (const float*)table[3 * p + 1], sel_a + sel, sel_b + sel,           \
+                            gates + sel, u + p * bsz * T * K, T, din, dout, E, rho, r, tt, chb, \
+                            alpha, vec, dx + p * bsz * T * din, pda + parts * K * din,          \
+                            pdb + parts * K * dout, pdg + parts * r, err);                      \
+    }
+DELO_EXPERT_BWD_GROUP(4)
+DELO_EXPERT_BWD_GROUP(8)
+DELO_EXPERT_BWD_GROUP(16)
+
 // ---- reductions shared by both paths -----------------------------------------------------------
 
 // out[b, j] = sum over tiles (in order) of p[b, tile, j]; p [B, ntiles, n], out [B, n].
@@ -445,13 +489,17 @@ extern "C" __global__ void expert_sum_tiles_f32(const float* __restrict__ p, int
 // factor row k % rho) into a pool, deterministically: one thread an element of the pool, adding
 // the rows of every (sample, slot) that selected its factor, samples then slots in order (the
 // CPU's order). b_layout 0: pool [E, rho, W] (A pool, W = din); 1: pool [E, W, rho] (B pool,
-// W = dout). Selections outside 0..E match no factor.
-extern "C" __global__ void expert_scatter_pool_f32(const float* __restrict__ s,
-                                                   const int* __restrict__ sel, int bsz, int r,
-                                                   int rho, int E, int W, int b_layout,
-                                                   float* __restrict__ pool) {
-    const long long K = (long long)r * rho;
-    DELO_GRID_LOOP(n, (long long)E * rho * W) {
+// W = dout). Selections outside 0..E match no factor. `pools` groups of (s, sel, pool) stacked
+// one after another (s [P, B, K, W], sel [P, B, r], pool [P, E, ...]) are scattered at once.
+extern "C" __global__ void expert_scatter_pool_f32(const float* __restrict__ s_all,
+                                                   const int* __restrict__ sel_all, int bsz,
+                                                   int r, int rho, int E, int W, int b_layout,
+                                                   int pools, float* __restrict__ pool) {
+    const long long K = (long long)r * rho, per = (long long)E * rho * W;
+    DELO_GRID_LOOP(n_all, per * pools) {
+        const long long p = n_all / per, n = n_all - p * per;
+        const float* s = s_all + p * bsz * K * W;
+        const int* sel = sel_all + p * bsz * r;
         long long e, j, c;
         if (b_layout) {
             e = n / ((long long)W * rho);
@@ -470,7 +518,7 @@ extern "C" __global__ void expert_scatter_pool_f32(const float* __restrict__ s,
                 if (sel[(long long)b * r + i] == e) acc += s[((long long)b * K + i * rho + j) * W + c];
             }
         }
-        pool[n] = acc;
+        pool[n_all] = acc;
     }
 }
 

@@ -41,20 +41,21 @@ static __device__ void delo_warp_top_r(const float* v, int n, int r, int* chosen
     }
 }
 
-// One block per sample b (blockDim a multiple of 32, at least 64 and at least E). Inputs: router
-// logits la, lb [B, E], A pool [E, rho, d], compatibility router wc [r, d, E]. Outputs: sel_a,
-// sel_b [B, r] (i32), p_a, p_b [B, E], compat [B, r, E], abar [B, r, d], pa_sel, pb_sel [B, r].
-// Dynamic shared memory: (4E + r*E + blockDim + 2r) * 4 bytes.
-extern "C" __global__ void route_f32(const float* __restrict__ la, const float* __restrict__ lb,
-                                     const float* __restrict__ a_pool,
-                                     const float* __restrict__ wc, int E, int rho, int d, int r,
-                                     float lambda, int* __restrict__ sel_a,
-                                     int* __restrict__ sel_b, float* __restrict__ p_a,
-                                     float* __restrict__ p_b, float* __restrict__ compat,
-                                     float* __restrict__ abar, float* __restrict__ pa_sel,
-                                     float* __restrict__ pb_sel) {
-    extern __shared__ float delo_route_smem[];
-    float* pa = delo_route_smem;           // [E]
+// Routes sample row `b` of the outputs from its router logits la, lb [E] (global or shared
+// memory). A pool [E, rho, d], compatibility router wc [r, d, E]. Outputs (row b of each):
+// sel_a, sel_b [., r] (i32), p_a, p_b [., E], compat [., r, E], abar [., r, d], pa_sel, pb_sel
+// [., r]. `smem`: (4E + r*E + blockDim + 2r) floats. Called by a whole block (blockDim a multiple
+// of 32, at least 64 and at least E).
+static __device__ void delo_route_sample(const float* la, const float* lb,
+                                         const float* __restrict__ a_pool,
+                                         const float* __restrict__ wc, int E, int rho, int d,
+                                         int r, float lambda, long long b, float* smem,
+                                         int* __restrict__ sel_a, int* __restrict__ sel_b,
+                                         float* __restrict__ p_a, float* __restrict__ p_b,
+                                         float* __restrict__ compat, float* __restrict__ abar,
+                                         float* __restrict__ pa_sel,
+                                         float* __restrict__ pb_sel) {
+    float* pa = smem;                      // [E]
     float* pb = pa + E;                    // [E]
     float* full = pb + E;                  // [E]  p_b + lambda * c
     float* comp = full + E;                // [r, E]  z, then softmax(z) in place
@@ -62,13 +63,12 @@ extern "C" __global__ void route_f32(const float* __restrict__ la, const float* 
     int* chosen = (int*)(red + blockDim.x);  // [E]
     int* ssa = chosen + E;                 // [r]
     int* ssb = ssa + r;                    // [r]
-    const int b = blockIdx.x;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const long long be = (long long)b * E, br = (long long)b * r;
+    const long long be = b * E, br = b * r;
 
     // 1. p_A = softmax(la), S_A = top-r(p_A); p_B = softmax(lb) in parallel on warp 1.
     if (warp == 0) {
-        delo_softmax_row(la + be, pa, E, lane);
+        delo_softmax_row(la, pa, E, lane);
         for (int k = lane; k < E; k += 32) chosen[k] = 0;
         __syncwarp();
         for (int k = lane; k < E; k += 32) p_a[be + k] = pa[k];
@@ -78,7 +78,7 @@ extern "C" __global__ void route_f32(const float* __restrict__ la, const float* 
             pa_sel[br + i] = pa[ssa[i]];
         }
     } else if (warp == 1) {
-        delo_softmax_row(lb + be, pb, E, lane);
+        delo_softmax_row(lb, pb, E, lane);
         __syncwarp();
         for (int k = lane; k < E; k += 32) p_b[be + k] = pb[k];
     }
@@ -135,6 +135,57 @@ extern "C" __global__ void route_f32(const float* __restrict__ la, const float* 
     }
 }
 
+// One block per sample b: routing from router logits la, lb [B, E] (see delo_route_sample).
+// Dynamic shared memory: (4E + r*E + blockDim + 2r) * 4 bytes.
+extern "C" __global__ void route_f32(const float* __restrict__ la, const float* __restrict__ lb,
+                                     const float* __restrict__ a_pool,
+                                     const float* __restrict__ wc, int E, int rho, int d, int r,
+                                     float lambda, int* __restrict__ sel_a,
+                                     int* __restrict__ sel_b, float* __restrict__ p_a,
+                                     float* __restrict__ p_b, float* __restrict__ compat,
+                                     float* __restrict__ abar, float* __restrict__ pa_sel,
+                                     float* __restrict__ pb_sel) {
+    extern __shared__ float delo_route_smem[];
+    const long long b = blockIdx.x;
+    delo_route_sample(la + b * E, lb + b * E, a_pool, wc, E, rho, d, r, lambda, b,
+                      delo_route_smem, sel_a, sel_b, p_a, p_b, compat, abar, pa_sel, pb_sel);
+}
+
+// Every pool of a group (the q, k, v targets x modalities of one layer) in one launch, router
+// linears included: grid (B, P), block as route_f32. table[7p .. 7p + 7) = the pool's query
+// q [B, d], router A weight [E, d] and bias [E], router B weight and bias, A pool [E, rho, d]
+// and compatibility router [r, d, E]. The logits W q + b (a warp a logit, lanes over d, fixed
+// order) stay in shared memory; the outputs are stacked pool-major, [P * B, ...] rows.
+// Dynamic shared memory: (6E + r*E + blockDim + 2r) * 4 bytes.
+extern "C" __global__ void route_group_f32(const unsigned long long* __restrict__ table, int E,
+                                           int rho, int d, int r, float lambda,
+                                           int* __restrict__ sel_a, int* __restrict__ sel_b,
+                                           float* __restrict__ p_a, float* __restrict__ p_b,
+                                           float* __restrict__ compat,
+                                           float* __restrict__ abar,
+                                           float* __restrict__ pa_sel,
+                                           float* __restrict__ pb_sel) {
+    extern __shared__ float delo_route_smem[];
+    const unsigned long long* t = table + 7 * blockIdx.y;
+    const float* q = (const float*)t[0] + (long long)blockIdx.x * d;
+    float* logits = delo_route_smem;  // [2E]: la, then lb
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int k = warp; k < 2 * E; k += warps) {
+        const bool is_a = k < E;
+        const int e = is_a ? k : k - E;
+        const float* w = (const float*)t[is_a ? 1 : 3] + (long long)e * d;
+        float s = 0.0f;
+        for (int m = lane; m < d; m += 32) s += q[m] * w[m];
+        s = delo_warp_sum(s);
+        if (lane == 0) logits[k] = s + ((const float*)t[is_a ? 2 : 4])[e];
+    }
+    __syncthreads();
+    const long long b = (long long)blockIdx.y * gridDim.x + blockIdx.x;
+    delo_route_sample(logits, logits + E, (const float*)t[5], (const float*)t[6], E, rho, d, r,
+                      lambda, b, logits + 2 * E, sel_a, sel_b, p_a, p_b, compat, abar, pa_sel,
+                      pb_sel);
+}
+
 // Backward of the selected probabilities, one warp per sample (DELO_ROWS_PER_BLOCK samples a
 // block): scatters d_pa, d_pb [B, r] to [B, E], then dla = softmax'(p_a), dlb = softmax'(p_b),
 // and for the compatibility term dz [B, r, E] = softmax'(compat_i) of lambda * d(p_b + ...).
@@ -188,13 +239,17 @@ extern "C" __global__ void route_backward_f32(const float* __restrict__ gpa,
     }
 }
 
-// dwc [r, d, E]: dwc[i, m, k] = sum over samples b (in order) of abar[b, i, m] * dz[b, i, k].
+// dwc [P, r, d, E]: dwc[p, i, m, k] = sum over samples b (in order) of abar[p, b, i, m] *
+// dz[p, b, i, k] for `pools` pools stacked one after another (abar [P, B, r, d], dz [P, B, r, E]).
 // One thread an element, no atomics: deterministic.
-extern "C" __global__ void route_dwc_f32(const float* __restrict__ abar,
-                                         const float* __restrict__ dz, int bsz, int r, int d,
-                                         int E, float* __restrict__ dwc) {
-    const long long de = (long long)d * E;
-    DELO_GRID_LOOP(n, (long long)r * de) {
+extern "C" __global__ void route_dwc_f32(const float* __restrict__ abar_all,
+                                         const float* __restrict__ dz_all, int bsz, int r, int d,
+                                         int E, int pools, float* __restrict__ dwc) {
+    const long long de = (long long)d * E, per = r * de;
+    DELO_GRID_LOOP(n_all, per * pools) {
+        const long long p = n_all / per, n = n_all - p * per;
+        const float* abar = abar_all + p * bsz * r * d;
+        const float* dz = dz_all + p * bsz * r * E;
         const long long i = n / de, rem = n - i * de;
         const long long m = rem / E, k = rem - m * E;
         float acc = 0.0f;
@@ -202,6 +257,64 @@ extern "C" __global__ void route_dwc_f32(const float* __restrict__ abar,
             const long long bi = (long long)b * r + i;
             acc += abar[bi * d + m] * dz[bi * E + k];
         }
-        dwc[n] = acc;
+        dwc[n_all] = acc;
+    }
+}
+
+// The router linears' backward for every pool of a group (route_group_f32's logits W q + b):
+// table[4p .. 4p + 4) = the pool's query q [B, d], router weights W_A, W_B [E, d], and which of
+// the group's M queries it reads (as an integer). dla, dlb [P, B, E] stacked. Outputs:
+//   dwa, dwb [P, E, d]: sum over samples (in order) of dl[p, b, e] * q_p[b, m];
+//   dba, dbb [P, E]:    sum over samples of dl[p, b, e];
+//   dq [M, B, d]:       for each query, over its pools in order, sum_e dla W_A, then + sum_e
+//                       dlb W_B (zero for a query no pool reads).
+// One thread an output element, no atomics: deterministic.
+extern "C" __global__ void router_backward_group_f32(const unsigned long long* __restrict__ table,
+                                                     const float* __restrict__ dla,
+                                                     const float* __restrict__ dlb, int pools,
+                                                     int bsz, int E, int d, int queries,
+                                                     float* __restrict__ dwa,
+                                                     float* __restrict__ dwb,
+                                                     float* __restrict__ dba,
+                                                     float* __restrict__ dbb,
+                                                     float* __restrict__ dq) {
+    const long long ed = (long long)E * d, be = (long long)bsz * E;
+    const long long n_w = 2 * pools * ed, n_b = 2LL * pools * E;
+    const long long n_q = (long long)queries * bsz * d;
+    DELO_GRID_LOOP(n, n_w + n_b + n_q) {
+        if (n < n_w) {
+            const long long p = n / (2 * ed), rem = n - p * 2 * ed;
+            const bool is_a = rem < ed;
+            const long long w = is_a ? rem : rem - ed, e = w / d, m = w - e * d;
+            const float* dl = (is_a ? dla : dlb) + p * be + e;
+            const float* q = (const float*)table[4 * p] + m;
+            float acc = 0.0f;
+            for (int b = 0; b < bsz; ++b) acc += dl[(long long)b * E] * q[(long long)b * d];
+            (is_a ? dwa : dwb)[p * ed + w] = acc;
+        } else if (n < n_w + n_b) {
+            const long long k = n - n_w, p = k / (2 * E), rem = k - p * 2 * E;
+            const bool is_a = rem < E;
+            const long long e = is_a ? rem : rem - E;
+            const float* dl = (is_a ? dla : dlb) + p * be + e;
+            float acc = 0.0f;
+            for (int b = 0; b < bsz; ++b) acc += dl[(long long)b * E];
+            (is_a ? dba : dbb)[p * E + e] = acc;
+        } else {
+            const long long k = n - n_w - n_b, qi = k / ((long long)bsz * d);
+            const long long rem = k - qi * bsz * d, b = rem / d, m = rem - b * d;
+            float acc = 0.0f;
+            for (int p = 0; p < pools; ++p) {
+                if ((long long)table[4 * p + 3] != qi) continue;
+                const float* wa = (const float*)table[4 * p + 1] + m;
+                const float* wb = (const float*)table[4 * p + 2] + m;
+                const float* la = dla + p * be + b * E;
+                const float* lb = dlb + p * be + b * E;
+                float sa = 0.0f, sb = 0.0f;
+                for (int e = 0; e < E; ++e) sa += la[e] * wa[(long long)e * d];
+                for (int e = 0; e < E; ++e) sb += lb[e] * wb[(long long)e * d];
+                acc += sa + sb;
+            }
+            dq[k] = acc;
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! and ρ = 2, shapes that cross every tiling boundary of the kernels (several token tiles, a
 //! partial last tile, several staged column chunks, dimensions not a multiple of 4, a
 //! misaligned view), the r·ρ > 16 fallback, bitwise run-to-run determinism, invalid
-//! selections, and the whole routed expert layer on a tape.
+//! selections, the whole routed expert layer on a tape, and a layer's pools grouped into one
+//! launch per stage against the pool-by-pool reference.
 //!
 //! Tolerances: selections must match exactly (inputs are drawn so that the r-th and (r+1)-th
 //! scores differ by far more than rounding); floats `|cuda − cpu| ≤ a·max|cpu| + rtol·|cpu|`
@@ -28,6 +29,7 @@ use common::harness::{self, cuda_device};
 use common::{assert_close, rng};
 use delo::autograd::{ParamId, Tape, Var};
 use delo::backend::cuda::{ExpertPath, FUSED_MAX_K};
+use delo::backend::pool_group::{backward_by_pool, forward_by_pool, GroupPool, PoolGroup};
 use delo::backend::{Backend, CpuBackend, CudaBackend, Routing};
 use delo::delo::experts::{compose, route, GateMode, PoolVars};
 use delo::{Device, Tensor};
@@ -45,6 +47,7 @@ fn main() {
         trial!(fused_results_are_bitwise_reproducible),
         trial!(invalid_selections_are_reported),
         trial!(routed_layer_on_a_tape_matches_cpu),
+        trial!(grouped_pools_match_the_pool_by_pool_reference),
     ];
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
@@ -804,6 +807,205 @@ fn routed_layer_on_a_tape_matches_cpu() {
                 1e-5 * scale + 1e-6,
                 1e-3,
             );
+        }
+    }
+}
+
+// ---- a layer's pools grouped ----------------------------------------------------------------
+
+/// A group: q, k, v-like pools (`targets` of them per query) over `queries` routing queries.
+struct GroupCase {
+    c: Case,
+    queries: usize,
+    targets: usize,
+    gate: GateMode,
+    lambda: f32,
+}
+
+/// Inputs of a group: x, the queries, then per pool (A, B, W_A, b_A, W_B, b_B, W_C); redrawn
+/// until every pool's selections are far from ties.
+fn group_inputs(seed: u64, gc: &GroupCase) -> (Tensor, Vec<Tensor>, Vec<[Tensor; 7]>) {
+    let c = gc.c;
+    for seed in seed.. {
+        let mut r = rng(seed);
+        let s = |r: &mut StdRng, shape: &[usize], k: f32| uniform(r, shape, -k, k);
+        let x = s(&mut r, &[c.b, c.t, c.din], 1.0);
+        let qs: Vec<Tensor> = (0..gc.queries)
+            .map(|_| s(&mut r, &[c.b, c.din], 1.0))
+            .collect();
+        let params: Vec<[Tensor; 7]> = (0..gc.queries * gc.targets)
+            .map(|_| {
+                [
+                    s(&mut r, &[c.e, c.rho, c.din], 1.0 / (c.din as f32).sqrt()),
+                    s(&mut r, &[c.e, c.dout, c.rho], 1.0),
+                    s(&mut r, &[c.e, c.din], 3.0),
+                    s(&mut r, &[c.e], 3.0),
+                    s(&mut r, &[c.e, c.din], 3.0),
+                    s(&mut r, &[c.e], 3.0),
+                    s(&mut r, &[c.r, c.din, c.e], 3.0),
+                ]
+            })
+            .collect();
+        let far = {
+            let f = with_group(&x, &qs, &params, gc, |g| forward_by_pool(&CPU, g)).unwrap();
+            f.routings
+                .iter()
+                .all(|rt| selection_margin(rt, c.r, gc.lambda) > 1e-3)
+        };
+        if far {
+            return (x, qs, params);
+        }
+    }
+    unreachable!()
+}
+
+/// Pool p of the group reads query p % queries (targets outer, modalities inner, as DeLo
+/// orders a layer's pools).
+fn with_group<R>(
+    x: &Tensor,
+    qs: &[Tensor],
+    params: &[[Tensor; 7]],
+    gc: &GroupCase,
+    f: impl FnOnce(&PoolGroup) -> R,
+) -> R {
+    let queries: Vec<&Tensor> = qs.iter().collect();
+    let pools: Vec<GroupPool> = params
+        .iter()
+        .enumerate()
+        .map(|(i, [a_pool, b_pool, wa, ba, wb, bb, wc])| GroupPool {
+            query: i % gc.queries,
+            a_pool,
+            b_pool,
+            wa,
+            ba,
+            wb,
+            bb,
+            wc,
+        })
+        .collect();
+    f(&PoolGroup {
+        x,
+        queries: &queries,
+        pools: &pools,
+        lambda: gc.lambda,
+        gate: gc.gate,
+        alpha: ALPHA,
+    })
+}
+
+fn grouped_pools_match_the_pool_by_pool_reference() {
+    let g = gpu();
+    let case = |b, t, din, dout, e, r, rho| Case {
+        b,
+        t,
+        din,
+        dout,
+        e,
+        r,
+        rho,
+    };
+    let cases = [
+        // DeLo's layer: q, k, v × image and text pools, the paper's E 16, r 4
+        GroupCase {
+            c: case(2, 12, 32, 32, 16, 4, 1),
+            queries: 2,
+            targets: 3,
+            gate: GateMode::St,
+            lambda: 1.0,
+        },
+        // the unified pool (one query), ρ = 2, widths not a multiple of 4, `score` gates
+        GroupCase {
+            c: case(2, 9, 20, 18, 6, 2, 2),
+            queries: 1,
+            targets: 3,
+            gate: GateMode::Score,
+            lambda: 0.5,
+        },
+        // `hard` gates (no router gradients), r·ρ = 8, a second query no pool reads
+        GroupCase {
+            c: case(4, 5, 24, 16, 10, 4, 2),
+            queries: 2,
+            targets: 1,
+            gate: GateMode::Hard,
+            lambda: 1.0,
+        },
+        // r·ρ = 32 > 16: pool by pool on the device too
+        GroupCase {
+            c: case(2, 3, 8, 8, 10, 8, 4),
+            queries: 2,
+            targets: 2,
+            gate: GateMode::St,
+            lambda: 1.0,
+        },
+    ];
+    for (n, gc) in cases.iter().enumerate() {
+        let c = gc.c;
+        let what = |s: &str| format!("group case {n} ({:?}): {s}", gc.gate);
+        let (x, qs, params) = group_inputs(700 + 10 * n as u64, gc);
+        let np = params.len();
+        let mut r = rng(800 + n as u64);
+        let dys: Vec<Tensor> = (0..np)
+            .map(|_| uniform(&mut r, &[c.b, c.t, c.dout], -1.0, 1.0))
+            .collect();
+        let (want_f, want_g) = with_group(&x, &qs, &params, gc, |grp| {
+            let f = forward_by_pool(&CPU, grp).unwrap();
+            let dys: Vec<&Tensor> = dys.iter().collect();
+            let gr = backward_by_pool(&CPU, grp, &f, &dys).unwrap();
+            (f, gr)
+        });
+        let on = |t: &Tensor| up(&g, t);
+        let (xg, qg) = (on(&x), qs.iter().map(on).collect::<Vec<_>>());
+        let pg: Vec<[Tensor; 7]> = params.iter().map(|p| p.each_ref().map(on)).collect();
+        let dyg: Vec<Tensor> = dys.iter().map(on).collect();
+        let before = g.counts();
+        let (got_f, got_g, forward) = with_group(&xg, &qg, &pg, gc, |grp| {
+            let f = g.pool_group_forward(grp).unwrap();
+            let mid = g.counts().since(&before);
+            let dys: Vec<&Tensor> = dyg.iter().collect();
+            let gr = g.pool_group_backward(grp, &f, &dys).unwrap();
+            (f, gr, mid)
+        });
+        if c.r * c.rho <= FUSED_MAX_K {
+            // routing (router linears included) and composition: one launch each, plus the
+            // product of the `score` gates
+            let want = 2 + (gc.gate == GateMode::Score) as u64;
+            assert_eq!(forward.launches, want, "{}", what("forward launches"));
+        }
+        for p in 0..np {
+            let w = |s: &str| what(&format!("pool {p} {s}"));
+            check_routing(&w("routing"), &got_f.routings[p], &want_f.routings[p]);
+            check_scaled(&w("gates"), &got_f.gates[p], &want_f.gates[p], 2e-6, 2e-5);
+            check_scaled(&w("u"), &got_f.us[p], &want_f.us[p], 5e-6, 5e-5);
+            check_scaled(&w("y"), &got_f.ys[p], &want_f.ys[p], 5e-6, 5e-5);
+            let (a, b) = (&got_g.pools[p], &want_g.pools[p]);
+            check_scaled(&w("dA"), &a.da_pool, &b.da_pool, 1e-5, 1e-4);
+            check_scaled(&w("dB"), &a.db_pool, &b.db_pool, 1e-5, 1e-4);
+            assert_eq!(
+                a.routers.is_some(),
+                b.routers.is_some(),
+                "{}",
+                w("router grads")
+            );
+            if let (Some(a), Some(b)) = (&a.routers, &b.routers) {
+                for (name, x, y) in [
+                    ("dW_A", &a.dwa, &b.dwa),
+                    ("db_A", &a.dba, &b.dba),
+                    ("dW_B", &a.dwb, &b.dwb),
+                    ("db_B", &a.dbb, &b.dbb),
+                    ("dW_C", &a.dwc, &b.dwc),
+                ] {
+                    check_scaled(&w(name), x, y, 1e-5, 1e-4);
+                }
+            }
+        }
+        check_scaled(&what("dx"), &got_g.dx, &want_g.dx, 5e-6, 5e-5);
+        assert_eq!(got_g.dq.len(), want_g.dq.len(), "{}", what("queries"));
+        for (i, (a, b)) in got_g.dq.iter().zip(&want_g.dq).enumerate() {
+            match (a, b) {
+                (Some(a), Some(b)) => check_scaled(&what(&format!("dq{i}")), a, b, 1e-5, 1e-4),
+                (None, None) => {}
+                _ => panic!("{}: one side has a gradient", what(&format!("dq{i}"))),
+            }
         }
     }
 }

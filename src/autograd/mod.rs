@@ -38,14 +38,21 @@ type AccumulatingFn = Box<
     ) -> Result<Vec<Option<Tensor>>>,
 >;
 
+/// The backward of a node with several outputs: one upstream gradient per output (`None`
+/// where nothing used it).
+type MultiFn =
+    Box<dyn FnOnce(&dyn Backend, &[Option<Tensor>], &[bool]) -> Result<Vec<Option<Tensor>>>>;
+
 enum Backward {
     Plain(BackwardFn),
     Accumulating(AccumulatingFn),
+    Multi(MultiFn),
 }
 
 struct Node {
     inputs: Vec<Var>,
-    output: Var,
+    /// One output, except for [`Backward::Multi`].
+    outputs: Vec<Var>,
     backward: Backward,
 }
 
@@ -154,7 +161,7 @@ impl Tape {
         if needs {
             self.nodes.push(Node {
                 inputs: inputs.to_vec(),
-                output: out,
+                outputs: vec![out],
                 backward,
             });
         }
@@ -402,6 +409,31 @@ impl Tape {
         self.record(inputs, output, backward)
     }
 
+    /// [`Tape::custom`] with several outputs computed together (e.g. every routed pool of a
+    /// layer): `backward` receives one upstream gradient per output, `None` for an output
+    /// nothing used, and is skipped when no output has one.
+    pub fn custom_multi(
+        &mut self,
+        inputs: &[Var],
+        outputs: Vec<Tensor>,
+        backward: impl FnOnce(&dyn Backend, &[Option<Tensor>], &[bool]) -> Result<Vec<Option<Tensor>>>
+            + 'static,
+    ) -> Vec<Var> {
+        let needs = inputs.iter().any(|&v| self.needs_grad(v));
+        let outs: Vec<Var> = outputs
+            .into_iter()
+            .map(|o| self.push(o, needs, None))
+            .collect();
+        if needs {
+            self.nodes.push(Node {
+                inputs: inputs.to_vec(),
+                outputs: outs.clone(),
+                backward: Backward::Multi(Box::new(backward)),
+            });
+        }
+        outs
+    }
+
     /// Back-propagates from a one-element `loss` and returns every parameter's gradient.
     /// Consumes the tape: saved activations are freed node by node as backward passes them.
     pub fn backward(self, loss: Var) -> Result<Grads> {
@@ -425,20 +457,25 @@ impl Tape {
                 .to_device(&device)?,
         );
         for node in nodes.into_iter().rev() {
-            let Some(dy) = grads[node.output.0].take() else {
-                continue;
+            let dys: Vec<Option<Tensor>> = node.outputs.iter().map(|o| grads[o.0].take()).collect();
+            let single = match (&node.backward, dys.as_slice()) {
+                (Backward::Multi(_), _) if dys.iter().all(Option::is_none) => continue,
+                (Backward::Multi(_), _) => None,
+                (_, [Some(dy)]) => Some(dy),
+                _ => continue,
             };
             let needs: Vec<bool> = node
                 .inputs
                 .iter()
                 .map(|v| entries[v.0].needs_grad)
                 .collect();
-            let input_grads = match node.backward {
-                Backward::Plain(f) => f(be, &dy, &needs)?,
-                Backward::Accumulating(f) => {
+            let input_grads = match (node.backward, single) {
+                (Backward::Multi(f), _) => f(be, &dys, &needs)?,
+                (Backward::Plain(f), Some(dy)) => f(be, dy, &needs)?,
+                (Backward::Accumulating(f), Some(dy)) => {
                     let mut acc: Vec<Option<Tensor>> =
                         node.inputs.iter().map(|v| grads[v.0].take()).collect();
-                    let g = f(be, &dy, &needs, &mut acc);
+                    let g = f(be, dy, &needs, &mut acc);
                     for (v, a) in node.inputs.iter().zip(acc) {
                         if a.is_some() {
                             grads[v.0] = a;
@@ -446,6 +483,8 @@ impl Tape {
                     }
                     g?
                 }
+                // (a single-output node always has its gradient here: see `single`)
+                (Backward::Plain(_) | Backward::Accumulating(_), None) => continue,
             };
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::Msg(format!(

@@ -10,6 +10,7 @@ pub mod cpu;
 mod cpu_experts;
 mod cpu_simd;
 pub mod cuda;
+pub mod pool_group;
 
 use std::sync::Arc;
 
@@ -412,6 +413,29 @@ pub trait Backend: Send + Sync {
         u: &Tensor,
         alpha: f32,
     ) -> Result<ExpertGrads>;
+
+    // ---- every routed pool of a layer's shared-input linears at once --------------------------
+    /// Whether [`Backend::pool_group_forward`] does each stage for the whole group at once
+    /// (one launch each on CUDA). The CPU says no: its pools stay separate tape nodes, so that
+    /// its sums keep the order of the single-pool ops.
+    fn groups_pools(&self) -> bool {
+        false
+    }
+    /// Routing (router linears included), gates and composition of every pool of `g`
+    /// (DELO.md eq. 2–4). By default pool by pool ([`pool_group::forward_by_pool`]).
+    fn pool_group_forward(&self, g: &pool_group::PoolGroup) -> Result<pool_group::GroupForward> {
+        pool_group::forward_by_pool(self, g)
+    }
+    /// Gradients of [`Backend::pool_group_forward`] from each pool's update gradient `dys[p]`
+    /// to the shared input, the queries and every pool's parameters.
+    fn pool_group_backward(
+        &self,
+        g: &pool_group::PoolGroup,
+        f: &pool_group::GroupForward,
+        dys: &[&Tensor],
+    ) -> Result<pool_group::GroupGrads> {
+        pool_group::backward_by_pool(self, g, f, dys)
+    }
 }
 
 /// What [`Backend::route`] decides, with what its backward needs.

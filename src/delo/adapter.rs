@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
 use crate::delo::config::{DeloConfig, Variant};
-use crate::delo::experts::{compose, route, PoolVars};
+use crate::delo::experts::{compose, route, route_compose_group, PoolVars};
 use crate::delo::keys::TaskKeys;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -373,6 +373,79 @@ impl Adapter for DeloAdapter<'_> {
             }
         }
         Ok(())
+    }
+
+    /// On a backend that groups pools, with one task for the batch: every routed pool of the
+    /// shared-input targets in one node ([`route_compose_group`]).
+    fn adapts_together(&self, tape: &Tape, _layer: usize, targets: &[Target]) -> bool {
+        tape.device().backend().groups_pools()
+            && self.routed()
+            && matches!(self.choice, TaskChoice::One(_))
+            && targets.iter().any(|t| self.cfg.targets.contains(t))
+    }
+
+    fn adapt_together(
+        &mut self,
+        tape: &mut Tape,
+        layer: usize,
+        targets: &[Target],
+        x: Var,
+    ) -> Result<Vec<Vec<Var>>> {
+        let TaskChoice::One(task) = self.choice else {
+            return targets
+                .iter()
+                .map(|&t| self.adapt(tape, layer, t, x))
+                .collect();
+        };
+        let (qv, qt) = self
+            .guided
+            .ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
+        let (queries, modalities): (Vec<Var>, &[(&str, usize)]) = match self.cfg.variant {
+            Variant::Delo => (vec![qv, qt], &[("v", 0), ("t", 1)]),
+            Variant::UnifiedPool => {
+                let s = tape.add(qv, qt)?;
+                (vec![tape.scale(s, 0.5)?], &[("u", 0)])
+            }
+            v => {
+                return Err(Error::Msg(format!(
+                    "variant {v:?} has no routed pools to group"
+                )))
+            }
+        };
+        let adapted: Vec<bool> = targets
+            .iter()
+            .map(|t| self.cfg.targets.contains(t))
+            .collect();
+        let mut prefixes = Vec::new();
+        let mut pools = Vec::new();
+        for (t, _) in targets.iter().zip(&adapted).filter(|(_, &a)| a) {
+            for &(m, qi) in modalities {
+                let prefix = format!("layer{layer}.{}.{m}", t.name());
+                pools.push((task.pool(&prefix)?, qi));
+                prefixes.push(prefix);
+            }
+        }
+        let cfg = self.cfg;
+        let (ys, sels) = route_compose_group(
+            tape,
+            x,
+            &queries,
+            &pools,
+            cfg.lambda_cfs,
+            cfg.gate,
+            cfg.alpha,
+        )?;
+        if let Some(rec) = self.selections.as_mut() {
+            rec.extend(prefixes.into_iter().zip(sels).map(|(p, (a, b))| (p, a, b)));
+        }
+        let mut ys = ys.into_iter();
+        Ok(adapted
+            .iter()
+            .map(|&a| match a {
+                true => ys.by_ref().take(modalities.len()).collect(),
+                false => Vec::new(),
+            })
+            .collect())
     }
 
     fn adapt(&mut self, tape: &mut Tape, layer: usize, target: Target, x: Var) -> Result<Vec<Var>> {

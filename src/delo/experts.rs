@@ -2,6 +2,7 @@
 //! slot gates, and the gathered factor composition (eq. 2/4), as tape nodes.
 
 use crate::autograd::{Tape, Var};
+use crate::backend::pool_group::{gate_backward, gates_of, GroupPool, PoolGroup};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -78,27 +79,16 @@ pub fn route(
         lambda_cfs,
     )?;
     let (sel_a, sel_b) = (rt.sel_a.clone(), rt.sel_b.clone());
-    let ones = || {
-        Tensor::from_f32(vec![1.0; rt.pa_sel.numel()], rt.pa_sel.shape())?.to_device(tape.device())
-    };
+    let g = gates_of(be, &rt, gate)?;
     let gates = match gate {
-        GateMode::Hard => tape.constant(ones()?),
-        GateMode::St => {
-            let g = ones()?;
-            tape.custom(&[la, lb, pool.wc], g, move |be, dg, _| {
-                // At the forward value P − sg(P) = 0, so each factor of g has derivative 1.
-                let (dla, dlb, dwc) = be.route_backward(dg, dg, &rt, lambda_cfs)?;
-                Ok(vec![Some(dla), Some(dlb), Some(dwc)])
-            })
-        }
-        GateMode::Score => {
-            let g = be.mul(&rt.pa_sel, &rt.pb_sel)?;
-            tape.custom(&[la, lb, pool.wc], g, move |be, dg, _| {
-                let (d_pa, d_pb) = (be.mul(dg, &rt.pb_sel)?, be.mul(dg, &rt.pa_sel)?);
-                let (dla, dlb, dwc) = be.route_backward(&d_pa, &d_pb, &rt, lambda_cfs)?;
-                Ok(vec![Some(dla), Some(dlb), Some(dwc)])
-            })
-        }
+        GateMode::Hard => tape.constant(g),
+        GateMode::St | GateMode::Score => tape.custom(&[la, lb, pool.wc], g, move |be, dg, _| {
+            let Some((d_pa, d_pb)) = gate_backward(be, dg, &rt, gate)? else {
+                return Ok(vec![None, None, None]);
+            };
+            let (dla, dlb, dwc) = be.route_backward(&d_pa, &d_pb, &rt, lambda_cfs)?;
+            Ok(vec![Some(dla), Some(dlb), Some(dwc)])
+        }),
     };
     Ok(Selection {
         gates,
@@ -138,4 +128,110 @@ pub fn compose(
             ])
         },
     ))
+}
+
+/// Each pool's selections `(S_A, S_B)`, `[B, r]` i32.
+pub type SelectionPairs = Vec<(Tensor, Tensor)>;
+
+/// Every routed pool of the linears of one layer that read the same input `x [B, T, d_in]`,
+/// as one tape node: [`route`] and [`compose`] for each `(pool, query index)` of `pools`, with
+/// `queries[i]` `[B, d_in]`, done together by [`crate::backend::Backend::pool_group_forward`]
+/// (one launch per stage on CUDA). Returns each pool's update `[B, T, d_out]` and its
+/// selections `(S_A, S_B)`, `[B, r]` i32, in the order of `pools`.
+pub fn route_compose_group(
+    tape: &mut Tape,
+    x: Var,
+    queries: &[Var],
+    pools: &[(PoolVars, usize)],
+    lambda_cfs: f32,
+    gate: GateMode,
+    alpha: f32,
+) -> Result<(Vec<Var>, SelectionPairs)> {
+    let be = tape.device().backend();
+    let xv = tape.value(x).clone();
+    let qv: Vec<Tensor> = queries.iter().map(|&q| tape.value(q).clone()).collect();
+    let params: Vec<[Tensor; 7]> = pools
+        .iter()
+        .map(|(p, _)| {
+            [p.a_pool, p.b_pool, p.wa, p.ba, p.wb, p.bb, p.wc].map(|v| tape.value(v).clone())
+        })
+        .collect();
+    let which: Vec<usize> = pools.iter().map(|&(_, q)| q).collect();
+    let fwd = with_group(&xv, &qv, &params, &which, lambda_cfs, gate, alpha, |g| {
+        be.pool_group_forward(g)
+    })?;
+    let selections = fwd
+        .routings
+        .iter()
+        .map(|rt| (rt.sel_a.clone(), rt.sel_b.clone()))
+        .collect();
+    let mut inputs = vec![x];
+    inputs.extend_from_slice(queries);
+    for (p, _) in pools {
+        inputs.extend([p.a_pool, p.b_pool, p.wa, p.ba, p.wb, p.bb, p.wc]);
+    }
+    let ys = fwd.ys.clone();
+    let outs = tape.custom_multi(&inputs, ys, move |be, dys, _| {
+        let dys = dys
+            .iter()
+            .zip(&fwd.ys)
+            .map(|(dy, y)| match dy {
+                Some(dy) => Ok(dy.clone()),
+                None => be.zeros(y.shape(), y.dtype()),
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
+        let dys: Vec<&Tensor> = dys.iter().collect();
+        let g = with_group(&xv, &qv, &params, &which, lambda_cfs, gate, alpha, |g| {
+            be.pool_group_backward(g, &fwd, &dys)
+        })?;
+        let mut out = vec![Some(g.dx)];
+        out.extend(g.dq);
+        for p in g.pools {
+            out.extend([Some(p.da_pool), Some(p.db_pool)]);
+            match p.routers {
+                Some(r) => out.extend([r.dwa, r.dba, r.dwb, r.dbb, r.dwc].map(Some)),
+                None => out.extend([None, None, None, None, None]),
+            }
+        }
+        Ok(out)
+    });
+    Ok((outs, selections))
+}
+
+/// Runs `f` on the [`PoolGroup`] of these values (`params[p]`: A pool, B pool, router A weight
+/// and bias, router B weight and bias, compatibility router).
+#[allow(clippy::too_many_arguments)]
+fn with_group<R>(
+    x: &Tensor,
+    queries: &[Tensor],
+    params: &[[Tensor; 7]],
+    which: &[usize],
+    lambda: f32,
+    gate: GateMode,
+    alpha: f32,
+    f: impl FnOnce(&PoolGroup) -> Result<R>,
+) -> Result<R> {
+    let queries: Vec<&Tensor> = queries.iter().collect();
+    let pools: Vec<GroupPool> = params
+        .iter()
+        .zip(which)
+        .map(|([a_pool, b_pool, wa, ba, wb, bb, wc], &query)| GroupPool {
+            query,
+            a_pool,
+            b_pool,
+            wa,
+            ba,
+            wb,
+            bb,
+            wc,
+        })
+        .collect();
+    f(&PoolGroup {
+        x,
+        queries: &queries,
+        pools: &pools,
+        lambda,
+        gate,
+        alpha,
+    })
 }

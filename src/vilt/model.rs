@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::autograd::{LinearOut, PendingLayerNorm, Tape, Var};
 use crate::backend::Device;
+use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 use crate::vilt::embed::{Embedded, EmbeddingTables, ViltInputs};
@@ -24,6 +25,26 @@ pub trait Adapter {
         target: Target,
         input: Var,
     ) -> Result<Vec<Var>>;
+    /// Whether the linears `targets` of layer `l`, which read the same input, take their
+    /// updates from one [`Adapter::adapt_together`] (called after the linears are recorded)
+    /// instead of one [`Adapter::adapt`] each (called after each linear).
+    fn adapts_together(&self, _tape: &Tape, _layer: usize, _targets: &[Target]) -> bool {
+        false
+    }
+    /// The updates of each of `targets` (one list per target, as [`Adapter::adapt`] gives
+    /// them) for their shared `input`.
+    fn adapt_together(
+        &mut self,
+        tape: &mut Tape,
+        layer: usize,
+        targets: &[Target],
+        input: Var,
+    ) -> Result<Vec<Vec<Var>>> {
+        targets
+            .iter()
+            .map(|&t| self.adapt(tape, layer, t, input))
+            .collect()
+    }
 }
 
 /// The frozen backbone alone.
@@ -198,6 +219,43 @@ impl Vilt {
         Ok(LinearOut::biased(tape.add_parts(y, &parts)?))
     }
 
+    /// Linears of one layer that read the same input `x`, each plus its adapter updates and
+    /// bias; the adapter may compute the updates of all of them at once
+    /// ([`Adapter::adapts_together`]).
+    fn linears_sharing_input<const N: usize>(
+        &self,
+        tape: &mut Tape,
+        ad: &mut dyn Adapter,
+        layer: usize,
+        x: Var,
+        lins: [(Target, &Linear); N],
+    ) -> Result<[Var; N]> {
+        let targets = lins.map(|(t, _)| t);
+        let outs = if ad.adapts_together(tape, layer, &targets) {
+            let ys = lins
+                .iter()
+                .map(|(_, l)| tape.linear_deferred(x, &l.weight, &l.bias))
+                .collect::<Result<Vec<_>>>()?;
+            let parts = ad.adapt_together(tape, layer, &targets, x)?;
+            ensure_shape!(
+                parts.len() == N,
+                "adapt_together",
+                "{} update lists for {N} linears",
+                parts.len()
+            );
+            ys.into_iter()
+                .zip(parts)
+                .map(|(y, p)| tape.add_parts(y, &p))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            lins.iter()
+                .map(|(t, l)| self.linear(tape, ad, layer, *t, x, l))
+                .collect::<Result<Vec<_>>>()?
+        };
+        outs.try_into()
+            .map_err(|_| crate::error::Error::Msg("linears_sharing_input: count".into()))
+    }
+
     /// The encoder, final LayerNorm and pooler over an embedded batch. Each sublayer's output
     /// bias, residual add and the LayerNorm after it are one fused node
     /// ([`Tape::add_layernorm`]), as are the MLP's first bias and GELU.
@@ -222,9 +280,12 @@ impl Vilt {
                 }
             };
             let a = &l.attention;
-            let q = self.linear(tape, ad, li, Target::Q, hb, &a.query)?;
-            let k = self.linear(tape, ad, li, Target::K, hb, &a.key)?;
-            let v = self.linear(tape, ad, li, Target::V, hb, &a.value)?;
+            let qkv = [
+                (Target::Q, &a.query),
+                (Target::K, &a.key),
+                (Target::V, &a.value),
+            ];
+            let [q, k, v] = self.linears_sharing_input(tape, ad, li, hb, qkv)?;
             let ctx = tape.attention(q, k, v, &emb.mask, heads)?;
             let o = self.linear_for_fusion(tape, ad, li, Target::O, ctx, &a.output)?;
             let ln = &l.layernorm_after;

@@ -41,7 +41,7 @@ pub enum ExpertPath {
 pub const FUSED_MAX_K: usize = 16;
 
 /// Threads of a fused expert block (`DELO_EXP_THREADS`).
-const EXP_THREADS: u32 = 256;
+pub(super) const EXP_THREADS: u32 = 256;
 /// Most tokens of a fused block (`DELO_EXP_TT_MAX`).
 const TT_MAX: usize = 64;
 /// Floats of factor columns a fused block stages in shared memory at a time (32 KiB; with the
@@ -51,7 +51,7 @@ const STAGE_FLOATS: usize = 8192;
 const SMEM_LIMIT: usize = 48 * 1024;
 
 /// The register width of the fused kernels for `k = r·ρ` factor rows.
-fn km_of(k: usize) -> usize {
+pub(super) fn km_of(k: usize) -> usize {
     match k {
         0..=4 => 4,
         5..=8 => 8,
@@ -60,11 +60,11 @@ fn km_of(k: usize) -> usize {
 }
 
 /// Columns of a row of `n` staged at a time for width `km`: a multiple of 4.
-fn stage_cols(n: usize, km: usize) -> usize {
+pub(super) fn stage_cols(n: usize, km: usize) -> usize {
     n.next_multiple_of(4).min(STAGE_FLOATS / km / 4 * 4)
 }
 
-fn aligned16(p: Ptr) -> bool {
+pub(super) fn aligned16(p: Ptr) -> bool {
     p.0.is_multiple_of(16)
 }
 
@@ -96,7 +96,7 @@ impl CudaBackend {
 
     /// Tokens per fused block: the largest of 64, 32, 16 that still gives `min_blocks` blocks,
     /// else 8.
-    fn expert_tile(&self, bsz: usize, t: usize, min_blocks: usize) -> usize {
+    pub(super) fn expert_tile(&self, bsz: usize, t: usize, min_blocks: usize) -> usize {
         [64, 32, 16]
             .into_iter()
             .find(|&tt| bsz * t.div_ceil(tt) >= min_blocks)
@@ -156,6 +156,7 @@ impl CudaBackend {
                 int(e, op)?,
                 int(w, op)?,
                 b_layout as i32,
+                1,
                 pp,
             )?;
         }
@@ -163,6 +164,38 @@ impl CudaBackend {
     }
 
     // ---- routing ------------------------------------------------------------------------------
+
+    /// Launch shape of the routing kernels: a block per (sample, pool), at least 64 threads and
+    /// at least E, with `fixed` floats of shared memory besides the slot scores, the reduction
+    /// buffer and the selections.
+    pub(super) fn route_launch(
+        &self,
+        bsz: usize,
+        pools: usize,
+        e: usize,
+        r: usize,
+        fixed: usize,
+        op: &'static str,
+    ) -> Result<LaunchConfig> {
+        ensure_shape!(e <= 1024, op, "the CUDA router takes E ≤ 1024, got {e}");
+        let threads = if e <= 256 {
+            256
+        } else {
+            e.next_multiple_of(32)
+        };
+        let smem = (fixed + r * e + threads + 2 * r) * 4;
+        ensure_shape!(
+            smem <= SMEM_LIMIT,
+            op,
+            "E={e}, r={r} needs {smem} bytes of shared memory, above the {SMEM_LIMIT} a block has"
+        );
+        let dim = |n: usize| u32::try_from(n).map_err(|_| Error::shape(op, "grid too large"));
+        Ok(LaunchConfig {
+            grid_dim: (dim(bsz)?, dim(pools)?, 1),
+            block_dim: (threads as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        })
+    }
 
     /// [`crate::backend::Backend::route`] on the device, eq. (3) with the compatibility term
     /// (DELO.md "Routing", steps 1–3): one block per sample.
@@ -177,7 +210,6 @@ impl CudaBackend {
         const OP: &str = "route";
         let _r = nvtx::range("route");
         let (bsz, e, rho, d, r) = route_dims(la, lb, a_pool, wc)?;
-        ensure_shape!(e <= 1024, OP, "the CUDA router takes E ≤ 1024, got {e}");
         let (pla, plb, pa, pw) = (
             self.ptr(la, F32, OP)?,
             self.ptr(lb, F32, OP)?,
@@ -193,26 +225,7 @@ impl CudaBackend {
         let (pa_sel, ppas) = self.empty(&[bsz, r], F32)?;
         let (pb_sel, ppbs) = self.empty(&[bsz, r], F32)?;
         if bsz > 0 && e > 0 {
-            let threads = if e <= 256 {
-                256
-            } else {
-                e.next_multiple_of(32)
-            };
-            let smem = (4 * e + r * e + threads + 2 * r) * 4;
-            ensure_shape!(
-                smem <= SMEM_LIMIT,
-                OP,
-                "E={e}, r={r} needs {smem} bytes of shared memory, above the {SMEM_LIMIT} a block has"
-            );
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    u32::try_from(bsz).map_err(|_| Error::shape(OP, "batch too large"))?,
-                    1,
-                    1,
-                ),
-                block_dim: (threads as u32, 1, 1),
-                shared_mem_bytes: smem as u32,
-            };
+            let cfg = self.route_launch(bsz, 1, e, r, 4 * e, OP)?;
             unsafe {
                 self.k.route_f32(
                     &self.stream,
@@ -339,6 +352,7 @@ impl CudaBackend {
                     int(r, OP)?,
                     int(d, OP)?,
                     int(e, OP)?,
+                    1,
                     pdwc,
                 )?;
             }

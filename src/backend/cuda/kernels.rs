@@ -175,7 +175,16 @@ kernels! {
         gpa: Ptr, gpb: Ptr, sel_a: Ptr, sel_b: Ptr, pa: Ptr, pb: Ptr, comp: Ptr, bsz: i32,
         e: i32, r: i32, lambda: f32, dla: Ptr, dlb: Ptr, dz: Ptr, err: Ptr,
     );
-    route_dwc_f32(abar: Ptr, dz: Ptr, bsz: i32, r: i32, d: i32, e: i32, dwc: Ptr);
+    route_dwc_f32(abar: Ptr, dz: Ptr, bsz: i32, r: i32, d: i32, e: i32, pools: i32, dwc: Ptr);
+    // route.cu: every pool of a layer's group at once
+    route_group_f32(
+        table: Ptr, e: i32, rho: i32, d: i32, r: i32, lambda: f32, sel_a: Ptr, sel_b: Ptr,
+        p_a: Ptr, p_b: Ptr, compat: Ptr, abar: Ptr, pa_sel: Ptr, pb_sel: Ptr,
+    );
+    router_backward_group_f32(
+        table: Ptr, dla: Ptr, dlb: Ptr, pools: i32, bsz: i32, e: i32, d: i32, queries: i32,
+        dwa: Ptr, dwb: Ptr, dba: Ptr, dbb: Ptr, dq: Ptr,
+    );
     // experts.cu: the fused gathered factor composition, one launcher per register width KM
     expert_fwd_k4(
         x: Ptr, a_pool: Ptr, b_pool: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32,
@@ -207,9 +216,41 @@ kernels! {
         t: i32, din: i32, dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32,
         vec: i32, dx: Ptr, pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
     );
+    // experts.cu: every pool of a layer's group at once (blockIdx.z the pool)
+    expert_fwd_group_k4(
+        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32, dout: i32,
+        e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr, u: Ptr,
+        err: Ptr,
+    );
+    expert_fwd_group_k8(
+        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32, dout: i32,
+        e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr, u: Ptr,
+        err: Ptr,
+    );
+    expert_fwd_group_k16(
+        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32, dout: i32,
+        e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr, u: Ptr,
+        err: Ptr,
+    );
+    expert_bwd_group_k4(
+        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr, t: i32, din: i32,
+        dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32, vec: i32, dx: Ptr,
+        pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
+    );
+    expert_bwd_group_k8(
+        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr, t: i32, din: i32,
+        dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32, vec: i32, dx: Ptr,
+        pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
+    );
+    expert_bwd_group_k16(
+        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr, t: i32, din: i32,
+        dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32, vec: i32, dx: Ptr,
+        pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
+    );
     expert_sum_tiles_f32(p: Ptr, ntiles: i32, n: i64, bsz: i64, out: Ptr);
     expert_scatter_pool_f32(
-        s: Ptr, sel: Ptr, bsz: i32, r: i32, rho: i32, e: i32, w: i32, b_layout: i32, pool: Ptr,
+        s: Ptr, sel: Ptr, bsz: i32, r: i32, rho: i32, e: i32, w: i32, b_layout: i32, pools: i32,
+        pool: Ptr,
     );
     // experts.cu: the unfused path's helpers
     expert_gather_f32(

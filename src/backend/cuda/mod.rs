@@ -18,6 +18,7 @@ mod kernels;
 mod memory;
 pub mod nvtx;
 mod ops;
+mod pool_group;
 mod readback;
 
 use std::sync::{Arc, Mutex, Weak};

@@ -10,6 +10,7 @@ use super::{nvtx, CudaBackend, ExpertPath};
 use crate::backend::cpu::{
     attention_dims, loss_dims, masked_dims, matmul_dims, rows_cols, same_shape, MatmulDims,
 };
+use crate::backend::pool_group::{GroupForward, GroupGrads, PoolGroup};
 use crate::backend::{
     AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing,
 };
@@ -1521,5 +1522,19 @@ impl Backend for CudaBackend {
             u,
             alpha,
         )
+    }
+    fn groups_pools(&self) -> bool {
+        true
+    }
+    fn pool_group_forward(&self, g: &PoolGroup) -> Result<GroupForward> {
+        self.pool_group_forward_device(g)
+    }
+    fn pool_group_backward(
+        &self,
+        g: &PoolGroup,
+        f: &GroupForward,
+        dys: &[&Tensor],
+    ) -> Result<GroupGrads> {
+        self.pool_group_backward_device(g, f, dys)
     }
 }
