@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::autograd::{Tape, Var};
+use crate::backend::cuda::DriverCounts;
+use crate::backend::Device;
 use crate::data::{Label, LabelKind, MissingType, Split};
 use crate::delo::adapter::{groups_of, row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
 use crate::delo::config::{TaskKeySource, Variant};
@@ -162,7 +164,28 @@ pub fn evaluate(
     task: usize,
     split: Split,
     trained: usize,
+    probes: Option<&mut Probes>,
+) -> Result<(Cell, Vec<SamplePrediction>)> {
+    evaluate_counted(tr, task, split, trained, probes, None)
+}
+
+/// What the CUDA driver has been asked so far (`None` on the CPU).
+fn driver_counts(tr: &Trainer) -> Option<DriverCounts> {
+    match &tr.device {
+        Device::Cuda(b) => Some(b.counts()),
+        Device::Cpu => None,
+    }
+}
+
+/// [`evaluate`], appending to `work` (on CUDA) what each batch asked of the driver: its
+/// uploads, launches, copies, waits and allocations, counted by the backend.
+fn evaluate_counted(
+    tr: &Trainer,
+    task: usize,
+    split: Split,
+    trained: usize,
     mut probes: Option<&mut Probes>,
+    mut work: Option<&mut Vec<DriverCounts>>,
 ) -> Result<(Cell, Vec<SamplePrediction>)> {
     let n_cls = tr.bench.tasks[task].classes.len();
     let loader = tr.loader(task, split, false)?;
@@ -176,7 +199,11 @@ pub fn evaluate(
     let mut epoch = loader.epoch(0);
     for batch in &mut epoch {
         let batch = batch?;
+        let before = driver_counts(tr);
         let answers = answer_batch(tr, &batch, task, trained, probes.as_deref_mut())?;
+        if let (Some(w), Some(before), Some(after)) = (work.as_deref_mut(), before, driver_counts(tr)) {
+            w.push(after.since(&before));
+        }
         for (a, sample) in answers.iter().zip(&batch.samples) {
             let columns = &columns[a.k];
             let top = a.top();
@@ -324,8 +351,9 @@ pub fn eval_run(
     );
     let mut csv = String::from("item_index,task,predicted_task,prediction\n");
     let (mut sum, mut counted) = (0.0, 0usize);
+    let mut work = tr.device.is_cuda().then(Vec::new);
     for j in 0..done {
-        let (cell, preds) = evaluate(tr, j, split, done - 1, None)?;
+        let (cell, preds) = evaluate_counted(tr, j, split, done - 1, None, work.as_mut())?;
         if cell.empty {
             table += &format!("| {} | no samples | no samples |\n", j + 1);
             continue;
@@ -352,8 +380,33 @@ pub fn eval_run(
             table += &format!("- item {} ({}): {}\n", s.item, s.split, s.error);
         }
     }
+    if let Some(work) = work {
+        table += &driver_work(&work);
+    }
     if let Some(path) = predictions_csv {
         crate::st::write_atomic(path, csv.as_bytes())?;
     }
     Ok(table)
+}
+
+/// The mean driver work of the evaluation batches after the first (whose buffers fill the
+/// device block cache), as one line of `delo eval`'s output.
+fn driver_work(batches: &[DriverCounts]) -> String {
+    let steady = if batches.len() > 1 {
+        &batches[1..]
+    } else {
+        batches
+    };
+    let n = steady.len().max(1) as f64;
+    let mean = |f: fn(&DriverCounts) -> u64| steady.iter().map(f).sum::<u64>() as f64 / n;
+    format!(
+        "\nCUDA driver work per evaluation batch (mean of {} batches after the first, counted by the backend): launches {:.1}, memsets + copies {:.1}, host syncs {:.2}, event waits {:.2}, allocations {:.2}, uploads {:.1}\n",
+        steady.len(),
+        mean(|c| c.launches),
+        mean(|c| c.memops),
+        mean(|c| c.host_syncs),
+        mean(|c| c.event_waits),
+        mean(|c| c.allocs),
+        mean(|c| c.uploads),
+    )
 }
