@@ -16,6 +16,7 @@ use crate::delo::keys::majority;
 use crate::delo::losses::head_logits;
 use crate::error::Result;
 use crate::report::metrics::MultiLabelCounts;
+use crate::tensor::Tensor;
 use crate::train::Trainer;
 
 /// One evaluated (split, task) cell: the metric in percent and the task-id accuracy in percent.
@@ -78,6 +79,12 @@ impl Answer {
 /// Runs the trained tasks 0..=`trained` on a batch and says, per sample, which head answered
 /// with what: per key group (`input`, `frozen`, `oracle`), by per-layer choice with the head of
 /// the majority (`layer`), or the one shared model (`seq-lora`).
+///
+/// What it waits for on a GPU: the task query once (`input`, `frozen`: the Task-Key choice is
+/// made on the host), each layer's query once (`layer`, inside the adapter), and the logits of
+/// every group once, together, after all the groups' forwards are queued. On CUDA (without
+/// `probes`) a group's forward runs on [`bucket_rows`], so that its buffers come in a few
+/// sizes that the device block cache keeps from batch to batch.
 pub(crate) fn answer_batch(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
@@ -88,26 +95,21 @@ pub(crate) fn answer_batch(
     let s = tr.settings();
     let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
     let layers = tr.vilt.cfg.num_hidden_layers;
-    let mut tape = Tape::new(tr.device.clone());
-    let bound: Vec<BoundTask> = tr.tasks[..=trained]
-        .iter()
-        .map(|t| BoundTask::constants(&mut tape, &t.params))
-        .collect();
     let layered = s.delo.task_key == TaskKeySource::Layer && s.delo.variant != Variant::SeqLora;
-    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
-    let mut fill = |tape: &mut Tape, k: usize, rows: &[usize], pooled: Var| -> Result<()> {
-        let logits = head_logits(tape, &bound[k], pooled)?;
-        let lv = tape.value(logits).to_vec_f32()?;
-        let n = lv.len() / rows.len().max(1);
-        for (r, &i) in rows.iter().enumerate() {
-            answers[i] = Some(Answer {
-                k,
-                logits: lv[r * n..(r + 1) * n].to_vec(),
-            });
-        }
-        Ok(())
+    let be = tr.device.backend();
+    let logits_of = |tape: &mut Tape, task: &BoundTask, pooled: Var| -> Result<Tensor> {
+        let logits = head_logits(tape, task, pooled)?;
+        Ok(tape.value(logits).clone())
     };
+    // Per group: its task, its rows of the batch and its logits, left on the device until
+    // every group's forward is queued.
+    let mut groups: Vec<(usize, Vec<usize>, Tensor)> = Vec::new();
     if layered {
+        let mut tape = Tape::new(tr.device.clone());
+        let bound: Vec<BoundTask> = tr.tasks[..=trained]
+            .iter()
+            .map(|t| BoundTask::constants(&mut tape, &t.params))
+            .collect();
         let choice = TaskChoice::PerLayer {
             tasks: &bound,
             tables: &tr.keys,
@@ -122,25 +124,38 @@ pub(crate) fn answer_batch(
         }
         for (k, rows) in groups_of(&majority(&ad.picks, trained + 1)) {
             let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
-            fill(&mut tape, k, &rows, pooled)?;
+            let logits = logits_of(&mut tape, &bound[k], pooled)?;
+            groups.push((k, rows, logits));
         }
     } else {
         let picked: Vec<usize> = match (s.delo.variant, s.delo.task_key) {
             (Variant::SeqLora, _) => vec![trained; missing.len()],
             (_, TaskKeySource::Oracle) => vec![task; missing.len()],
             _ => {
+                let mut tape = Tape::new(tr.device.clone());
                 let q = tr.task_query(&mut tape, &batch.data, &missing)?;
-                tr.keys[0].predict(&q.to_vec_f32()?, q.dim(1), trained + 1)
+                let host = be.download_group(&[&q])?;
+                tr.keys[0].predict(&host[0].to_vec_f32()?, q.dim(1), trained + 1)
             }
         };
+        // Padding rows would be counted in the probes; the CPU keeps its shapes (and bits).
+        let pad = tr.device.is_cuda() && probes.is_none();
         for (k, rows) in groups_of(&picked) {
-            let sub = if rows.len() == picked.len() {
+            let run = match pad {
+                true => bucket_rows(&rows, s.eval_batch_size),
+                false => rows.clone(),
+            };
+            let sub = if run.len() == picked.len() && run == rows {
                 batch.data.clone()
             } else {
-                batch.data.select(&rows)?
+                batch.data.select(&run)?
             };
-            let sub_missing: Vec<MissingType> = rows.iter().map(|&i| missing[i]).collect();
-            let choice = TaskChoice::One(&bound[k]);
+            let sub_missing: Vec<MissingType> = run.iter().map(|&i| missing[i]).collect();
+            // A tape per group: its intermediates go back to the device block cache once its
+            // forward is queued, so a batch needs one group's buffers at a time.
+            let mut tape = Tape::new(tr.device.clone());
+            let bound = BoundTask::constants(&mut tape, &tr.tasks[k].params);
+            let choice = TaskChoice::One(&bound);
             let mut ad = DeloAdapter::new(&s.delo, choice, &sub_missing, layers, Proxy::None);
             if probes.is_some() {
                 ad = ad.record_selections();
@@ -149,13 +164,40 @@ pub(crate) fn answer_batch(
             if let Some(p) = probes.as_deref_mut() {
                 collect_probes(p, &tape, &ad, &sub_missing)?;
             }
-            fill(&mut tape, k, &rows, out.pooled)?;
+            let logits = logits_of(&mut tape, &bound, out.pooled)?;
+            groups.push((k, rows, logits));
+        }
+    }
+    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.2).collect();
+    let host = be.download_group(&logits)?;
+    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
+    for ((k, rows, _), lv) in groups.iter().zip(&host) {
+        // A group's first rows are its own samples; padding rows after them are dropped.
+        let n = lv.numel() / lv.dim(0).max(1);
+        let lv = lv.to_vec_f32()?;
+        for (r, &i) in rows.iter().enumerate() {
+            answers[i] = Some(Answer {
+                k: *k,
+                logits: lv[r * n..(r + 1) * n].to_vec(),
+            });
         }
     }
     answers
         .into_iter()
         .map(|a| a.ok_or_else(|| crate::Error::Msg("a sample got no answer".into())))
         .collect()
+}
+
+/// `rows` followed by copies of its first row up to a bucket size: the smallest power of two
+/// that holds them, or `batch` (the evaluation batch size) when that is smaller. A key group
+/// (or a last, partial batch) then has one of about log₂(batch) + 1 shapes instead of any size
+/// up to the batch's. The copies' answers are dropped: samples do not interact in the encoder,
+/// so they change no sample's logits and no metric.
+pub(crate) fn bucket_rows(rows: &[usize], batch: usize) -> Vec<usize> {
+    let size = rows.len().next_power_of_two().min(batch.max(rows.len()));
+    let mut out = rows.to_vec();
+    out.resize(size, rows.first().copied().unwrap_or(0));
+    out
 }
 
 /// Evaluates `task` on `split` with the tasks trained so far (0..=`trained`).
@@ -409,4 +451,22 @@ fn driver_work(batches: &[DriverCounts]) -> String {
         mean(|c| c.allocs),
         mean(|c| c.uploads),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_rows;
+
+    #[test]
+    fn groups_are_padded_with_their_first_row_to_a_few_sizes() {
+        assert_eq!(bucket_rows(&[3], 16), vec![3]);
+        assert_eq!(bucket_rows(&[2, 5, 9], 16), vec![2, 5, 9, 2]);
+        assert_eq!(bucket_rows(&(0..9).collect::<Vec<_>>(), 16).len(), 16);
+        // A batch size that is not a power of two caps the bucket.
+        assert_eq!(bucket_rows(&(0..9).collect::<Vec<_>>(), 12).len(), 12);
+        assert_eq!(bucket_rows(&(0..12).collect::<Vec<_>>(), 12).len(), 12);
+        let sizes: std::collections::BTreeSet<usize> =
+            (1..=16).map(|n| bucket_rows(&(0..n).collect::<Vec<_>>(), 16).len()).collect();
+        assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![1, 2, 4, 8, 16]);
+    }
 }
