@@ -230,6 +230,7 @@ pub fn collate_images(images: &[&PixelImage]) -> Result<ImageBatch> {
     let b = images.len();
     let hm = images.iter().map(|i| i.height).max().unwrap_or(0);
     let wm = images.iter().map(|i| i.width).max().unwrap_or(0);
+    let lut: &[f32; 256] = &NORMALIZED;
     let mut px = vec![0f32; b * 3 * hm * wm];
     let mut mask = vec![0i32; b * hm * wm];
     for (n, im) in images.iter().enumerate() {
@@ -238,7 +239,7 @@ pub fn collate_images(images: &[&PixelImage]) -> Result<ImageBatch> {
                 let src = &im.data[(c * im.height + y) * im.width..][..im.width];
                 let dst = ((n * 3 + c) * hm + y) * wm;
                 for (o, &v) in px[dst..dst + im.width].iter_mut().zip(src) {
-                    *o = normalized(v);
+                    *o = lut[v as usize];
                 }
             }
         }
