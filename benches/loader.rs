@@ -79,7 +79,14 @@ fn rate(loader: &Loader<ViltPrep>, reps: u64) -> f64 {
         for b in loader.epoch(epoch) {
             let b = b.unwrap();
             n += b.len();
-            sink += b.data.pixel_values.f32s().unwrap().iter().step_by(97).sum::<f32>();
+            sink += b
+                .data
+                .pixel_values
+                .f32s()
+                .unwrap()
+                .iter()
+                .step_by(97)
+                .sum::<f32>();
         }
         std::hint::black_box(sink);
         best = best.max(n as f64 / t0.elapsed().as_secs_f64());

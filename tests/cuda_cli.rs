@@ -160,7 +160,10 @@ fn delo_train_cuda_matches_cpu() {
             .unwrap_or_else(|| panic!("no line starting {start:?}:\n{table}"))
     };
     let mean = line("| mean (AP) |");
-    assert!(mean.contains(&format!(" {ap:.2} ")), "AP {ap:.2} in training, {mean}");
+    assert!(
+        mean.contains(&format!(" {ap:.2} ")),
+        "AP {ap:.2} in training, {mean}"
+    );
     let work = line("CUDA driver work per evaluation batch");
     assert!(work.contains("host syncs 2.00,"), "{work}");
     std::fs::remove_dir_all(&root).unwrap();

@@ -463,7 +463,11 @@ mod tests {
         for (i, px) in resized.pixels().enumerate() {
             for c in 0..3 {
                 let want = normalized_as_f32_path(px[c]);
-                assert_eq!(got[c * 576 + i].to_bits(), want.to_bits(), "pixel {i}, channel {c}");
+                assert_eq!(
+                    got[c * 576 + i].to_bits(),
+                    want.to_bits(),
+                    "pixel {i}, channel {c}"
+                );
             }
         }
         let resized = resize_bicubic_pil(&img, 16, 16);
@@ -472,11 +476,19 @@ mod tests {
             for c in 0..3 {
                 let want = normalized_as_f32_path(px[c]);
                 let at = 3 * 576 + c * 576 + y * 24 + x;
-                assert_eq!(got[at].to_bits(), want.to_bits(), "small: pixel {i}, channel {c}");
+                assert_eq!(
+                    got[at].to_bits(),
+                    want.to_bits(),
+                    "small: pixel {i}, channel {c}"
+                );
             }
         }
         // Padding stays 0.0 (not a normalised value).
         assert_eq!(got[3 * 576 + 16], 0.0);
-        assert!(ImageProcessor::square(8).missing().normalized().iter().all(|&x| x == 1.0));
+        assert!(ImageProcessor::square(8)
+            .missing()
+            .normalized()
+            .iter()
+            .all(|&x| x == 1.0));
     }
 }

@@ -243,7 +243,9 @@ fn evaluate_counted(
         let batch = batch?;
         let before = driver_counts(tr);
         let answers = answer_batch(tr, &batch, task, trained, probes.as_deref_mut())?;
-        if let (Some(w), Some(before), Some(after)) = (work.as_deref_mut(), before, driver_counts(tr)) {
+        if let (Some(w), Some(before), Some(after)) =
+            (work.as_deref_mut(), before, driver_counts(tr))
+        {
             w.push(after.since(&before));
         }
         for (a, sample) in answers.iter().zip(&batch.samples) {
@@ -465,8 +467,9 @@ mod tests {
         // A batch size that is not a power of two caps the bucket.
         assert_eq!(bucket_rows(&(0..9).collect::<Vec<_>>(), 12).len(), 12);
         assert_eq!(bucket_rows(&(0..12).collect::<Vec<_>>(), 12).len(), 12);
-        let sizes: std::collections::BTreeSet<usize> =
-            (1..=16).map(|n| bucket_rows(&(0..n).collect::<Vec<_>>(), 16).len()).collect();
+        let sizes: std::collections::BTreeSet<usize> = (1..=16)
+            .map(|n| bucket_rows(&(0..n).collect::<Vec<_>>(), 16).len())
+            .collect();
         assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![1, 2, 4, 8, 16]);
     }
 }

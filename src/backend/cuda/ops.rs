@@ -379,10 +379,9 @@ impl Backend for CudaBackend {
                         raw[..n].iter().map(|&b| f32::from_bits(b)).collect(),
                         t.shape(),
                     ),
-                    DType::I32 => Tensor::from_i32(
-                        raw[..n].iter().map(|&b| b as i32).collect(),
-                        t.shape(),
-                    ),
+                    DType::I32 => {
+                        Tensor::from_i32(raw[..n].iter().map(|&b| b as i32).collect(), t.shape())
+                    }
                     // Two bf16 per word, the lower address in the low half (little-endian).
                     DType::BF16 => Tensor::from_bf16(
                         (0..n)
