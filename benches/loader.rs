@@ -1,7 +1,10 @@
-//! Loader throughput (samples/s) with the reference `BasicPrep`: the synthetic benchmark
-//! (64×64 PNG) and 384×384 JPEGs (the paper's image size), with 0 (inline), 1 and 2 worker
-//! threads, plus a second epoch served from the image cache. The consumer only touches the
-//! pixels, so this is the rate the loader can feed a training step at.
+//! Loader throughput (samples/s, and per core: per worker thread, or the consumer's own
+//! thread when inline) with the training pipeline's own preparation (`ViltPrep`: Pillow-exact
+//! bicubic resize to a square, tokenizer, padding, normalisation at collate) on the synthetic
+//! benchmark (64×64 PNG) and 384×384 JPEGs (the paper's image size), with 0 (inline), 1 and 2
+//! worker threads, plus epochs served from the image cache (`--cache-images`: u8 images,
+//! normalised when a batch is collated), and the bytes that cache holds. The consumer only
+//! touches the pixels, so this is the rate the loader can feed a training step at.
 //!
 //! Run: `cargo bench --bench loader`. Absolute numbers on a shared machine are noise; compare
 //! rows of one run.
@@ -10,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use delo::data::{
-    synth, BasicPrep, Benchmark, Loader, LoaderConfig, MissingSpec, Split, SynthConfig,
-};
+use delo::data::image::ImageProcessor;
+use delo::data::tokenizer::BertTokenizer;
+use delo::data::{synth, Benchmark, Loader, LoaderConfig, MissingSpec, Split, SynthConfig};
+use delo::train::prep::ViltPrep;
+use delo::vilt::{init_model_dir, InitOptions, Preset};
 
 struct Dir(PathBuf);
 
@@ -65,7 +70,7 @@ fn jpeg_benchmark(dir: &Path, n: usize) -> PathBuf {
 }
 
 /// Samples/s over one epoch (best of `reps` epochs, epochs 0..reps).
-fn rate(loader: &Loader<BasicPrep>, reps: u64) -> f64 {
+fn rate(loader: &Loader<ViltPrep>, reps: u64) -> f64 {
     let mut best = 0f64;
     for epoch in 0..reps {
         let t0 = Instant::now();
@@ -74,7 +79,14 @@ fn rate(loader: &Loader<BasicPrep>, reps: u64) -> f64 {
         for b in loader.epoch(epoch) {
             let b = b.unwrap();
             n += b.len();
-            sink += b.data.pixels.iter().step_by(97).sum::<f32>();
+            sink += b
+                .data
+                .pixel_values
+                .f32s()
+                .unwrap()
+                .iter()
+                .step_by(97)
+                .sum::<f32>();
         }
         std::hint::black_box(sink);
         best = best.max(n as f64 / t0.elapsed().as_secs_f64());
@@ -101,11 +113,29 @@ fn main() {
     let jpeg_json = jpeg_benchmark(&jpeg_dir.0, 96);
     let jpeg_s = t0.elapsed().as_secs_f64();
 
+    // A tiny model folder for its tokenizer: the texts are tokenized as in training.
+    let model = temp("model");
+    let opts = InitOptions {
+        seed: 0,
+        randomize_all: false,
+    };
+    init_model_dir(&model.0, Preset::parse("tiny").unwrap(), opts, false).unwrap();
+    let tokenizer = Arc::new(BertTokenizer::from_model_dir(&model.0).unwrap());
+    let prep = |size: u32| {
+        Arc::new(ViltPrep {
+            tokenizer: tokenizer.clone(),
+            images: ImageProcessor::square(size),
+            max_text_len: 40,
+            text_bucket: 1,
+        })
+    };
+
     println!("synth defaults: {synth_default_s:.2} s; synth 3x4x100: {synth_s:.2} s; 96 JPEGs 384x384 written in {jpeg_s:.2} s");
     println!(
-        "{:<28} {:>7} {:>6} {:>12}",
-        "data (prep)", "threads", "cache", "samples/s"
+        "{:<28} {:>7} {:>6} {:>12} {:>14}",
+        "data (prep)", "threads", "cache", "samples/s", "per core"
     );
+    let per_core = |r: f64, threads: usize| r / threads.max(1) as f64;
     let cases = [
         ("synth 64px PNG (64px)", rep.json_path.clone(), 64u32),
         ("synth 64px PNG (384px)", rep.json_path.clone(), 384),
@@ -120,7 +150,7 @@ fn main() {
                 Split::Train,
                 &MissingSpec::NONE,
                 0,
-                Arc::new(BasicPrep { size }),
+                prep(size),
                 LoaderConfig {
                     batch_size: 16,
                     shuffle: true,
@@ -130,10 +160,11 @@ fn main() {
                 },
             )
             .unwrap();
+            let r = rate(&loader, 2);
             println!(
-                "{name:<28} {threads:>7} {:>6} {:>12.0}",
+                "{name:<28} {threads:>7} {:>6} {r:>12.0} {:>14.0}",
                 "off",
-                rate(&loader, 2)
+                per_core(r, threads)
             );
         }
         // The cache: the first epoch fills it, the timed ones are served from memory.
@@ -143,7 +174,7 @@ fn main() {
             Split::Train,
             &MissingSpec::NONE,
             0,
-            Arc::new(BasicPrep { size }),
+            prep(size),
             LoaderConfig {
                 batch_size: 16,
                 shuffle: true,
@@ -154,11 +185,18 @@ fn main() {
         )
         .unwrap();
         rate(&loader, 1);
+        let r = rate(&loader, 2);
         println!(
-            "{name:<28} {:>7} {:>6} {:>12.0}",
+            "{name:<28} {:>7} {:>6} {r:>12.0} {:>14.0}",
             2,
             "warm",
-            rate(&loader, 2)
+            per_core(r, 2)
+        );
+        let pixels = loader.len() * 3 * (size * size) as usize;
+        println!(
+            "{name:<28} cache holds {:.1} MiB of u8 images ({:.1} MiB as f32)",
+            pixels as f64 / (1 << 20) as f64,
+            4.0 * pixels as f64 / (1 << 20) as f64
         );
     }
     println!(

@@ -229,7 +229,9 @@ struct TrainArgs {
     /// Threads decoding and pre-processing batches (default: one per core of the machine).
     #[arg(long)]
     loader_threads: Option<usize>,
-    /// Keep decoded images in memory (small datasets).
+    /// Keep every pre-processed image in host memory after its first use, as 8-bit values
+    /// (a quarter of f32's bytes, normalised when a batch is assembled): later epochs and
+    /// evaluations decode nothing.
     #[arg(long)]
     cache_images: bool,
     /// Leave out unreadable images instead of failing: each is printed and listed in

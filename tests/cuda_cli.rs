@@ -149,6 +149,23 @@ fn delo_train_cuda_matches_cpu() {
     // The graph replays exactly the kernels the plain path launches: the same results.
     let ((ap_plain, fg_plain), _) = train("cuda", "off", "32");
     assert_eq!((ap, fg), (ap_plain, fg_plain), "CUDA graph on vs off");
+    // `delo eval` on CUDA (key groups padded to a few sizes, read back together) gives the AP
+    // of the run's own final evaluation, waiting for the device twice per batch: once for
+    // the task queries, once for every group's logits.
+    let (table, _) = delo(&["eval", "--run", path(&root.join("cuda-graph-on-bucket-32"))]);
+    let line = |start: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting {start:?}:\n{table}"))
+    };
+    let mean = line("| mean (AP) |");
+    assert!(
+        mean.contains(&format!(" {ap:.2} ")),
+        "AP {ap:.2} in training, {mean}"
+    );
+    let work = line("CUDA driver work per evaluation batch");
+    assert!(work.contains("host syncs 2.00,"), "{work}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -23,6 +23,7 @@ static CPU: CpuBackend = CpuBackend;
 fn main() {
     let gpu_tests = [
         trial!(upload_download_views_and_empty),
+        trial!(download_group_reads_every_dtype_with_one_wait),
         trial!(cast_is_bit_exact),
         trial!(matmul_f32_every_layout),
         trial!(matmul_bf16_every_layout),
@@ -169,6 +170,45 @@ fn upload_download_views_and_empty() {
     assert_eq!(c.offset(), 0);
     assert_eq!(host(&c), host(&v));
     b.synchronize().unwrap();
+}
+
+/// `download_group` gives what `download` gives each tensor (views, odd bf16 lengths that
+/// share a word with the next tensor, i32, empty), with one host synchronisation in all, and
+/// reports a kernel error set before it.
+fn download_group_reads_every_dtype_with_one_wait() {
+    let d = gpu();
+    let Device::Cuda(be) = &d else { unreachable!() };
+    let mut r = rng(3);
+    let x = up(&d, &randn(&mut r, &[5, 7]));
+    let v = x.view(9, &[3, 4]).unwrap();
+    let h = up(
+        &d,
+        &Tensor::from_bf16([1.5f32, -2.25, 3.0].map(bf16::from_f32).to_vec(), &[3]).unwrap(),
+    );
+    let i = up(&d, &Tensor::from_i32(vec![3, -1, 7], &[3]).unwrap());
+    let e = up(&d, &Tensor::from_f32(vec![], &[0, 4]).unwrap());
+    let all = [&x, &h, &v, &e, &i];
+    let b = d.backend();
+    b.synchronize().unwrap();
+    let before = be.counts();
+    let got = b.download_group(&all).unwrap();
+    assert_eq!(be.counts().since(&before).host_syncs, 1);
+    for (t, g) in all.iter().zip(&got) {
+        assert_eq!(g.shape(), t.shape());
+        assert_eq!(g.dtype(), t.dtype());
+        assert!(g.cpu().is_ok(), "a host tensor");
+        match t.dtype() {
+            DType::I32 => assert_eq!(g.to_vec_i32().unwrap(), t.to_vec_i32().unwrap()),
+            _ => assert_eq!(host(g), host(t)),
+        }
+    }
+    // An out-of-range gather sets the error word: the group read reports it, once.
+    let table = up(&d, &randn(&mut r, &[2, 3]));
+    let idx = up(&d, &Tensor::from_i32(vec![5], &[1]).unwrap());
+    let _ = b.gather_rows(&table, &idx);
+    let err = b.download_group(&[&x]).unwrap_err().to_string();
+    assert!(err.contains("gather_rows"), "{err}");
+    assert!(b.download_group(&[&x]).is_ok());
 }
 
 fn cast_is_bit_exact() {

@@ -183,7 +183,7 @@ fn processor_matches_vilt_image_processor() {
     let a = proc.load(&pre("pattern.png")).unwrap();
     let b = proc.process(&crop).unwrap();
     assert_eq!((a.height, a.width, b.height, b.width), (64, 64, 32, 96));
-    let batch = collate_images(&[a, b]).unwrap();
+    let batch = collate_images(&[&a, &b]).unwrap();
     let pv = st.tensor("pixel_values").unwrap();
     assert_eq!(batch.pixel_values.shape(), pv.shape());
     let want: Vec<f32> = pv
@@ -229,7 +229,8 @@ fn vilt_sizes_of_common_photos() {
     assert_eq!((out.height, out.width), (384, 512));
     assert_eq!(out.data.len(), 3 * 384 * 512);
     // Black → −1 after x/255 and (x − 0.5)/0.5.
-    assert!(out.data.iter().all(|&x| x == -1.0));
+    assert!(out.data.iter().all(|&x| x == 0));
+    assert!(out.normalized().iter().all(|&x| x == -1.0));
     assert!(p.process(&RgbImage::new(4000, 3)).is_err());
 }
 
@@ -238,21 +239,22 @@ fn batch_padding_and_mask() {
     let a = PixelImage {
         height: 2,
         width: 3,
-        data: (0..18).map(|x| x as f32 + 1.0).collect(),
+        data: (0..18).map(|x| x * 10 + 1).collect(),
     };
     let b = PixelImage {
         height: 3,
         width: 1,
-        data: vec![-1.0; 9],
+        data: vec![0; 9],
     };
-    let batch = collate_images(&[a, b]).unwrap();
+    let batch = collate_images(&[&a, &b]).unwrap();
     assert_eq!(batch.pixel_values.shape(), &[2, 3, 3, 3]);
     assert_eq!(batch.pixel_mask.shape(), &[2, 3, 3]);
     let pv = batch.pixel_values.f32s().unwrap();
-    // Image 0, channel 1: rows [7 8 9], [10 11 12], then a zero row.
+    // Image 0, channel 1: rows [61 71 81], [91 101 111] normalised, then a zero row.
+    let n = delo::data::image::normalized;
     assert_eq!(
         &pv[9..18],
-        &[7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 0.0, 0.0, 0.0]
+        &[n(61), n(71), n(81), n(91), n(101), n(111), 0.0, 0.0, 0.0]
     );
     // Image 1, channel 0: one real column, zeros to the right.
     assert_eq!(
@@ -271,7 +273,7 @@ fn square_mode_missing_image_and_decode_errors() {
     assert_eq!((out.height, out.width), (96, 96));
     let white = p.missing();
     assert_eq!((white.height, white.width), (96, 96));
-    assert!(white.data.iter().all(|&x| x == 1.0));
+    assert!(white.normalized().iter().all(|&x| x == 1.0));
     // A white image processed for real gives the same values.
     let real = p
         .process(&RgbImage::from_pixel(10, 20, image::Rgb([255; 3])))

@@ -133,6 +133,12 @@ pub trait Backend: Send + Sync {
     fn upload(&self, host: &Tensor) -> Result<Tensor>;
     /// A tensor of this device copied to the host.
     fn download(&self, t: &Tensor) -> Result<Tensor>;
+    /// Several tensors of this device copied to the host together: on CUDA one wait for the
+    /// device however many tensors there are (they are gathered into one block first), where
+    /// a [`Backend::download`] each would wait once per tensor. Same values as `download`.
+    fn download_group(&self, ts: &[&Tensor]) -> Result<Vec<Tensor>> {
+        ts.iter().map(|t| self.download(t)).collect()
+    }
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
     /// f32 ↔ bf16 (round to nearest even); same dtype gives a copy.
     fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor>;

@@ -1,6 +1,8 @@
 //! Image pre-processing with `ViltImageProcessor` semantics (VILT.md §Pre-processing).
 //!
-//! Decode ([`crate::data::decode`]: every format Pillow reads that the `image` crate reads) → RGB8 → resize → x/255 → (x − 0.5)/0.5 → CHW f32.
+//! Decode ([`crate::data::decode`]: every format Pillow reads that the `image` crate reads) → RGB8 → resize → CHW u8
+//! ([`PixelImage`], what the loader's image cache keeps: a quarter of the f32 bytes) → x/255 →
+//! (x − 0.5)/0.5 → f32 when a batch is collated ([`collate_images`]).
 //! Resizing is a port of Pillow's `Image.resize(..., BICUBIC)` for 8-bit images (separable
 //! Keys cubic with a = −0.5, support scaled by the down-sampling factor, 22-bit fixed-point
 //! coefficients, two separable passes each rounded and clipped to u8), which is
@@ -55,14 +57,37 @@ pub enum ResizeMode {
     Square(u32),
 }
 
-/// One pre-processed image: normalised CHW f32, 3 channels.
+/// One pre-processed image: resized, CHW, 3 channels, 8-bit values not yet normalised (the
+/// loader's image cache keeps these; [`collate_images`] normalises them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PixelImage {
     pub height: usize,
     pub width: usize,
-    /// `[3, height, width]` row-major.
-    pub data: Vec<f32>,
+    /// `[3, height, width]` row-major, 0..=255.
+    pub data: Vec<u8>,
 }
+
+impl PixelImage {
+    /// The normalised values `[3, height, width]` (see [`normalized`]), as the batch holds them.
+    pub fn normalized(&self) -> Vec<f32> {
+        self.data.iter().map(|&v| normalized(v)).collect()
+    }
+}
+
+/// ViLT's normalisation of one 8-bit value, exactly as transformers computes it: x/255 in f64
+/// rounded to f32 (`rescale`), then (x − 0.5)/0.5 in f32 (`normalize`, mean = std = 0.5).
+/// 0 ↦ −1 and 255 ↦ 1 exactly.
+pub fn normalized(v: u8) -> f32 {
+    NORMALIZED[v as usize]
+}
+
+/// [`normalized`] of every 8-bit value.
+static NORMALIZED: std::sync::LazyLock<[f32; 256]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|v| {
+        let r = (v as f64 * (1.0 / 255.0)) as f32;
+        (r - 0.5) / 0.5
+    })
+});
 
 /// A padded batch of images.
 #[derive(Clone, Debug)]
@@ -146,11 +171,10 @@ impl ImageProcessor {
                 self.mode
             ))
         })?;
-        let resized = resize_bicubic_pil(img, ow, oh);
-        Ok(normalize(&resized))
+        Ok(planar(&resize_bicubic_pil(img, ow, oh)))
     }
 
-    /// The stand-in for a missing image: white (every normalised value 1.0) at the forced
+    /// The stand-in for a missing image: white (255, every normalised value 1.0) at the forced
     /// size, or `shortest × shortest` in shortest-edge mode.
     pub fn missing(&self) -> PixelImage {
         let s = match self.mode {
@@ -160,25 +184,19 @@ impl ImageProcessor {
         PixelImage {
             height: s,
             width: s,
-            data: vec![1.0; 3 * s * s],
+            data: vec![255; 3 * s * s],
         }
     }
 }
 
-/// x/255 in f64 rounded to f32 (transformers' `rescale`), then (x − 0.5)/0.5 in f32
-/// (`normalize`), HWC u8 → CHW f32.
-fn normalize(img: &RgbImage) -> PixelImage {
+/// HWC → CHW, values kept.
+fn planar(img: &RgbImage) -> PixelImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut lut = [0f32; 256];
-    for (v, out) in lut.iter_mut().enumerate() {
-        let r = (v as f64 * (1.0 / 255.0)) as f32;
-        *out = (r - 0.5) / 0.5;
-    }
     let raw = img.as_raw();
-    let mut data = vec![0f32; 3 * h * w];
+    let mut data = vec![0u8; 3 * h * w];
     for (i, px) in raw.chunks_exact(3).enumerate() {
         for c in 0..3 {
-            data[c * h * w + i] = lut[px[c] as usize];
+            data[c * h * w + i] = px[c];
         }
     }
     PixelImage {
@@ -188,9 +206,9 @@ fn normalize(img: &RgbImage) -> PixelImage {
     }
 }
 
-/// Pads images bottom/right with zeros to the batch's largest height and width and builds the
-/// pixel mask, as `ViltImageProcessor(do_pad=True)`.
-pub fn collate_images(images: &[PixelImage]) -> Result<ImageBatch> {
+/// Normalises images ([`normalized`]), pads them bottom/right with zeros to the batch's largest
+/// height and width and builds the pixel mask, as `ViltImageProcessor(do_pad=True)`.
+pub fn collate_images(images: &[&PixelImage]) -> Result<ImageBatch> {
     if images.is_empty() {
         return Err(Error::Msg(
             "cannot build an image batch of zero images".into(),
@@ -212,6 +230,7 @@ pub fn collate_images(images: &[PixelImage]) -> Result<ImageBatch> {
     let b = images.len();
     let hm = images.iter().map(|i| i.height).max().unwrap_or(0);
     let wm = images.iter().map(|i| i.width).max().unwrap_or(0);
+    let lut: &[f32; 256] = &NORMALIZED;
     let mut px = vec![0f32; b * 3 * hm * wm];
     let mut mask = vec![0i32; b * hm * wm];
     for (n, im) in images.iter().enumerate() {
@@ -219,7 +238,9 @@ pub fn collate_images(images: &[PixelImage]) -> Result<ImageBatch> {
             for y in 0..im.height {
                 let src = &im.data[(c * im.height + y) * im.width..][..im.width];
                 let dst = ((n * 3 + c) * hm + y) * wm;
-                px[dst..dst + im.width].copy_from_slice(src);
+                for (o, &v) in px[dst..dst + im.width].iter_mut().zip(src) {
+                    *o = lut[v as usize];
+                }
             }
         }
         for y in 0..im.height {
@@ -407,8 +428,67 @@ mod tests {
     fn normalisation_maps_0_and_255_to_minus1_and_1() {
         let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([if x == 0 { 0 } else { 255 }; 3]));
         let p = ImageProcessor::square(2).process(&img).unwrap();
-        // CHW: channel 0 row 0 = [-1, 1] (resized 2×1 → 2×2 keeps columns).
-        assert_eq!(&p.data[0..2], &[-1.0, 1.0]);
+        // CHW: channel 0 row 0 = [0, 255] → [-1, 1] (resized 2×1 → 2×2 keeps columns).
+        assert_eq!(&p.data[0..2], &[0, 255]);
+        assert_eq!(&p.normalized()[0..2], &[-1.0, 1.0]);
         assert_eq!(p.data.len(), 12);
+    }
+
+    /// The f32 values that pre-processing produced before images were kept as u8 (each pixel
+    /// normalised as decoded, with transformers' two roundings written out again here): the
+    /// u8 path must give them bit for bit.
+    fn normalized_as_f32_path(v: u8) -> f32 {
+        let rescaled = (f64::from(v) * (1.0 / 255.0)) as f32;
+        (rescaled - 0.5f32) / 0.5f32
+    }
+
+    #[test]
+    fn u8_images_collate_to_the_f32_path_values_bit_for_bit() {
+        for v in 0..=255u8 {
+            assert_eq!(
+                normalized(v).to_bits(),
+                normalized_as_f32_path(v).to_bits(),
+                "value {v}"
+            );
+        }
+        let img = RgbImage::from_fn(45, 31, |x, y| {
+            image::Rgb([(x * 7 + y) as u8, (x * y) as u8, (255 - x * 3) as u8])
+        });
+        let p = ImageProcessor::square(24).process(&img).unwrap();
+        let small = ImageProcessor::square(16).process(&img).unwrap();
+        let batch = collate_images(&[&p, &small]).unwrap();
+        let got = batch.pixel_values.f32s().unwrap();
+        // The f32 path: resize, then normalise every value, then pad with zeros.
+        let resized = resize_bicubic_pil(&img, 24, 24);
+        for (i, px) in resized.pixels().enumerate() {
+            for c in 0..3 {
+                let want = normalized_as_f32_path(px[c]);
+                assert_eq!(
+                    got[c * 576 + i].to_bits(),
+                    want.to_bits(),
+                    "pixel {i}, channel {c}"
+                );
+            }
+        }
+        let resized = resize_bicubic_pil(&img, 16, 16);
+        for (i, px) in resized.pixels().enumerate() {
+            let (y, x) = (i / 16, i % 16);
+            for c in 0..3 {
+                let want = normalized_as_f32_path(px[c]);
+                let at = 3 * 576 + c * 576 + y * 24 + x;
+                assert_eq!(
+                    got[at].to_bits(),
+                    want.to_bits(),
+                    "small: pixel {i}, channel {c}"
+                );
+            }
+        }
+        // Padding stays 0.0 (not a normalised value).
+        assert_eq!(got[3 * 576 + 16], 0.0);
+        assert!(ImageProcessor::square(8)
+            .missing()
+            .normalized()
+            .iter()
+            .all(|&x| x == 1.0));
     }
 }

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::autograd::{Tape, Var};
+use crate::backend::cuda::DriverCounts;
+use crate::backend::Device;
 use crate::data::{Label, LabelKind, MissingType, Split};
 use crate::delo::adapter::{groups_of, row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
 use crate::delo::config::{TaskKeySource, Variant};
@@ -14,6 +16,7 @@ use crate::delo::keys::majority;
 use crate::delo::losses::head_logits;
 use crate::error::Result;
 use crate::report::metrics::MultiLabelCounts;
+use crate::tensor::Tensor;
 use crate::train::Trainer;
 
 /// One evaluated (split, task) cell: the metric in percent and the task-id accuracy in percent.
@@ -76,6 +79,12 @@ impl Answer {
 /// Runs the trained tasks 0..=`trained` on a batch and says, per sample, which head answered
 /// with what: per key group (`input`, `frozen`, `oracle`), by per-layer choice with the head of
 /// the majority (`layer`), or the one shared model (`seq-lora`).
+///
+/// What it waits for on a GPU: the task query once (`input`, `frozen`: the Task-Key choice is
+/// made on the host), each layer's query once (`layer`, inside the adapter), and the logits of
+/// every group once, together, after all the groups' forwards are queued. On CUDA (without
+/// `probes`) a group's forward runs on [`bucket_rows`], so that its buffers come in a few
+/// sizes that the device block cache keeps from batch to batch.
 pub(crate) fn answer_batch(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
@@ -86,26 +95,21 @@ pub(crate) fn answer_batch(
     let s = tr.settings();
     let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
     let layers = tr.vilt.cfg.num_hidden_layers;
-    let mut tape = Tape::new(tr.device.clone());
-    let bound: Vec<BoundTask> = tr.tasks[..=trained]
-        .iter()
-        .map(|t| BoundTask::constants(&mut tape, &t.params))
-        .collect();
     let layered = s.delo.task_key == TaskKeySource::Layer && s.delo.variant != Variant::SeqLora;
-    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
-    let mut fill = |tape: &mut Tape, k: usize, rows: &[usize], pooled: Var| -> Result<()> {
-        let logits = head_logits(tape, &bound[k], pooled)?;
-        let lv = tape.value(logits).to_vec_f32()?;
-        let n = lv.len() / rows.len().max(1);
-        for (r, &i) in rows.iter().enumerate() {
-            answers[i] = Some(Answer {
-                k,
-                logits: lv[r * n..(r + 1) * n].to_vec(),
-            });
-        }
-        Ok(())
+    let be = tr.device.backend();
+    let logits_of = |tape: &mut Tape, task: &BoundTask, pooled: Var| -> Result<Tensor> {
+        let logits = head_logits(tape, task, pooled)?;
+        Ok(tape.value(logits).clone())
     };
+    // Per group: its task, its rows of the batch and its logits, left on the device until
+    // every group's forward is queued.
+    let mut groups: Vec<(usize, Vec<usize>, Tensor)> = Vec::new();
     if layered {
+        let mut tape = Tape::new(tr.device.clone());
+        let bound: Vec<BoundTask> = tr.tasks[..=trained]
+            .iter()
+            .map(|t| BoundTask::constants(&mut tape, &t.params))
+            .collect();
         let choice = TaskChoice::PerLayer {
             tasks: &bound,
             tables: &tr.keys,
@@ -120,25 +124,38 @@ pub(crate) fn answer_batch(
         }
         for (k, rows) in groups_of(&majority(&ad.picks, trained + 1)) {
             let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
-            fill(&mut tape, k, &rows, pooled)?;
+            let logits = logits_of(&mut tape, &bound[k], pooled)?;
+            groups.push((k, rows, logits));
         }
     } else {
         let picked: Vec<usize> = match (s.delo.variant, s.delo.task_key) {
             (Variant::SeqLora, _) => vec![trained; missing.len()],
             (_, TaskKeySource::Oracle) => vec![task; missing.len()],
             _ => {
+                let mut tape = Tape::new(tr.device.clone());
                 let q = tr.task_query(&mut tape, &batch.data, &missing)?;
-                tr.keys[0].predict(&q.to_vec_f32()?, q.dim(1), trained + 1)
+                let host = be.download_group(&[&q])?;
+                tr.keys[0].predict(&host[0].to_vec_f32()?, q.dim(1), trained + 1)
             }
         };
+        // Padding rows would be counted in the probes; the CPU keeps its shapes (and bits).
+        let pad = tr.device.is_cuda() && probes.is_none();
         for (k, rows) in groups_of(&picked) {
-            let sub = if rows.len() == picked.len() {
+            let run = match pad {
+                true => bucket_rows(&rows, s.eval_batch_size),
+                false => rows.clone(),
+            };
+            let sub = if run.len() == picked.len() && run == rows {
                 batch.data.clone()
             } else {
-                batch.data.select(&rows)?
+                batch.data.select(&run)?
             };
-            let sub_missing: Vec<MissingType> = rows.iter().map(|&i| missing[i]).collect();
-            let choice = TaskChoice::One(&bound[k]);
+            let sub_missing: Vec<MissingType> = run.iter().map(|&i| missing[i]).collect();
+            // A tape per group: its intermediates go back to the device block cache once its
+            // forward is queued, so a batch needs one group's buffers at a time.
+            let mut tape = Tape::new(tr.device.clone());
+            let bound = BoundTask::constants(&mut tape, &tr.tasks[k].params);
+            let choice = TaskChoice::One(&bound);
             let mut ad = DeloAdapter::new(&s.delo, choice, &sub_missing, layers, Proxy::None);
             if probes.is_some() {
                 ad = ad.record_selections();
@@ -147,7 +164,22 @@ pub(crate) fn answer_batch(
             if let Some(p) = probes.as_deref_mut() {
                 collect_probes(p, &tape, &ad, &sub_missing)?;
             }
-            fill(&mut tape, k, &rows, out.pooled)?;
+            let logits = logits_of(&mut tape, &bound, out.pooled)?;
+            groups.push((k, rows, logits));
+        }
+    }
+    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.2).collect();
+    let host = be.download_group(&logits)?;
+    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
+    for ((k, rows, _), lv) in groups.iter().zip(&host) {
+        // A group's first rows are its own samples; padding rows after them are dropped.
+        let n = lv.numel() / lv.dim(0).max(1);
+        let lv = lv.to_vec_f32()?;
+        for (r, &i) in rows.iter().enumerate() {
+            answers[i] = Some(Answer {
+                k: *k,
+                logits: lv[r * n..(r + 1) * n].to_vec(),
+            });
         }
     }
     answers
@@ -156,13 +188,46 @@ pub(crate) fn answer_batch(
         .collect()
 }
 
+/// `rows` followed by copies of its first row up to a bucket size: the smallest power of two
+/// that holds them, or `batch` (the evaluation batch size) when that is smaller. A key group
+/// (or a last, partial batch) then has one of about log₂(batch) + 1 shapes instead of any size
+/// up to the batch's. The copies' answers are dropped: samples do not interact in the encoder,
+/// so they change no sample's logits and no metric.
+pub(crate) fn bucket_rows(rows: &[usize], batch: usize) -> Vec<usize> {
+    let size = rows.len().next_power_of_two().min(batch.max(rows.len()));
+    let mut out = rows.to_vec();
+    out.resize(size, rows.first().copied().unwrap_or(0));
+    out
+}
+
 /// Evaluates `task` on `split` with the tasks trained so far (0..=`trained`).
 pub fn evaluate(
     tr: &Trainer,
     task: usize,
     split: Split,
     trained: usize,
+    probes: Option<&mut Probes>,
+) -> Result<(Cell, Vec<SamplePrediction>)> {
+    evaluate_counted(tr, task, split, trained, probes, None)
+}
+
+/// What the CUDA driver has been asked so far (`None` on the CPU).
+fn driver_counts(tr: &Trainer) -> Option<DriverCounts> {
+    match &tr.device {
+        Device::Cuda(b) => Some(b.counts()),
+        Device::Cpu => None,
+    }
+}
+
+/// [`evaluate`], appending to `work` (on CUDA) what each batch asked of the driver: its
+/// uploads, launches, copies, waits and allocations, counted by the backend.
+fn evaluate_counted(
+    tr: &Trainer,
+    task: usize,
+    split: Split,
+    trained: usize,
     mut probes: Option<&mut Probes>,
+    mut work: Option<&mut Vec<DriverCounts>>,
 ) -> Result<(Cell, Vec<SamplePrediction>)> {
     let n_cls = tr.bench.tasks[task].classes.len();
     let loader = tr.loader(task, split, false)?;
@@ -176,7 +241,13 @@ pub fn evaluate(
     let mut epoch = loader.epoch(0);
     for batch in &mut epoch {
         let batch = batch?;
+        let before = driver_counts(tr);
         let answers = answer_batch(tr, &batch, task, trained, probes.as_deref_mut())?;
+        if let (Some(w), Some(before), Some(after)) =
+            (work.as_deref_mut(), before, driver_counts(tr))
+        {
+            w.push(after.since(&before));
+        }
         for (a, sample) in answers.iter().zip(&batch.samples) {
             let columns = &columns[a.k];
             let top = a.top();
@@ -324,8 +395,9 @@ pub fn eval_run(
     );
     let mut csv = String::from("item_index,task,predicted_task,prediction\n");
     let (mut sum, mut counted) = (0.0, 0usize);
+    let mut work = tr.device.is_cuda().then(Vec::new);
     for j in 0..done {
-        let (cell, preds) = evaluate(tr, j, split, done - 1, None)?;
+        let (cell, preds) = evaluate_counted(tr, j, split, done - 1, None, work.as_mut())?;
         if cell.empty {
             table += &format!("| {} | no samples | no samples |\n", j + 1);
             continue;
@@ -352,8 +424,52 @@ pub fn eval_run(
             table += &format!("- item {} ({}): {}\n", s.item, s.split, s.error);
         }
     }
+    if let Some(work) = work {
+        table += &driver_work(&work);
+    }
     if let Some(path) = predictions_csv {
         crate::st::write_atomic(path, csv.as_bytes())?;
     }
     Ok(table)
+}
+
+/// The mean driver work of the evaluation batches after the first (whose buffers fill the
+/// device block cache), as one line of `delo eval`'s output.
+fn driver_work(batches: &[DriverCounts]) -> String {
+    let steady = if batches.len() > 1 {
+        &batches[1..]
+    } else {
+        batches
+    };
+    let n = steady.len().max(1) as f64;
+    let mean = |f: fn(&DriverCounts) -> u64| steady.iter().map(f).sum::<u64>() as f64 / n;
+    format!(
+        "\nCUDA driver work per evaluation batch (mean of {} batches after the first, counted by the backend): launches {:.1}, memsets + copies {:.1}, host syncs {:.2}, event waits {:.2}, allocations {:.2}, uploads {:.1}\n",
+        steady.len(),
+        mean(|c| c.launches),
+        mean(|c| c.memops),
+        mean(|c| c.host_syncs),
+        mean(|c| c.event_waits),
+        mean(|c| c.allocs),
+        mean(|c| c.uploads),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_rows;
+
+    #[test]
+    fn groups_are_padded_with_their_first_row_to_a_few_sizes() {
+        assert_eq!(bucket_rows(&[3], 16), vec![3]);
+        assert_eq!(bucket_rows(&[2, 5, 9], 16), vec![2, 5, 9, 2]);
+        assert_eq!(bucket_rows(&(0..9).collect::<Vec<_>>(), 16).len(), 16);
+        // A batch size that is not a power of two caps the bucket.
+        assert_eq!(bucket_rows(&(0..9).collect::<Vec<_>>(), 12).len(), 12);
+        assert_eq!(bucket_rows(&(0..12).collect::<Vec<_>>(), 12).len(), 12);
+        let sizes: std::collections::BTreeSet<usize> = (1..=16)
+            .map(|n| bucket_rows(&(0..n).collect::<Vec<_>>(), 16).len())
+            .collect();
+        assert_eq!(sizes.into_iter().collect::<Vec<_>>(), vec![1, 2, 4, 8, 16]);
+    }
 }

@@ -28,8 +28,7 @@ impl SamplePrep for ViltPrep {
         Ok(self.images.missing())
     }
     fn collate(&self, images: &[&PixelImage], texts: &[&str]) -> Result<ViltInputs> {
-        let owned: Vec<PixelImage> = images.iter().map(|&i| i.clone()).collect();
-        let img = collate_images(&owned)?;
+        let img = collate_images(images)?;
         let txt =
             self.tokenizer
                 .encode_batch_bucketed(texts, self.max_text_len, self.text_bucket)?;

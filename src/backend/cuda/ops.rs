@@ -339,6 +339,61 @@ impl Backend for CudaBackend {
         self.check_kernel_errors()?;
         Ok(out)
     }
+    fn download_group(&self, ts: &[&Tensor]) -> Result<Vec<Tensor>> {
+        const WHAT: &str = "download_group";
+        self.not_traced(WHAT)?;
+        // Each tensor at a 4-byte-aligned offset of one block, the error word last: one
+        // blocking download reads the values and the kernel errors of the work before them.
+        let mut offsets = Vec::with_capacity(ts.len());
+        let mut words = 0usize;
+        for t in ts {
+            offsets.push(words);
+            words += (t.numel() * t.dtype().size_bytes()).div_ceil(4);
+        }
+        let (_block, base) = self.empty(&[words + 1], DType::I32)?;
+        for (t, &off) in ts.iter().zip(&offsets) {
+            let bytes = t.numel() * t.dtype().size_bytes();
+            if bytes > 0 {
+                let src = self.ptr(t, t.dtype(), WHAT)?;
+                // SAFETY: `src` holds `bytes` bytes of a live block; the destination range lies
+                // inside `_block`, sized for every tensor's words.
+                unsafe { self.memcpy_dtod(Ptr(base.0 + 4 * off as u64), src, bytes)? };
+            }
+        }
+        let mut host = vec![0u32; words + 1];
+        // SAFETY: the error word is a live 4-byte allocation; the last word of `_block` is free.
+        unsafe {
+            self.memcpy_dtod(Ptr(base.0 + 4 * words as u64), self.err_ptr(), 4)?;
+            self.memset0(self.err_ptr(), 4)?;
+        }
+        self.download_into(&mut host, base, WHAT)?;
+        if host[words] != 0 {
+            return Err(super::kernel_error(host[words] as i32));
+        }
+        ts.iter()
+            .zip(&offsets)
+            .map(|(t, &off)| {
+                let n = t.numel();
+                let raw = &host[off..];
+                match t.dtype() {
+                    DType::F32 => Tensor::from_f32(
+                        raw[..n].iter().map(|&b| f32::from_bits(b)).collect(),
+                        t.shape(),
+                    ),
+                    DType::I32 => {
+                        Tensor::from_i32(raw[..n].iter().map(|&b| b as i32).collect(), t.shape())
+                    }
+                    // Two bf16 per word, the lower address in the low half (little-endian).
+                    DType::BF16 => Tensor::from_bf16(
+                        (0..n)
+                            .map(|i| bf16::from_bits((raw[i / 2] >> (16 * (i % 2))) as u16))
+                            .collect(),
+                        t.shape(),
+                    ),
+                }
+            })
+            .collect()
+    }
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         Ok(self.zeros_of(shape, dtype)?.0)
     }
