@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
 
@@ -335,44 +334,49 @@ impl TrainArgs {
 const RUNTIME: &str = "Run-time settings (may be given with --resume)";
 
 /// A setting as `run.json` stores it.
-type Stored = fn(&delo::train::TrainSettings) -> serde_json::Value;
+type Stored = fn(&delo::train::TrainSettings) -> String;
+
+/// A setting's value as JSON writes it (an f32 in its shortest form, `0.0001`).
+fn show<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("<{e}>"))
+}
 
 /// The `delo train` flags (clap ids) that change results, each with the setting it sets: with
 /// `--resume`, each one given must equal the run's. The flags under [`RUNTIME`] and
 /// `--resume`, `--data`, `--model`, `--out` are the others; the test
 /// `every_train_flag_is_classified` keeps the two lists complete.
 const RESULT_FLAGS: &[(&str, Stored)] = &[
-    ("missing", |s| json!(s.missing)),
-    ("frozen_dtype", |s| json!(s.frozen_dtype)),
-    ("epochs", |s| json!(s.epochs)),
-    ("batch_size", |s| json!(s.batch_size)),
-    ("eval_batch_size", |s| json!(s.eval_batch_size)),
-    ("lr", |s| json!(s.lr)),
-    ("weight_decay", |s| json!(s.weight_decay)),
-    ("beta1", |s| json!(s.betas.0)),
-    ("beta2", |s| json!(s.betas.1)),
-    ("adam_eps", |s| json!(s.eps)),
-    ("warmup", |s| json!(s.warmup)),
-    ("seed", |s| json!(s.seed)),
-    ("max_text_len", |s| json!(s.max_text_len)),
-    ("image_size", |s| json!(s.image_size)),
-    ("max_steps_per_task", |s| json!(s.max_steps_per_task)),
-    ("text_bucket", |s| json!(s.text_bucket)),
-    ("skip_bad", |s| json!(s.skip_bad)),
-    ("variant", |s| json!(s.delo.variant)),
-    ("experts", |s| json!(s.delo.experts)),
-    ("rank", |s| json!(s.delo.rank)),
-    ("factor_rank", |s| json!(s.delo.factor_rank)),
-    ("alpha", |s| json!(s.delo.alpha)),
-    ("targets", |s| json!(s.delo.targets)),
-    ("gate", |s| json!(s.delo.gate)),
-    ("lambda_cfs", |s| json!(s.delo.lambda_cfs)),
-    ("lambda_align", |s| json!(s.delo.lambda_align)),
-    ("lambda_con", |s| json!(s.delo.lambda_con)),
-    ("ema_beta", |s| json!(s.delo.ema_beta)),
-    ("no_cross_modal_guide", |s| json!(!s.delo.cross_modal_guide)),
-    ("task_key", |s| json!(s.delo.task_key)),
-    ("con_proxy", |s| json!(s.delo.con_proxy)),
+    ("missing", |s| show(&s.missing)),
+    ("frozen_dtype", |s| show(&s.frozen_dtype)),
+    ("epochs", |s| show(&s.epochs)),
+    ("batch_size", |s| show(&s.batch_size)),
+    ("eval_batch_size", |s| show(&s.eval_batch_size)),
+    ("lr", |s| show(&s.lr)),
+    ("weight_decay", |s| show(&s.weight_decay)),
+    ("beta1", |s| show(&s.betas.0)),
+    ("beta2", |s| show(&s.betas.1)),
+    ("adam_eps", |s| show(&s.eps)),
+    ("warmup", |s| show(&s.warmup)),
+    ("seed", |s| show(&s.seed)),
+    ("max_text_len", |s| show(&s.max_text_len)),
+    ("image_size", |s| show(&s.image_size)),
+    ("max_steps_per_task", |s| show(&s.max_steps_per_task)),
+    ("text_bucket", |s| show(&s.text_bucket)),
+    ("skip_bad", |s| show(&s.skip_bad)),
+    ("variant", |s| show(&s.delo.variant)),
+    ("experts", |s| show(&s.delo.experts)),
+    ("rank", |s| show(&s.delo.rank)),
+    ("factor_rank", |s| show(&s.delo.factor_rank)),
+    ("alpha", |s| show(&s.delo.alpha)),
+    ("targets", |s| show(&s.delo.targets)),
+    ("gate", |s| show(&s.delo.gate)),
+    ("lambda_cfs", |s| show(&s.delo.lambda_cfs)),
+    ("lambda_align", |s| show(&s.delo.lambda_align)),
+    ("lambda_con", |s| show(&s.delo.lambda_con)),
+    ("ema_beta", |s| show(&s.delo.ema_beta)),
+    ("no_cross_modal_guide", |s| show(&!s.delo.cross_modal_guide)),
+    ("task_key", |s| show(&s.delo.task_key)),
+    ("con_proxy", |s| show(&s.delo.con_proxy)),
 ];
 
 /// Every DeLo setting of DELO.md, with its defaults.
