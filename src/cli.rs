@@ -299,7 +299,8 @@ impl TrainArgs {
             .filter(|(id, _)| on_line(id))
             .filter_map(|(id, get)| {
                 let (a, b) = (get(&stored), get(&mine));
-                (a != b).then(|| format!("  --{}: the run has {a}, given {b}", id.replace('_', "-")))
+                (a != b)
+                    .then(|| format!("  --{}: the run has {a}, given {b}", id.replace('_', "-")))
             })
             .collect();
         if !differences.is_empty() {

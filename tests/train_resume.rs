@@ -32,7 +32,10 @@ fn fixture() -> &'static (PathBuf, PathBuf, PathBuf) {
 fn train(out: &Path) -> Command {
     let (_, data, model) = fixture();
     let mut c = Command::new(common::delo_exe());
-    c.args(["train", "--data"]).arg(data).arg("--model").arg(model);
+    c.args(["train", "--data"])
+        .arg(data)
+        .arg("--model")
+        .arg(model);
     c.arg("--out").arg(out).args([
         "--epochs",
         "2",
@@ -71,7 +74,11 @@ fn text(b: &[u8]) -> String {
 /// `file`, and returns the process once it is paused there.
 fn paused_in_write(mut c: Command, file: &str, n: usize) -> Child {
     c.env("DELO_TEST_FAULT", format!("pause:{file}:{n}"));
-    let mut child = c.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = c
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut seen = String::new();
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -81,7 +88,8 @@ fn paused_in_write(mut c: Command, file: &str, n: usize) -> Child {
         seen += &line;
         seen.push('\n');
     }
-    panic!("the run never reached write {n} of {file}:\n{seen}");
+    let status = child.wait().unwrap();
+    panic!("the run ended ({status}) before write {n} of {file}:\n{seen}");
 }
 
 /// SIGKILL (`Child::kill` on Unix), then reap.
@@ -133,18 +141,29 @@ fn assert_same_as_full(run: &Path) {
     for split in [delo::data::Split::Val, delo::data::Split::Test] {
         let (x, y) = (a.split(split).unwrap(), b.split(split).unwrap());
         assert_eq!(x.matrix, y.matrix, "{split:?} matrix");
-        assert_eq!(x.task_id_matrix, y.task_id_matrix, "{split:?} task-id matrix");
+        assert_eq!(
+            x.task_id_matrix, y.task_id_matrix,
+            "{split:?} task-id matrix"
+        );
         assert_eq!((x.ap, x.fg), (y.ap, y.fg), "{split:?} AP, FG");
     }
     let per_task = |r: &Results| -> Vec<(u64, usize, f64)> {
         r.tasks
             .iter()
-            .map(|t| t.as_ref().map(|t| (t.steps, t.epochs, t.final_loss)).unwrap())
+            .map(|t| {
+                t.as_ref()
+                    .map(|t| (t.steps, t.epochs, t.final_loss))
+                    .unwrap()
+            })
             .collect()
     };
     assert_eq!(per_task(&a), per_task(&b), "steps, epochs, final losses");
     assert_eq!(loss_log(full), loss_log(run), "metrics.jsonl");
-    assert!(!run.join(step_checkpoint::DIR).read_dir().unwrap().any(|_| true));
+    assert!(!run
+        .join(step_checkpoint::DIR)
+        .read_dir()
+        .unwrap()
+        .any(|_| true));
 }
 
 fn checkpoint_file(run: &Path, task: usize, step: usize) -> PathBuf {
@@ -163,8 +182,13 @@ fn sigkill_anywhere_then_resume_ends_as_the_uninterrupted_run() {
     let run = fixture().0.join("killed");
     // Inside the write of task 0's third checkpoint (step 6, the end of epoch 1).
     sigkill(paused_in_write(train(&run), "checkpoints/", 3));
-    let half_written = run.join(step_checkpoint::DIR).join(".task0-step00000006.safetensors.tmp");
-    assert!(half_written.is_file(), "the kill did not land inside the write");
+    let half_written = run
+        .join(step_checkpoint::DIR)
+        .join(".task0-step00000006.safetensors.tmp");
+    assert!(
+        half_written.is_file(),
+        "the kill did not land inside the write"
+    );
     // Inside the write of task 1's file, after its training.
     sigkill(paused_in_write(resume(&run), "task1.safetensors", 1));
     // At random times.
@@ -188,12 +212,18 @@ fn sigkill_anywhere_then_resume_ends_as_the_uninterrupted_run() {
     // The first resume went on after task 0's newest complete checkpoint, step 4.
     let first = &r.resumes[0];
     assert_eq!((first.task, first.step), (0, 4), "{first:?}");
-    assert_eq!(first.checkpoint.as_deref(), Some("task0-step00000004.safetensors"));
+    assert_eq!(
+        first.checkpoint.as_deref(),
+        Some("task0-step00000004.safetensors")
+    );
     // The second went on after task 1's training: its newest checkpoint, step 6.
     assert_eq!((r.resumes[1].task, r.resumes[1].step), (1, 6));
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("## Resumes") && report.contains("task0-step00000004"));
-    assert!(Results::load(&full.join("results.json")).unwrap().resumes.is_empty());
+    assert!(Results::load(&full.join("results.json"))
+        .unwrap()
+        .resumes
+        .is_empty());
 }
 
 #[test]
@@ -207,8 +237,14 @@ fn a_truncated_or_corrupted_checkpoint_is_named_and_the_one_before_is_used() {
     bytes[end] ^= 0x40;
     let flipped = fixture().0.join("flipped.safetensors");
     std::fs::write(&flipped, &bytes).unwrap();
-    let err = step_checkpoint::load(&flipped).err().expect("a corrupt file loaded").to_string();
-    assert!(err.contains("checksum mismatch") && err.contains("flipped"), "{err}");
+    let err = step_checkpoint::load(&flipped)
+        .err()
+        .expect("a corrupt file loaded")
+        .to_string();
+    assert!(
+        err.contains("checksum mismatch") && err.contains("flipped"),
+        "{err}"
+    );
     // The newest checkpoint cut short: resume names it and goes on from step 2.
     let b = std::fs::read(&four).unwrap();
     std::fs::write(&four, &b[..b.len() / 2]).unwrap();
@@ -231,7 +267,10 @@ fn a_full_disk_during_a_checkpoint_write_stops_and_keeps_the_previous_one() {
     c.env("DELO_TEST_FAULT", "enospc:task0-step00000004");
     let out = c.output().unwrap();
     let err = text(&out.stderr);
-    assert!(!out.status.success(), "the run went on after a failed write");
+    assert!(
+        !out.status.success(),
+        "the run went on after a failed write"
+    );
     assert!(
         err.contains("No space left on device")
             && err.contains("checkpoint of task 0 at step 4 could not be written")
@@ -243,7 +282,11 @@ fn a_full_disk_during_a_checkpoint_write_stops_and_keeps_the_previous_one() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, ["task0-step00000002.safetensors"], "no temporary file is left");
+    assert_eq!(
+        left,
+        ["task0-step00000002.safetensors"],
+        "no temporary file is left"
+    );
     step_checkpoint::load(&checkpoint_file(&run, 0, 2)).unwrap();
     let out = ok(resume(&run));
     assert!(text(&out.stderr).contains("resuming task 0 after step 2"));
@@ -263,7 +306,16 @@ fn flags_that_change_results_are_refused_and_run_time_ones_apply() {
     let before = std::fs::read(run.join("run.json")).unwrap();
     let mut c = resume(&run);
     // The flags of the issue, and one (--seed) given with the run's own value.
-    c.args(["--epochs", "3", "--lr", "0.05", "--variant", "heads-only", "--seed", "42"]);
+    c.args([
+        "--epochs",
+        "3",
+        "--lr",
+        "0.05",
+        "--variant",
+        "heads-only",
+        "--seed",
+        "42",
+    ]);
     let out = c.output().unwrap();
     let err = text(&out.stderr);
     assert!(!out.status.success(), "refused flags were accepted");
@@ -274,18 +326,40 @@ fn flags_that_change_results_are_refused_and_run_time_ones_apply() {
     ] {
         assert!(err.contains(line), "{line:?} not in\n{err}");
     }
-    assert!(!err.contains("--seed"), "a flag equal to the run's is no difference:\n{err}");
-    assert_eq!(std::fs::read(run.join("run.json")).unwrap(), before, "run.json changed");
+    assert!(
+        !err.contains("--seed"),
+        "a flag equal to the run's is no difference:\n{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("run.json")).unwrap(),
+        before,
+        "run.json changed"
+    );
 
-    let out = resume(&run).args(["--override-lr", "5e-5"]).arg("--data").arg(".").output().unwrap();
+    let out = resume(&run)
+        .args(["--override-lr", "5e-5"])
+        .arg("--data")
+        .arg(".")
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "--data with --resume");
 
     let mut c = resume(&run);
     c.args(["--epochs", "2", "--device", "cpu", "--loader-threads", "1"]);
-    c.args(["--checkpoint-every", "off", "--cuda-graph", "off", "--override-lr", "5e-5"]);
+    c.args([
+        "--checkpoint-every",
+        "off",
+        "--cuda-graph",
+        "off",
+        "--override-lr",
+        "5e-5",
+    ]);
     let out = ok(c);
     let log = text(&out.stderr);
-    assert!(!log.contains("checkpoint at step"), "--checkpoint-every off ignored:\n{log}");
+    assert!(
+        !log.contains("checkpoint at step"),
+        "--checkpoint-every off ignored:\n{log}"
+    );
     let spec = delo::train::checkpoint::read_run(&run).unwrap();
     let s = &spec.settings;
     assert_eq!((s.loader_threads, s.lr, s.cuda_graph), (1, 5e-5, false));
@@ -293,10 +367,17 @@ fn flags_that_change_results_are_refused_and_run_time_ones_apply() {
     let r = Results::load(&run.join("results.json")).unwrap();
     let changes = r.resumes[0].changes.join("; ");
     assert_eq!(r.resumes[0].task, 1);
-    for c in ["loader_threads: ", "checkpoint_every: ", "lr (--override-lr): 0.0001 → 5e-5"] {
+    for c in [
+        "loader_threads: ",
+        "checkpoint_every: ",
+        "lr (--override-lr): 0.0001 → 5e-5",
+    ] {
         assert!(changes.contains(c), "{c:?} not in {changes:?}");
     }
-    assert!(!changes.contains("device"), "an unchanged device recorded: {changes}");
+    assert!(
+        !changes.contains("device"),
+        "an unchanged device recorded: {changes}"
+    );
 
     let out = common::run_delo(&["train", "--override-lr", "1e-3"], &[("--out", &run)]);
     assert!(!out.status.success(), "--override-lr without --resume");
@@ -310,15 +391,24 @@ fn a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over() {
     let pid = first.id();
     let out = resume(&run).output().unwrap();
     let err = text(&out.stderr);
-    assert!(!out.status.success(), "a second process trained into the run");
-    assert!(err.contains(&format!("process {pid}")) && err.contains("in use"), "{err}");
+    assert!(
+        !out.status.success(),
+        "a second process trained into the run"
+    );
+    assert!(
+        err.contains(&format!("process {pid}")) && err.contains("in use"),
+        "{err}"
+    );
     sigkill(first);
     // Its lock file still names it; the lock itself died with it.
     let lock = std::fs::read_to_string(run.join(delo::train::lock::LOCK_FILE)).unwrap();
     assert_eq!(lock.trim(), pid.to_string());
     let out = ok(resume(&run));
     let log = text(&out.stderr);
-    assert!(log.contains(&format!("left by process {pid}, which has ended")), "{log}");
+    assert!(
+        log.contains(&format!("left by process {pid}, which has ended")),
+        "{log}"
+    );
     // A run that ended normally leaves no stale lock behind.
     let out = ok(resume(&run));
     assert!(!text(&out.stderr).contains("left by process"));

@@ -61,7 +61,7 @@ impl RunLock {
         };
         write(&mut file).map_err(|e| Error::io(&path, e))?;
         Ok(RunLock {
-            file: file,
+            file,
             path,
             stale_pid: holder.filter(|&p| p != pid),
         })

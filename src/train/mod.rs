@@ -41,9 +41,9 @@ use crate::tensor::{DType, Tensor};
 use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
 pub use crate::delo::keys::TaskKeys;
+use lock::RunLock;
 use metrics::StepLog;
 use prep::ViltPrep;
-use lock::RunLock;
 use step::{run_step, StepBatch, StepOptim, TaskState};
 use step_checkpoint::{CheckpointEvery, StepCheckpoint, StepState};
 
@@ -181,11 +181,36 @@ impl ResumeOptions {
         }
         let mut changes = Vec::new();
         set(&mut changes, "device", &mut s.device, self.device.clone());
-        set(&mut changes, "loader_threads", &mut s.loader_threads, self.loader_threads);
-        set(&mut changes, "cache_images", &mut s.cache_images, self.cache_images);
-        set(&mut changes, "cuda_graph", &mut s.cuda_graph, self.cuda_graph);
-        set(&mut changes, "checkpoint_every", &mut s.checkpoint_every, self.checkpoint_every);
-        set(&mut changes, "lr (--override-lr)", &mut s.lr, self.override_lr);
+        set(
+            &mut changes,
+            "loader_threads",
+            &mut s.loader_threads,
+            self.loader_threads,
+        );
+        set(
+            &mut changes,
+            "cache_images",
+            &mut s.cache_images,
+            self.cache_images,
+        );
+        set(
+            &mut changes,
+            "cuda_graph",
+            &mut s.cuda_graph,
+            self.cuda_graph,
+        );
+        set(
+            &mut changes,
+            "checkpoint_every",
+            &mut s.checkpoint_every,
+            self.checkpoint_every,
+        );
+        set(
+            &mut changes,
+            "lr (--override-lr)",
+            &mut s.lr,
+            self.override_lr,
+        );
         changes
     }
 }
@@ -774,7 +799,8 @@ impl Trainer {
         if let Some(m) = s.max_steps_per_task {
             total = total.min(m);
         }
-        let mut losses = StepLog::new(&self.device, &self.run_dir, t, total, (at.step, at.seconds))?;
+        let mut losses =
+            StepLog::new(&self.device, &self.run_dir, t, total, (at.step, at.seconds))?;
         let (mut step, mut samples) = (at.step, at.samples);
         let mut since = (step, Instant::now());
         let graphs_before = self.graph_stats();

@@ -83,7 +83,8 @@ impl FromStr for CheckpointEvery {
             return Ok(every);
         }
         for part in text.split(',').map(str::trim) {
-            let (number, unit) = part.split_at(part.find(|c: char| c.is_alphabetic()).unwrap_or(part.len()));
+            let (number, unit) =
+                part.split_at(part.find(|c: char| c.is_alphabetic()).unwrap_or(part.len()));
             let scale = match unit {
                 "" => {
                     let n: usize = number.parse().map_err(|_| bad(part))?;
@@ -240,8 +241,14 @@ pub fn save(run_dir: &Path, cp: &StepCheckpoint) -> Result<(PathBuf, u64)> {
         adam_step: cp.params.step,
     })
     .map_err(|e| Error::format(&path, e.to_string()))?;
-    crate::st::write_file(&path, &tensors, Some(HashMap::from([(STATE_KEY.into(), meta)])))?;
-    let size = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len();
+    crate::st::write_file(
+        &path,
+        &tensors,
+        Some(HashMap::from([(STATE_KEY.into(), meta)])),
+    )?;
+    let size = std::fs::metadata(&path)
+        .map_err(|e| Error::io(&path, e))?
+        .len();
     for (_, old) in list(run_dir, state.task)?.into_iter().skip(KEEP) {
         std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
     }
@@ -263,7 +270,7 @@ pub fn list(run_dir: &Path, task: usize) -> Result<Vec<(usize, PathBuf)>> {
         .filter(|(t, _, _)| *t == task)
         .map(|(_, s, p)| (s, p))
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(found)
 }
 
@@ -295,7 +302,12 @@ pub fn load(path: &Path) -> Result<StepCheckpoint> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(STATE_KEY))
-        .ok_or_else(|| Error::format(path, format!("no `{STATE_KEY}` metadata: not a delo step checkpoint")))?;
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!("no `{STATE_KEY}` metadata: not a delo step checkpoint"),
+            )
+        })?;
     let StateMeta { state, adam_step }: StateMeta<StepState> = serde_json::from_str(text)
         .map_err(|e| Error::format(path, format!("unreadable `{STATE_KEY}` metadata: {e}")))?;
     if state.format != FORMAT {
@@ -313,6 +325,7 @@ pub fn load(path: &Path) -> Result<StepCheckpoint> {
             .get(name)
             .ok_or_else(|| Error::format(path, format!("no tensor `{name}`")))?
             .to_vec_f32()
+            .map_err(|e| Error::format(path, format!("tensor `{name}`: {e}")))
     };
     let params = ParamSnapshot {
         values: take("values")?,
@@ -325,11 +338,11 @@ pub fn load(path: &Path) -> Result<StepCheckpoint> {
         .iter()
         .enumerate()
         .map(|(l, &has)| match has {
-            true => tensors
-                .get(&format!("key.{l}"))
-                .cloned()
-                .map(Some)
-                .ok_or_else(|| Error::format(path, format!("no tensor `key.{l}`"))),
+            true => {
+                let v = take(&format!("key.{l}"))?;
+                let n = v.len();
+                Tensor::from_f32(v, &[n]).map(Some)
+            }
             false => Ok(None),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -408,7 +421,10 @@ mod tests {
         assert_eq!(e.to_string(), "200,300s");
         assert_eq!(e.to_string().parse::<CheckpointEvery>().unwrap(), e);
         assert_eq!("off".parse::<CheckpointEvery>().unwrap().to_string(), "off");
-        assert_eq!("90s".parse::<CheckpointEvery>().unwrap().seconds, Some(90.0));
+        assert_eq!(
+            "90s".parse::<CheckpointEvery>().unwrap().seconds,
+            Some(90.0)
+        );
         for bad in ["0", "5x", "m", "-3s", "1,2", "", "5m,1h"] {
             assert!(bad.parse::<CheckpointEvery>().is_err(), "{bad:?} accepted");
         }
