@@ -369,7 +369,7 @@ fn readers(dir: &Path) -> Vec<Reader> {
         },
         Reader {
             name: "step checkpoint",
-            file: "run/checkpoints/task0-step00000002.safetensors",
+            file: "run/task0-step00000002.safetensors",
             seeds: vec![step_checkpoint_seed(dir)],
             read: Box::new(|p, _| delo::train::step_checkpoint::load(p).map(drop)),
         },
