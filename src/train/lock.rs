@@ -8,7 +8,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -19,7 +19,6 @@ pub const LOCK_FILE: &str = "lock";
 #[derive(Debug)]
 pub struct RunLock {
     file: File,
-    path: PathBuf,
     /// The PID a stale lock file named (its process has ended), if there was one.
     pub stale_pid: Option<u32>,
 }
@@ -62,14 +61,8 @@ impl RunLock {
         write(&mut file).map_err(|e| Error::io(&path, e))?;
         Ok(RunLock {
             file,
-            path,
             stale_pid: holder.filter(|&p| p != pid),
         })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

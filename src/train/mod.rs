@@ -339,12 +339,6 @@ impl Trainer {
         Ok(t)
     }
 
-    /// The process id a stale lock of the run directory named when this trainer took it (its
-    /// process had ended without releasing it, e.g. killed).
-    pub fn stale_lock_pid(&self) -> Option<u32> {
-        self.lock.as_ref().and_then(|l| l.stale_pid)
-    }
-
     fn open(spec: RunSpec, run_dir: &Path) -> Result<Trainer> {
         let s = &spec.settings;
         let device = Device::parse(&s.device)?;
@@ -605,7 +599,7 @@ impl Trainer {
         if self.lock.is_none() {
             self.lock = Some(RunLock::acquire(&self.run_dir)?);
         }
-        if let Some(pid) = self.stale_lock_pid() {
+        if let Some(pid) = self.lock.as_mut().and_then(|l| l.stale_pid.take()) {
             log(Event::Line(&format!(
                 "took over the lock of {} left by process {pid}, which has ended",
                 self.run_dir.display()
