@@ -182,7 +182,7 @@ struct TrainArgs {
     resume: Option<PathBuf>,
     /// With --resume: change the base learning rate on purpose (e.g. after a NaN loss) from
     /// the resumed step on; recorded in run.json, results.json and report.md.
-    #[arg(long, requires = "resume", help_heading = RUNTIME)]
+    #[arg(long, requires = "resume")]
     override_lr: Option<f32>,
     /// Missing modality, `type:η` with type text, image or both (CMML.md).
     #[arg(long, default_value = "both:0.7")]
@@ -344,7 +344,7 @@ fn show<T: serde::Serialize>(v: &T) -> String {
 
 /// The `delo train` flags (clap ids) that change results, each with the setting it sets: with
 /// `--resume`, each one given must equal the run's. The flags under [`RUNTIME`] and
-/// `--resume`, `--data`, `--model`, `--out` are the others; the test
+/// `--resume`, `--override-lr`, `--data`, `--model`, `--out` are the others; the test
 /// `every_train_flag_is_classified` keeps the two lists complete.
 const RESULT_FLAGS: &[(&str, Stored)] = &[
     ("missing", |s| show(&s.missing)),
@@ -1060,7 +1060,7 @@ mod tests {
             let id = arg.get_id().as_str();
             let result = RESULT_FLAGS.iter().any(|(r, _)| *r == id);
             let runtime = arg.get_help_heading() == Some(RUNTIME);
-            let run = ["resume", "data", "model", "out", "help"].contains(&id);
+            let run = ["resume", "override_lr", "data", "model", "out", "help"].contains(&id);
             assert_eq!(
                 [result, runtime, run].iter().filter(|&&b| b).count(),
                 1,
