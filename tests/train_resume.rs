@@ -2,7 +2,7 @@
 //! checkpoint write, inside a task file's write, at random times) and each resume ends with
 //! the same results, loss log and final parameters as an uninterrupted run; flags with
 //! `--resume`; a full disk during a checkpoint write; truncated and corrupted checkpoints; two
-//! processes on one run directory.
+//! processes on one run directory; `--override-lr` after a NaN loss.
 //!
 //! Writes are interrupted deterministically with the test-only hook `DELO_TEST_FAULT`
 //! (`delo::fault`): `pause:TEXT:N` stops the N-th write of a file whose path contains TEXT half
@@ -412,4 +412,25 @@ fn a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over() {
     // A run that ended normally leaves no stale lock behind.
     let out = ok(resume(&run));
     assert!(!text(&out.stderr).contains("left by process"));
+}
+
+#[test]
+fn after_a_nan_loss_override_lr_goes_on_with_a_lower_rate() {
+    let run = fixture().0.join("nan");
+    let out = train(&run).args(["--lr", "1e30"]).output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "an absurd learning rate trained");
+    assert!(
+        err.contains("became") && err.contains("--override-lr"),
+        "{err}"
+    );
+    let mut c = resume(&run);
+    c.args(["--override-lr", "1e-4"]);
+    ok(c);
+    let spec = delo::train::checkpoint::read_run(&run).unwrap();
+    assert_eq!(spec.settings.lr, 1e-4);
+    let r = Results::load(&run.join("results.json")).unwrap();
+    assert!(r.test.ap.is_some(), "the run did not finish");
+    assert_eq!(r.resumes.len(), 1);
+    assert!(r.resumes[0].changes[0].starts_with("lr (--override-lr): 1e30 → 0.0001"));
 }

@@ -893,9 +893,15 @@ impl Trainer {
 
 /// The current time, UTC, as RFC 3339 to the second (`2026-12-06T14:05:00Z`).
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    utc_from_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// `secs` seconds after 1970-01-01T00:00:00Z, as RFC 3339.
+fn utc_from_unix(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant's days-to-civil algorithm).
     let z = days as i64 + 719_468;
@@ -942,6 +948,40 @@ pub fn saved_tasks_note(task: usize, run_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_as_rfc_3339_utc() {
+        // Python's datetime.fromtimestamp(s, UTC) gives the same strings.
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_780_000_000, "2026-05-28T20:26:40Z"),
+            (4_102_444_799, "2099-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(utc_from_unix(secs), text);
+        }
+    }
+
+    /// A run.json written before checkpoints inside a task and resume records existed still
+    /// loads, with the default interval and no resumes.
+    #[test]
+    fn an_older_run_json_loads_with_defaults() {
+        let mut old = serde_json::to_value(RunSpec {
+            data: "data".into(),
+            model: "model".into(),
+            settings: TrainSettings::default(),
+            resumes: Vec::new(),
+        })
+        .unwrap();
+        old.as_object_mut().unwrap().remove("resumes");
+        old["settings"]
+            .as_object_mut()
+            .unwrap()
+            .remove("checkpoint_every");
+        let spec: RunSpec = serde_json::from_value(old).unwrap();
+        assert!(spec.resumes.is_empty());
+        assert_eq!(spec.settings.checkpoint_every, CheckpointEvery::default());
+    }
 
     #[test]
     fn the_nan_stop_says_what_is_saved() {
