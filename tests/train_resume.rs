@@ -27,6 +27,17 @@ fn fixture() -> &'static (PathBuf, PathBuf, PathBuf) {
     F.get_or_init(|| common::synthetic_setup("train-resume"))
 }
 
+/// Tests in this file: the last one to pass removes the fixture's folder (a failed test leaves
+/// it for a look).
+const TESTS: usize = 6;
+
+fn passed() {
+    static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if DONE.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == TESTS {
+        let _ = std::fs::remove_dir_all(&fixture().0);
+    }
+}
+
 /// `delo train` into `out`: 3 tasks of 8 steps each, 6 batches an epoch (so a task crosses an
 /// epoch end, at a checkpoint), a checkpoint every 2 steps.
 fn train(out: &Path) -> Command {
@@ -224,6 +235,7 @@ fn sigkill_anywhere_then_resume_ends_as_the_uninterrupted_run() {
         .unwrap()
         .resumes
         .is_empty());
+    passed();
 }
 
 #[test]
@@ -258,6 +270,7 @@ fn a_truncated_or_corrupted_checkpoint_is_named_and_the_one_before_is_used() {
     );
     assert!(log.contains("resuming task 0 after step 2"), "{log}");
     assert_same_as_full(&run);
+    passed();
 }
 
 #[test]
@@ -291,6 +304,7 @@ fn a_full_disk_during_a_checkpoint_write_stops_and_keeps_the_previous_one() {
     let out = ok(resume(&run));
     assert!(text(&out.stderr).contains("resuming task 0 after step 2"));
     assert_same_as_full(&run);
+    passed();
 }
 
 /// A run stopped (killed) after task 0.
@@ -381,6 +395,7 @@ fn flags_that_change_results_are_refused_and_run_time_ones_apply() {
 
     let out = common::run_delo(&["train", "--override-lr", "1e-3"], &[("--out", &run)]);
     assert!(!out.status.success(), "--override-lr without --resume");
+    passed();
 }
 
 #[test]
@@ -412,6 +427,7 @@ fn a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over() {
     // A run that ended normally leaves no stale lock behind.
     let out = ok(resume(&run));
     assert!(!text(&out.stderr).contains("left by process"));
+    passed();
 }
 
 #[test]
@@ -433,4 +449,5 @@ fn after_a_nan_loss_override_lr_goes_on_with_a_lower_rate() {
     assert!(r.test.ap.is_some(), "the run did not finish");
     assert_eq!(r.resumes.len(), 1);
     assert!(r.resumes[0].changes[0].starts_with("lr (--override-lr): 1e30 → 0.0001"));
+    passed();
 }
