@@ -130,8 +130,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_parent(path)
 }
 
-/// Syncs the folder holding `path`, so that a rename or removal in it is on disk.
-pub fn sync_parent(path: &Path) -> Result<()> {
+/// Syncs the folder holding `path`, so that a rename or removal in it is on disk. (Unix only:
+/// elsewhere a folder cannot be opened to be synced, and renames are journaled by the system.)
+fn sync_parent(path: &Path) -> Result<()> {
+    if cfg!(not(unix)) {
+        return Ok(());
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
