@@ -10,9 +10,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -79,34 +78,6 @@ fn ok(mut c: Command) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// Starts `c` with the fault hook pausing the `n`-th write of a file whose path contains
-/// `file`, and returns the process once it is paused there.
-fn paused_in_write(mut c: Command, file: &str, n: usize) -> Child {
-    c.env("DELO_TEST_FAULT", format!("pause:{file}:{n}"));
-    let mut child = c
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut seen = String::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if line.starts_with(delo::fault::PAUSE_MARK) {
-            return child;
-        }
-        seen += &line;
-        seen.push('\n');
-    }
-    let status = child.wait().unwrap();
-    panic!("the run ended ({status}) before write {n} of {file}:\n{seen}");
-}
-
-/// SIGKILL (`Child::kill` on Unix), then reap.
-fn sigkill(mut child: Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 /// The uninterrupted run, made once.
@@ -192,7 +163,7 @@ fn sigkill_anywhere_then_resume_ends_as_the_uninterrupted_run() {
     };
     let run = fixture().0.join("killed");
     // Inside the write of task 0's third checkpoint (step 6, the end of epoch 1).
-    sigkill(paused_in_write(train(&run), "checkpoints/", 3));
+    common::sigkill(common::paused_in_write(train(&run), "checkpoints/", 3));
     let half_written = run
         .join(step_checkpoint::DIR)
         .join(".task0-step00000006.safetensors.tmp");
@@ -201,7 +172,11 @@ fn sigkill_anywhere_then_resume_ends_as_the_uninterrupted_run() {
         "the kill did not land inside the write"
     );
     // Inside the write of task 1's file, after its training.
-    sigkill(paused_in_write(resume(&run), "task1.safetensors", 1));
+    common::sigkill(common::paused_in_write(
+        resume(&run),
+        "task1.safetensors",
+        1,
+    ));
     // At random times.
     let seed = u64::from(std::process::id());
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -211,7 +186,7 @@ fn sigkill_anywhere_then_resume_ends_as_the_uninterrupted_run() {
         let mut child = resume(&run).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(after);
         if child.try_wait().unwrap().is_none() {
-            sigkill(child);
+            common::sigkill(child);
         }
     }
     // The random kills may have landed after the end; then this resume has nothing to do.
@@ -241,7 +216,7 @@ fn sigkill_anywhere_then_resume_ends_as_the_uninterrupted_run() {
 #[test]
 fn a_truncated_or_corrupted_checkpoint_is_named_and_the_one_before_is_used() {
     let run = fixture().0.join("corrupt");
-    sigkill(paused_in_write(train(&run), "checkpoints/", 3));
+    common::sigkill(common::paused_in_write(train(&run), "checkpoints/", 3));
     let (two, four) = (checkpoint_file(&run, 0, 2), checkpoint_file(&run, 0, 4));
     // A flipped byte in the tensors fails the checksum.
     let mut bytes = std::fs::read(&two).unwrap();
@@ -310,7 +285,7 @@ fn a_full_disk_during_a_checkpoint_write_stops_and_keeps_the_previous_one() {
 /// A run stopped (killed) after task 0.
 fn stopped_after_task0(name: &str) -> PathBuf {
     let run = fixture().0.join(name);
-    sigkill(paused_in_write(train(&run), "progress.json", 2));
+    common::sigkill(common::paused_in_write(train(&run), "progress.json", 2));
     run
 }
 
@@ -402,7 +377,7 @@ fn flags_that_change_results_are_refused_and_run_time_ones_apply() {
 fn a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over() {
     let run = stopped_after_task0("lock");
     // The first process, paused inside a checkpoint write, still holds the run.
-    let first = paused_in_write(resume(&run), "checkpoints/", 1);
+    let first = common::paused_in_write(resume(&run), "checkpoints/", 1);
     let pid = first.id();
     let out = resume(&run).output().unwrap();
     let err = text(&out.stderr);
@@ -414,7 +389,7 @@ fn a_second_process_is_refused_and_a_dead_ones_lock_is_taken_over() {
         err.contains(&format!("process {pid}")) && err.contains("in use"),
         "{err}"
     );
-    sigkill(first);
+    common::sigkill(first);
     // Its lock file still names it; the lock itself died with it.
     let lock = std::fs::read_to_string(run.join(delo::train::lock::LOCK_FILE)).unwrap();
     assert_eq!(lock.trim(), pid.to_string());
