@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -173,22 +174,35 @@ struct TrainArgs {
     /// The run directory to create.
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
-    /// Continue the run in this directory from its last finished task.
+    /// Continue the run in this directory from its newest checkpoint (a finished task or a
+    /// step inside one). The run keeps the settings it was started with: a flag that changes
+    /// results (every flag but the run-time settings below) is refused when its value differs
+    /// from the run's; the run-time settings may be given and apply from the resume on.
     #[arg(long, conflicts_with_all = ["data", "model", "out"])]
     resume: Option<PathBuf>,
+    /// With --resume: change the base learning rate on purpose (e.g. after a NaN loss) from
+    /// the resumed step on; recorded in run.json, results.json and report.md.
+    #[arg(long, requires = "resume")]
+    override_lr: Option<f32>,
     /// Missing modality, `type:η` with type text, image or both (CMML.md).
     #[arg(long, default_value = "both:0.7")]
     missing: String,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// cpu, cuda or cuda:N. Changes no result on a device, but another device rounds
+    /// differently: a run resumed elsewhere is not bit-identical to one run in one place.
+    #[arg(long, default_value = "cpu", help_heading = RUNTIME)]
     device: String,
+    /// Checkpoint inside a task after this many steps (`200`), this much time (`90s`, `5m`,
+    /// `1h`), whichever comes first (`200,5m`), or only at task ends (`off`). A kill loses at
+    /// most one interval.
+    #[arg(long, default_value = "5m", help_heading = RUNTIME)]
+    checkpoint_every: String,
     /// Element type of the frozen linears' weights: auto (bf16 on CUDA, f32 on the CPU), f32
     /// or bf16.
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16"])]
     frozen_dtype: String,
     /// On CUDA: replay each kind of training step as one CUDA graph (`on`), or launch kernel by
     /// kernel (`off`). Both give the same parameters.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    #[arg(long, default_value = "on", value_parser = ["on", "off"], help_heading = RUNTIME)]
     cuda_graph: String,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -227,12 +241,12 @@ struct TrainArgs {
     #[arg(long)]
     text_bucket: Option<usize>,
     /// Threads decoding and pre-processing batches (default: one per core of the machine).
-    #[arg(long)]
+    #[arg(long, help_heading = RUNTIME)]
     loader_threads: Option<usize>,
     /// Keep every pre-processed image in host memory after its first use, as 8-bit values
     /// (a quarter of f32's bytes, normalised when a batch is assembled): later epochs and
     /// evaluations decode nothing.
-    #[arg(long)]
+    #[arg(long, help_heading = RUNTIME)]
     cache_images: bool,
     /// Leave out unreadable images instead of failing: each is printed and listed in
     /// results.json and report.md; a task left with no sample gets an empty cell, not 0%.
@@ -267,10 +281,106 @@ impl TrainArgs {
             frozen_dtype: self.frozen_dtype.clone(),
             cuda_graph: self.cuda_graph == "on",
             max_steps_per_task: self.max_steps_per_task,
+            checkpoint_every: self.checkpoint_every.parse()?,
             delo: self.delo.config()?,
         })
     }
+
+    /// The run-time settings given with `--resume` (`given`: the flags on the command line),
+    /// after checking that no flag that changes results differs from the run's setting.
+    fn resume_options(
+        &self,
+        run: &std::path::Path,
+        given: &ArgMatches,
+    ) -> Result<delo::train::ResumeOptions> {
+        let on_line = |id: &str| given.value_source(id) == Some(ValueSource::CommandLine);
+        let stored = delo::train::checkpoint::read_run(run)?.settings;
+        let mine = self.settings()?;
+        let differences: Vec<String> = RESULT_FLAGS
+            .iter()
+            .filter(|(id, _)| on_line(id))
+            .filter_map(|(id, get)| {
+                let (a, b) = (get(&stored), get(&mine));
+                (a != b)
+                    .then(|| format!("  --{}: the run has {a}, given {b}", id.replace('_', "-")))
+            })
+            .collect();
+        if !differences.is_empty() {
+            anyhow::bail!(
+                "--resume {} continues the run with the settings it was started with, and \
+                 these flags would change its results:\n{}\nLeave them out to continue the \
+                 run as it is (--override-lr changes the learning rate on purpose), or start \
+                 a new run with --out.",
+                run.display(),
+                differences.join("\n")
+            );
+        }
+        if let Some(lr) = self.override_lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+            anyhow::bail!("--override-lr {lr}: expected a positive learning rate");
+        }
+        Ok(delo::train::ResumeOptions {
+            device: on_line("device").then(|| self.device.clone()),
+            loader_threads: self.loader_threads,
+            cache_images: on_line("cache_images").then_some(true),
+            cuda_graph: on_line("cuda_graph").then(|| self.cuda_graph == "on"),
+            checkpoint_every: match on_line("checkpoint_every") {
+                true => Some(self.checkpoint_every.parse()?),
+                false => None,
+            },
+            override_lr: self.override_lr,
+        })
+    }
 }
+
+/// The help heading of the `delo train` flags that change no result: with `--resume` they may
+/// be given and apply.
+const RUNTIME: &str = "Run-time settings (may be given with --resume)";
+
+/// A setting as `run.json` stores it.
+type Stored = fn(&delo::train::TrainSettings) -> String;
+
+/// A setting's value as JSON writes it (an f32 in its shortest form, `0.0001`).
+fn show<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+/// The `delo train` flags (clap ids) that change results, each with the setting it sets: with
+/// `--resume`, each one given must equal the run's. The flags under [`RUNTIME`] and
+/// `--resume`, `--override-lr`, `--data`, `--model`, `--out` are the others; the test
+/// `every_train_flag_is_classified` keeps the two lists complete.
+const RESULT_FLAGS: &[(&str, Stored)] = &[
+    ("missing", |s| show(&s.missing)),
+    ("frozen_dtype", |s| show(&s.frozen_dtype)),
+    ("epochs", |s| show(&s.epochs)),
+    ("batch_size", |s| show(&s.batch_size)),
+    ("eval_batch_size", |s| show(&s.eval_batch_size)),
+    ("lr", |s| show(&s.lr)),
+    ("weight_decay", |s| show(&s.weight_decay)),
+    ("beta1", |s| show(&s.betas.0)),
+    ("beta2", |s| show(&s.betas.1)),
+    ("adam_eps", |s| show(&s.eps)),
+    ("warmup", |s| show(&s.warmup)),
+    ("seed", |s| show(&s.seed)),
+    ("max_text_len", |s| show(&s.max_text_len)),
+    ("image_size", |s| show(&s.image_size)),
+    ("max_steps_per_task", |s| show(&s.max_steps_per_task)),
+    ("text_bucket", |s| show(&s.text_bucket)),
+    ("skip_bad", |s| show(&s.skip_bad)),
+    ("variant", |s| show(&s.delo.variant)),
+    ("experts", |s| show(&s.delo.experts)),
+    ("rank", |s| show(&s.delo.rank)),
+    ("factor_rank", |s| show(&s.delo.factor_rank)),
+    ("alpha", |s| show(&s.delo.alpha)),
+    ("targets", |s| show(&s.delo.targets)),
+    ("gate", |s| show(&s.delo.gate)),
+    ("lambda_cfs", |s| show(&s.delo.lambda_cfs)),
+    ("lambda_align", |s| show(&s.delo.lambda_align)),
+    ("lambda_con", |s| show(&s.delo.lambda_con)),
+    ("ema_beta", |s| show(&s.delo.ema_beta)),
+    ("no_cross_modal_guide", |s| show(&!s.delo.cross_modal_guide)),
+    ("task_key", |s| show(&s.delo.task_key)),
+    ("con_proxy", |s| show(&s.delo.con_proxy)),
+];
 
 /// Every DeLo setting of DELO.md, with its defaults.
 #[derive(Args, Clone)]
@@ -572,7 +682,8 @@ const TORCH_REFERENCE_PY: &str = include_str!("../benches/torch_reference.py");
 const DELO_REFERENCE_PY: &str = include_str!("../scripts/fixtures/delo_reference.py");
 const TORCH_FORWARD_PY: &str = include_str!("../benches/torch_forward.py");
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the command `cli`, parsed from `matches` (which say which flags were given).
+pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     match cli.command {
         Command::Devices => {
             println!("cpu: {} threads", rayon::current_num_threads());
@@ -770,7 +881,12 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(a) => {
             let mut trainer = match &a.resume {
-                Some(dir) => delo::train::Trainer::resume(dir)?,
+                Some(dir) => {
+                    let given = matches
+                        .subcommand_matches("train")
+                        .context("the matches of `delo train`")?;
+                    delo::train::Trainer::resume_with(dir, &a.resume_options(dir, given)?)?
+                }
                 None => {
                     let (data, model, out) = (
                         a.data.as_ref().unwrap(),
@@ -929,4 +1045,36 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// A flag added to `delo train` must be put in one of the two lists, or `--resume` would
+    /// silently ignore it.
+    #[test]
+    fn every_train_flag_is_classified() {
+        let cmd = Cli::command();
+        let train = cmd.find_subcommand("train").unwrap();
+        for arg in train.get_arguments() {
+            let id = arg.get_id().as_str();
+            let result = RESULT_FLAGS.iter().any(|(r, _)| *r == id);
+            let runtime = arg.get_help_heading() == Some(RUNTIME);
+            let run = ["resume", "override_lr", "data", "model", "out", "help"].contains(&id);
+            assert_eq!(
+                [result, runtime, run].iter().filter(|&&b| b).count(),
+                1,
+                "--{id}: in {} of the lists (results, run-time, the run itself)",
+                [result, runtime, run].iter().filter(|&&b| b).count()
+            );
+        }
+        for (id, _) in RESULT_FLAGS {
+            assert!(
+                train.get_arguments().any(|a| a.get_id() == id),
+                "{id} is not a flag"
+            );
+        }
+    }
 }

@@ -1,11 +1,12 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 mod cli;
 
 fn main() {
     delo::malloc::keep_freed_memory();
-    let args = cli::Cli::parse();
-    if let Err(e) = cli::run(args) {
+    let matches = cli::Cli::command().get_matches();
+    let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(e) = cli::run(args, &matches) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -14,6 +14,15 @@ pub struct ParamSlot {
     pub offset: usize,
 }
 
+/// A [`ParamSet`]'s optimiser state on the host (see [`ParamSet::snapshot`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSnapshot {
+    pub values: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub step: u32,
+}
+
 pub struct ParamSet {
     device: Device,
     slots: Vec<ParamSlot>,
@@ -145,6 +154,42 @@ impl ParamSet {
         self.device
             .backend()
             .adamw(&mut self.values, &self.grads, &mut self.m, &mut self.v, hp)
+    }
+
+    /// The optimiser's whole state on the host: the flat values, AdamW's first and second
+    /// moments (each `[numel]` f32) and the number of steps taken. Reading it waits for the
+    /// device, so on CUDA every step queued before has finished.
+    pub fn snapshot(&self) -> Result<ParamSnapshot> {
+        Ok(ParamSnapshot {
+            values: self.values.to_vec_f32()?,
+            m: self.m.to_vec_f32()?,
+            v: self.v.to_vec_f32()?,
+            step: self.step,
+        })
+    }
+
+    /// Puts back a state taken by [`ParamSet::snapshot`] of a set with the same slots.
+    /// Errors: a snapshot whose buffers are not `[numel]` long.
+    pub fn restore(&mut self, snap: ParamSnapshot) -> Result<()> {
+        let n = self.numel();
+        for (what, len) in [
+            ("values", snap.values.len()),
+            ("m", snap.m.len()),
+            ("v", snap.v.len()),
+        ] {
+            if len != n {
+                return Err(Error::shape(
+                    "ParamSet::restore",
+                    format!("{what} holds {len} values; the parameters have {n}"),
+                ));
+            }
+        }
+        let put = |v: Vec<f32>| Tensor::from_f32(v, &[n])?.to_device(&self.device);
+        self.values = put(snap.values)?;
+        self.m = put(snap.m)?;
+        self.v = put(snap.v)?;
+        self.step = snap.step;
+        Ok(())
     }
 
     /// Every parameter as a named host tensor.

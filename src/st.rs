@@ -102,8 +102,10 @@ pub fn write_file(
     write_atomic(path, &bytes)
 }
 
-/// Writes `bytes` to a sibling temporary file, syncs it, then renames it over `path`, so a
-/// crash or a full disk never leaves a half-written file under the final name.
+/// Writes `bytes` to a sibling temporary file, syncs it, renames it over `path` and syncs the
+/// folder, so that a crash, a kill or a full disk never leaves a half-written file under the
+/// final name, and a file that was renamed survives a power cut. On an error the temporary
+/// file is removed and `path` is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut tmp = PathBuf::from(path);
@@ -114,12 +116,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.set_file_name(format!(".{name}.tmp"));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let (first, second) = bytes.split_at(bytes.len() / 2);
+        f.write_all(first)?;
+        crate::fault::during_write(path)?;
+        f.write_all(second)?;
         f.sync_all()
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(&tmp, e));
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_parent(path)
+}
+
+/// Syncs the folder holding `path`, so that a rename or removal in it is on disk. (Unix only:
+/// elsewhere a folder cannot be opened to be synced, and renames are journaled by the system.)
+fn sync_parent(path: &Path) -> Result<()> {
+    if cfg!(not(unix)) {
+        return Ok(());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }

@@ -1,6 +1,7 @@
 //! The `delo` binary on a CUDA device against the same binary on the CPU: `delo forward`
 //! (frozen ViLT outputs within the parity tolerances) and `delo train` on the demo's synthetic
-//! benchmark and tiny model (AP and FG within 1 point). Each test needs a CUDA device and the
+//! benchmark and tiny model (AP and FG within 1 point); a CUDA run killed inside a checkpoint
+//! write resumes to an uninterrupted CUDA run's parameters and losses. Each test needs a CUDA device and the
 //! embedded PTX; without them it is reported as ignored, with the reason.
 
 mod common;
@@ -16,6 +17,7 @@ fn main() {
         trial!(delo_forward_cuda_matches_cpu),
         trial!(delo_train_cuda_matches_cpu),
         trial!(bench_train_json_counts_a_step_without_syncs),
+        trial!(a_run_killed_inside_a_checkpoint_write_resumes_to_the_same_parameters),
     ];
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
@@ -218,4 +220,55 @@ fn bench_train_json_counts_a_step_without_syncs() {
     let c = run("cpu", "on");
     assert!(c["launches_per_step"].is_null(), "{c}");
     assert!(c["samples_per_second"].as_f64().unwrap() > 0.0, "{c}");
+}
+
+/// On CUDA a checkpoint inside a task drains the one-step-late loss queue and reads the state
+/// back from the device; a run killed inside the write of one (CUDA graphs on) and resumed ends
+/// with the same task files and loss log as an uninterrupted CUDA run.
+fn a_run_killed_inside_a_checkpoint_write_resumes_to_the_same_parameters() {
+    let (root, data, model) = common::synthetic_setup("cuda-resume");
+    let train = |out: &Path| {
+        let mut c = Command::new(common::delo_exe());
+        c.args([
+            "train",
+            "--device",
+            "cuda",
+            "--data",
+            path(&data),
+            "--model",
+        ])
+        .args([path(&model), "--out", path(out), "--epochs", "2"])
+        .args(["--batch-size", "16", "--max-steps-per-task", "8"])
+        .args([
+            "--max-text-len",
+            "40",
+            "--image-size",
+            "96",
+            "--cache-images",
+        ])
+        .args(["--checkpoint-every", "2"]);
+        c
+    };
+    let (full, killed) = (root.join("full"), root.join("killed"));
+    assert!(train(&full).output().unwrap().status.success());
+    // Task 1's second checkpoint (step 4), after task 0's three.
+    common::sigkill(common::paused_in_write(train(&killed), "checkpoints/", 5));
+    let (_, log) = delo(&["train", "--resume", path(&killed)]);
+    assert!(log.contains("resuming task 1 after step 2"), "{log}");
+    for t in 0..3 {
+        let f = format!("task{t}.safetensors");
+        assert!(
+            std::fs::read(full.join(&f)).unwrap() == std::fs::read(killed.join(&f)).unwrap(),
+            "{f} differs from the uninterrupted CUDA run's"
+        );
+    }
+    let losses = |run: &Path| -> Vec<(usize, usize, f32, f32)> {
+        delo::train::metrics::read_metrics(run)
+            .unwrap()
+            .iter()
+            .map(|m| (m.task, m.step, m.loss, m.lr))
+            .collect()
+    };
+    assert_eq!(losses(&full), losses(&killed), "metrics.jsonl");
+    std::fs::remove_dir_all(&root).unwrap();
 }

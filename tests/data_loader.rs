@@ -58,6 +58,26 @@ fn key(b: &Batch<BasicPrepBatch>) -> (usize, Vec<usize>, Vec<MissingType>, Basic
 }
 
 #[test]
+fn an_epoch_started_at_a_batch_is_the_rest_of_the_whole_epoch() {
+    let dir = TempDir::new("loader-from");
+    let b = bench(&dir);
+    let spec: MissingSpec = "both:0.5".parse().unwrap();
+    for threads in [0, 1, 3] {
+        let l =
+            Loader::from_benchmark(&b, 1, Split::Train, &spec, 3, prep(), cfg(threads)).unwrap();
+        let whole: Vec<_> = collect(&l, 2).iter().map(key).collect();
+        for first in [0, 1, 4, whole.len(), whole.len() + 3] {
+            let rest: Vec<_> = l.epoch_from(2, first).map(|b| key(&b.unwrap())).collect();
+            assert_eq!(
+                rest,
+                whole[first.min(whole.len())..],
+                "{threads} threads, from batch {first}"
+            );
+        }
+    }
+}
+
+#[test]
 fn batches_do_not_depend_on_the_thread_count() {
     let dir = TempDir::new("loader-threads");
     let b = bench(&dir);

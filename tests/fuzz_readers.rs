@@ -1,7 +1,8 @@
 //! Fuzzing every reader of user files: CMML JSON and meta.json, the Food101 CSV and MM-IMDb
 //! JSON files of `delo prepare`, images of
 //! every format, safetensors (inputs, weights and task checkpoints), a model directory's
-//! config.json and weights, vocab.txt and tokenizer.json, run.json and results.json.
+//! config.json and weights, vocab.txt and tokenizer.json, run.json, checkpoints inside a task
+//! and results.json.
 //!
 //! Each reader gets arbitrary bytes and mutations of real files (bytes flipped, cut, inserted,
 //! deleted, duplicated; JSON values swapped for odd ones) for a time budget, thousands of
@@ -185,6 +186,28 @@ fn prepare_imdb(file: &Path) -> Result<()> {
     }
 }
 
+/// A checkpoint inside a task, as the trainer writes it.
+fn step_checkpoint_seed(dir: &Path) -> Vec<u8> {
+    use delo::train::step_checkpoint::{save, StepCheckpoint, StepState};
+    let run = dir.join("seed-run");
+    let cp = StepCheckpoint {
+        file: PathBuf::new(),
+        state: StepState {
+            step: 2,
+            ..StepState::start(0)
+        },
+        params: delo::params::ParamSnapshot {
+            values: vec![0.5, -1.0, 2.0],
+            m: vec![0.1, 0.2, 0.3],
+            v: vec![0.01, 0.02, 0.03],
+            step: 2,
+        },
+        keys: vec![Some(Tensor::from_f32(vec![1.0, 0.0], &[2]).unwrap())],
+    };
+    let (path, _) = save(&run, &cp).unwrap();
+    std::fs::read(path).unwrap()
+}
+
 fn small_safetensors(dir: &Path) -> Vec<u8> {
     let p = dir.join("seed.safetensors");
     delo::st::write_file(
@@ -232,6 +255,7 @@ fn readers(dir: &Path) -> Vec<Reader> {
         data: "data".into(),
         model: "model".into(),
         settings: delo::train::TrainSettings::default(),
+        resumes: Vec::new(),
     };
     let mut results = delo::report::Results::new(
         delo::report::Metric::Accuracy,
@@ -342,6 +366,12 @@ fn readers(dir: &Path) -> Vec<Reader> {
             file: "run/task0.safetensors",
             seeds: vec![small_safetensors(dir)],
             read: Box::new(|p, _| delo::st::read_file(p).map(drop)),
+        },
+        Reader {
+            name: "step checkpoint",
+            file: "run/task0-step00000002.safetensors",
+            seeds: vec![step_checkpoint_seed(dir)],
+            read: Box::new(|p, _| delo::train::step_checkpoint::load(p).map(drop)),
         },
         Reader {
             name: "results.json",

@@ -342,9 +342,17 @@ impl<P: SamplePrep> Loader<P> {
 
     /// Starts an epoch: spawns the workers, which begin preparing batches at once.
     pub fn epoch(&self, epoch: u64) -> EpochIter<P> {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// Starts an epoch at batch `first` (a resumed run): the batches before it are neither
+    /// prepared nor returned, and the others are exactly those of [`Loader::epoch`], with the
+    /// same numbers. A `first` past the end gives an empty epoch.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> EpochIter<P> {
         let batches = Arc::new(self.batch_positions(epoch));
+        let first = first.min(batches.len());
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = self.inner.cfg.threads.min(batches.len());
+        let threads = self.inner.cfg.threads.min(batches.len() - first);
         let mut receivers = Vec::with_capacity(threads);
         let mut workers = Vec::with_capacity(threads);
         for w in 0..threads {
@@ -354,7 +362,7 @@ impl<P: SamplePrep> Loader<P> {
             let worker_stop = Arc::clone(&stop);
             let spawned = std::thread::Builder::new()
                 .name(format!("delo-loader-{w}"))
-                .spawn(move || worker(inner, batches, w, threads, worker_stop, tx));
+                .spawn(move || worker(inner, batches, first + w, threads, worker_stop, tx));
             match spawned {
                 Ok(handle) => {
                     receivers.push(rx);
@@ -376,7 +384,8 @@ impl<P: SamplePrep> Loader<P> {
         EpochIter {
             inner: Arc::clone(&self.inner),
             batches,
-            next: 0,
+            first,
+            next: first,
             receivers,
             workers,
             stop,
@@ -411,6 +420,8 @@ fn worker<P: SamplePrep>(
 pub struct EpochIter<P: SamplePrep> {
     inner: Arc<Inner<P>>,
     batches: Arc<Vec<Vec<usize>>>,
+    /// The epoch's first batch (0 but for a resumed epoch).
+    first: usize,
     next: usize,
     receivers: Vec<Receiver<Result<Prepared<P::Batch>>>>,
     workers: Vec<Option<JoinHandle<()>>>,
@@ -434,7 +445,7 @@ impl<P: SamplePrep> EpochIter<P> {
         if self.receivers.is_empty() {
             return self.inner.prepare(b, &self.batches[b]);
         }
-        let w = b % self.receivers.len();
+        let w = (b - self.first) % self.receivers.len();
         match self.receivers[w].recv() {
             Ok(r) => r,
             Err(_) => {

@@ -191,6 +191,7 @@ pub fn render_report(results: &Results, method: &str, missing: &str) -> Result<S
         empty_note(&mut out, &s.no_samples);
     }
     skipped_section(&mut out, results);
+    resumes_section(&mut out, results);
 
     out.push_str("\n## Training per task\n\n");
     out.push_str(
@@ -282,6 +283,26 @@ fn skipped_section(out: &mut String, results: &Results) {
             out,
             "\n… and {} more, all listed in results.json.",
             skipped.len() - SKIPPED_LISTED
+        );
+    }
+}
+
+/// Each resume of the run: when, and from which task and step (1-based, as elsewhere in the
+/// report), with the settings changed.
+fn resumes_section(out: &mut String, results: &Results) {
+    if results.resumes.is_empty() {
+        return;
+    }
+    out.push_str("\n## Resumes\n\n| When (UTC) | Task | Steps done | Checkpoint | Changed |\n|---|---:|---:|---|---|\n");
+    for r in &results.resumes {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            r.at,
+            r.task + 1,
+            r.step,
+            cell(r.checkpoint.as_deref().unwrap_or("task start")),
+            cell(&r.changes.join("; "))
         );
     }
 }

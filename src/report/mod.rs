@@ -27,7 +27,7 @@ pub use metrics::{
     top1_accuracy, MultiLabelCounts,
 };
 pub use results::{
-    FactorSide, LossCurve, LossPoint, Metric, Results, SelectionFrequency, SkippedImage,
+    FactorSide, LossCurve, LossPoint, Metric, Results, Resume, SelectionFrequency, SkippedImage,
     SplitResults, TaskStats, RESULTS_VERSION,
 };
 pub use svg::{plot_files, write_plots, PlotFile};

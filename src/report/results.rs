@@ -12,7 +12,8 @@
 //!               "final_loss"} | null, ... ],
 //!   "selection_frequency": { "a": {"layer3.q.v": [counts per factor]}, "b": {...} },
 //!   "cos_qv_qt": [ ... ],
-//!   "skipped_images": [ {"item", "task", "split", "path", "error"}, ... ] }
+//!   "skipped_images": [ {"item", "task", "split", "path", "error"}, ... ],
+//!   "resumes": [ {"at", "task", "step", "checkpoint", "changes"}, ... ] }
 //! ```
 //! A cell listed in `no_samples` was evaluated on no sample at all (every image of the task's
 //! split was skipped with `--skip-bad`): it is `null` in both matrices, since a metric over
@@ -199,6 +200,22 @@ pub struct SkippedImage {
     pub error: String,
 }
 
+/// One `delo train --resume` of a run: when, and where the run went on from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resume {
+    /// When the resumed run started, UTC, RFC 3339 (`2026-12-06T14:05:00Z`).
+    pub at: String,
+    /// The task (0-based) and the steps of it already done when the run went on.
+    pub task: usize,
+    pub step: usize,
+    /// The mid-task checkpoint it went on from (a file of `checkpoints/`); `None`: the task's
+    /// start.
+    pub checkpoint: Option<String>,
+    /// Settings changed with the resume, as `name: stored → given` (e.g. the device, or the
+    /// learning rate with `--override-lr`).
+    pub changes: Vec<String>,
+}
+
 /// The derived fields of a [`SplitResults`], computed from its matrices.
 #[derive(Debug, Default)]
 struct Summaries {
@@ -307,6 +324,9 @@ pub struct Results {
     /// Images left out with `--skip-bad`, each once, in item order.
     #[serde(default)]
     pub skipped_images: Vec<SkippedImage>,
+    /// Each resume of the run, in order.
+    #[serde(default)]
+    pub resumes: Vec<Resume>,
 }
 
 /// Checks a percentage before it enters a matrix: a NaN would serialise as `null` and read
@@ -336,6 +356,7 @@ impl Results {
             cos_qv_qt: Vec::new(),
             loss_curves: Vec::new(),
             skipped_images: Vec::new(),
+            resumes: Vec::new(),
         }
     }
 

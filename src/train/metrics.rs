@@ -3,8 +3,9 @@
 //!
 //! The values come from the device one step late, through the same [`ScalarQueue`] as the
 //! progress line (see `step.rs`): a step never waits for its own kernels. A resumed run starts
-//! at a task boundary, so opening the log for task t drops every line of tasks ≥ t (written by
-//! a run killed during task t) and the file keeps exactly one line per finished step.
+//! at a checkpoint (a task boundary or a step within a task), so opening the log for step s of
+//! task t drops every line written after it (by a run killed later in task t) and the file
+//! keeps exactly one line per step the run's state holds.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -83,12 +84,16 @@ pub struct MetricsFile {
 }
 
 impl MetricsFile {
-    /// Opens the log of `run_dir` to append task `task`'s steps, first dropping the lines of
-    /// tasks ≥ `task` (left by a run killed during one of them).
-    pub fn open(run_dir: &Path, task: usize) -> Result<MetricsFile> {
+    /// Opens the log of `run_dir` to append task `task`'s steps after its first `done` steps
+    /// (0 for a task that starts afresh), first dropping the lines of later steps and tasks
+    /// (left by a run killed after them).
+    pub fn open(run_dir: &Path, task: usize, done: usize) -> Result<MetricsFile> {
         let path = run_dir.join(METRICS_FILE);
         let steps = read_metrics(run_dir)?;
-        let kept: Vec<&StepMetrics> = steps.iter().filter(|m| m.task < task).collect();
+        let kept: Vec<&StepMetrics> = steps
+            .iter()
+            .filter(|m| m.task < task || (m.task == task && m.step <= done))
+            .collect();
         if path.exists() {
             let mut text = String::new();
             for m in kept {
@@ -111,6 +116,11 @@ impl MetricsFile {
         self.file
             .write_all(l.as_bytes())
             .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Puts the lines appended so far on disk (before a checkpoint that counts them).
+    fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -154,17 +164,28 @@ pub struct StepLog {
 const TERMS: usize = 4;
 
 impl StepLog {
-    /// The log of task `task` (`total` steps) of the run in `run_dir`, on `device`.
-    pub fn new(device: &Device, run_dir: &Path, task: usize, total: usize) -> Result<StepLog> {
+    /// The log of task `task` (`total` steps) of the run in `run_dir`, on `device`, from
+    /// step `done` on: 0, or the steps of a checkpoint taken `seconds` into the task.
+    pub fn new(
+        device: &Device,
+        run_dir: &Path,
+        task: usize,
+        total: usize,
+        (done, seconds): (usize, f64),
+    ) -> Result<StepLog> {
+        let now = Instant::now();
         Ok(StepLog {
             // Two steps' terms: the one the device runs and the one read back meanwhile.
             queue: ScalarQueue::new(device, 2, TERMS)?,
             steps: VecDeque::new(),
-            file: MetricsFile::open(run_dir, task)?,
+            file: MetricsFile::open(run_dir, task, done)?,
             run_dir: run_dir.to_path_buf(),
             task,
             total,
-            started: Instant::now(),
+            // A resumed task's throughput counts the time before the checkpoint too.
+            started: now
+                .checked_sub(std::time::Duration::from_secs_f64(seconds.max(0.0)))
+                .unwrap_or(now),
             last: f32::NAN,
         })
     }
@@ -199,11 +220,18 @@ impl StepLog {
         Ok(())
     }
 
-    /// Reports every step still queued; returns the last step's loss.
-    pub fn finish(mut self, log: &mut dyn FnMut(Event)) -> Result<f32> {
+    /// Reports every step still queued (waiting for the device), so that `metrics.jsonl` holds
+    /// every step taken, on disk, and each of their losses is known to be finite.
+    pub fn flush(&mut self, log: &mut dyn FnMut(Event)) -> Result<()> {
         while !self.steps.is_empty() {
             self.show_oldest(log)?;
         }
+        self.file.sync()
+    }
+
+    /// Reports every step still queued; returns the last step's loss.
+    pub fn finish(mut self, log: &mut dyn FnMut(Event)) -> Result<f32> {
+        self.flush(log)?;
         Ok(self.last)
     }
 
@@ -229,10 +257,12 @@ impl StepLog {
         if !loss.is_finite() {
             return Err(Error::Numeric(format!(
                 "the loss of task {task} became {loss} at step {} (epoch {}); stopping. {} \
-                 Lower --lr or check the data",
+                 To go on with a lower learning rate: `delo train --resume {} --override-lr \
+                 LR`; or check the data",
                 q.step + 1,
                 q.epoch + 1,
-                crate::train::saved_tasks_note(task, &self.run_dir)
+                crate::train::saved_tasks_note(task, &self.run_dir),
+                self.run_dir.display()
             )));
         }
         self.last = loss;

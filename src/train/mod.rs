@@ -1,22 +1,26 @@
 //! The continual trainer (CMML.md "Training protocol", DELO.md "Optimisation"): tasks in
 //! sequence, AdamW over the current task's parameters only, EMA task keys, evaluation of every
-//! seen task after each task, atomic checkpoints and resume.
+//! seen task after each task, atomic checkpoints (at task ends and every `--checkpoint-every`
+//! inside a task) and resume from the newest one, one training process per run directory.
 
 pub mod checkpoint;
 pub mod demo;
 pub mod eval;
 pub mod forward;
 pub mod inputs;
+pub mod lock;
 pub mod metrics;
 pub mod predict;
 pub mod prep;
 pub mod results;
 pub mod schedule;
 pub mod step;
+pub mod step_checkpoint;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,14 +36,16 @@ use crate::delo::losses::Targets;
 use crate::delo::params::{init_params, task_specs};
 use crate::error::{Error, Result};
 use crate::params::ParamSet;
-use crate::report::SkippedImage;
+use crate::report::{Resume, SkippedImage};
 use crate::tensor::{DType, Tensor};
 use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
 pub use crate::delo::keys::TaskKeys;
+use lock::RunLock;
 use metrics::StepLog;
 use prep::ViltPrep;
 use step::{run_step, StepBatch, StepOptim, TaskState};
+use step_checkpoint::{CheckpointEvery, StepCheckpoint, StepState};
 
 /// One loader thread per core the process may use (2 when that is unknown): decoding and
 /// resizing keep up with a GPU step only with every core on them.
@@ -97,6 +103,8 @@ pub struct TrainSettings {
     pub cuda_graph: bool,
     /// Stop each task after this many steps (quick runs and tests); `None`: all epochs.
     pub max_steps_per_task: Option<usize>,
+    /// How often to checkpoint inside a task (`step_checkpoint`); changes no result.
+    pub checkpoint_every: CheckpointEvery,
     pub delo: DeloConfig,
 }
 
@@ -123,6 +131,7 @@ impl Default for TrainSettings {
             frozen_dtype: "auto".into(),
             cuda_graph: true,
             max_steps_per_task: None,
+            checkpoint_every: CheckpointEvery::default(),
             delo: DeloConfig::default(),
         }
     }
@@ -134,6 +143,76 @@ pub struct RunSpec {
     pub data: PathBuf,
     pub model: PathBuf,
     pub settings: TrainSettings,
+    /// Each `--resume` that went on training, in order.
+    #[serde(default)]
+    pub resumes: Vec<Resume>,
+}
+
+/// What `delo train --resume` may change, each `None` when not given. All but `override_lr`
+/// change no result (with the caveat that another device rounds differently); `override_lr`
+/// is the deliberate change of the base learning rate (e.g. after a NaN loss), used from the
+/// resumed step on and recorded in the run.
+#[derive(Clone, Debug, Default)]
+pub struct ResumeOptions {
+    pub device: Option<String>,
+    pub loader_threads: Option<usize>,
+    pub cache_images: Option<bool>,
+    pub cuda_graph: Option<bool>,
+    pub checkpoint_every: Option<CheckpointEvery>,
+    pub override_lr: Option<f32>,
+}
+
+impl ResumeOptions {
+    /// Applies the options to `s`; returns each change as `name: stored → given`.
+    fn apply(&self, s: &mut TrainSettings) -> Vec<String> {
+        fn set<T: PartialEq + std::fmt::Debug>(
+            changes: &mut Vec<String>,
+            name: &str,
+            field: &mut T,
+            given: Option<T>,
+        ) {
+            match given {
+                Some(v) if v != *field => {
+                    changes.push(format!("{name}: {field:?} → {v:?}"));
+                    *field = v;
+                }
+                _ => {}
+            }
+        }
+        let mut changes = Vec::new();
+        set(&mut changes, "device", &mut s.device, self.device.clone());
+        set(
+            &mut changes,
+            "loader_threads",
+            &mut s.loader_threads,
+            self.loader_threads,
+        );
+        set(
+            &mut changes,
+            "cache_images",
+            &mut s.cache_images,
+            self.cache_images,
+        );
+        set(
+            &mut changes,
+            "cuda_graph",
+            &mut s.cuda_graph,
+            self.cuda_graph,
+        );
+        set(
+            &mut changes,
+            "checkpoint_every",
+            &mut s.checkpoint_every,
+            self.checkpoint_every,
+        );
+        set(
+            &mut changes,
+            "lr (--override-lr)",
+            &mut s.lr,
+            self.override_lr,
+        );
+        changes
+    }
 }
 
 /// Per-task training statistics.
@@ -169,6 +248,10 @@ pub struct Trainer {
     /// Images left out with `--skip-bad`, by item index (each reported once); behind a lock
     /// because evaluation sees the trainer shared.
     skipped: Mutex<BTreeMap<usize, SkippedImage>>,
+    /// The run directory's lock, taken when the trainer first trains.
+    lock: Option<RunLock>,
+    /// For a resumed run not yet recorded: the settings changed with the resume.
+    pending_resume: Option<Vec<String>>,
 }
 
 /// What a run reports while it goes: a training step, or a line (evaluations, phases).
@@ -219,21 +302,40 @@ impl Trainer {
             )));
         }
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let lock = RunLock::acquire(run_dir)?;
         let spec = RunSpec {
             data: data.to_path_buf(),
             model: model.to_path_buf(),
             settings,
+            resumes: Vec::new(),
         };
-        let t = Trainer::open(spec, run_dir)?;
+        let mut t = Trainer::open(spec, run_dir)?;
+        t.lock = Some(lock);
         checkpoint::write_run(run_dir, &t.spec)?;
         Ok(t)
     }
 
-    /// Reopens a run from its directory, with every finished task restored.
+    /// Reopens a run from its directory, with every finished task restored (to evaluate or
+    /// predict; training on with [`Trainer::run`] takes the run's lock and goes on from the
+    /// newest checkpoint).
     pub fn resume(run_dir: &Path) -> Result<Trainer> {
         let spec = checkpoint::read_run(run_dir)?;
         let mut t = Trainer::open(spec, run_dir)?;
         checkpoint::restore(&mut t)?;
+        t.pending_resume = Some(Vec::new());
+        Ok(t)
+    }
+
+    /// Reopens a run to train on (`delo train --resume`): takes the run's lock first (an
+    /// error names the process that holds it), then applies `opts` to the stored settings.
+    pub fn resume_with(run_dir: &Path, opts: &ResumeOptions) -> Result<Trainer> {
+        let lock = RunLock::acquire(run_dir)?;
+        let mut spec = checkpoint::read_run(run_dir)?;
+        let changes = opts.apply(&mut spec.settings);
+        let mut t = Trainer::open(spec, run_dir)?;
+        checkpoint::restore(&mut t)?;
+        t.lock = Some(lock);
+        t.pending_resume = Some(changes);
         Ok(t)
     }
 
@@ -269,6 +371,8 @@ impl Trainer {
             stats: Vec::new(),
             evals: Vec::new(),
             skipped: Mutex::new(BTreeMap::new()),
+            lock: None,
+            pending_resume: None,
             spec,
         })
     }
@@ -492,10 +596,28 @@ impl Trainer {
         log: &mut dyn FnMut(Event),
     ) -> Result<crate::report::Results> {
         let total = self.bench.num_tasks();
+        if self.lock.is_none() {
+            self.lock = Some(RunLock::acquire(&self.run_dir)?);
+        }
+        if let Some(pid) = self.lock.as_mut().and_then(|l| l.stale_pid.take()) {
+            log(Event::Line(&format!(
+                "took over the lock of {} left by process {pid}, which has ended",
+                self.run_dir.display()
+            )));
+        }
         let mut probes = eval::Probes::default();
         let mut reported: BTreeSet<usize> = self.skipped_images().iter().map(|s| s.item).collect();
-        for t in self.tasks.len()..until.min(total) {
-            let stats = self.train_task(t, log)?;
+        let first = self.tasks.len();
+        let mut resume_from = None;
+        if first < until.min(total) {
+            resume_from =
+                step_checkpoint::latest(&self.run_dir, first, &mut |w| log(Event::Line(w)))?;
+            if let Some(changes) = self.pending_resume.take() {
+                self.record_resume(first, resume_from.as_ref(), changes, log)?;
+            }
+        }
+        for t in first..until.min(total) {
+            let stats = self.train_task(t, resume_from.take(), log)?;
             self.stats.push(stats);
             // The final evaluation also feeds the report's selection and cos(q_v, q_t) plots.
             let last = t + 1 == total;
@@ -504,12 +626,46 @@ impl Trainer {
             self.log_skipped(&mut reported, log);
             self.evals.push(row);
             checkpoint::save_task(self, t)?;
+            step_checkpoint::clear(&self.run_dir, t + 1)?;
             if !last {
                 results::write(self, None)?;
             }
         }
         let done = self.evals.len() == total;
         results::write(self, done.then_some(&probes))
+    }
+
+    /// Records a resume at task `task` (from `from`, or the task's start) in run.json, and so in
+    /// results.json and report.md.
+    fn record_resume(
+        &mut self,
+        task: usize,
+        from: Option<&StepCheckpoint>,
+        changes: Vec<String>,
+        log: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        let step = from.map_or(0, |c| c.state.step);
+        let checkpoint = from.map(|c| {
+            c.file
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        });
+        log(Event::Line(&format!(
+            "resuming task {task} after step {step} ({}){}",
+            checkpoint.as_deref().unwrap_or("from its start"),
+            match changes.is_empty() {
+                true => String::new(),
+                false => format!("; changed: {}", changes.join("; ")),
+            }
+        )));
+        self.spec.resumes.push(Resume {
+            at: utc_now(),
+            task,
+            step,
+            checkpoint,
+            changes,
+        });
+        checkpoint::write_run(&self.run_dir, &self.spec)
     }
 
     /// Logs each image skipped and not yet in `reported` (one line each: item, task,
@@ -535,12 +691,101 @@ impl Trainer {
         }
     }
 
-    fn train_task(&mut self, t: usize, log: &mut dyn FnMut(Event)) -> Result<TaskStats> {
+    /// Puts a checkpoint's state into `state` and the run; returns where the task stands.
+    fn restore_step(&self, state: &mut TaskState, cp: StepCheckpoint) -> Result<StepState> {
+        let file = cp.file.display();
+        if cp.keys.len() != state.keys.len() {
+            return Err(Error::format(
+                &cp.file,
+                format!(
+                    "holds {} task-key tables; this run's --task-key needs {}",
+                    cp.keys.len(),
+                    state.keys.len()
+                ),
+            ));
+        }
+        state
+            .params
+            .restore(cp.params)
+            .map_err(|e| Error::Msg(format!("{file} does not fit this run's task: {e}")))?;
+        state.keys = cp
+            .keys
+            .into_iter()
+            .map(|k| k.map(|k| k.to_device(&self.device)).transpose())
+            .collect::<Result<_>>()?;
+        for sk in &cp.state.skipped {
+            self.record_skipped(sk.clone());
+        }
+        Ok(cp.state)
+    }
+
+    /// Writes a checkpoint of the task's state after `at.step` steps: first every queued loss
+    /// is read back (so `metrics.jsonl` holds exactly those steps, and each loss is known to be
+    /// finite), then the state is read from the device (which waits for its last step).
+    /// Errors (a full disk, say) stop the run and say that the checkpoints before are intact.
+    fn checkpoint_step(
+        &self,
+        losses: &mut StepLog,
+        state: &TaskState,
+        mut at: StepState,
+        log: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        losses.flush(log)?;
+        let started = Instant::now();
+        at.seconds = losses.started.elapsed().as_secs_f64();
+        at.skipped = self.skipped_images();
+        let cp = StepCheckpoint {
+            file: PathBuf::new(),
+            params: state.params.snapshot()?,
+            keys: state
+                .keys
+                .iter()
+                .map(|k| k.as_ref().map(|k| k.to_device(&Device::Cpu)).transpose())
+                .collect::<Result<_>>()?,
+            state: at,
+        };
+        let (task, step) = (cp.state.task, cp.state.step);
+        let before = step_checkpoint::list(&self.run_dir, task)?;
+        let (path, bytes) = step_checkpoint::save(&self.run_dir, &cp).map_err(|e| {
+            let intact = match before.first() {
+                Some((s, p)) => format!(
+                    "The checkpoint of task {task} at step {s} ({}) is intact.",
+                    p.display()
+                ),
+                None => saved_tasks_note(task, &self.run_dir),
+            };
+            Error::Msg(format!(
+                "the checkpoint of task {task} at step {step} could not be written: {e}. \
+                 Stopping. {intact} Free space or fix the error, then run \
+                 `delo train --resume {}`",
+                self.run_dir.display()
+            ))
+        })?;
+        log(Event::Line(&format!(
+            "task {task}: checkpoint at step {step}: {} ({:.2} MB in {:.1} ms)",
+            path.display(),
+            bytes as f64 / 1e6,
+            started.elapsed().as_secs_f64() * 1e3
+        )));
+        Ok(())
+    }
+
+    /// Trains task `t` from its start, or from the checkpoint `from` of it.
+    fn train_task(
+        &mut self,
+        t: usize,
+        from: Option<StepCheckpoint>,
+        log: &mut dyn FnMut(Event),
+    ) -> Result<TaskStats> {
         let s = self.settings().clone();
         // The task's keys live on the device while it trains: no host round trip per step.
         let mut state = TaskState {
             params: ParamSet::new(&self.device, self.initial_params(t)?)?,
             keys: vec![None; self.key_tables()],
+        };
+        let at = match from {
+            Some(cp) => self.restore_step(&mut state, cp)?,
+            None => StepState::start(t),
         };
         let loader = self.loader(t, Split::Train, true)?;
         let per_epoch = loader.num_batches();
@@ -548,11 +793,14 @@ impl Trainer {
         if let Some(m) = s.max_steps_per_task {
             total = total.min(m);
         }
-        let mut losses = StepLog::new(&self.device, &self.run_dir, t, total)?;
-        let (mut step, mut samples) = (0usize, 0usize);
+        let mut losses =
+            StepLog::new(&self.device, &self.run_dir, t, total, (at.step, at.seconds))?;
+        let (mut step, mut samples) = (at.step, at.samples);
+        let mut since = (step, Instant::now());
         let graphs_before = self.graph_stats();
-        'epochs: for epoch in 0..s.epochs {
-            for batch in loader.epoch(epoch as u64) {
+        'epochs: for epoch in at.epoch..s.epochs {
+            let first = if epoch == at.epoch { at.next_batch } else { 0 };
+            for batch in loader.epoch_from(epoch as u64, first) {
                 if step >= total {
                     break 'epochs;
                 }
@@ -589,6 +837,17 @@ impl Trainer {
                 // Shown one step late: this step's kernels keep the device busy meanwhile.
                 losses.push(step, epoch, lr, samples, &loss, log)?;
                 step += 1;
+                if step < total && s.checkpoint_every.due(step - since.0, since.1.elapsed()) {
+                    let at = StepState {
+                        step,
+                        epoch,
+                        next_batch: batch.number + 1,
+                        samples,
+                        ..StepState::start(t)
+                    };
+                    self.checkpoint_step(&mut losses, &state, at, log)?;
+                    since = (step, Instant::now());
+                }
             }
         }
         let started = losses.started;
@@ -632,23 +891,55 @@ impl Trainer {
     }
 }
 
+/// The current time, UTC, as RFC 3339 to the second (`2026-12-06T14:05:00Z`).
+pub fn utc_now() -> String {
+    utc_from_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+/// `secs` seconds after 1970-01-01T00:00:00Z, as RFC 3339.
+fn utc_from_unix(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's days-to-civil algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// What a run stopped while training task `task` has kept, in words true for every `task`:
 /// tasks train in order and each is checkpointed when it ends, so exactly tasks
-/// `0..task` are saved (none for the first task), and `--resume` continues at `task`.
+/// `0..task` are saved (none for the first task), and `--resume` continues at `task`, from
+/// its newest step checkpoint if it has one.
 pub fn saved_tasks_note(task: usize, run_dir: &Path) -> String {
     let dir = run_dir.display();
     match task {
         0 => format!(
             "No task had finished, so {dir} holds no task checkpoint yet; \
-             `delo train --resume {dir}` starts again at task 0."
+             `delo train --resume {dir}` continues task 0 from its newest step checkpoint, if \
+             any."
         ),
         1 => format!(
             "The checkpoint of task 0 in {dir} is intact; `delo train --resume {dir}` continues \
-             at task 1."
+             at task 1 (from its newest step checkpoint, if any)."
         ),
         t => format!(
             "The checkpoints of tasks 0 to {} in {dir} are intact; `delo train --resume {dir}` \
-             continues at task {t}.",
+             continues at task {t} (from its newest step checkpoint, if any).",
             t - 1
         ),
     }
@@ -657,6 +948,40 @@ pub fn saved_tasks_note(task: usize, run_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_as_rfc_3339_utc() {
+        // Python's datetime.fromtimestamp(s, UTC) gives the same strings.
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_780_000_000, "2026-05-28T20:26:40Z"),
+            (4_102_444_799, "2099-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(utc_from_unix(secs), text);
+        }
+    }
+
+    /// A run.json written before checkpoints inside a task and resume records existed still
+    /// loads, with the default interval and no resumes.
+    #[test]
+    fn an_older_run_json_loads_with_defaults() {
+        let mut old = serde_json::to_value(RunSpec {
+            data: "data".into(),
+            model: "model".into(),
+            settings: TrainSettings::default(),
+            resumes: Vec::new(),
+        })
+        .unwrap();
+        old.as_object_mut().unwrap().remove("resumes");
+        old["settings"]
+            .as_object_mut()
+            .unwrap()
+            .remove("checkpoint_every");
+        let spec: RunSpec = serde_json::from_value(old).unwrap();
+        assert!(spec.resumes.is_empty());
+        assert_eq!(spec.settings.checkpoint_every, CheckpointEvery::default());
+    }
 
     #[test]
     fn the_nan_stop_says_what_is_saved() {

@@ -56,6 +56,7 @@ pub fn build(tr: &Trainer, probes: Option<&Probes>) -> Result<Results> {
     }
     r.loss_curves = loss_curves(&crate::train::metrics::read_metrics(&tr.run_dir)?);
     r.skipped_images = tr.skipped_images();
+    r.resumes = tr.spec.resumes.clone();
     if let Some(p) = probes {
         for (side, map) in [
             (FactorSide::A, &p.selection_a),

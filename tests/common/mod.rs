@@ -57,6 +57,35 @@ pub fn delo_exe() -> PathBuf {
         .unwrap_or(built)
 }
 
+/// Starts `c` (a `delo` command) with the fault hook (`delo::fault`) pausing the `n`-th write of a file whose path contains
+/// `file`, and returns the process once it is paused there.
+pub fn paused_in_write(mut c: std::process::Command, file: &str, n: usize) -> std::process::Child {
+    c.env("DELO_TEST_FAULT", format!("pause:{file}:{n}"));
+    let mut child = c
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut seen = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with(delo::fault::PAUSE_MARK) {
+            return child;
+        }
+        seen += &line;
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    panic!("the run ended ({status}) before write {n} of {file}:\n{seen}");
+}
+
+/// SIGKILL (`Child::kill` on Unix), then reap.
+pub fn sigkill(mut child: std::process::Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
