@@ -8,6 +8,7 @@ pub mod bench;
 pub mod data;
 pub mod delo;
 pub mod error;
+pub mod grid;
 pub mod malloc;
 pub mod params;
 pub mod report;
