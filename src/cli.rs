@@ -304,7 +304,11 @@ struct GridArgs {
     types: Vec<String>,
     /// Tables 2/3: methods, from delo, heads-only, seq-lora, delo-lora, delo-no-guide,
     /// unified-pool.
-    #[arg(long, value_delimiter = ',', default_value = "delo,heads-only,seq-lora")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "delo,heads-only,seq-lora"
+    )]
     methods: Vec<String>,
     /// Devices, comma-separated: one run at a time on each (default cpu: runs in turn; with
     /// --slurm, cuda: one GPU per job).
@@ -678,7 +682,11 @@ fn run_grid(a: &GridArgs) -> Result<()> {
     }
     let chosen = match a.index {
         Some(i) => vec![*settings.get(i).with_context(|| {
-            format!("--index {i}: the grid has {} settings (0..{})", settings.len(), settings.len())
+            format!(
+                "--index {i}: the grid has {} settings (0..{})",
+                settings.len(),
+                settings.len()
+            )
         })?],
         None => settings,
     };

@@ -12,14 +12,28 @@ use std::process::{Command, Stdio};
 use delo::report::Results;
 
 const TRAIN_FLAGS: [&str; 8] = [
-    "--epochs", "1", "--image-size", "96", "--max-text-len", "40", "--lr", "3e-3",
+    "--epochs",
+    "1",
+    "--image-size",
+    "96",
+    "--max-text-len",
+    "40",
+    "--lr",
+    "3e-3",
 ];
 
 fn grid_cmd(data: &Path, model: &Path, out: &Path) -> Command {
     let mut c = Command::new(common::delo_exe());
-    c.arg("grid").arg("--data").arg(data).arg("--model").arg(model).arg("--out").arg(out);
+    c.arg("grid")
+        .arg("--data")
+        .arg(data)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out);
     c.args(["--table", "2", "--etas", "70", "--types", "text,both"]);
-    c.args(["--methods", "delo,heads-only", "--"]).args(TRAIN_FLAGS);
+    c.args(["--methods", "delo,heads-only", "--"])
+        .args(TRAIN_FLAGS);
     c
 }
 
@@ -59,26 +73,48 @@ fn reduced_grid_survives_a_kill_and_its_table_matches_the_runs() {
     assert!(killed, "the grid never started {victim}");
     assert!(!st.success(), "a grid with a killed run must fail");
     let done = tasks_done(&out.join(victim));
-    assert!((1..3).contains(&done), "{victim} finished {done} tasks before the kill");
+    assert!(
+        (1..3).contains(&done),
+        "{victim} finished {done} tasks before the kill"
+    );
     assert!(
         out.join("both70-heads-only/results.json").is_file(),
         "the run after the killed one did not go on"
     );
     // Meanwhile the table shows the killed run's state, not a number.
-    let tb = Command::new(common::delo_exe()).arg("table").arg(&out).output().unwrap();
+    let tb = Command::new(common::delo_exe())
+        .arg("table")
+        .arg(&out)
+        .output()
+        .unwrap();
     let md = String::from_utf8_lossy(&tb.stdout);
-    assert!(md.contains(&format!("stopped {done}/3 tasks")) || md.contains("failed"), "{md}");
+    assert!(
+        md.contains(&format!("stopped {done}/3 tasks")) || md.contains("failed"),
+        "{md}"
+    );
 
     // Second pass: three runs skipped, the killed one resumed.
     let again = grid_cmd(&data, &model, &out).output().unwrap();
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("{victim}: resuming")), "{stderr}");
-    assert_eq!(stderr.matches("finished before, skipped").count(), 3, "{stderr}");
+    assert_eq!(
+        stderr.matches("finished before, skipped").count(),
+        3,
+        "{stderr}"
+    );
 
     // Every measured number of the CSV is its run's results.json, exactly.
-    let tb = Command::new(common::delo_exe()).arg("table").arg(&out).output().unwrap();
-    assert!(tb.status.success(), "{}", String::from_utf8_lossy(&tb.stderr));
+    let tb = Command::new(common::delo_exe())
+        .arg("table")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        tb.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tb.stderr)
+    );
     let md = String::from_utf8_lossy(&tb.stdout);
     let mut rdr = csv::Reader::from_path(out.join("tables.csv")).unwrap();
     let mut measured = 0;
@@ -93,13 +129,20 @@ fn reduced_grid_survives_a_kill_and_its_table_matches_the_runs() {
         let r = Results::load(&out.join(&rec[10]).join("results.json")).unwrap();
         let t = r.split(delo::data::Split::Test).unwrap();
         for (i, v) in [(7, t.ap), (8, t.fg), (9, t.ap_task_id)] {
-            assert_eq!(rec[i].parse::<f64>().unwrap(), v.unwrap(), "{rec:?} column {i}");
+            assert_eq!(
+                rec[i].parse::<f64>().unwrap(),
+                v.unwrap(),
+                "{rec:?} column {i}"
+            );
             assert!(md.contains(&format!("{:.2}", v.unwrap())), "{md}");
         }
     }
     assert_eq!(measured, 4);
     // The paper's claims are there, marked: Table 2, η = 70 %, both missing, DeLo.
-    assert!(md.contains("DeLo AP (paper)") && md.contains("67.42"), "{md}");
+    assert!(
+        md.contains("DeLo AP (paper)") && md.contains("67.42"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -108,8 +151,15 @@ fn slurm_array_lists_every_setting_with_the_same_flags() {
     let (root, data, model) = common::synthetic_setup("grid-slurm");
     let out = root.join("grid");
     let mut c = Command::new(common::delo_exe());
-    c.arg("grid").arg("--data").arg(&data).arg("--model").arg(&model).arg("--out").arg(&out);
-    c.args(["--table", "4,6", "--slurm", "--"]).args(TRAIN_FLAGS);
+    c.arg("grid")
+        .arg("--data")
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&out);
+    c.args(["--table", "4,6", "--slurm", "--"])
+        .args(TRAIN_FLAGS);
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let index = std::fs::read_to_string(out.join("grid-index.tsv")).unwrap();
@@ -122,7 +172,10 @@ fn slurm_array_lists_every_setting_with_the_same_flags() {
         let args = &parts[2];
         assert!(args.starts_with("train --data "), "{line}");
         assert!(args.contains(&format!("--out {}", out.join(parts[1]).display())));
-        assert!(args.ends_with(&format!("{} --device cuda", TRAIN_FLAGS.join(" "))), "{line}");
+        assert!(
+            args.ends_with(&format!("{} --device cuda", TRAIN_FLAGS.join(" "))),
+            "{line}"
+        );
     }
     assert!(lines[0].contains("both70-delo\t"), "{index}");
     let script = std::fs::read_to_string(out.join("grid.sbatch")).unwrap();
@@ -130,9 +183,15 @@ fn slurm_array_lists_every_setting_with_the_same_flags() {
     assert!(script.contains("#SBATCH --gres=gpu:1\n"), "{script}");
     let exec = script.lines().find(|l| l.starts_with("exec ")).unwrap();
     assert!(exec.contains(" grid --data "), "{exec}");
-    assert!(exec.contains("--table '4,6'") && exec.contains("--devices cuda"), "{exec}");
     assert!(
-        exec.ends_with(&format!("--index \"$SLURM_ARRAY_TASK_ID\" -- {}", TRAIN_FLAGS.join(" "))),
+        exec.contains("--table '4,6'") && exec.contains("--devices cuda"),
+        "{exec}"
+    );
+    assert!(
+        exec.ends_with(&format!(
+            "--index \"$SLURM_ARRAY_TASK_ID\" -- {}",
+            TRAIN_FLAGS.join(" ")
+        )),
         "{exec}"
     );
     let _ = std::fs::remove_dir_all(&root);

@@ -253,7 +253,11 @@ impl Setting {
         };
         match s.missing.parse::<MissingSpec>() {
             Ok(m) if m == want => {}
-            _ => diffs.push(format!("missing {} (expected {})", s.missing, self.missing())),
+            _ => diffs.push(format!(
+                "missing {} (expected {})",
+                s.missing,
+                self.missing()
+            )),
         }
         let d = &s.delo;
         let expected_variant = self.method.variant();
@@ -326,11 +330,16 @@ mod kinds {
     use super::*;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(k: &[MissingKind], s: S) -> std::result::Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        k: &[MissingKind],
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
         s.collect_seq(k.iter().map(|k| k.as_str()))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<MissingKind>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Vec<MissingKind>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
             .map(|s| parse_kind(s).map_err(serde::de::Error::custom))

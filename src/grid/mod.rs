@@ -73,10 +73,11 @@ impl Grid {
             return bad("--table: no table given".into());
         }
         if let Some(e) = selection.etas.iter().find(|&&e| e == 0 || e > 100) {
-            return bad(format!("--etas: η = {e}%; expected a percentage in 1..=100"));
+            return bad(format!(
+                "--etas: η = {e}%; expected a percentage in 1..=100"
+            ));
         }
-        if selection.etas.is_empty() || selection.types.is_empty() || selection.methods.is_empty()
-        {
+        if selection.etas.is_empty() || selection.types.is_empty() || selection.methods.is_empty() {
             return bad("--etas, --types and --methods need at least one value each".into());
         }
         for f in &train_flags {
@@ -200,13 +201,19 @@ impl Grid {
         a.push("--out".into());
         a.push(out.into());
         a.push("--table".into());
-        a.push(list(self.tables.iter().map(|t| t.number().to_string()).collect()));
+        a.push(list(
+            self.tables.iter().map(|t| t.number().to_string()).collect(),
+        ));
         a.push("--etas".into());
         a.push(list(s.etas.iter().map(u32::to_string).collect()));
         a.push("--types".into());
-        a.push(list(s.types.iter().map(|k| k.as_str().to_string()).collect()));
+        a.push(list(
+            s.types.iter().map(|k| k.as_str().to_string()).collect(),
+        ));
         a.push("--methods".into());
-        a.push(list(s.methods.iter().map(|m| m.slug().to_string()).collect()));
+        a.push(list(
+            s.methods.iter().map(|m| m.slug().to_string()).collect(),
+        ));
         a.extend(["--devices".into(), devices.into()]);
         a
     }
@@ -243,8 +250,7 @@ pub fn parse_tables(spec: &str, data: &Path) -> Result<Vec<TableId>> {
 pub fn check_device(d: &str) -> Result<()> {
     let ok = d == "cpu"
         || d == "cuda"
-        || d
-            .strip_prefix("cuda:")
+        || d.strip_prefix("cuda:")
             .is_some_and(|n| n.parse::<usize>().is_ok());
     match ok {
         true => Ok(()),

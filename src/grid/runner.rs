@@ -84,8 +84,16 @@ fn run_one(
     // A failed attempt may have stopped before its run directory held a run.
     let started_before = status::run_dir(out, s).join(RUN_FILE).is_file();
     let (args, outcome, what) = match started_before {
-        true => (grid.resume_args(out, s, device), Outcome::Resumed, "resuming"),
-        false => (grid.train_args(out, s, device), Outcome::Trained, "training"),
+        true => (
+            grid.resume_args(out, s, device),
+            Outcome::Resumed,
+            "resuming",
+        ),
+        false => (
+            grid.train_args(out, s, device),
+            Outcome::Trained,
+            "training",
+        ),
     };
     status::clear_failure(out, s)?;
     let log_path = status::log_file(out, s);
@@ -134,8 +142,15 @@ fn run_one(
 /// (after its last `$ command` line), else that attempt's last line; `no output` when none.
 fn last_error_line(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let attempt = lines.iter().rposition(|l| l.starts_with("$ ")).map_or(0, |i| i + 1);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let attempt = lines
+        .iter()
+        .rposition(|l| l.starts_with("$ "))
+        .map_or(0, |i| i + 1);
     let lines = &lines[attempt..];
     lines
         .iter()

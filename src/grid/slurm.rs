@@ -34,7 +34,12 @@ fn quote_line<'a>(args: impl IntoIterator<Item = &'a OsString>) -> Result<String
 /// Writes the job script and the index file of `grid` into its folder `out` (which
 /// [`Grid::save`] made); `exe` is the `delo` executable the jobs run, `device` what each job
 /// trains on (`cuda`: one GPU per job, `--gres=gpu:1`). Returns (script, index).
-pub fn write_slurm(grid: &Grid, out: &Path, exe: &Path, device: &str) -> Result<(PathBuf, PathBuf)> {
+pub fn write_slurm(
+    grid: &Grid,
+    out: &Path,
+    exe: &Path,
+    device: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let abs = |p: &Path| p.canonicalize().map_err(|e| Error::io(p, e));
     let (out_abs, exe_abs) = (abs(out)?, abs(exe)?);
     let logs = out_abs.join(LOGS_DIR);
@@ -71,7 +76,11 @@ pub fn write_slurm(grid: &Grid, out: &Path, exe: &Path, device: &str) -> Result<
         script.push_str("#SBATCH --gres=gpu:1\n");
     }
     let _ = writeln!(script, "#SBATCH --chdir={}", cwd.display());
-    let _ = writeln!(script, "#SBATCH --output={}/slurm-%A_%a.out", logs.display());
+    let _ = writeln!(
+        script,
+        "#SBATCH --output={}/slurm-%A_%a.out",
+        logs.display()
+    );
     let _ = write!(
         script,
         "# delo grid as a job array: index N runs setting N of {index} (its name and its\n\

@@ -233,15 +233,27 @@ pub fn write_csv(c: &Collected, path: &Path) -> Result<()> {
                             Default::default(),
                             String::new(),
                         ),
-                        RunStatus::Failed(why) => {
-                            ("failed", "".into(), "".into(), Default::default(), why.clone())
-                        }
-                        RunStatus::Missing => {
-                            ("missing", "".into(), "".into(), Default::default(), "".into())
-                        }
-                        RunStatus::Foreign(why) => {
-                            ("other-run", "".into(), "".into(), Default::default(), why.clone())
-                        }
+                        RunStatus::Failed(why) => (
+                            "failed",
+                            "".into(),
+                            "".into(),
+                            Default::default(),
+                            why.clone(),
+                        ),
+                        RunStatus::Missing => (
+                            "missing",
+                            "".into(),
+                            "".into(),
+                            Default::default(),
+                            "".into(),
+                        ),
+                        RunStatus::Foreign(why) => (
+                            "other-run",
+                            "".into(),
+                            "".into(),
+                            Default::default(),
+                            why.clone(),
+                        ),
                     };
                     let [ap, fg, task_id] = values;
                     w.write_record([
