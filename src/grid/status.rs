@@ -81,7 +81,7 @@ pub fn run_status(grid: &Grid, out: &Path, s: &Setting) -> RunStatus {
 fn finished(dir: &Path) -> Option<RunStatus> {
     let r = Results::load(&dir.join(RESULTS_FILE)).ok()?;
     let test = r.split(Split::Test).ok()?;
-    (test.tasks_evaluated == r.num_tasks).then(|| RunStatus::Finished {
+    (test.tasks_evaluated == r.num_tasks).then_some(RunStatus::Finished {
         metric: r.metric,
         ap: test.ap,
         fg: test.fg,
