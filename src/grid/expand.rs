@@ -499,3 +499,53 @@ pub fn settings(tables: &[TableId], sel: &Selection) -> Vec<Setting> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Table 2 is 5 η × 3 types × 3 methods; the ablations add their own settings only, the
+    /// full method at η = 70 % both being shared; every run has its own directory name, and
+    /// its flags are the setting it is checked against.
+    #[test]
+    fn the_paper_grid_has_one_run_per_setting() {
+        let sel = Selection::default();
+        assert_eq!(settings(&[TableId::T2], &sel).len(), 45);
+        let all = settings(&[TableId::T2, TableId::T4, TableId::T5, TableId::T6], &sel);
+        assert_eq!(all.len(), 45 + 3 + 5 + 3);
+        let mut names: Vec<String> = all.iter().map(Setting::name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            all.len(),
+            "two settings share a directory name"
+        );
+        for s in &all {
+            let mut t = TrainSettings {
+                missing: s.missing(),
+                ..TrainSettings::default()
+            };
+            let f = s.train_flags();
+            let value = |flag: &str| f.iter().position(|x| x == flag).map(|i| f[i + 1].clone());
+            t.delo.variant = value("--variant").unwrap().parse().unwrap();
+            if let Some(v) = value("--experts") {
+                t.delo.experts = v.parse().unwrap();
+                t.delo.rank = value("--rank").unwrap().parse().unwrap();
+                t.delo.lambda_align = value("--lambda-align").unwrap().parse().unwrap();
+                t.delo.lambda_con = value("--lambda-con").unwrap().parse().unwrap();
+            }
+            t.delo.cross_modal_guide = !f.contains(&"--no-cross-modal-guide".to_string());
+            assert_eq!(s.check_run(&t), Ok(()), "{}", s.name());
+        }
+        let other = Setting {
+            rank: 8,
+            ..Setting::new(Method::Delo, MissingKind::Both, 70)
+        };
+        let full = TrainSettings::default();
+        assert!(other
+            .check_run(&full)
+            .unwrap_err()
+            .contains("rank 4 (expected 8)"));
+    }
+}
