@@ -126,6 +126,17 @@ enum Command {
     },
     /// Train DeLo on a CMML benchmark, task after task, evaluating and checkpointing each.
     Train(Box<TrainArgs>),
+    /// Run the paper's tables of results (2–6) as a grid of `delo train` runs, one per
+    /// setting, on the given devices in turn or in parallel, or as a Slurm job array; again, it
+    /// skips finished runs and resumes interrupted ones. Extra `delo train` flags after `--`
+    /// apply to every run.
+    Grid(Box<GridArgs>),
+    /// Collect the runs of a `delo grid` folder into the paper's tables, beside the paper's
+    /// published numbers (printed, and written as tables.md and tables.csv in the folder).
+    Table {
+        /// The grid folder (`--out` of `delo grid`).
+        dir: PathBuf,
+    },
     /// Trainable parameters per task and total parameters of a DeLo model (paper Table 5).
     Params {
         /// A model directory (its config.json); default: the ViLT-B/32 dimensions.
@@ -381,6 +392,87 @@ const RESULT_FLAGS: &[(&str, Stored)] = &[
     ("task_key", |s| show(&s.delo.task_key)),
     ("con_proxy", |s| show(&s.delo.con_proxy)),
 ];
+
+#[derive(Args)]
+struct GridArgs {
+    /// The CMML benchmark JSON (or its folder).
+    #[arg(long)]
+    data: PathBuf,
+    /// A Hugging Face ViLT model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The grid folder: one run directory per setting, logs, grid.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Paper tables: 2 (UPMC-Food101), 3 (MM-IMDb), 4 (components), 5 (E × r), 6 (losses),
+    /// comma-separated, or `all` (4–6 and the main table of the benchmark's label kind).
+    #[arg(long)]
+    table: String,
+    /// Tables 2/3: η values in percent.
+    #[arg(long, value_delimiter = ',', default_values_t = delo::grid::expand::MAIN_ETAS)]
+    etas: Vec<u32>,
+    /// Tables 2/3: missing types (text, image, both).
+    #[arg(long, value_delimiter = ',', default_value = "text,image,both")]
+    types: Vec<String>,
+    /// Tables 2/3: methods, from delo, heads-only, seq-lora, delo-lora, delo-no-guide,
+    /// unified-pool.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "delo,heads-only,seq-lora"
+    )]
+    methods: Vec<String>,
+    /// Devices, comma-separated: one run at a time on each (default cpu: runs in turn; with
+    /// --slurm, cuda: one GPU per job).
+    #[arg(long)]
+    devices: Option<String>,
+    /// Write a Slurm job array (grid.sbatch, one index per setting, and grid-index.tsv)
+    /// instead of running; each job trains on --devices (default there: one GPU, `cuda`).
+    #[arg(long)]
+    slurm: bool,
+    /// Run only setting N of the grid (0-based, the lines of grid-index.tsv): what each Slurm
+    /// array job runs.
+    #[arg(long, conflicts_with = "slurm")]
+    index: Option<usize>,
+    /// `delo train` flags for every run, after `--` (e.g. `-- --epochs 1 --image-size 96`).
+    #[arg(last = true)]
+    train_flags: Vec<String>,
+}
+
+impl GridArgs {
+    fn grid(&self) -> Result<delo::grid::Grid> {
+        let selection = delo::grid::Selection {
+            etas: self.etas.clone(),
+            types: self
+                .types
+                .iter()
+                .map(|t| delo::grid::expand::parse_kind(t))
+                .collect::<delo::error::Result<_>>()?,
+            methods: self
+                .methods
+                .iter()
+                .map(|m| m.parse())
+                .collect::<delo::error::Result<_>>()?,
+        };
+        let grid = delo::grid::Grid::new(
+            self.data.clone(),
+            self.model.clone(),
+            delo::grid::parse_tables(&self.table, &self.data)?,
+            selection,
+            self.train_flags.clone(),
+        )?;
+        // The extra flags as `delo train` itself reads them, so that a typo stops the grid
+        // before its first run rather than failing every run.
+        let mut probe: Vec<std::ffi::OsString> = vec!["delo".into()];
+        probe.extend(grid.train_args(&self.out, &grid.settings()[0], "cpu"));
+        let probe = Cli::try_parse_from(probe)
+            .map_err(|e| anyhow::anyhow!("the delo train flags after `--`: {e}"))?;
+        if let Command::Train(a) = probe.command {
+            a.settings()?;
+        }
+        Ok(grid)
+    }
+}
 
 /// Every DeLo setting of DELO.md, with its defaults.
 #[derive(Args, Clone)]
@@ -669,6 +761,72 @@ fn progress_reporter() -> impl FnMut(delo::train::Event) {
     }
 }
 
+/// `delo grid`: writes the Slurm array, or runs the grid's settings (or one, `--index`) as
+/// child processes of this executable and fails when any run failed.
+fn run_grid(a: &GridArgs) -> Result<()> {
+    use delo::grid::{check_device, runner, slurm};
+    let grid = a.grid()?;
+    let devices = a
+        .devices
+        .as_deref()
+        .unwrap_or(if a.slurm { "cuda" } else { "cpu" });
+    let devices: Vec<String> = devices.split(',').map(|d| d.trim().to_string()).collect();
+    for d in &devices {
+        check_device(d)?;
+    }
+    grid.save(&a.out)?;
+    let exe = std::env::current_exe().context("finding the delo executable")?;
+    let settings = grid.settings();
+    if a.slurm {
+        if devices.len() != 1 {
+            anyhow::bail!("--slurm: one device per job (--devices cuda, the default)");
+        }
+        let device = devices[0].as_str();
+        let (script, index) = slurm::write_slurm(&grid, &a.out, &exe, device)?;
+        println!(
+            "wrote {} ({} array jobs) and {}; submit with: sbatch {}",
+            script.display(),
+            settings.len(),
+            index.display(),
+            script.display()
+        );
+        return Ok(());
+    }
+    let chosen = match a.index {
+        Some(i) => vec![*settings.get(i).with_context(|| {
+            format!(
+                "--index {i}: the grid has {} settings (0..{})",
+                settings.len(),
+                settings.len()
+            )
+        })?],
+        None => settings,
+    };
+    let report = |line: &str| eprintln!("{line}");
+    let outcomes = runner::run(&grid, &a.out, &chosen, &devices, &exe, &report);
+    let count = |f: fn(&runner::Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
+    println!(
+        "grid {}: {} trained, {} resumed, {} skipped (finished before), {} failed",
+        a.out.display(),
+        count(|o| *o == runner::Outcome::Trained),
+        count(|o| *o == runner::Outcome::Resumed),
+        count(|o| *o == runner::Outcome::Skipped),
+        count(|o| matches!(o, runner::Outcome::Failed(_)))
+    );
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(s, o)| match o {
+            runner::Outcome::Failed(why) => Some(format!("{}: {why}", s.name())),
+            _ => None,
+        })
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!("{} run(s) failed:\n{}", failed.len(), failed.join("\n"));
+    }
+    println!("tables: delo table {}", a.out.display());
+    Ok(())
+}
+
 /// A `--task-key` value.
 fn parse_task_key(k: &str) -> Result<delo::delo::config::TaskKeySource> {
     serde_json::from_value(serde_json::Value::String(k.to_string()))
@@ -898,6 +1056,17 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             };
             trainer.run(&mut progress_reporter())?;
             println!("run finished: {}", trainer.run_dir.display());
+        }
+        Command::Grid(a) => run_grid(&a)?,
+        Command::Table { dir } => {
+            use delo::grid::table;
+            let c = table::collect(&dir)?;
+            let md = table::render_markdown(&c);
+            print!("{md}");
+            let (md_path, csv_path) = (dir.join(table::MARKDOWN_FILE), dir.join(table::CSV_FILE));
+            delo::st::write_atomic(&md_path, md.as_bytes())?;
+            table::write_csv(&c, &csv_path)?;
+            println!("wrote {} and {}", md_path.display(), csv_path.display());
         }
         Command::Params {
             model,

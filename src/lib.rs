@@ -9,6 +9,7 @@ pub mod data;
 pub mod delo;
 pub mod error;
 pub mod fault;
+pub mod grid;
 pub mod malloc;
 pub mod params;
 pub mod report;

@@ -61,7 +61,7 @@ pub fn missing_label(spec: &MissingSpec) -> String {
 }
 
 /// A share in [0, 1] as a percentage without trailing zeros (`65%`, `87.5%`).
-fn pct(x: f64) -> String {
+pub(crate) fn pct(x: f64) -> String {
     let s = format!("{:.2}", 100.0 * x);
     let s = s.trim_end_matches('0').trim_end_matches('.');
     format!("{s}%")
