@@ -12,28 +12,27 @@ then, for each line REPS read from stdin, it runs REPS forwards and prints {"bes
 process stays up and the engine can alternate with it forward by forward: on a shared machine
 both then see the same load.
 
-HF picks image patches with torch.multinomial even in eval; like
-scripts/fixtures/make_vilt_fixture.py, it is replaced by arange(n) (arange(n) % len with
+HF picks image patches with torch.multinomial even in eval; as in every script that compares
+with the engine, scripts/fixtures/patch_order.py replaces it by arange(n) (arange(n) % len with
 replacement), the engine's deterministic order (VILT.md §Forward 5). The replacement also
 costs less than sampling, so it does not handicap PyTorch.
 """
 
 import json
+import os
 import sys
 import time
 
-import torch
-import transformers
-from transformers import ViltConfig, ViltModel
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Found next to this file (as `delo bench forward` writes them) or in the repository layout.
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "scripts", "fixtures"))
 
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import ViltConfig, ViltModel  # noqa: E402
 
-def fake_multinomial(input, num_samples, replacement=False, *, generator=None, out=None):
-    n = input.shape[-1]
-    idx = torch.arange(num_samples)
-    if replacement:
-        return idx % n
-    assert num_samples <= n
-    return idx
+from patch_order import deterministic_patches  # noqa: E402
 
 
 def main():
@@ -60,8 +59,7 @@ def main():
     def reply(obj):
         print(json.dumps(obj), flush=True)
 
-    torch.multinomial = fake_multinomial
-    with torch.no_grad():
+    with deterministic_patches(), torch.no_grad():
         forward()  # warm-up: thread pool start, oneDNN primitive caches, page faults
         reply(
             {

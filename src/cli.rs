@@ -622,9 +622,9 @@ enum BenchCommand {
         /// Alternating rounds of delo and numpy (each keeps its best).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Python interpreter with numpy.
-        #[arg(long, default_value = "python3")]
-        python: String,
+        /// Python interpreter with numpy (default: $DELO_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<String>,
     },
     /// CPU forward samples/s of the frozen ViLT (random init), beside Hugging Face's
     /// ViltModel in PyTorch in the same run.
@@ -646,9 +646,9 @@ enum BenchCommand {
         /// Alternating rounds of delo and PyTorch (each keeps its best over all rounds).
         #[arg(long, default_value_t = 10)]
         rounds: usize,
-        /// Python interpreter with torch and transformers.
-        #[arg(long, default_value = "python3")]
-        python: String,
+        /// Python interpreter with torch and transformers (default: $DELO_PYTHON, else python3).
+        #[arg(long)]
+        python: Option<String>,
     },
     /// CUDA kernel microbenchmarks: the fused gathered factor composition (DeLo experts)
     /// against gather + cuBLAS, forward and backward, at the paper's shapes, in GB/s and % of
@@ -690,11 +690,11 @@ enum BenchCommand {
         /// Selected rank r.
         #[arg(long, default_value_t = 4)]
         rank: usize,
-        /// Also time benches/torch_reference.py (the same model and step in PyTorch).
+        /// Also time benches/torch_train.py: the same step written in idiomatic, batched PyTorch
+        /// (benches/torch_step.py), eager and torch.compile.
         #[arg(long)]
         torch: bool,
-        /// Python with torch and transformers (default: $DELO_PYTHON, else the project venv
-        /// /root/.cache/delo/venv-torch/bin/python when present, else python3).
+        /// Python with torch and transformers (default: $DELO_PYTHON, else python3).
         #[arg(long)]
         python: Option<String>,
         /// Seconds torch.compile may take before it is reported unavailable.
@@ -833,12 +833,12 @@ fn parse_task_key(k: &str) -> Result<delo::delo::config::TaskKeySource> {
         .context("--task-key: input, frozen, layer or oracle")
 }
 
-/// The reference scripts, embedded so that `delo bench` works from any directory.
-const NUMPY_GEMM_PY: &str = include_str!("../benches/numpy_gemm.py");
-/// The PyTorch reference step and the module it imports, embedded for the same reason.
-const TORCH_REFERENCE_PY: &str = include_str!("../benches/torch_reference.py");
-const DELO_REFERENCE_PY: &str = include_str!("../scripts/fixtures/delo_reference.py");
-const TORCH_FORWARD_PY: &str = include_str!("../benches/torch_forward.py");
+/// The Python interpreter of a `delo bench` reference: `--python`, else `$DELO_PYTHON`, else
+/// `python3`.
+fn bench_python(arg: Option<String>) -> String {
+    arg.or_else(|| std::env::var("DELO_PYTHON").ok())
+        .unwrap_or_else(|| "python3".into())
+}
 
 /// Runs the command `cli`, parsed from `matches` (which say which flags were given).
 pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
@@ -855,11 +855,11 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             rounds,
             python,
         }) => {
-            let script = delo::bench::PyScript::write("numpy_gemm.py", NUMPY_GEMM_PY)?;
+            let script = delo::bench::PyScript::embedded("numpy_gemm.py")?;
             let (rows, info) = delo::bench::gemm_cpu_vs_numpy(
                 &delo::bench::vilt_gemm_shapes(),
                 &script,
-                &python,
+                &bench_python(python),
                 reps,
                 rounds,
             )?;
@@ -880,7 +880,8 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 text_len,
                 image_size,
             };
-            let script = delo::bench::PyScript::write("torch_forward.py", TORCH_FORWARD_PY)?;
+            let script = delo::bench::PyScript::embedded("torch_forward.py")?;
+            let python = bench_python(python);
             let (row, info) =
                 delo::bench::forward_cpu_vs_torch(setup, &script, &python, reps, rounds)?;
             print!("{}", delo::bench::forward_table(&row, &info));
@@ -1155,57 +1156,35 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 cuda_graph: cuda_graph == "on",
             };
             let device = delo::Device::parse(&device)?;
-            // The scripts go to a private temp folder: torch_reference.py imports
-            // delo_reference.py from its own directory.
-            let dir = std::env::temp_dir().join(format!("delo-bench-train-{}", std::process::id()));
-            let torch_ref = if torch {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let script = dir.join("torch_reference.py");
-                let config = dir.join("config.json");
-                for (path, text) in [
-                    (&script, TORCH_REFERENCE_PY.to_string()),
-                    (
-                        &dir.join("delo_reference.py"),
-                        DELO_REFERENCE_PY.to_string(),
-                    ),
-                    (&config, opts.preset.config().to_json_string()),
-                ] {
-                    std::fs::write(path, text)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                }
-                let python = python
-                    .or_else(|| std::env::var("DELO_PYTHON").ok())
-                    .unwrap_or_else(|| {
-                        let venv = "/root/.cache/delo/venv-torch/bin/python";
-                        if std::path::Path::new(venv).exists() {
-                            venv.into()
-                        } else {
-                            "python3".into()
-                        }
-                    });
-                // A machine without torch still gets the engine's table (gpu-check runs this).
-                match train::TorchRef::start(
-                    &python,
-                    &script,
-                    &config,
-                    &opts,
-                    &device,
-                    compile_budget,
-                    no_compile,
-                ) {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        eprintln!("torch reference unavailable ({e}); timing the engine alone");
-                        None
-                    }
-                }
+            let script = if torch {
+                Some(delo::bench::PyScript::embedded("torch_train.py")?)
             } else {
                 None
             };
-            let result = train::bench_train(&opts, &device, torch_ref);
-            let _ = std::fs::remove_dir_all(&dir);
-            let report = result?;
+            let torch_ref = match &script {
+                Some(script) => {
+                    let config = script
+                        .write_beside("config.json", &opts.preset.config().to_json_string())?;
+                    // A machine without torch still gets the engine's table (gpu-check runs this).
+                    match train::TorchRef::start(
+                        &bench_python(python),
+                        script.path(),
+                        &config,
+                        &opts,
+                        &device,
+                        compile_budget,
+                        no_compile,
+                    ) {
+                        Ok(t) => Some(t),
+                        Err(e) => {
+                            eprintln!("torch reference unavailable ({e}); timing the engine alone");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            let report = train::bench_train(&opts, &device, torch_ref)?;
             if json {
                 println!("{}", train::train_json(&report));
             } else {

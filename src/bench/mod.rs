@@ -6,8 +6,9 @@ pub mod kernels;
 pub mod train;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::backend::{Device, Gemm};
@@ -15,18 +16,82 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 use crate::vilt::{init_weights, InitOptions, Preset, Vilt, ViltConfig, ViltInputs};
 
-/// A reference script embedded in the binary (so that `delo bench` works from any directory),
-/// written to a temporary file for as long as this value lives.
+/// Every Python file `delo bench` runs, and every local module those import, as (file name,
+/// text), embedded so that `delo bench` works from any directory. A script runs from a folder
+/// holding all of them ([`PyScript`]), so an import of one of them resolves wherever the binary
+/// is; the test `shipped_imports_resolve` fails when a script imports a local module missing
+/// from this list.
+pub const PY_FILES: &[(&str, &str)] = &[
+    ("numpy_gemm.py", include_str!("../../benches/numpy_gemm.py")),
+    (
+        "torch_forward.py",
+        include_str!("../../benches/torch_forward.py"),
+    ),
+    (
+        "torch_train.py",
+        include_str!("../../benches/torch_train.py"),
+    ),
+    ("torch_step.py", include_str!("../../benches/torch_step.py")),
+    (
+        "delo_reference.py",
+        include_str!("../../scripts/fixtures/delo_reference.py"),
+    ),
+    (
+        "patch_order.py",
+        include_str!("../../scripts/fixtures/patch_order.py"),
+    ),
+];
+
+/// A reference script written, with every file of [`PY_FILES`] beside it, to a private
+/// temporary folder that lives as long as this value.
 pub struct PyScript {
+    dir: PathBuf,
     path: PathBuf,
 }
 
 impl PyScript {
-    /// Writes `text` to a per-process temporary file named after `name`.
+    /// Writes the embedded script `name` (one of [`PY_FILES`]) and the modules it may import.
+    /// Errors: `name` is not embedded, or the folder cannot be written.
+    pub fn embedded(name: &str) -> Result<PyScript> {
+        let text = PY_FILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| Error::Msg(format!("no embedded Python script {name}")))?;
+        PyScript::write(name, text)
+    }
+
+    /// Writes `text` as `name` into a fresh per-process temporary folder, with every file of
+    /// [`PY_FILES`] beside it (`text` replaces the embedded file of the same name).
     pub fn write(name: &str, text: &str) -> Result<PyScript> {
-        let path = std::env::temp_dir().join(format!("delo-{}-{name}", std::process::id()));
+        static SERIAL: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "delo-bench-{}-{}",
+            std::process::id(),
+            SERIAL.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let script = PyScript {
+            path: dir.join(name),
+            dir,
+        };
+        for (file, embedded) in PY_FILES {
+            script.write_beside(file, embedded)?;
+        }
+        script.write_beside(name, text)?;
+        Ok(script)
+    }
+
+    /// Writes another file (e.g. a config the script reads) into the script's folder.
+    pub fn write_beside(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let path = self.dir.join(name);
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-        Ok(PyScript { path })
+        Ok(path)
+    }
+
+    /// The script's path.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Runs the script with `python` and parses the one JSON object it prints. A reference
@@ -125,8 +190,33 @@ impl Drop for PyServer {
 
 impl Drop for PyScript {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The CPU's model (Linux `/proc/cpuinfo`) and its widest vector extension detected at run
+/// time, e.g. "AMD EPYC 7B13 (AVX2, no AVX-512)": every CPU figure is printed with it, since
+/// a ratio to PyTorch depends on which SIMD both sides can use.
+pub fn cpu_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU model".into());
+    #[cfg(target_arch = "x86_64")]
+    let simd = if std::arch::is_x86_feature_detected!("avx512f") {
+        "AVX-512"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        "AVX2, no AVX-512"
+    } else {
+        "no AVX2"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = std::env::consts::ARCH;
+    format!("{model} ({simd})")
 }
 
 /// Best wall time of `reps` runs of `f` after one warm-up run, in seconds.
@@ -475,10 +565,11 @@ pub fn forward_table(r: &ForwardRow, torch_info: &str) -> String {
         None => ("— (not measured)".into(), "—".into()),
     };
     let mut s = format!(
-        "CPU ViLT forward, {} rayon threads; reference: {torch_info}\n\n\
+        "CPU ViLT forward on {}, {} rayon threads; reference: {torch_info}\n\n\
          | model | batch | tokens / sample | delo samples/s | PyTorch samples/s | delo / PyTorch (target ≥ 1.0×) |\n\
          |---|---|---|---|---|---|\n\
          | {:?} (d {}, {} layers, {} heads), random init | {} | {} text + {} image ({}×{}) | {:.2} | {torch} | {ratio} |\n",
+        cpu_description(),
         rayon::current_num_threads(),
         r.setup.preset,
         r.cfg.hidden_size,
@@ -503,4 +594,119 @@ pub fn forward_table(r: &ForwardRow, torch_info: &str) -> String {
         s += &format!(" Load average (1 min): {a:.2} before, {b:.2} after.");
     }
     s + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Modules the scripts import that are not ours: Python's standard library and the
+    /// packages of the reference environment (torch, transformers, ...). An import neither here
+    /// nor in [`PY_FILES`] fails `shipped_imports_resolve`, so adding one is a conscious act.
+    const NOT_OURS: &[&str] = &[
+        "argparse",
+        "contextlib",
+        "dataclasses",
+        "json",
+        "math",
+        "os",
+        "signal",
+        "sys",
+        "time",
+        "numpy",
+        "PIL",
+        "safetensors",
+        "torch",
+        "transformers",
+    ];
+
+    /// The top-level modules a Python file imports (`import a.b, c as d`, `from a.b import x`,
+    /// at any indentation); a relative import is reported as ".".
+    fn imports(text: &str) -> Vec<String> {
+        let top = |m: &str| {
+            let m = m.trim();
+            if m.starts_with('.') {
+                ".".to_string()
+            } else {
+                m.split(['.', ' ']).next().unwrap_or("").to_string()
+            }
+        };
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let code = line.split('#').next().unwrap_or("").trim();
+            if let Some(rest) = code.strip_prefix("import ") {
+                out.extend(rest.split(',').map(top));
+            } else if let Some((module, _)) = code
+                .strip_prefix("from ")
+                .and_then(|rest| rest.split_once(" import "))
+            {
+                out.push(top(module));
+            }
+        }
+        out
+    }
+
+    /// (file, module) for every import in `files` that is neither in NOT_OURS nor one of `files`.
+    fn unresolved(files: &[(&str, &str)]) -> Vec<(String, String)> {
+        let ours = |m: &str| files.iter().any(|(n, _)| n.strip_suffix(".py") == Some(m));
+        files
+            .iter()
+            .flat_map(|(name, text)| imports(text).into_iter().map(move |m| (*name, m)))
+            .filter(|(_, m)| !NOT_OURS.contains(&m.as_str()) && !ours(m))
+            .map(|(n, m)| (n.to_string(), m))
+            .collect()
+    }
+
+    #[test]
+    fn import_forms_are_parsed() {
+        let text = "import os, sys as s\nfrom a.b import c\n    import torch.nn.functional as F\n\
+                    x = 1  # import nothing\nfrom the docstring, not code\nfrom . import y\n";
+        assert_eq!(imports(text), ["os", "sys", "a", "torch", "."]);
+    }
+
+    #[test]
+    fn shipped_imports_resolve() {
+        assert_eq!(unresolved(PY_FILES), Vec::<(String, String)>::new());
+        // The list is not vacuous: the train reference imports two of our modules.
+        let train = PY_FILES
+            .iter()
+            .find(|(n, _)| *n == "torch_train.py")
+            .unwrap();
+        assert!(imports(train.1).contains(&"torch_step".to_string()));
+    }
+
+    #[test]
+    fn a_module_missing_from_the_shipped_set_is_reported() {
+        let without: Vec<_> = PY_FILES
+            .iter()
+            .filter(|(n, _)| *n != "patch_order.py")
+            .copied()
+            .collect();
+        let missing = unresolved(&without);
+        for script in ["delo_reference.py", "torch_step.py", "torch_forward.py"] {
+            let want = (script.to_string(), "patch_order".to_string());
+            assert!(missing.contains(&want), "{missing:?}");
+        }
+    }
+
+    #[test]
+    fn a_script_runs_from_a_folder_with_every_shipped_file() {
+        let script = PyScript::embedded("torch_train.py").unwrap();
+        let dir = script.path().parent().unwrap().to_path_buf();
+        for (name, text) in PY_FILES {
+            assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), *text);
+        }
+        // Two scripts of one process get two folders; each is removed with its script.
+        let other = PyScript::write("torch_train.py", "").unwrap();
+        assert_ne!(other.path(), script.path());
+        drop(script);
+        assert!(!dir.exists());
+        assert!(other.path().exists());
+    }
+
+    #[test]
+    fn an_unknown_embedded_script_is_an_error() {
+        let err = PyScript::embedded("nope.py").err().expect("not embedded");
+        assert!(err.to_string().contains("nope.py"), "{err}");
+    }
 }

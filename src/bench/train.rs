@@ -1,6 +1,8 @@
 //! `delo bench train`: samples/s of a full DeLo training step on synthetic inputs, with the
-//! breakdown that says what the experts cost, and optionally the PyTorch reference of the same
-//! step (`benches/torch_reference.py`) timed in the same run, in alternating rounds.
+//! breakdown that says what the experts cost, and optionally the same step written in
+//! idiomatic, batched PyTorch (`benches/torch_step.py`, driven by `benches/torch_train.py`;
+//! checked against the golden reference by `benches/check_torch_step.py`) timed in the same
+//! run, in alternating rounds.
 //!
 //! Variants timed (each a complete step: forward(s), backward, AdamW, loss read-back):
 //! - `delo`: the method, incl. the L_con proxy forward on the complete samples.
@@ -55,7 +57,7 @@ pub struct TrainBenchOptions {
 
 /// A synthetic batch with the missing mix: samples `i % 4` ∈ {0, 1} complete, 2 text
 /// missing (`[CLS][SEP]`), 3 image missing (the white dummy image, all normalised pixels 1).
-/// `benches/torch_reference.py` builds the same mix and text lengths.
+/// `benches/torch_train.py` builds the same mix and text lengths.
 pub fn synthetic_batch(
     cfg: &ViltConfig,
     batch: usize,
@@ -462,7 +464,7 @@ pub fn train_table(r: &TrainBenchReport) -> String {
     let b = o.batch as f64;
     let vcfg = o.preset.config();
     let mut s = format!(
-        "DeLo training step, {:?} ViLT (d={}, L={}), batch {}, text {} + image {}² ({} patches), E={}, r={}, on {} ({} rayon threads); best of {} rounds of {} pipelined steps; CUDA graph: {}\n\n",
+        "DeLo training step, {:?} ViLT (d={}, L={}), batch {}, text {} + image {}² ({} patches), E={}, r={}, on {} ({}; {} rayon threads); best of {} rounds of {} pipelined steps; CUDA graph: {}\n\n",
         o.preset,
         vcfg.hidden_size,
         vcfg.num_hidden_layers,
@@ -473,6 +475,7 @@ pub fn train_table(r: &TrainBenchReport) -> String {
         o.experts,
         o.rank,
         r.device,
+        super::cpu_description(),
         rayon::current_num_threads(),
         o.rounds,
         o.steps,
@@ -551,7 +554,7 @@ pub fn train_table(r: &TrainBenchReport) -> String {
     }
     if let Some((info, _, _, note)) = &r.torch {
         s += &format!(
-            "\nPyTorch reference (benches/torch_reference.py, the delo step only): {info}; torch.compile: {note}. \"delo / eager\" > 1 means the engine is faster.\n"
+            "\nPyTorch: the delo step in idiomatic, batched PyTorch (benches/torch_step.py: HF ViLT modules, scaled_dot_product_attention, gathered factors composed with bmm/einsum, torch.optim.AdamW; checked against the golden reference by benches/check_torch_step.py): {info}; torch.compile: {note}. \"delo / eager\" > 1 means the engine is faster.\n"
         );
     }
     s

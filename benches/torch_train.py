@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""PyTorch reference of one DeLo training step, timed: what `delo bench train --torch` compares with.
+"""Times the idiomatic PyTorch DeLo training step (benches/torch_step.py): what `delo bench train
+--torch` compares the engine with, in the same run.
 
-The model and the step are scripts/fixtures/delo_reference.py (the executable reading of DELO.md
-the engine is golden-tested against): frozen HF ViltModel with random weights on the given
-ViltConfig, variant `delo`, gate `st`, targets q,k,v, main forward + L_con proxy forward on the
-complete samples, backward, AdamW (torch.optim.AdamW, foreach=False like the reference). Timed
-eager and with torch.compile (the adapted forward `delo_forward` compiled; losses and the
-optimiser stay eager, as they would in a real PyTorch trainer).
+Frozen HF ViltModel with random weights on the given ViltConfig, variant `delo`, gate `st`,
+targets q,k,v, main forward + L_con proxy forward on the complete samples, backward, AdamW
+(torch.optim.AdamW, default implementation). Timed eager and with torch.compile (the model's
+forward compiled; on CUDA with mode="reduce-overhead", i.e. CUDA graphs; the losses and the
+optimiser stay eager, as they would in a real PyTorch trainer). The step's correctness against
+the golden reference (scripts/fixtures/delo_reference.py) is checked by
+benches/check_torch_step.py.
 
 Usage:
-  python torch_reference.py --config CONFIG.json [--batch 4] [--text-len 40] [--image-size 384]
+  python torch_train.py --config CONFIG.json [--batch 4] [--text-len 40] [--image-size 384]
       [--experts 16] [--rank 4] [--device cpu|cuda] [--steps 3] [--rounds 2]
       [--compile-budget 240] [--no-compile] [--serve]
 
@@ -26,7 +28,6 @@ torch.cuda.synchronize(). Each figure is the best step time of `--steps` steps a
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -40,9 +41,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "scripts", "fixtures"))
 import torch  # noqa: E402
 from transformers import ViltConfig, ViltModel  # noqa: E402
 
-import delo_reference as R  # noqa: E402
-
-EAGER_FORWARD = R.delo_forward
+import torch_step as S  # noqa: E402
 
 
 def synthetic_batch(cfg, batch, text_len, image_size, gen):
@@ -65,40 +64,21 @@ def synthetic_batch(cfg, batch, text_len, image_size, gen):
     return inputs, missing, labels
 
 
-def init_params(cfg, vcfg, device, gen):
-    """DELO.md's initialisation (B pools zero), so the step costs what a real first step costs."""
-    params = {}
-    for name, shape in R.param_shapes(cfg, vcfg.num_hidden_layers, vcfg.hidden_size,
-                                      vcfg.intermediate_size).items():
-        fan_in = shape[-1] if not name.endswith("compat") else shape[1]
-        if name.endswith("b_pool"):
-            t = torch.zeros(shape)
-        elif name.endswith(("a_pool", "compat")):
-            t = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
-        else:  # routers and the head: PyTorch's Linear default
-            fan_in = vcfg.hidden_size
-            t = (torch.rand(shape, generator=gen) * 2 - 1) / math.sqrt(fan_in)
-        params[name] = t.to(device).requires_grad_(True)
-    return params
-
-
 class Bench:
     def __init__(self, a):
         with open(a.config) as f:
             raw = json.load(f)
-        self.vcfg = ViltConfig(**{k: v for k, v in raw.items()
-                                  if k not in ("architectures", "transformers_version")})
+        vcfg = ViltConfig(**{k: v for k, v in raw.items()
+                             if k not in ("architectures", "transformers_version")})
         self.device = torch.device(a.device)
         torch.manual_seed(0)
-        self.vilt = ViltModel(self.vcfg).eval().to(self.device)
-        for p in self.vilt.parameters():
-            p.requires_grad_(False)
-        self.cfg = R.DeloConfig(E=a.experts, r=a.rank, n_classes=101)
+        cfg = S.DeloConfig(E=a.experts, r=a.rank, n_classes=101)
+        self.model = S.DeloVilt(ViltModel(vcfg), cfg).to(self.device)
+        self.forward = self.model
         gen = torch.Generator().manual_seed(0)
         self.inputs, self.missing, self.labels = synthetic_batch(
-            self.vcfg, a.batch, a.text_len, a.image_size, gen)
-        self.params = init_params(self.cfg, self.vcfg, self.device, gen)
-        self.opt = R.make_optimizer(self.params, lr=1e-4)
+            vcfg, a.batch, a.text_len, a.image_size, gen)
+        self.opt = S.make_optimizer(self.model, lr=1e-4)
         self.a = a
         self.compiled = None
         self.compile_note = "disabled (--no-compile)" if a.no_compile else None
@@ -108,17 +88,9 @@ class Bench:
             torch.cuda.synchronize()
 
     def step(self):
-        dev = self.device
-        inputs = {k: v.to(dev) for k, v in self.inputs.items()}
-        missing, labels = self.missing.to(dev), self.labels.to(dev)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
-        with amp:
-            x0, mask, T = R.embed(self.vilt, inputs)
-            out = R.delo_step_loss(self.vilt, self.params, x0, mask, T, missing, labels, self.cfg)
-        out["loss"].backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        out["loss"].item()  # the trainer reads the loss every step (NaN check), as the engine does
+        loss = S.train_step(self.model, self.forward, self.opt, self.inputs, self.missing,
+                            self.labels, self.device)[0]
+        loss.item()  # the trainer reads the loss every step (NaN check), as the engine does
         self.sync()
 
     def best(self, steps):
@@ -135,7 +107,8 @@ class Bench:
         minutes at ViLT-B size); a failure or an overrun makes compile 'unavailable'."""
         if self.compile_note is not None:
             return self.compiled is not None
-        R.delo_forward = torch.compile(EAGER_FORWARD)
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self.forward = torch.compile(self.model, mode=mode)
 
         def overrun(*_):
             raise TimeoutError(f"compile exceeded the {self.a.compile_budget}s budget")
@@ -151,7 +124,7 @@ class Bench:
             # the budget is also checked after the fact.
             if took > self.a.compile_budget:
                 raise TimeoutError("over budget")
-            self.compiled = R.delo_forward
+            self.compiled = self.forward
             self.compile_note = f"compiled in {took:.0f}s"
         except Exception as e:  # noqa: BLE001 - any compiler failure means "unavailable"
             # The alarm often surfaces wrapped in an InductorError from a compile worker.
@@ -163,24 +136,25 @@ class Bench:
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
-            R.delo_forward = EAGER_FORWARD
+            self.forward = self.model
         return self.compiled is not None
 
     def round(self):
-        R.delo_forward = EAGER_FORWARD
+        self.forward = self.model
         res = {"eager_s": self.best(self.a.steps), "compile_s": None}
         if self.compile_once():
-            R.delo_forward = self.compiled
+            self.forward = self.compiled
             try:
                 res["compile_s"] = self.best(self.a.steps)
             finally:
-                R.delo_forward = EAGER_FORWARD
+                self.forward = self.model
         res["compile_note"] = self.compile_note
         return res
 
     def info(self):
         return {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                "device": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu"}
+                "device": (torch.cuda.get_device_name() if self.device.type == "cuda"
+                           else f"cpu, torch kernels {torch.backends.cpu.get_cpu_capability()}")}
 
 
 def main():
