@@ -277,7 +277,8 @@ DELO_EXPERT_FWD(8)
 DELO_EXPERT_FWD(16)
 
 // Every pool of a group (the q, k, v targets x modalities of one layer, sharing the input x) in
-// one launch: grid (ceil(T / tt), B, P), blockIdx.z the pool. table[2p .. 2p + 2) = its A and B
+// one launch, for K = r * rho <= 8 (at KM = 16 the per-pool pointers held in registers beside
+// the 16-wide tiles cost the backward a stack frame; such groups run pool by pool): grid (ceil(T / tt), B, P), blockIdx.z the pool. table[2p .. 2p + 2) = its A and B
 // pools; selections and gates are stacked [P, B, r], y [P, B, T, dout], u [P, B, T, K].
 #define DELO_EXPERT_FWD_GROUP(KM)                                                               \
     extern "C" __global__ void __launch_bounds__(DELO_EXP_THREADS) expert_fwd_group_k##KM(       \
@@ -294,7 +295,6 @@ DELO_EXPERT_FWD(16)
     }
 DELO_EXPERT_FWD_GROUP(4)
 DELO_EXPERT_FWD_GROUP(8)
-DELO_EXPERT_FWD_GROUP(16)
 
 // ---- fused backward --------------------------------------------------------------------------
 
@@ -468,7 +468,6 @@ DELO_EXPERT_BWD(16)
     }
 DELO_EXPERT_BWD_GROUP(4)
 DELO_EXPERT_BWD_GROUP(8)
-DELO_EXPERT_BWD_GROUP(16)
 
 // ---- reductions shared by both paths -----------------------------------------------------------
 

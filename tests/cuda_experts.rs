@@ -28,7 +28,7 @@ use rand::Rng;
 use common::harness::{self, cuda_device};
 use common::{assert_close, rng};
 use delo::autograd::{ParamId, Tape, Var};
-use delo::backend::cuda::{ExpertPath, FUSED_MAX_K};
+use delo::backend::cuda::{ExpertPath, FUSED_MAX_K, GROUP_MAX_K};
 use delo::backend::pool_group::{backward_by_pool, forward_by_pool, GroupPool, PoolGroup};
 use delo::backend::{Backend, CpuBackend, CudaBackend, Routing};
 use delo::delo::experts::{compose, route, GateMode, PoolVars};
@@ -929,7 +929,15 @@ fn grouped_pools_match_the_pool_by_pool_reference() {
             gate: GateMode::Hard,
             lambda: 1.0,
         },
-        // r·ρ = 32 > 16: pool by pool on the device too
+        // r·ρ = 12 > GROUP_MAX_K: pool by pool on the device, fused single-pool kernels
+        GroupCase {
+            c: case(2, 3, 8, 8, 8, 4, 3),
+            queries: 2,
+            targets: 1,
+            gate: GateMode::Score,
+            lambda: 1.0,
+        },
+        // r·ρ = 32 > 16: pool by pool, unfused
         GroupCase {
             c: case(2, 3, 8, 8, 10, 8, 4),
             queries: 2,
@@ -965,7 +973,7 @@ fn grouped_pools_match_the_pool_by_pool_reference() {
             let gr = g.pool_group_backward(grp, &f, &dys).unwrap();
             (f, gr, mid)
         });
-        if c.r * c.rho <= FUSED_MAX_K {
+        if c.r * c.rho <= GROUP_MAX_K {
             // routing (router linears included) and composition: one launch each, plus the
             // product of the `score` gates
             let want = 2 + (gc.gate == GateMode::Score) as u64;

@@ -227,22 +227,12 @@ kernels! {
         e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr, u: Ptr,
         err: Ptr,
     );
-    expert_fwd_group_k16(
-        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, t: i32, din: i32, dout: i32,
-        e: i32, rho: i32, r: i32, tt: i32, cha: i32, alpha: f32, vec: i32, y: Ptr, u: Ptr,
-        err: Ptr,
-    );
     expert_bwd_group_k4(
         table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr, t: i32, din: i32,
         dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32, vec: i32, dx: Ptr,
         pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
     );
     expert_bwd_group_k8(
-        table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr, t: i32, din: i32,
-        dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32, vec: i32, dx: Ptr,
-        pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,
-    );
-    expert_bwd_group_k16(
         table: Ptr, x: Ptr, sel_a: Ptr, sel_b: Ptr, gates: Ptr, u: Ptr, t: i32, din: i32,
         dout: i32, e: i32, rho: i32, r: i32, tt: i32, chb: i32, alpha: f32, vec: i32, dx: Ptr,
         pda: Ptr, pdb: Ptr, pdg: Ptr, err: Ptr,

@@ -35,6 +35,7 @@ pub use kernels::kernel_signatures;
 use kernels::{Kernels, Ptr};
 pub use memory::DriverCounts;
 use memory::{BlockCache, Count, Counters, DeviceBuf};
+pub use pool_group::GROUP_MAX_K;
 pub use readback::ScalarReadback;
 
 /// The PTX of every kernel, embedded by `build.rs` when nvcc was found.

@@ -7,7 +7,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::experts::{aligned16, km_of, stage_cols, EXP_THREADS, FUSED_MAX_K};
+use super::experts::{aligned16, km_of, stage_cols, EXP_THREADS};
 use super::kernels::{cfg_flat, cfg_rows, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend, Scratch};
@@ -23,6 +23,11 @@ use crate::tensor::{DType, Tensor};
 const F32: DType = DType::F32;
 const I32: DType = DType::I32;
 
+/// Largest r·ρ of the grouped composition kernels (register widths 4 and 8): at 16 the
+/// per-pool pointers beside the register tiles would cost the backward a stack frame
+/// (`tests/cuda_ptx.rs` checks for none), so such groups run pool by pool.
+pub const GROUP_MAX_K: usize = 8;
+
 /// Pool-major stacked tensor `[P, …]` cut into its P views of `shape`.
 fn views(t: &Tensor, pools: usize, shape: &[usize]) -> Result<Vec<Tensor>> {
     let n = crate::tensor::numel(shape);
@@ -30,14 +35,13 @@ fn views(t: &Tensor, pools: usize, shape: &[usize]) -> Result<Vec<Tensor>> {
 }
 
 impl CudaBackend {
-    /// Whether the grouped kernels take this group: the fused composition's register tile
-    /// (r·ρ ≤ [`FUSED_MAX_K`]), the router's E ≤ 1024 and the grid's limits; the pool-by-pool
-    /// ops take the rest.
+    /// Whether the grouped kernels take this group: r·ρ ≤ [`GROUP_MAX_K`], the router's
+    /// E ≤ 1024 and the grid's limits; the pool-by-pool ops take the rest.
     fn groupable(&self, g: &PoolGroup) -> Result<bool> {
         let (b, t, _, _, e, rho, r) = group_dims(g)?;
         let k = r * rho;
         Ok(b * t > 0
-            && (1..=FUSED_MAX_K).contains(&k)
+            && (1..=GROUP_MAX_K).contains(&k)
             && (1..=1024).contains(&e)
             && b <= 65_535
             && g.pools.len() <= 65_535)
@@ -182,8 +186,7 @@ impl CudaBackend {
         unsafe {
             match km {
                 4 => launch!(expert_fwd_group_k4),
-                8 => launch!(expert_fwd_group_k8),
-                _ => launch!(expert_fwd_group_k16),
+                _ => launch!(expert_fwd_group_k8),
             }?;
         }
 
@@ -320,8 +323,7 @@ impl CudaBackend {
         unsafe {
             match km {
                 4 => launch!(expert_bwd_group_k4),
-                8 => launch!(expert_bwd_group_k8),
-                _ => launch!(expert_bwd_group_k16),
+                _ => launch!(expert_bwd_group_k8),
             }?;
         }
 
