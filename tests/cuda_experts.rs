@@ -29,7 +29,7 @@ use common::harness::{self, cuda_device};
 use common::{assert_close, rng};
 use delo::autograd::{ParamId, Tape, Var};
 use delo::backend::cuda::{ExpertPath, FUSED_MAX_K, GROUP_MAX_K};
-use delo::backend::pool_group::{backward_by_pool, forward_by_pool, GroupPool, PoolGroup};
+use delo::backend::pool_group::{backward_by_pool, forward_by_pool, with_pool_group, PoolGroup};
 use delo::backend::{Backend, CpuBackend, CudaBackend, Routing};
 use delo::delo::experts::{compose, route, GateMode, PoolVars};
 use delo::{Device, Tensor};
@@ -868,29 +868,11 @@ fn with_group<R>(
     gc: &GroupCase,
     f: impl FnOnce(&PoolGroup) -> R,
 ) -> R {
-    let queries: Vec<&Tensor> = qs.iter().collect();
-    let pools: Vec<GroupPool> = params
-        .iter()
-        .enumerate()
-        .map(|(i, [a_pool, b_pool, wa, ba, wb, bb, wc])| GroupPool {
-            query: i % gc.queries,
-            a_pool,
-            b_pool,
-            wa,
-            ba,
-            wb,
-            bb,
-            wc,
-        })
-        .collect();
-    f(&PoolGroup {
-        x,
-        queries: &queries,
-        pools: &pools,
-        lambda: gc.lambda,
-        gate: gc.gate,
-        alpha: ALPHA,
+    let which: Vec<usize> = (0..params.len()).map(|i| i % gc.queries).collect();
+    with_pool_group(x, qs, params, &which, gc.lambda, gc.gate, ALPHA, |g| {
+        Ok(f(g))
     })
+    .unwrap()
 }
 
 fn grouped_pools_match_the_pool_by_pool_reference() {

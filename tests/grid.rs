@@ -37,14 +37,6 @@ fn grid_cmd(data: &Path, model: &Path, out: &Path) -> Command {
     c
 }
 
-fn tasks_done(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("progress.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v["tasks_done"].as_u64())
-        .unwrap_or(0) as usize
-}
-
 #[test]
 fn reduced_grid_survives_a_kill_and_its_table_matches_the_runs() {
     let (root, data, model) = common::synthetic_setup("grid-e2e");
@@ -61,7 +53,7 @@ fn reduced_grid_survives_a_kill_and_its_table_matches_the_runs() {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix(&format!("[cpu] {victim}: training (pid ")) {
             let pid = rest.split(',').next().unwrap().to_string();
-            while tasks_done(&out.join(victim)) < 1 {
+            while common::tasks_done(&out.join(victim)) < 1 {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             let st = Command::new("kill").args(["-9", &pid]).status().unwrap();
@@ -72,7 +64,7 @@ fn reduced_grid_survives_a_kill_and_its_table_matches_the_runs() {
     let st = grid.wait().unwrap();
     assert!(killed, "the grid never started {victim}");
     assert!(!st.success(), "a grid with a killed run must fail");
-    let done = tasks_done(&out.join(victim));
+    let done = common::tasks_done(&out.join(victim));
     assert!(
         (1..3).contains(&done),
         "{victim} finished {done} tasks before the kill"

@@ -91,14 +91,6 @@ fn delo_cmd(args: &[&str], extra: &[&Path]) -> Command {
     c
 }
 
-fn tasks_done(run: &Path) -> usize {
-    std::fs::read_to_string(run.join("progress.json"))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v["tasks_done"].as_u64())
-        .unwrap_or(0) as usize
-}
-
 #[test]
 fn killed_run_resumes_to_the_same_results() {
     let (root, data, model) = common::synthetic_setup("e2e-resume");
@@ -137,7 +129,7 @@ fn killed_run_resumes_to_the_same_results() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    while tasks_done(&killed) < 1 {
+    while common::tasks_done(&killed) < 1 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the run ended before it could be killed"
@@ -146,7 +138,7 @@ fn killed_run_resumes_to_the_same_results() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let done = tasks_done(&killed);
+    let done = common::tasks_done(&killed);
     assert!(done < 3, "the run finished before the kill ({done} tasks)");
     let st = delo_cmd(&["train", "--resume"], &[&killed])
         .output()
@@ -157,17 +149,7 @@ fn killed_run_resumes_to_the_same_results() {
         String::from_utf8_lossy(&st.stderr)
     );
 
-    let a = Results::load(&full.join("results.json")).unwrap();
-    let b = Results::load(&killed.join("results.json")).unwrap();
-    for split in [delo::data::Split::Val, delo::data::Split::Test] {
-        let (x, y) = (a.split(split).unwrap(), b.split(split).unwrap());
-        assert_eq!(x.matrix, y.matrix, "{split:?} matrix");
-        assert_eq!(
-            x.task_id_matrix, y.task_id_matrix,
-            "{split:?} task-id matrix"
-        );
-        assert_eq!((x.ap, x.fg), (y.ap, y.fg));
-    }
+    let (_, b) = common::assert_same_results(&full, &killed);
     // `delo eval` on the resumed run reproduces the last row of its test matrix.
     let ev = delo_cmd(&["eval", "--run"], &[&killed]).output().unwrap();
     assert!(
@@ -218,7 +200,7 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         before,
         "the last good checkpoint changed"
     );
-    assert_eq!(tasks_done(&root.join("run")), 1);
+    assert_eq!(common::tasks_done(&root.join("run")), 1);
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -239,6 +221,6 @@ fn a_nan_loss_in_the_first_task_says_no_checkpoint_exists_yet() {
     assert!(err.contains("holds no task checkpoint yet"), "{err}");
     assert!(!err.contains("intact"), "{err}");
     assert!(!root.join("run/task0.safetensors").exists());
-    assert_eq!(tasks_done(&root.join("run")), 0);
+    assert_eq!(common::tasks_done(&root.join("run")), 0);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -116,19 +116,7 @@ fn assert_same_as_full(run: &Path) {
             "{f} differs from the uninterrupted run's"
         );
     }
-    let (a, b) = (
-        Results::load(&full.join("results.json")).unwrap(),
-        Results::load(&run.join("results.json")).unwrap(),
-    );
-    for split in [delo::data::Split::Val, delo::data::Split::Test] {
-        let (x, y) = (a.split(split).unwrap(), b.split(split).unwrap());
-        assert_eq!(x.matrix, y.matrix, "{split:?} matrix");
-        assert_eq!(
-            x.task_id_matrix, y.task_id_matrix,
-            "{split:?} task-id matrix"
-        );
-        assert_eq!((x.ap, x.fg), (y.ap, y.fg), "{split:?} AP, FG");
-    }
+    let (a, b) = common::assert_same_results(full, run);
     let per_task = |r: &Results| -> Vec<(u64, usize, f64)> {
         r.tasks
             .iter()

@@ -293,3 +293,42 @@ pub fn check_backward(g: &PoolGroup, f: &GroupForward, dys: &[&Tensor]) -> Resul
     }
     Ok(())
 }
+
+/// Runs `f` on the [`PoolGroup`] of these values: `params[p]` holds pool p's A pool, B pool,
+/// router A weight and bias, router B weight and bias and compatibility router, in that order,
+/// and `which[p]` the index of the query that routes it.
+#[allow(clippy::too_many_arguments)]
+pub fn with_pool_group<R>(
+    x: &Tensor,
+    queries: &[Tensor],
+    params: &[[Tensor; 7]],
+    which: &[usize],
+    lambda: f32,
+    gate: GateMode,
+    alpha: f32,
+    f: impl FnOnce(&PoolGroup) -> Result<R>,
+) -> Result<R> {
+    let queries: Vec<&Tensor> = queries.iter().collect();
+    let pools: Vec<GroupPool> = params
+        .iter()
+        .zip(which)
+        .map(|([a_pool, b_pool, wa, ba, wb, bb, wc], &query)| GroupPool {
+            query,
+            a_pool,
+            b_pool,
+            wa,
+            ba,
+            wb,
+            bb,
+            wc,
+        })
+        .collect();
+    f(&PoolGroup {
+        x,
+        queries: &queries,
+        pools: &pools,
+        lambda,
+        gate,
+        alpha,
+    })
+}

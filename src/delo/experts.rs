@@ -2,7 +2,7 @@
 //! slot gates, and the gathered factor composition (eq. 2/4), as tape nodes.
 
 use crate::autograd::{Tape, Var};
-use crate::backend::pool_group::{gate_backward, gates_of, GroupPool, PoolGroup};
+use crate::backend::pool_group::{gate_backward, gates_of, with_pool_group};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -157,7 +157,7 @@ pub fn route_compose_group(
         })
         .collect();
     let which: Vec<usize> = pools.iter().map(|&(_, q)| q).collect();
-    let fwd = with_group(&xv, &qv, &params, &which, lambda_cfs, gate, alpha, |g| {
+    let fwd = with_pool_group(&xv, &qv, &params, &which, lambda_cfs, gate, alpha, |g| {
         be.pool_group_forward(g)
     })?;
     let selections = fwd
@@ -181,7 +181,7 @@ pub fn route_compose_group(
             })
             .collect::<Result<Vec<Tensor>>>()?;
         let dys: Vec<&Tensor> = dys.iter().collect();
-        let g = with_group(&xv, &qv, &params, &which, lambda_cfs, gate, alpha, |g| {
+        let g = with_pool_group(&xv, &qv, &params, &which, lambda_cfs, gate, alpha, |g| {
             be.pool_group_backward(g, &fwd, &dys)
         })?;
         let mut out = vec![Some(g.dx)];
@@ -196,42 +196,4 @@ pub fn route_compose_group(
         Ok(out)
     });
     Ok((outs, selections))
-}
-
-/// Runs `f` on the [`PoolGroup`] of these values (`params[p]`: A pool, B pool, router A weight
-/// and bias, router B weight and bias, compatibility router).
-#[allow(clippy::too_many_arguments)]
-fn with_group<R>(
-    x: &Tensor,
-    queries: &[Tensor],
-    params: &[[Tensor; 7]],
-    which: &[usize],
-    lambda: f32,
-    gate: GateMode,
-    alpha: f32,
-    f: impl FnOnce(&PoolGroup) -> Result<R>,
-) -> Result<R> {
-    let queries: Vec<&Tensor> = queries.iter().collect();
-    let pools: Vec<GroupPool> = params
-        .iter()
-        .zip(which)
-        .map(|([a_pool, b_pool, wa, ba, wb, bb, wc], &query)| GroupPool {
-            query,
-            a_pool,
-            b_pool,
-            wa,
-            ba,
-            wb,
-            bb,
-            wc,
-        })
-        .collect();
-    f(&PoolGroup {
-        x,
-        queries: &queries,
-        pools: &pools,
-        lambda,
-        gate,
-        alpha,
-    })
 }

@@ -207,3 +207,35 @@ pub fn synthetic_setup(name: &str) -> (std::path::PathBuf, std::path::PathBuf, s
     delo::vilt::init_model_dir(&model, preset, opts, false).unwrap();
     (root, data, model)
 }
+
+/// Tasks a run directory has finished, from its `progress.json` (0 before the first).
+pub fn tasks_done(run: &std::path::Path) -> usize {
+    std::fs::read_to_string(run.join("progress.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["tasks_done"].as_u64())
+        .unwrap_or(0) as usize
+}
+
+/// Asserts that two runs' `results.json` hold the same val and test matrices, task-id
+/// matrices, AP and FG; returns both.
+pub fn assert_same_results(
+    a: &std::path::Path,
+    b: &std::path::Path,
+) -> (delo::report::Results, delo::report::Results) {
+    use delo::report::Results;
+    let (ra, rb) = (
+        Results::load(&a.join("results.json")).unwrap(),
+        Results::load(&b.join("results.json")).unwrap(),
+    );
+    for split in [delo::data::Split::Val, delo::data::Split::Test] {
+        let (x, y) = (ra.split(split).unwrap(), rb.split(split).unwrap());
+        assert_eq!(x.matrix, y.matrix, "{split:?} matrix");
+        assert_eq!(
+            x.task_id_matrix, y.task_id_matrix,
+            "{split:?} task-id matrix"
+        );
+        assert_eq!((x.ap, x.fg), (y.ap, y.fg), "{split:?} AP, FG");
+    }
+    (ra, rb)
+}
