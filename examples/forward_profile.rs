@@ -100,7 +100,7 @@ fn main() -> delo::Result<()> {
         input_ids: Tensor::from_i32(vec![1000; b * 40], &[b, 40])?,
         attention_mask: Tensor::from_i32(vec![1; b * 40], &[b, 40])?,
         token_type_ids: None,
-        pixel_values: filled(&[b, 3, 384, 384], 9),
+        pixel_values: filled(&[b, 3, 384, 384], 9).into(),
         pixel_mask: Tensor::from_i32(vec![1; b * 384 * 384], &[b, 384, 384])?,
     };
     let emb = best_of(reps, || model.embed(&inputs).map(drop))?;

@@ -710,6 +710,9 @@ enum BenchCommand {
         /// On CUDA: replay each step as a CUDA graph (`on`) or launch kernel by kernel (`off`).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         cuda_graph: String,
+        /// On CUDA: the images as 8-bit images in device memory, as `train --cache-images` keeps them.
+        #[arg(long)]
+        cache_images: bool,
     },
 }
 
@@ -1142,6 +1145,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             no_compile,
             json,
             cuda_graph,
+            cache_images,
         }) => {
             use delo::bench::train;
             let opts = train::TrainBenchOptions {
@@ -1154,6 +1158,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 steps,
                 rounds,
                 cuda_graph: cuda_graph == "on",
+                cache_images,
             };
             let device = delo::Device::parse(&device)?;
             let script = if torch {

@@ -36,7 +36,7 @@ fn forward(device: &Device, dtype: DType) -> (Vec<f32>, Vec<f32>) {
         input_ids: case["input_ids"].clone(),
         attention_mask: case["attention_mask"].clone(),
         token_type_ids: case.get("token_type_ids").cloned(),
-        pixel_values: case["pixel_values"].clone(),
+        pixel_values: case["pixel_values"].clone().into(),
         pixel_mask: case["pixel_mask"].clone(),
     };
     let mut tape = Tape::new(device.clone());

@@ -39,6 +39,7 @@ fn main() {
         trial!(masked_mean_and_cosine),
         trial!(losses_and_their_gradients),
         trial!(adamw_steps),
+        trial!(patches_from_cached_images_are_the_host_ones),
     ];
     let mut tests = vec![trial!(device_parse_is_a_clear_result)];
     tests.extend(gpu_tests.map(|t| t.needs(cuda_device())));
@@ -981,4 +982,67 @@ fn adamw_steps() {
     check("adamw v", &gv, &v, 1e-8, 1e-5);
     let g = up(&d, &randn(&mut r, &[n]));
     assert!(b.adamw(&mut gp, &g, &mut gm, &mut gv, hp(0)).is_err());
+}
+
+/// The patch rows `patches_from_u8` gathers from 8-bit images in the device image cache equal
+/// its CPU twin's bit for bit (which equal the collated host pixels': `backend::patches`),
+/// for images of several sizes (padding rows and columns), the white stand-in and repeated
+/// rows; a plan outside the cache is refused before any launch.
+fn patches_from_cached_images_are_the_host_ones() {
+    use delo::backend::cuda::DeviceImageCache;
+    use delo::backend::patches::{patches_from_u8, PatchPlan, StoredImage};
+    use delo::data::image::ImageProcessor;
+    let Device::Cuda(be) = gpu() else {
+        unreachable!()
+    };
+    let mut r = rng(31);
+    let blank = ImageProcessor::square(16).missing();
+    let sizes = [(16, 16), (9, 13), (16, 8)];
+    let cache = DeviceImageCache::new(&be, 4096).unwrap();
+    let mut store = vec![0u8; cache.capacity()];
+    let mut samples = Vec::new();
+    for (key, (h, w)) in sizes.iter().enumerate() {
+        let data: Vec<u8> = (0..3 * h * w).map(|_| r.random_range(0..=255u8)).collect();
+        samples.push(cache.store(key, *h, *w, &data).unwrap());
+        let s = samples.last().unwrap();
+        store[s.offset..s.offset + data.len()].copy_from_slice(&data);
+    }
+    let s = cache.store(99, blank.height, blank.width, &blank.data).unwrap();
+    store[s.offset..s.offset + blank.data.len()].copy_from_slice(&blank.data);
+    // A key stored again keeps its first image.
+    assert_eq!(cache.store(99, 1, 1, &[0, 0, 0]).unwrap(), s);
+    samples.push(s);
+    let (p, gw) = (4, 4);
+    let rows: Vec<(usize, usize)> = (0..samples.len())
+        .flat_map(|s| (0..16).map(move |c| (s, c)))
+        .chain([(1, 15), (3, 0)])
+        .collect();
+    let plan = PatchPlan {
+        samples: samples.clone(),
+        rows,
+        patch: p,
+        grid_w: gw,
+    };
+    let got = cache.patches(&plan).unwrap();
+    assert_eq!(got.shape(), [plan.rows.len(), 3 * p * p]);
+    let want = patches_from_u8(&store, &plan).unwrap();
+    let got = host(&got);
+    let differ = got
+        .iter()
+        .zip(&want)
+        .position(|(a, b)| a.to_bits() != b.to_bits());
+    assert_eq!(differ, None, "first differing value");
+    assert!(want.contains(&1.0) && want.contains(&0.0));
+    let outside = PatchPlan {
+        samples: vec![StoredImage {
+            offset: 4000,
+            ..samples[0]
+        }],
+        rows: vec![(0, 0)],
+        ..plan
+    };
+    let err = cache.patches(&outside).unwrap_err().to_string();
+    assert!(err.contains("outside a store"), "{err}");
+    let err = cache.store(7, 40, 40, &[1; 4800]).unwrap_err().to_string();
+    assert!(err.contains("full"), "{err}");
 }

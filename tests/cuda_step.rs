@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use delo::backend::cuda::{CudaBackend, DriverCounts};
 use delo::train::step::{run_step, ScalarQueue, StepBatch, StepOptim, TaskState};
+use delo::vilt::{Pixels, ViltInputs};
 use delo::{DType, Device, Tensor};
 
 fn main() {
@@ -23,6 +24,7 @@ fn main() {
         trial!(graph_and_plain_steps_are_bit_identical),
         trial!(a_graphed_step_cannot_read_the_device),
         trial!(a_host_wait_inside_a_capture_is_refused),
+        trial!(device_image_cache_steps_equal_host_cache_steps),
     ];
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
@@ -76,6 +78,30 @@ fn run<T>(
     graph: bool,
     probe: impl Fn() -> T,
 ) -> Run<T> {
+    let scaled = |step: usize| {
+        let mut inputs = f.inputs.clone();
+        let scale = 1.0 + 0.01 * step as f32;
+        let pixels = inputs.pixel_values.values().unwrap();
+        inputs.pixel_values = Tensor::from_f32(
+            pixels.to_vec_f32().unwrap().iter().map(|v| v * scale).collect(),
+            pixels.shape(),
+        )
+        .unwrap()
+        .into();
+        inputs
+    };
+    run_with(f, device, steps, graph, scaled, probe)
+}
+
+/// [`run`] with the inputs of each step from `inputs_of(step)`.
+fn run_with<T>(
+    f: &Fixture,
+    device: &Device,
+    steps: usize,
+    graph: bool,
+    inputs_of: impl Fn(usize) -> ViltInputs,
+    probe: impl Fn() -> T,
+) -> Run<T> {
     let warm_up = WARM_UP + if graph { 3 } else { 0 };
     let mut state = TaskState {
         params: param_set_on(f, device),
@@ -88,14 +114,7 @@ fn run<T>(
         if step == warm_up {
             start = Some(probe());
         }
-        let mut inputs = f.inputs.clone();
-        let scale = 1.0 + 0.01 * step as f32;
-        let pixels = inputs.pixel_values.to_vec_f32().unwrap();
-        inputs.pixel_values = Tensor::from_f32(
-            pixels.iter().map(|v| v * scale).collect(),
-            inputs.pixel_values.shape(),
-        )
-        .unwrap();
+        let inputs = inputs_of(step);
         let batch = StepBatch {
             inputs: &inputs,
             missing: &f.missing,
@@ -195,6 +214,11 @@ fn assert_counts_agree(
         "{what}: event waits"
     );
     assert_eq!(ours.allocs, theirs("allocs"), "{what}: allocations");
+    assert_eq!(
+        ours.upload_bytes,
+        theirs("bytes_htod"),
+        "{what}: bytes uploaded"
+    );
 }
 
 fn backend_counts_match_the_emulated_driver() {
@@ -336,4 +360,104 @@ fn a_host_wait_inside_a_capture_is_refused() {
     }
     // The stream works again.
     gpu.backend().synchronize().unwrap();
+}
+
+/// `--cache-images` on CUDA: steps whose patch rows the device gathers from 8-bit images in the
+/// device image cache leave exactly the parameters, keys and losses of steps on the host
+/// cache's collated f32 pixels, plain and replayed as CUDA graphs, with each step's samples on
+/// other images (of several sizes, padded; the white stand-in for the image-missing sample).
+/// In the steady state such a step uploads its table of where the images lie instead of its
+/// f32 patch rows, and a graphed one allocates nothing.
+fn device_image_cache_steps_equal_host_cache_steps() {
+    use delo::backend::cuda::DeviceImageCache;
+    use delo::data::image::{collate_images, ImageProcessor, PixelImage};
+    use delo::data::MissingType;
+    let (gpu, _serial) = gpu();
+    let Device::Cuda(be) = &gpu else {
+        unreachable!()
+    };
+    let f = load_on("delo-tiny", 1, &gpu, DType::F32);
+    let [b, _, h, w] = f.inputs.pixel_values.shape()[..] else {
+        panic!("the fixture's pixels are [B, 3, H, W]")
+    };
+    let sizes = [(h, w), (h - 16, w), (h, w), (h, w / 2)];
+    let images: Vec<PixelImage> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(height, width))| PixelImage {
+            height,
+            width,
+            data: (0..3 * height * width)
+                .map(|k| ((k * 131 + i * 53 + k / 7) % 256) as u8)
+                .collect(),
+        })
+        .collect();
+    let blank = ImageProcessor::square(h as u32).missing();
+    let bytes = images.iter().map(|i| i.data.len()).sum::<usize>() + blank.data.len();
+    let cache = std::sync::Arc::new(DeviceImageCache::new(be, bytes).unwrap());
+    // Step `step`'s image per sample: the stand-in, or one of `images` in turn.
+    let pick = |step: usize| {
+        (0..b)
+            .map(|i| match f.missing[i] {
+                MissingType::Image => (usize::MAX, &blank),
+                _ => ((i + step) % images.len(), &images[(i + step) % images.len()]),
+            })
+            .collect::<Vec<(usize, &PixelImage)>>()
+    };
+    let host_inputs = |step: usize| {
+        let refs: Vec<&PixelImage> = pick(step).into_iter().map(|(_, im)| im).collect();
+        let batch = collate_images(&refs).unwrap();
+        ViltInputs {
+            pixel_values: batch.pixel_values.into(),
+            pixel_mask: batch.pixel_mask,
+            ..f.inputs.clone()
+        }
+    };
+    let cached_inputs = |step: usize| {
+        let stored = pick(step)
+            .into_iter()
+            .map(|(key, im)| cache.store(key, im.height, im.width, &im.data).unwrap())
+            .collect();
+        ViltInputs {
+            pixel_values: Pixels::Cached {
+                cache: cache.clone(),
+                images: stored,
+                height: h,
+                width: w,
+            },
+            ..host_inputs(step)
+        }
+    };
+    let steps = 10;
+    let host = run_with(&f, &gpu, steps, false, host_inputs, || counts(&gpu));
+    let plain = run_with(&f, &gpu, steps, false, cached_inputs, || counts(&gpu));
+    let graphed = run_with(&f, &gpu, steps, true, cached_inputs, || counts(&gpu));
+    for (what, r) in [("plain", &plain), ("graphed", &graphed)] {
+        assert_eq!(r.losses, host.losses, "{what}: losses");
+        assert_eq!(r.params, host.params, "{what}: parameters after {steps} steps");
+        assert_eq!(r.key, host.key, "{what}: task key after {steps} steps");
+    }
+    let per_step = |r: &Run<DriverCounts>, warm_up: usize| {
+        let used = r.window.1.since(&r.window.0);
+        let n = (steps - warm_up) as u64;
+        (used, used.upload_bytes / n, used.uploads / n)
+    };
+    let (_, host_bytes, host_uploads) = per_step(&host, WARM_UP);
+    let (_, plain_bytes, plain_uploads) = per_step(&plain, WARM_UP);
+    let (used, graphed_bytes, _) = per_step(&graphed, WARM_UP + 3);
+    // Per step the f32 patch rows [B · L, 3 · p²] (L = 16 cells of 16 × 16 pixels here) give
+    // way to the table: 3 words per sample and 1 per row.
+    let rows = b * (h / 16) * (w / 16);
+    assert_eq!(
+        host_bytes - plain_bytes,
+        (rows * 3 * 16 * 16 * 4 - 8 * (3 * b + rows)) as u64,
+        "bytes uploaded per step: host cache {host_bytes}, device cache {plain_bytes}"
+    );
+    assert_eq!(plain_uploads, host_uploads, "uploads per step");
+    assert_eq!(graphed_bytes, plain_bytes, "bytes per graphed step");
+    assert_eq!((used.allocs, used.uploads, used.launches), (0, 0, 0), "{used:?}");
+    println!(
+        "per steady-state step (delo-tiny, B = {b}, {h}×{w}): uploads {host_uploads} → {plain_uploads}, bytes uploaded {host_bytes} → {plain_bytes} (graphed: {graphed_bytes}, allocations {})",
+        used.allocs
+    );
 }

@@ -30,7 +30,7 @@ fn load_case(name: &str) -> (Vilt, ViltInputs, BTreeMap<String, Tensor>) {
         input_ids: case["input_ids"].clone(),
         attention_mask: case["attention_mask"].clone(),
         token_type_ids: case.get("token_type_ids").cloned(),
-        pixel_values: case["pixel_values"].clone(),
+        pixel_values: case["pixel_values"].clone().into(),
         pixel_mask: case["pixel_mask"].clone(),
     };
     (model, inputs, case)

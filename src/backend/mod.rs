@@ -10,6 +10,7 @@ pub mod cpu;
 mod cpu_experts;
 mod cpu_simd;
 pub mod cuda;
+pub mod patches;
 pub mod pool_group;
 
 use std::sync::Arc;

@@ -452,7 +452,7 @@ fn forward_inputs(cfg: &ViltConfig, s: &ForwardSetup, image: usize) -> Result<Vi
         input_ids: Tensor::from_i32(ids, &[b, t])?,
         attention_mask: Tensor::from_i32(vec![1; b * t], &[b, t])?,
         token_type_ids: None,
-        pixel_values: Tensor::from_f32(pixels, &[b, 3, image, image])?,
+        pixel_values: Tensor::from_f32(pixels, &[b, 3, image, image])?.into(),
         pixel_mask: Tensor::from_i32(vec![1; b * image * image], &[b, image, image])?,
     })
 }

@@ -53,6 +53,9 @@ pub struct TrainBenchOptions {
     pub rounds: usize,
     /// On CUDA, replay each step as a CUDA graph.
     pub cuda_graph: bool,
+    /// On CUDA, the batch's images as 8-bit images in the device image cache
+    /// (`--cache-images`), the patch rows gathered on the device, instead of f32 pixels.
+    pub cache_images: bool,
 }
 
 /// A synthetic batch with the missing mix: samples `i % 4` ∈ {0, 1} complete, 2 text
@@ -117,7 +120,7 @@ pub fn synthetic_batch(
         input_ids: Tensor::from_i32(ids, &[batch, text_len])?,
         attention_mask: Tensor::from_i32(am, &[batch, text_len])?,
         token_type_ids: None,
-        pixel_values: Tensor::from_f32(pv, &[batch, 3, image_size, image_size])?,
+        pixel_values: Tensor::from_f32(pv, &[batch, 3, image_size, image_size])?.into(),
         pixel_mask: Tensor::from_i32(
             vec![1; batch * image_size * image_size],
             &[batch, image_size, image_size],
@@ -128,6 +131,50 @@ pub fn synthetic_batch(
         missing,
         Targets::Single(Tensor::from_i32(labels, &[batch])?),
     ))
+}
+
+/// `inputs` with its pixels replaced by 8-bit images of the same size in a device image
+/// cache of their own (values drawn as in [`synthetic_batch`]; white for a missing image), as
+/// a `--cache-images` run's steps take them once every image has been seen.
+fn with_cached_images(
+    be: &std::sync::Arc<crate::backend::cuda::CudaBackend>,
+    inputs: ViltInputs,
+    missing: &[MissingType],
+) -> Result<ViltInputs> {
+    let shape = inputs.pixel_values.shape();
+    let (h, w) = (shape[2], shape[3]);
+    let cache = std::sync::Arc::new(crate::backend::cuda::DeviceImageCache::new(
+        be,
+        missing.len() * 3 * h * w,
+    )?);
+    let mut state = 0x2545_f491u32;
+    let images = missing
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let data: Vec<u8> = (0..3 * h * w)
+                .map(|_| match m {
+                    MissingType::Image => 255,
+                    _ => {
+                        state ^= state << 13;
+                        state ^= state >> 17;
+                        state ^= state << 5;
+                        state as u8
+                    }
+                })
+                .collect();
+            cache.store(i, h, w, &data)
+        })
+        .collect::<Result<_>>()?;
+    Ok(ViltInputs {
+        pixel_values: crate::vilt::Pixels::Cached {
+            cache,
+            images,
+            height: h,
+            width: w,
+        },
+        ..inputs
+    })
 }
 
 /// One timed configuration: its settings and its task's state.
@@ -309,6 +356,8 @@ pub struct PerStep {
     pub event_waits: f64,
     pub allocs: f64,
     pub uploads: f64,
+    /// Bytes copied host → device, a graph's payload included.
+    pub upload_bytes: f64,
     pub graph_launches: f64,
 }
 
@@ -322,6 +371,7 @@ impl PerStep {
             event_waits: c.event_waits as f64 / n,
             allocs: c.allocs as f64 / n,
             uploads: c.uploads as f64 / n,
+            upload_bytes: c.upload_bytes as f64 / n,
             graph_launches: c.graph_launches as f64 / n,
         }
     }
@@ -410,7 +460,10 @@ pub fn bench_train(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let batch = synthetic_batch(&vcfg, o.batch, o.text_len, o.image_size)?;
+    let mut batch = synthetic_batch(&vcfg, o.batch, o.text_len, o.image_size)?;
+    if let (true, Device::Cuda(be)) = (o.cache_images, device) {
+        batch.0 = with_cached_images(be, batch.0, &batch.1)?;
+    }
     let graph = o.cuda_graph && device.is_cuda();
     // Warm-up rounds over the variants before anything is timed or counted: GEMM heuristics
     // chosen, the block cache filled for every variant's shapes while every variant's own
@@ -524,11 +577,11 @@ pub fn train_table(r: &TrainBenchReport) -> String {
         s += "\n";
     }
     if r.rows.iter().any(|x| x.per_step.is_some()) {
-        s += "\nWhat one step asks of the driver (counted by the backend, steady state; with the graph on, the kernels, copies and uploads are inside the graph launch):\n\n| variant | graph launches | kernel launches | memsets + copies | host syncs | event waits | allocations | uploads |\n|---|---|---|---|---|---|---|---|\n";
+        s += "\nWhat one step asks of the driver (counted by the backend, steady state; with the graph on, the kernels, copies and uploads are inside the graph launch):\n\n| variant | graph launches | kernel launches | memsets + copies | host syncs | event waits | allocations | uploads | bytes uploaded |\n|---|---|---|---|---|---|---|---|---|\n";
         for row in &r.rows {
             if let Some(p) = &row.per_step {
                 s += &format!(
-                    "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+                    "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |\n",
                     row.name,
                     p.graph_launches,
                     p.launches,
@@ -536,7 +589,8 @@ pub fn train_table(r: &TrainBenchReport) -> String {
                     p.host_syncs,
                     p.event_waits,
                     p.allocs,
-                    p.uploads
+                    p.uploads,
+                    p.upload_bytes
                 );
             }
         }
@@ -580,6 +634,7 @@ pub fn train_json(r: &TrainBenchReport) -> serde_json::Value {
             "event_waits_per_step": p.map(|p| p.event_waits),
             "allocs_per_step": p.map(|p| p.allocs),
             "uploads_per_step": p.map(|p| p.uploads),
+            "upload_bytes_per_step": p.map(|p| p.upload_bytes),
             "graph_launches_per_step": p.map(|p| p.graph_launches),
         })
     };

@@ -174,6 +174,23 @@ impl ImageProcessor {
         Ok(planar(&resize_bicubic_pil(img, ow, oh)))
     }
 
+    /// The most bytes one pre-processed image ([`PixelImage`]) can take, the stand-in for a
+    /// missing image included: `3 × H × W` at the largest output size of the mode.
+    pub fn max_image_bytes(&self) -> usize {
+        let (h, w) = match self.mode {
+            ResizeMode::Square(s) => (s, s),
+            ResizeMode::ShortestEdge { shortest, divisor } => {
+                // Each side floored to the divisor from at most `shortest` (the short side) and
+                // ⌊1333/800 · shortest⌋ (the long one), as in `vilt_output_size`; the stand-in
+                // is shortest × shortest.
+                let longest = (1333.0 / 800.0 * shortest as f64) as u32;
+                let floor = |v: u32| v / divisor.max(1) * divisor.max(1);
+                (shortest, floor(longest).max(shortest))
+            }
+        };
+        3 * h as usize * w as usize
+    }
+
     /// The stand-in for a missing image: white (255, every normalised value 1.0) at the forced
     /// size, or `shortest × shortest` in shortest-edge mode.
     pub fn missing(&self) -> PixelImage {

@@ -316,6 +316,23 @@ impl<P: SamplePrep> Loader<P> {
         &self.inner.cfg
     }
 
+    /// The prepared image of item `position`: with the image cache on, the one a batch left
+    /// there (prepared now if no batch used it yet); without it, prepared now.
+    pub fn image(&self, position: usize) -> Result<Arc<P::Image>> {
+        if position >= self.len() {
+            return Err(Error::Msg(format!(
+                "item position {position} of a loader of {} items",
+                self.len()
+            )));
+        }
+        self.inner.image(position)
+    }
+
+    /// The stand-in every item without its image gets; `None` when no item lacks its image.
+    pub fn blank(&self) -> Option<Arc<P::Image>> {
+        self.inner.blank.clone()
+    }
+
     /// The number of batches in an epoch (before any are wholly skipped).
     pub fn num_batches(&self) -> usize {
         let (n, b) = (self.len(), self.inner.cfg.batch_size);

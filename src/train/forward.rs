@@ -67,7 +67,7 @@ pub fn hf_tensors(inputs: &ViltInputs) -> Result<Vec<(String, Tensor)>> {
         None => Tensor::from_i32(vec![0; ids.numel()], ids.shape())?,
     };
     Ok(vec![
-        ("pixel_values".into(), inputs.pixel_values.clone()),
+        ("pixel_values".into(), inputs.pixel_values.values()?.clone()),
         ("pixel_mask".into(), inputs.pixel_mask.clone()),
         ("input_ids".into(), ids.clone()),
         ("attention_mask".into(), inputs.attention_mask.clone()),

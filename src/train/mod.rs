@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod demo;
+pub mod device_images;
 pub mod eval;
 pub mod forward;
 pub mod inputs;
@@ -43,6 +44,7 @@ use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 pub use crate::delo::keys::TaskKeys;
 use lock::RunLock;
 use metrics::StepLog;
+use device_images::DeviceImages;
 use prep::ViltPrep;
 use step::{run_step, StepBatch, StepOptim, TaskState};
 use step_checkpoint::{CheckpointEvery, StepCheckpoint, StepState};
@@ -788,6 +790,14 @@ impl Trainer {
             None => StepState::start(t),
         };
         let loader = self.loader(t, Split::Train, true)?;
+        let on_device = match s.cache_images {
+            true => {
+                let placement = DeviceImages::for_loader(&self.device, &loader, &self.prep.images)?;
+                log(Event::Line(&format!("task {t}: {}", placement.notice)));
+                placement.images
+            }
+            false => None,
+        };
         let per_epoch = loader.num_batches();
         let mut total = per_epoch * s.epochs;
         if let Some(m) = s.max_steps_per_task {
@@ -820,8 +830,12 @@ impl Trainer {
                     eps: s.eps,
                     weight_decay: s.weight_decay,
                 };
+                let placed = on_device
+                    .as_ref()
+                    .map(|d| d.place(&loader, &batch))
+                    .transpose()?;
                 let batch_in = StepBatch {
-                    inputs: &batch.data,
+                    inputs: placed.as_ref().unwrap_or(&batch.data),
                     missing: &missing,
                     targets: &targets,
                 };

@@ -36,7 +36,7 @@ impl SamplePrep for ViltPrep {
             input_ids: txt.input_ids,
             attention_mask: txt.attention_mask,
             token_type_ids: None,
-            pixel_values: img.pixel_values,
+            pixel_values: img.pixel_values.into(),
             pixel_mask: img.pixel_mask,
         })
     }

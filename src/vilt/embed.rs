@@ -5,6 +5,10 @@
 //! host, like a data loader would; the heavy parts (patch projection, table lookups,
 //! LayerNorm) run on the model's device.
 
+use std::sync::Arc;
+
+use crate::backend::cuda::DeviceImageCache;
+use crate::backend::patches::{PatchPlan, StoredImage};
 use crate::backend::{Backend, Device, Gemm};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -20,10 +24,84 @@ pub struct ViltInputs {
     pub attention_mask: Tensor,
     /// `[B, T]` i32 segment ids; zeros when absent.
     pub token_type_ids: Option<Tensor>,
-    /// `[B, 3, H, W]` f32.
-    pub pixel_values: Tensor,
+    /// `[B, 3, H, W]`: f32 values, or 8-bit images in a device image cache.
+    pub pixel_values: Pixels,
     /// `[B, H, W]` i32 or f32, 1 on each image's real region.
     pub pixel_mask: Tensor,
+}
+
+/// A batch's pixels `[B, 3, H, W]`.
+#[derive(Clone, Debug)]
+pub enum Pixels {
+    /// f32 values (normalised, zero-padded), on the host or the model's device.
+    Values(Tensor),
+    /// The 8-bit images of `--cache-images` in device memory, one per sample, zero-padded to
+    /// `height × width` as they are normalised: only the patch rows are ever built from them,
+    /// on the device ([`crate::backend::patches`]).
+    Cached {
+        cache: Arc<DeviceImageCache>,
+        images: Vec<StoredImage>,
+        height: usize,
+        width: usize,
+    },
+}
+
+impl From<Tensor> for Pixels {
+    fn from(t: Tensor) -> Pixels {
+        Pixels::Values(t)
+    }
+}
+
+impl Pixels {
+    /// `[B, C, H, W]`.
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Pixels::Values(t) => t.shape().to_vec(),
+            Pixels::Cached {
+                images,
+                height,
+                width,
+                ..
+            } => vec![images.len(), 3, *height, *width],
+        }
+    }
+
+    /// The f32 values; an error for cached images, which exist only as patch rows.
+    pub fn values(&self) -> Result<&Tensor> {
+        match self {
+            Pixels::Values(t) => Ok(t),
+            Pixels::Cached { .. } => Err(Error::Msg(
+                "the pixels of this batch are 8-bit images in the device image cache; \
+                 their f32 values are not materialised"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The samples `rows`.
+    fn select(&self, rows: &[usize]) -> Result<Pixels> {
+        Ok(match self {
+            Pixels::Values(t) => Pixels::Values(select_host_rows(t, rows)?),
+            Pixels::Cached {
+                cache,
+                images,
+                height,
+                width,
+            } => Pixels::Cached {
+                cache: cache.clone(),
+                images: rows
+                    .iter()
+                    .map(|&r| {
+                        images.get(r).copied().ok_or_else(|| {
+                            Error::shape("select rows", format!("row {r} of {}", images.len()))
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                height: *height,
+                width: *width,
+            },
+        })
+    }
 }
 
 /// The embedded joint sequence `[text (T) ; image CLS ; L patches]` and its masks, all `[B, S]`
@@ -149,21 +227,21 @@ impl EmbeddingTables {
         cfg: &ViltConfig,
         inputs: &ViltInputs,
     ) -> Result<(Tensor, Vec<f32>)> {
-        let pv = &inputs.pixel_values;
+        let shape = inputs.pixel_values.shape();
         ensure_shape!(
-            pv.rank() == 4 && pv.dim(1) == cfg.num_channels,
+            shape.len() == 4 && shape[1] == cfg.num_channels,
             "vilt image",
             "pixel_values must be [B, {}, H, W], got {:?}",
             cfg.num_channels,
-            pv.shape()
+            shape
         );
-        let (b, c, h, w) = (pv.dim(0), pv.dim(1), pv.dim(2), pv.dim(3));
+        let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
         ensure_shape!(
             inputs.pixel_mask.shape() == [b, h, w],
             "vilt image",
             "pixel_mask {:?} does not fit pixel_values {:?}",
             inputs.pixel_mask.shape(),
-            pv.shape()
+            shape
         );
         let (p, d, n) = (cfg.patch_size, cfg.hidden_size, cfg.patch_grid());
         let (gh, gw) = (h / p, w / p);
@@ -194,10 +272,10 @@ impl EmbeddingTables {
         if cfg.max_image_length > 0 {
             l = l.min(cfg.max_image_length as usize);
         }
-        let pix = pv.to_vec_f32()?;
         let grid = &self.image_pos[d..];
         let pp = c * p * p;
-        let mut patches = vec![0f32; b * l * pp];
+        // Per patch row (sample, cell), the rows sample by sample.
+        let mut picks = Vec::with_capacity(b * l);
         let mut add = vec![0f32; b * (1 + l) * d];
         let mut mask = vec![0f32; b * (1 + l)];
         let (mod1, pos0) = (&self.modality[d..2 * d], &self.image_pos[..d]);
@@ -216,24 +294,35 @@ impl EmbeddingTables {
                 for k in 0..d {
                     dst[k] = pos[cell * d + k] + mod1[k];
                 }
-                // The patch flattened in (channel, row, col) order, as the conv weight is.
-                let (ci, cj) = (cell / gw, cell % gw);
-                let out = &mut patches[(bi * l + s) * pp..(bi * l + s + 1) * pp];
-                for ch in 0..c {
-                    for y in 0..p {
-                        let src = ((bi * c + ch) * h + ci * p + y) * w + cj * p;
-                        out[(ch * p + y) * p..(ch * p + y + 1) * p]
-                            .copy_from_slice(&pix[src..src + p]);
-                    }
-                }
+                picks.push((bi, cell));
             }
         }
         let dev = be.device();
-        let proj = be.matmul(
-            &Tensor::from_f32(patches, &[b * l, pp])?.to_device(&dev)?,
-            &self.patch_w,
-            Gemm::nt(),
-        )?;
+        let patches = match &inputs.pixel_values {
+            Pixels::Values(pv) => {
+                // The patch flattened in (channel, row, col) order, as the conv weight is.
+                let pix = pv.to_vec_f32()?;
+                let mut patches = vec![0f32; b * l * pp];
+                for (out, &(bi, cell)) in patches.chunks_exact_mut(pp).zip(&picks) {
+                    let (ci, cj) = (cell / gw, cell % gw);
+                    for ch in 0..c {
+                        for y in 0..p {
+                            let src = ((bi * c + ch) * h + ci * p + y) * w + cj * p;
+                            out[(ch * p + y) * p..(ch * p + y + 1) * p]
+                                .copy_from_slice(&pix[src..src + p]);
+                        }
+                    }
+                }
+                Tensor::from_f32(patches, &[b * l, pp])?.to_device(&dev)?
+            }
+            Pixels::Cached { cache, images, .. } => cache.patches(&PatchPlan {
+                samples: images.clone(),
+                rows: picks,
+                patch: p,
+                grid_w: gw,
+            })?,
+        };
+        let proj = be.matmul(&patches, &self.patch_w, Gemm::nt())?;
         let proj = be.bias_add(&proj, &self.patch_b)?.reshape(&[b, l, d])?;
         let add = Tensor::from_f32(add, &[b, 1 + l, d])?.to_device(&dev)?;
         let (cls_add, patch_add) = be.split_seq(&add, 1)?;
@@ -365,7 +454,7 @@ impl ViltInputs {
                 .as_ref()
                 .map(|t| select_host_rows(t, rows))
                 .transpose()?,
-            pixel_values: select_host_rows(&self.pixel_values, rows)?,
+            pixel_values: self.pixel_values.select(rows)?,
             pixel_mask: select_host_rows(&self.pixel_mask, rows)?,
         })
     }

@@ -10,7 +10,7 @@ pub mod target;
 pub mod weights;
 
 pub use config::ViltConfig;
-pub use embed::{Embedded, ViltInputs};
+pub use embed::{Embedded, Pixels, ViltInputs};
 pub use init::{init_model_dir, init_weights, write_model_dir, InitOptions, Preset};
 pub use interp::{image_positions_padded, resize_image_positions, stretch_text_positions};
 pub use model::{Adapter, Features, NoAdapter, Vilt, ViltOutput};

@@ -454,7 +454,7 @@ pub fn forward_file(
         input_ids: get("input_ids")?,
         attention_mask: get("attention_mask")?,
         token_type_ids: t.get("token_type_ids").cloned(),
-        pixel_values: get("pixel_values")?,
+        pixel_values: get("pixel_values")?.into(),
         pixel_mask: get("pixel_mask")?,
     };
     for (name, want) in [("input_ids", DType::I32), ("pixel_values", DType::F32)] {

@@ -47,7 +47,7 @@ pub fn load_on(dir: &str, rho: usize, device: &Device, dtype: DType) -> Fixture 
         input_ids: inp["input_ids"].clone(),
         attention_mask: inp["attention_mask"].clone(),
         token_type_ids: inp.get("token_type_ids").cloned(),
-        pixel_values: inp["pixel_values"].clone(),
+        pixel_values: inp["pixel_values"].clone().into(),
         pixel_mask: inp["pixel_mask"].clone(),
     };
     let targets = Targets::Single(inp["labels"].clone());

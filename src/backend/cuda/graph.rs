@@ -352,6 +352,7 @@ impl CudaBackend {
         };
         self.bind()?;
         self.counters.add(Count::GraphLaunch);
+        self.counters.add_upload_bytes(trace.payload.len());
         // SAFETY: a live graph of this context, launched on the backend's stream.
         unsafe { result::graph::launch(inst.exec, self.stream.cu_stream()) }
             .map_err(cuda_err("launching a step's graph"))?;

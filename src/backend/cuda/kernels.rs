@@ -154,6 +154,11 @@ kernels! {
     gather_rows_f32(table: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
     scatter_add_rows_f32(dy: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
     copy2d_f32(src: Ptr, src_ld: i64, dst: Ptr, dst_ld: i64, rows: i64, cols: i64);
+    // images.cu
+    patches_from_u8(
+        images: Ptr, n_bytes: i64, samples: Ptr, n_samples: i32, cells: Ptr, rows: i64, p: i32,
+        gw: i32, out: Ptr, err: Ptr,
+    );
     // losses.cu
     ce_rows_f32(logits: Ptr, labels: Ptr, rows: i32, c: i32, loss: Ptr, err: Ptr);
     ce_backward_f32(

@@ -31,6 +31,7 @@ pub(crate) struct Counters {
     event_waits: AtomicU64,
     allocs: AtomicU64,
     uploads: AtomicU64,
+    upload_bytes: AtomicU64,
     graph_launches: AtomicU64,
 }
 
@@ -66,6 +67,10 @@ impl Counters {
         };
         n.fetch_add(1, Ordering::Relaxed);
     }
+    /// Adds `bytes` to the bytes copied host → device (a plain upload or a graph's payload).
+    pub(crate) fn add_upload_bytes(&self, bytes: usize) {
+        self.upload_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
     pub(crate) fn snapshot(&self) -> DriverCounts {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         DriverCounts {
@@ -75,6 +80,7 @@ impl Counters {
             event_waits: r(&self.event_waits),
             allocs: r(&self.allocs),
             uploads: r(&self.uploads),
+            upload_bytes: r(&self.upload_bytes),
             graph_launches: r(&self.graph_launches),
         }
     }
@@ -96,6 +102,9 @@ pub struct DriverCounts {
     pub allocs: u64,
     /// Host-to-device copies.
     pub uploads: u64,
+    /// Bytes copied host → device: by plain uploads, and by graph launches (the payload their
+    /// captured uploads read from the staging buffer).
+    pub upload_bytes: u64,
     /// CUDA-graph launches (each a whole step's kernels, copies and uploads).
     pub graph_launches: u64,
 }
@@ -110,6 +119,7 @@ impl DriverCounts {
             event_waits: self.event_waits - earlier.event_waits,
             allocs: self.allocs - earlier.allocs,
             uploads: self.uploads - earlier.uploads,
+            upload_bytes: self.upload_bytes - earlier.upload_bytes,
             graph_launches: self.graph_launches - earlier.graph_launches,
         }
     }

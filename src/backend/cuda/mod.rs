@@ -14,6 +14,7 @@
 mod experts;
 mod gemm;
 mod graph;
+mod image_cache;
 mod kernels;
 mod memory;
 pub mod nvtx;
@@ -31,6 +32,7 @@ use crate::tensor::{DType, Storage, Tensor};
 
 pub use experts::{ExpertPath, FUSED_MAX_K};
 pub use graph::GraphStats;
+pub use image_cache::{DeviceImageCache, DEVICE_CACHE_SHARE};
 pub use kernels::kernel_signatures;
 use kernels::{Kernels, Ptr};
 pub use memory::DriverCounts;
@@ -129,6 +131,7 @@ fn kernel_error(code: i32) -> Error {
         4 => {
             "route_backward / expert_forward / expert_backward: a factor selection is outside 0..E"
         }
+        5 => "patches_from_u8: a sample or its image lies outside the device image cache",
         _ => "unknown kernel error code",
     };
     Error::Cuda(format!(
@@ -393,6 +396,7 @@ impl CudaBackend {
         }
         self.bind()?;
         self.counters.add(Count::Upload);
+        self.counters.add_upload_bytes(bytes.len());
         cudarc::driver::result::memcpy_htod_async(dst.0, src, self.stream.cu_stream())
             .map_err(cuda_err("upload"))
     }
