@@ -92,9 +92,12 @@ fn delo_train_cuda_matches_cpu() {
     let (root, data, model) = common::synthetic_setup("cuda-train");
     // The demo's DeLo settings (delo::train::demo::demo_settings), with f32 frozen linears on
     // both devices so that the comparison is about the CUDA path, not bf16's precision.
-    let train = |device: &str, graph: &str, bucket: &str| {
-        let out = root.join(format!("{device}-graph-{graph}-bucket-{bucket}"));
-        let (stdout, stderr) = delo(&[
+    let train_with = |device: &str, graph: &str, bucket: &str, cache: bool| {
+        let out = root.join(format!(
+            "{device}-graph-{graph}-bucket-{bucket}{}",
+            if cache { "" } else { "-no-cache" }
+        ));
+        let mut args = vec![
             "train",
             "--cuda-graph",
             graph,
@@ -116,10 +119,14 @@ fn delo_train_cuda_matches_cpu() {
             "96",
             "--text-bucket",
             bucket,
-            "--cache-images",
-        ]);
+        ];
+        if cache {
+            args.push("--cache-images");
+        }
+        let (stdout, stderr) = delo(&args);
         (ap_fg(&out), format!("{stdout}{stderr}"))
     };
+    let train = |device: &str, graph: &str, bucket: &str| train_with(device, graph, bucket, true);
     // Texts padded to each batch's longest on both devices (the CPU's default): the same
     // inputs, so the comparison is about the CUDA path.
     let ((ap_cpu, fg_cpu), _) = train("cpu", "on", "1");
@@ -151,6 +158,15 @@ fn delo_train_cuda_matches_cpu() {
     // The graph replays exactly the kernels the plain path launches: the same results.
     let ((ap_plain, fg_plain), _) = train("cuda", "off", "32");
     assert_eq!((ap, fg), (ap_plain, fg_plain), "CUDA graph on vs off");
+    // `--cache-images` kept the training images in device memory, and the patch rows the
+    // device gathered from them are the host path's: the same results as without a cache.
+    assert_eq!(
+        log.matches("images kept in device memory").count(),
+        3,
+        "one line per task:\n{log}"
+    );
+    let ((ap_host, fg_host), _) = train_with("cuda", "on", "32", false);
+    assert_eq!((ap, fg), (ap_host, fg_host), "device image cache vs no cache");
     // `delo eval` on CUDA (key groups padded to a few sizes, read back together) gives the AP
     // of the run's own final evaluation, waiting for the device twice per batch: once for
     // the task queries, once for every group's logits.
@@ -174,8 +190,8 @@ fn delo_train_cuda_matches_cpu() {
 /// `delo bench train --json` on both devices: one JSON object whose per-step driver counts are
 /// those of a step that neither synchronises the host nor allocates (CUDA), and null on the CPU.
 fn bench_train_json_counts_a_step_without_syncs() {
-    let run = |device: &str, graph: &str| -> serde_json::Value {
-        let args = [
+    let run_with = |device: &str, graph: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
             "bench",
             "train",
             "--device",
@@ -192,9 +208,11 @@ fn bench_train_json_counts_a_step_without_syncs() {
             "--text-len",
             "16",
         ];
+        args.extend(extra);
         let (out, _) = delo(&args);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
+    let run = |device: &str, graph: &str| run_with(device, graph, &[]);
     // Kernel by kernel: hundreds of launches, one wait (the previous step's loss).
     let p = run("cuda", "off");
     assert_eq!(p["cuda_graph"], false);
@@ -216,6 +234,29 @@ fn bench_train_json_counts_a_step_without_syncs() {
         assert_eq!(v["host_syncs_per_step"], 0.0, "{v}");
         assert_eq!(v["allocs_per_step"], 0.0, "{v}");
         assert_eq!(v["event_waits_per_step"], 2.0, "{v}");
+    }
+    // With the images in the device image cache a step uploads its table of where they lie
+    // instead of its f32 patch rows: per sample it embeds (the batch's, and its complete ones
+    // again for the L_con proxies) 9 rows of 12 KiB (96² images, 32² patches) give way to
+    // 3 + 9 words of 8 bytes.
+    let cached = run_with("cuda", "on", &["--cache-images"]);
+    for (v, c) in g["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cached["variants"].as_array().unwrap())
+    {
+        let bytes = |x: &serde_json::Value| x["upload_bytes_per_step"].as_f64().unwrap();
+        let saved = (bytes(v) - bytes(c)) as usize;
+        let per_sample = 9 * 3 * 32 * 32 * 4 - 8 * (3 + 9);
+        assert!(
+            saved > 0 && saved % per_sample == 0,
+            "{} bytes uploaded per step, {} with the device cache",
+            bytes(v),
+            bytes(c)
+        );
+        assert_eq!(c["allocs_per_step"], 0.0, "{c}");
+        assert_eq!(c["graph_launches_per_step"], 1.0, "{c}");
     }
     let c = run("cpu", "on");
     assert!(c["launches_per_step"].is_null(), "{c}");
