@@ -166,7 +166,11 @@ fn delo_train_cuda_matches_cpu() {
         "one line per task:\n{log}"
     );
     let ((ap_host, fg_host), _) = train_with("cuda", "on", "32", false);
-    assert_eq!((ap, fg), (ap_host, fg_host), "device image cache vs no cache");
+    assert_eq!(
+        (ap, fg),
+        (ap_host, fg_host),
+        "device image cache vs no cache"
+    );
     // `delo eval` on CUDA (key groups padded to a few sizes, read back together) gives the AP
     // of the run's own final evaluation, waiting for the device twice per batch: once for
     // the task queries, once for every group's logits.

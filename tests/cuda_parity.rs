@@ -1007,7 +1007,9 @@ fn patches_from_cached_images_are_the_host_ones() {
         let s = samples.last().unwrap();
         store[s.offset..s.offset + data.len()].copy_from_slice(&data);
     }
-    let s = cache.store(99, blank.height, blank.width, &blank.data).unwrap();
+    let s = cache
+        .store(99, blank.height, blank.width, &blank.data)
+        .unwrap();
     store[s.offset..s.offset + blank.data.len()].copy_from_slice(&blank.data);
     // A key stored again keeps its first image.
     assert_eq!(cache.store(99, 1, 1, &[0, 0, 0]).unwrap(), s);

@@ -83,7 +83,12 @@ fn run<T>(
         let scale = 1.0 + 0.01 * step as f32;
         let pixels = inputs.pixel_values.values().unwrap();
         inputs.pixel_values = Tensor::from_f32(
-            pixels.to_vec_f32().unwrap().iter().map(|v| v * scale).collect(),
+            pixels
+                .to_vec_f32()
+                .unwrap()
+                .iter()
+                .map(|v| v * scale)
+                .collect(),
             pixels.shape(),
         )
         .unwrap()
@@ -400,7 +405,10 @@ fn device_image_cache_steps_equal_host_cache_steps() {
         (0..b)
             .map(|i| match f.missing[i] {
                 MissingType::Image => (usize::MAX, &blank),
-                _ => ((i + step) % images.len(), &images[(i + step) % images.len()]),
+                _ => (
+                    (i + step) % images.len(),
+                    &images[(i + step) % images.len()],
+                ),
             })
             .collect::<Vec<(usize, &PixelImage)>>()
     };
@@ -434,7 +442,10 @@ fn device_image_cache_steps_equal_host_cache_steps() {
     let graphed = run_with(&f, &gpu, steps, true, cached_inputs, || counts(&gpu));
     for (what, r) in [("plain", &plain), ("graphed", &graphed)] {
         assert_eq!(r.losses, host.losses, "{what}: losses");
-        assert_eq!(r.params, host.params, "{what}: parameters after {steps} steps");
+        assert_eq!(
+            r.params, host.params,
+            "{what}: parameters after {steps} steps"
+        );
         assert_eq!(r.key, host.key, "{what}: task key after {steps} steps");
     }
     let per_step = |r: &Run<DriverCounts>, warm_up: usize| {
@@ -457,7 +468,11 @@ fn device_image_cache_steps_equal_host_cache_steps() {
     );
     assert_eq!(plain_uploads, host_uploads, "uploads per step");
     assert_eq!(graphed_bytes, plain_bytes, "bytes per graphed step");
-    assert_eq!((used.allocs, used.uploads, used.launches), (0, 0, 0), "{used:?}");
+    assert_eq!(
+        (used.allocs, used.uploads, used.launches),
+        (0, 0, 0),
+        "{used:?}"
+    );
     println!(
         "per steady-state step (delo-tiny, B = {b}, {h}×{w}): uploads {host_uploads} → {plain_uploads}, bytes uploaded {host_bytes} → {plain_bytes} (graphed: {graphed_bytes}, allocations {})",
         used.allocs

@@ -42,9 +42,9 @@ use crate::tensor::{DType, Tensor};
 use crate::vilt::{load_model_dir, Vilt, ViltInputs};
 
 pub use crate::delo::keys::TaskKeys;
+use device_images::DeviceImages;
 use lock::RunLock;
 use metrics::StepLog;
-use device_images::DeviceImages;
 use prep::ViltPrep;
 use step::{run_step, StepBatch, StepOptim, TaskState};
 use step_checkpoint::{CheckpointEvery, StepCheckpoint, StepState};
