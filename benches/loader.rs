@@ -82,6 +82,8 @@ fn rate(loader: &Loader<ViltPrep>, reps: u64) -> f64 {
             sink += b
                 .data
                 .pixel_values
+                .values()
+                .unwrap()
                 .f32s()
                 .unwrap()
                 .iter()

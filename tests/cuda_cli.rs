@@ -254,7 +254,7 @@ fn bench_train_json_counts_a_step_without_syncs() {
         let saved = (bytes(v) - bytes(c)) as usize;
         let per_sample = 9 * 3 * 32 * 32 * 4 - 8 * (3 + 9);
         assert!(
-            saved > 0 && saved % per_sample == 0,
+            saved > 0 && saved.is_multiple_of(per_sample),
             "{} bytes uploaded per step, {} with the device cache",
             bytes(v),
             bytes(c)

@@ -463,7 +463,7 @@ fn device_image_cache_steps_equal_host_cache_steps() {
     let per_sample = (cells * 3 * 16 * 16 * 4 - 8 * (3 + cells)) as u64;
     let saved = host_bytes - plain_bytes;
     assert!(
-        saved % per_sample == 0 && saved / per_sample >= b as u64,
+        saved.is_multiple_of(per_sample) && saved / per_sample >= b as u64,
         "bytes uploaded per step: host cache {host_bytes}, device cache {plain_bytes}"
     );
     assert_eq!(plain_uploads, host_uploads, "uploads per step");
