@@ -774,6 +774,18 @@ fn gather_scatter_concat_split() {
         check(&format!("split_seq {t1} a"), &ga, &wa, 0.0, 0.0);
         check(&format!("split_seq {t1} b"), &gb, &wb, 0.0, 0.0);
     }
+    // a per-row choice among three tensors: only the rows choosing k are copied
+    let choice = Tensor::from_i32(vec![2, 0, 1, 1, 0, 2, 2], &[7]).unwrap();
+    let srcs: Vec<Tensor> = (0..3).map(|_| randn(&mut r, &[7, 3, 5])).collect();
+    let (mut want, mut got) = (randn(&mut r, &[7, 3, 5]), None);
+    for (k, src) in srcs.iter().enumerate() {
+        let mut g = got.unwrap_or_else(|| up(&d, &want));
+        b.copy_rows_where(&mut g, &up(&d, src), &up(&d, &choice), k, 3)
+            .unwrap();
+        CPU.copy_rows_where(&mut want, src, &choice, k, 3).unwrap();
+        check(&format!("copy_rows_where k = {k}"), &g, &want, 0.0, 0.0);
+        got = Some(g);
+    }
     // an input view at an offset
     let big = randn(&mut r, &[500]);
     let view = big.view(17, &[3, 5, 8]).unwrap();
@@ -818,6 +830,18 @@ fn invalid_indices_fail_at_the_next_sync() {
         .unwrap_err()
         .to_string()
         .contains("scatter_add_rows"));
+    b.synchronize().unwrap();
+    // A row choosing none of the n tensors (device-made choices are checked on the device).
+    let mut dst = up(&d, &randn(&mut r, &[2, 4]));
+    let src = up(&d, &randn(&mut r, &[2, 4]));
+    let out_of_range = up(&d, &Tensor::from_i32(vec![0, 2], &[2]).unwrap());
+    b.copy_rows_where(&mut dst, &src, &out_of_range, 0, 2)
+        .unwrap();
+    assert!(b
+        .synchronize()
+        .unwrap_err()
+        .to_string()
+        .contains("copy_rows_where"));
     b.synchronize().unwrap();
 }
 

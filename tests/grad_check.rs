@@ -136,6 +136,12 @@ fn indexing_gradients() {
     check("concat_seq", ins, &[0, 1], |t, v| {
         t.concat_seq(v[0], v[1]).unwrap()
     });
+    // Rows 0 and 3 choose the first tensor, 1 the third, 2 the second.
+    let choice = Tensor::from_i32(vec![0, 2, 1, 0], &[4]).unwrap();
+    let ins = (0..3).map(|_| randn(&mut r, &[4, 2, 3])).collect();
+    check("select_rows", ins, &[0, 1, 2], move |t, v| {
+        t.select_rows(v, &choice).unwrap()
+    });
     check("reshape", vec![randn(&mut r, &[2, 6])], &[0], |t, v| {
         t.reshape(v[0], &[3, 4]).unwrap()
     });

@@ -302,6 +302,26 @@ fn indexing_and_sequences() {
         .unwrap_err()
         .to_string()
         .contains("outside 0..3"));
+    // copy_rows_where: rows choosing 1 take the source's, the rest keep theirs.
+    let mut dst = t(&[1., 2., 3., 4., 5., 6.], &[3, 2]);
+    let src = t(&[7., 8., 9., 10., 11., 12.], &[3, 2]);
+    let choice = Tensor::from_i32(vec![1, 0, 1], &[3]).unwrap();
+    cpu()
+        .copy_rows_where(&mut dst, &src, &choice, 1, 2)
+        .unwrap();
+    assert_eq!(dst.to_vec_f32().unwrap(), [7., 8., 3., 4., 11., 12.]);
+    for (choice, k, n, msg) in [
+        (vec![1, 2, 0], 1, 2, "row 1 chooses 2, outside 0..2"),
+        (vec![0, 1], 0, 2, "one per row"),
+        (vec![0, 1, 0], 2, 2, "tensor 2 of 2"),
+    ] {
+        let c = Tensor::from_i32(choice.clone(), &[choice.len()]).unwrap();
+        let e = cpu()
+            .copy_rows_where(&mut dst, &src, &c, k, n)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(msg), "{e}");
+    }
     let (a, b) = (
         t(&[1., 2., 3., 4.], &[2, 1, 2]),
         t(&[5., 6., 7., 8.], &[2, 1, 2]),

@@ -329,6 +329,37 @@ impl Tape {
         }))
     }
 
+    /// Row `r` of the result is row `r` of `parts[choice[r]]`: a per-row choice among tensors of
+    /// one shape `[R, ..]` (each sample's own task in a forward of a batch that mixes tasks).
+    /// `choice` is i32 `[R]` on the tape's device with values in `0..parts.len()`; a row's
+    /// gradient goes to the part it chose and the others get zeros there. Errors: parts of
+    /// different shapes, no part, a choice per row missing or out of range.
+    pub fn select_rows(&mut self, parts: &[Var], choice: &Tensor) -> Result<Var> {
+        let n = parts.len();
+        let first = parts
+            .first()
+            .ok_or_else(|| crate::error::Error::shape("select_rows", "no tensor to choose from"))?;
+        let shape = self.value(*first).shape().to_vec();
+        let mut y = self.be().zeros(&shape, crate::tensor::DType::F32)?;
+        for (k, &p) in parts.iter().enumerate() {
+            self.be()
+                .copy_rows_where(&mut y, self.value(p), choice, k, n)?;
+        }
+        let choice = choice.clone();
+        Ok(self.record(parts, y, move |be, dy, needs| {
+            (0..n)
+                .map(|k| match needs[k] {
+                    false => Ok(None),
+                    true => {
+                        let mut dx = be.zeros(dy.shape(), crate::tensor::DType::F32)?;
+                        be.copy_rows_where(&mut dx, dy, &choice, k, n)?;
+                        Ok(Some(dx))
+                    }
+                })
+                .collect()
+        }))
+    }
+
     /// `[B, T1, d] ; [B, T2, d] → [B, T1+T2, d]`.
     pub fn concat_seq(&mut self, a: Var, b: Var) -> Result<Var> {
         let t1 = self.value(a).dim(1);

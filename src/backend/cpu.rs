@@ -795,6 +795,35 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn copy_rows_where(
+        &self,
+        dst: &mut Tensor,
+        src: &Tensor,
+        choice: &Tensor,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (_, row) = crate::backend::check_row_choice(dst, src, choice, k, n)?;
+        let cv = choice.i32s()?;
+        if let Some((r, &c)) = cv
+            .iter()
+            .enumerate()
+            .find(|(_, &c)| c < 0 || c as usize >= n)
+        {
+            return Err(Error::shape(
+                "copy_rows_where",
+                format!("row {r} chooses {c}, outside 0..{n}"),
+            ));
+        }
+        let sv = src.f32s()?;
+        dst.f32s_mut()?
+            .par_chunks_mut(row.max(1))
+            .zip(sv.par_chunks(row.max(1)))
+            .zip(cv.par_iter())
+            .filter(|(_, &c)| c as usize == k)
+            .for_each(|((d, s), _)| d.copy_from_slice(s));
+        Ok(())
+    }
     fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor> {
         ensure_shape!(table.rank() >= 1, "gather_rows", "table must have rank ≥ 1");
         let m = table.dim(0);

@@ -308,6 +308,19 @@ pub trait Backend: Send + Sync {
     fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor>;
     /// The adjoint of `gather_rows`: `dy [idx.numel(), ..]` summed into `m` zero rows.
     fn scatter_add_rows(&self, dy: &Tensor, idx: &Tensor, m: usize) -> Result<Tensor>;
+    /// `dst[r] = src[r]` for every row `r` (first dimension) whose `choice[r] == k`, in place;
+    /// the other rows keep their values. `dst`, `src` f32 of one shape `[R, ..]`, `choice` i32
+    /// `[R]` with every value in `0..n` (the building block of a per-row choice among `n`
+    /// tensors, [`crate::autograd::Tape::select_rows`]). A choice outside `0..n` is an error
+    /// (on CUDA reported at the next synchronisation, since the choices may be device-made).
+    fn copy_rows_where(
+        &self,
+        dst: &mut Tensor,
+        src: &Tensor,
+        choice: &Tensor,
+        k: usize,
+        n: usize,
+    ) -> Result<()>;
     /// `[B, T1, d] ; [B, T2, d] → [B, T1+T2, d]`.
     fn concat_seq(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// The adjoint of `concat_seq`: splits `[B, T, d]` after `t1` positions.
@@ -489,6 +502,35 @@ pub struct ExpertGrads {
     pub db_pool: Tensor,
     /// `[B, r]`.
     pub dgates: Tensor,
+}
+
+/// Checks the operands of [`Backend::copy_rows_where`] and returns `(rows, row)`: the number of
+/// rows and the elements per row.
+pub(crate) fn check_row_choice(
+    dst: &Tensor,
+    src: &Tensor,
+    choice: &Tensor,
+    k: usize,
+    n: usize,
+) -> Result<(usize, usize)> {
+    const OP: &str = "copy_rows_where";
+    crate::ensure_shape!(
+        dst.shape() == src.shape() && dst.rank() >= 1,
+        OP,
+        "source {:?} and destination {:?} must have one shape of rank ≥ 1",
+        src.shape(),
+        dst.shape()
+    );
+    let rows = dst.dim(0);
+    crate::ensure_shape!(
+        choice.shape() == [rows],
+        OP,
+        "the choices {:?} must be one per row of {:?}",
+        choice.shape(),
+        dst.shape()
+    );
+    crate::ensure_shape!(k < n, OP, "tensor {k} of {n} does not exist");
+    Ok((rows, dst.numel() / rows.max(1)))
 }
 
 /// Checks the `parts` of [`Backend::add_assign_parts`] against a flat `dst` of `len` elements:

@@ -153,6 +153,9 @@ kernels! {
     // indexing.cu
     gather_rows_f32(table: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
     scatter_add_rows_f32(dy: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
+    copy_rows_where_f32(
+        src: Ptr, choice: Ptr, k: i32, n: i32, rows: i64, row: i64, dst: Ptr, err: Ptr,
+    );
     copy2d_f32(src: Ptr, src_ld: i64, dst: Ptr, dst_ld: i64, rows: i64, cols: i64);
     // losses.cu
     ce_rows_f32(logits: Ptr, labels: Ptr, rows: i32, c: i32, loss: Ptr, err: Ptr);

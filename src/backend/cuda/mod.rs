@@ -129,6 +129,7 @@ fn kernel_error(code: i32) -> Error {
         4 => {
             "route_backward / expert_forward / expert_backward: a factor selection is outside 0..E"
         }
+        5 => "copy_rows_where: a row's choice is outside 0..n",
         _ => "unknown kernel error code",
     };
     Error::Cuda(format!(

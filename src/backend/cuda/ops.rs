@@ -1138,6 +1138,33 @@ impl Backend for CudaBackend {
     }
 
     // ---- indexing ---------------------------------------------------------------------------
+    fn copy_rows_where(
+        &self,
+        dst: &mut Tensor,
+        src: &Tensor,
+        choice: &Tensor,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        const OP: &str = "copy_rows_where";
+        let (rows, row) = crate::backend::check_row_choice(dst, src, choice, k, n)?;
+        let (ps, pc) = (self.ptr(src, F32, OP)?, self.ptr(choice, I32, OP)?);
+        let pd = self.ptr_mut(dst, F32, OP)?;
+        unsafe {
+            self.k.copy_rows_where_f32(
+                &self.stream,
+                cfg_flat(rows * row.max(1)),
+                ps,
+                pc,
+                int(k, OP)?,
+                int(n, OP)?,
+                long(rows),
+                long(row),
+                pd,
+                self.err_ptr(),
+            )
+        }
+    }
     fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor> {
         const OP: &str = "gather_rows";
         ensure_shape!(table.rank() >= 1, OP, "table must have rank ≥ 1");
