@@ -15,7 +15,7 @@ use rand::Rng;
 use common::harness::{self, cuda_device};
 use common::{assert_close, randn, rng};
 use delo::backend::cuda::{cuda_available, PTX};
-use delo::backend::{AdamW, Backend, CpuBackend, Gemm};
+use delo::backend::{AdamW, Backend, CpuBackend, Gemm, Saved, Unary};
 use delo::{DType, Device, Tensor};
 
 static CPU: CpuBackend = CpuBackend;
@@ -422,36 +422,23 @@ fn elementwise_ops() {
         0.0,
         0.0,
     );
-    // libm vs CUDA math: a few ulp
-    check(
-        "gelu",
-        &b.gelu(&gx).unwrap(),
-        &CPU.gelu(&x).unwrap(),
-        1e-6,
-        1e-5,
-    );
-    check(
-        "gelu_backward",
-        &b.gelu_backward(&gy, &gx).unwrap(),
-        &CPU.gelu_backward(&y, &x).unwrap(),
-        1e-6,
-        1e-5,
-    );
-    check(
-        "tanh",
-        &b.tanh(&gx).unwrap(),
-        &CPU.tanh(&x).unwrap(),
-        1e-6,
-        1e-5,
-    );
-    let t = CPU.tanh(&x).unwrap();
-    check(
-        "tanh_backward",
-        &b.tanh_backward(&gy, &up(&d, &t)).unwrap(),
-        &CPU.tanh_backward(&y, &t).unwrap(),
-        1e-6,
-        1e-5,
-    );
+    // Every activation, forward and backward (from the value it saves); libm vs CUDA math:
+    // a few ulp.
+    for &op in Unary::ALL {
+        let fx = CPU.unary(op, &x).unwrap();
+        check(op.name(), &b.unary(op, &gx).unwrap(), &fx, 1e-6, 1e-5);
+        let saved = match op.saves() {
+            Saved::Input => x.clone(),
+            Saved::Output => fx,
+        };
+        check(
+            &format!("{} backward", op.name()),
+            &b.unary_backward(op, &gy, &up(&d, &saved)).unwrap(),
+            &CPU.unary_backward(op, &y, &saved).unwrap(),
+            1e-6,
+            1e-5,
+        );
+    }
     // add_assign into a view of a larger buffer
     let big = randn(&mut r, &[1000]);
     let delta = randn(&mut r, &[10, 20]);
@@ -507,7 +494,7 @@ fn elementwise_ops() {
     check("axpby and fill_zero (views)", &got, &want, 1e-7, 1e-6);
     // wrong dtype or device: an error, not a crash
     let xb = b.cast(&gx, DType::BF16).unwrap();
-    assert!(b.gelu(&xb).is_err());
+    assert!(b.unary(Unary::Gelu, &xb).is_err());
     assert!(b.add(&gx, &y).is_err());
     assert!(b.add(&gx, &up(&d, &randn(&mut r, &[7, 130]))).is_err());
 }

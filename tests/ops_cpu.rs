@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_close, randn, rng};
 use delo::autograd::{ParamId, Tape};
-use delo::backend::{AdamW, Gemm};
+use delo::backend::{AdamW, Gemm, Unary};
 use delo::{Backend, DType, Device, Tensor};
 
 fn cpu() -> &'static dyn Backend {
@@ -158,14 +158,14 @@ fn elementwise_hand_values() {
     let x = t(&[-1., 0., 1., 2.], &[2, 2]);
     assert_close(
         "gelu",
-        &cpu().gelu(&x).unwrap().to_vec_f32().unwrap(),
+        &cpu().unary(Unary::Gelu, &x).unwrap().to_vec_f32().unwrap(),
         &[-0.158_655_25, 0.0, 0.841_344_7, 1.954_5],
         1e-4,
         1e-4,
     );
     assert_close(
         "tanh",
-        &cpu().tanh(&x).unwrap().to_vec_f32().unwrap(),
+        &cpu().unary(Unary::Tanh, &x).unwrap().to_vec_f32().unwrap(),
         &[-0.761_594_2, 0.0, 0.761_594_2, 0.964_027_6],
         1e-6,
         1e-6,
@@ -474,7 +474,7 @@ fn tape_records_nothing_without_trainable_inputs() {
     let x = tape.constant(randn(&mut r, &[2, 3]));
     let w = randn(&mut r, &[4, 3]);
     let y = tape.linear(x, &w, None).unwrap();
-    let y = tape.gelu(y).unwrap();
+    let y = tape.unary(Unary::Gelu, y).unwrap();
     assert_eq!(
         tape.recorded(),
         0,

@@ -11,7 +11,7 @@ mod fused;
 
 use std::collections::BTreeMap;
 
-use crate::backend::{Backend, Device, Gemm};
+use crate::backend::{Backend, Device, Gemm, Saved, Unary};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -261,19 +261,16 @@ impl Tape {
         }))
     }
 
-    pub fn gelu(&mut self, x: Var) -> Result<Var> {
-        let xv = self.value(x).clone();
-        let y = self.be().gelu(&xv)?;
+    /// The activation `op` elementwise ([`Unary`]), its backward reading the value
+    /// [`Unary::saves`] names.
+    pub fn unary(&mut self, op: Unary, x: Var) -> Result<Var> {
+        let y = self.be().unary(op, self.value(x))?;
+        let saved = match op.saves() {
+            Saved::Input => self.value(x).clone(),
+            Saved::Output => y.clone(),
+        };
         Ok(self.record(&[x], y, move |be, dy, _| {
-            Ok(vec![Some(be.gelu_backward(dy, &xv)?)])
-        }))
-    }
-
-    pub fn tanh(&mut self, x: Var) -> Result<Var> {
-        let y = self.be().tanh(self.value(x))?;
-        let yv = y.clone();
-        Ok(self.record(&[x], y, move |be, dy, _| {
-            Ok(vec![Some(be.tanh_backward(dy, &yv)?)])
+            Ok(vec![Some(be.unary_backward(op, dy, &saved)?)])
         }))
     }
 

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::backend::{
     cpu_experts, cpu_simd, AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut,
-    Routing,
+    Routing, Unary,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -515,27 +515,21 @@ impl Backend for CpuBackend {
         });
         out(s, &[d])
     }
-    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+    fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor> {
         let xv = x.f32s()?;
         let (y, _) = par_build(xv.len(), ELEMENTWISE_CHUNK, |off, yc| {
-            cpu_simd::gelu(&xv[off..off + yc.len()], yc)
+            op.forward_cpu(&xv[off..off + yc.len()], yc)
         });
         out(y, x.shape())
     }
-    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-        same_shape("gelu_backward", dy, x)?;
-        let (gv, xv) = (dy.f32s()?, x.f32s()?);
-        let (dx, _) = par_build(xv.len(), ELEMENTWISE_CHUNK, |off, dc| {
+    fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
+        same_shape(op.kernels().1, dy, saved)?;
+        let (gv, sv) = (dy.f32s()?, saved.f32s()?);
+        let (dx, _) = par_build(sv.len(), ELEMENTWISE_CHUNK, |off, dc| {
             let r = off..off + dc.len();
-            cpu_simd::gelu_backward(&gv[r.clone()], &xv[r], dc)
+            op.backward_cpu(&gv[r.clone()], &sv[r], dc)
         });
-        out(dx, x.shape())
-    }
-    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
-        map(x, f32::tanh)
-    }
-    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        zip("tanh_backward", dy, y, |g, t| g * (1.0 - t * t))
+        out(dx, saved.shape())
     }
 
     fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut> {

@@ -10,6 +10,7 @@ pub mod cpu;
 mod cpu_experts;
 mod cpu_simd;
 pub mod cuda;
+pub mod pointwise;
 pub mod pool_group;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::tensor::{DType, Tensor};
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
+pub use pointwise::{Saved, Unary};
 
 /// Where tensors live and ops run.
 #[derive(Clone, Debug)]
@@ -186,12 +188,11 @@ pub trait Backend: Send + Sync {
     fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Sum over all rows, `[rows, d] → [d]` (the gradient of a bias).
     fn sum_rows(&self, x: &Tensor) -> Result<Tensor>;
-    /// Exact GELU, `x · Φ(x)` with the error function.
-    fn gelu(&self, x: &Tensor) -> Result<Tensor>;
-    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor>;
-    fn tanh(&self, x: &Tensor) -> Result<Tensor>;
-    /// Gradient of tanh given its output `y`.
-    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor>;
+    /// The activation `op` elementwise, `f(x)`, f32, of `x`'s shape ([`pointwise`]).
+    fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor>;
+    /// The gradient of [`Backend::unary`], `dy · f'`, from `saved`: the forward's input or its
+    /// output, as [`Unary::saves`] says; `dy` and `saved` f32 of one shape.
+    fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor>;
 
     /// `(y + bias) + (parts₀ + parts₁ + …)` for `y [rows, d]`, `bias [d]` and parts of `y`'s
     /// shape: a frozen linear's output with its bias and the updates an adapter adds to it, in
@@ -224,7 +225,7 @@ pub trait Backend: Send + Sync {
             Some(b) => self.bias_add(y, b)?,
             None => y.clone(),
         };
-        let out = self.gelu(&pre)?;
+        let out = self.unary(Unary::Gelu, &pre)?;
         Ok((pre, out))
     }
     /// Whether [`Backend::matmul_bias`] adds the bias inside the product at no extra pass (the

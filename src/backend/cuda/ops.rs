@@ -12,7 +12,7 @@ use crate::backend::cpu::{
 };
 use crate::backend::pool_group::{GroupForward, GroupGrads, PoolGroup};
 use crate::backend::{
-    AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing,
+    AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing, Unary,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -666,28 +666,16 @@ impl Backend for CudaBackend {
         self.colsum(px, rows, d, po, OP)?;
         Ok(out)
     }
-    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        self.map1(x, "gelu", |px, po, n| unsafe {
+    fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor> {
+        self.map1(x, op.kernels().0, |px, po, n| unsafe {
             self.k
-                .ew_gelu_f32(&self.stream, cfg_flat(n as usize), px, po, n)
+                .unary(&self.stream, cfg_flat(n as usize), op, &[px, po], n)
         })
     }
-    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-        self.map2(dy, x, "gelu_backward", |pg, px, po, n| unsafe {
+    fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
+        self.map2(dy, saved, op.kernels().1, |pg, ps, po, n| unsafe {
             self.k
-                .ew_gelu_backward_f32(&self.stream, cfg_flat(n as usize), pg, px, po, n)
-        })
-    }
-    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
-        self.map1(x, "tanh", |px, po, n| unsafe {
-            self.k
-                .ew_tanh_f32(&self.stream, cfg_flat(n as usize), px, po, n)
-        })
-    }
-    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        self.map2(dy, y, "tanh_backward", |pg, py, po, n| unsafe {
-            self.k
-                .ew_tanh_backward_f32(&self.stream, cfg_flat(n as usize), pg, py, po, n)
+                .unary(&self.stream, cfg_flat(n as usize), op, &[pg, ps, po], n)
         })
     }
 
