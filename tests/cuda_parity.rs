@@ -39,6 +39,7 @@ fn main() {
         trial!(masked_mean_and_cosine),
         trial!(losses_and_their_gradients),
         trial!(adamw_steps),
+        trial!(bad_operands_get_one_message_on_both_devices),
     ];
     let mut tests = vec![trial!(device_parse_is_a_clear_result)];
     tests.extend(gpu_tests.map(|t| t.needs(cuda_device())));
@@ -992,4 +993,64 @@ fn adamw_steps() {
     check("adamw v", &gv, &v, 1e-8, 1e-5);
     let g = up(&d, &randn(&mut r, &[n]));
     assert!(b.adamw(&mut gp, &g, &mut gm, &mut gv, hp(0)).is_err());
+}
+
+/// Operand checks live in one place (`backend::shapes`): a bad operand is refused with the same
+/// message on the CPU and on CUDA, before anything is launched.
+fn bad_operands_get_one_message_on_both_devices() {
+    let d = gpu();
+    let b = d.backend();
+    let mut r = rng(21);
+    let t = |r: &mut StdRng, shape: &[usize]| randn(r, shape);
+    let (x, w3, w4, m3) = (
+        t(&mut r, &[2, 3, 4]),
+        t(&mut r, &[3]),
+        t(&mut r, &[4]),
+        t(&mut r, &[6]),
+    );
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn(&dyn Backend, &dyn Fn(&Tensor) -> Tensor) -> String>,
+    )> = vec![
+        (
+            "bias_add",
+            Box::new(|be, on| be.bias_add(&on(&x), &on(&w3)).unwrap_err().to_string()),
+        ),
+        (
+            "layernorm",
+            Box::new(|be, on| {
+                be.layernorm(&on(&x), &on(&w4), &on(&w3), 1e-5)
+                    .err()
+                    .unwrap()
+                    .to_string()
+            }),
+        ),
+        (
+            "layernorm_backward",
+            Box::new(|be, on| {
+                be.layernorm_backward(&on(&x), &on(&x), &on(&w4), &on(&w3), &on(&m3), false)
+                    .err()
+                    .unwrap()
+                    .to_string()
+            }),
+        ),
+        (
+            "split_seq",
+            Box::new(|be, on| be.split_seq(&on(&x), 4).err().unwrap().to_string()),
+        ),
+        (
+            "masked_mean_backward",
+            Box::new(|be, on| {
+                be.masked_mean_backward(&on(&w4), &on(&x))
+                    .unwrap_err()
+                    .to_string()
+            }),
+        ),
+    ];
+    for (op, case) in &cases {
+        let cpu = case(&CPU, &|t: &Tensor| t.clone());
+        let cuda = case(b, &|t: &Tensor| up(&d, t));
+        assert!(cpu.contains(op), "{op}: {cpu}");
+        assert_eq!(cuda, cpu, "{op}");
+    }
 }

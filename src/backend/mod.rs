@@ -12,6 +12,7 @@ mod cpu_simd;
 pub mod cuda;
 pub mod pointwise;
 pub mod pool_group;
+pub(crate) mod shapes;
 
 use std::sync::Arc;
 
@@ -503,59 +504,4 @@ pub struct ExpertGrads {
     pub db_pool: Tensor,
     /// `[B, r]`.
     pub dgates: Tensor,
-}
-
-/// Checks the operands of [`Backend::copy_rows_where`] and returns `(rows, row)`: the number of
-/// rows and the elements per row.
-pub(crate) fn check_row_choice(
-    dst: &Tensor,
-    src: &Tensor,
-    choice: &Tensor,
-    k: usize,
-    n: usize,
-) -> Result<(usize, usize)> {
-    const OP: &str = "copy_rows_where";
-    crate::ensure_shape!(
-        dst.shape() == src.shape() && dst.rank() >= 1,
-        OP,
-        "source {:?} and destination {:?} must have one shape of rank ≥ 1",
-        src.shape(),
-        dst.shape()
-    );
-    let rows = dst.dim(0);
-    crate::ensure_shape!(
-        choice.shape() == [rows],
-        OP,
-        "the choices {:?} must be one per row of {:?}",
-        choice.shape(),
-        dst.shape()
-    );
-    crate::ensure_shape!(k < n, OP, "tensor {k} of {n} does not exist");
-    Ok((rows, dst.numel() / rows.max(1)))
-}
-
-/// Checks the `parts` of [`Backend::add_assign_parts`] against a flat `dst` of `len` elements:
-/// in range and disjoint.
-pub(crate) fn check_parts(len: usize, parts: &[(usize, &Tensor)]) -> Result<()> {
-    let mut ranges: Vec<(usize, usize)> = parts
-        .iter()
-        .filter(|(_, t)| t.numel() > 0)
-        .map(|(o, t)| (*o, o + t.numel()))
-        .collect();
-    ranges.sort_unstable();
-    for (i, &(start, end)) in ranges.iter().enumerate() {
-        if end > len {
-            return Err(crate::error::Error::shape(
-                "add_assign_parts",
-                format!("part {start}..{end} is outside the {len} elements of the destination"),
-            ));
-        }
-        if i > 0 && start < ranges[i - 1].1 {
-            return Err(crate::error::Error::shape(
-                "add_assign_parts",
-                format!("parts {:?} and {start}..{end} overlap", ranges[i - 1]),
-            ));
-        }
-    }
-    Ok(())
 }
