@@ -68,7 +68,7 @@ fn main() -> delo::Result<()> {
     row(
         "gelu [740,3072]",
         layers,
-        best_of(reps, || be.gelu(&xf).map(drop))?,
+        best_of(reps, || be.unary(delo::backend::Unary::Gelu, &xf).map(drop))?,
     );
     row(
         "layernorm [740,768]",

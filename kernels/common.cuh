@@ -8,7 +8,8 @@
 #define DELO_ERR_GATHER 2
 #define DELO_ERR_SCATTER 3
 #define DELO_ERR_SELECT 4
-#define DELO_ERR_IMAGE 5
+#define DELO_ERR_CHOICE 5
+#define DELO_ERR_IMAGE 6
 
 // Declares which pointer parameters (0-based) of kernel `name` may be null: absent operands the
 // kernel tests before any access. Nothing for nvcc; the emulated driver refuses a null pointer

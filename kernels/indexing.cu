@@ -36,6 +36,24 @@ extern "C" __global__ void scatter_add_rows_f32(const float* dy, const int* idx,
     }
 }
 
+// dst[r, :] = src[r, :] for every row r of [rows, row] whose choice[r] == k; other rows keep
+// their values. A choice outside [0, n) sets the error word: every row must name one of the n
+// tensors that select_rows chooses among, and the host cannot check device-made choices.
+extern "C" __global__ void copy_rows_where_f32(const float* src, const int* choice, int k, int n,
+                                               long long rows, long long row, float* dst,
+                                               int* err) {
+    const long long w = row > 0 ? row : 1;  // as in gather_rows_f32
+    DELO_GRID_LOOP(e, rows * w) {
+        const long long r = e / w;
+        const int c = choice[r];
+        if (c < 0 || c >= n) {
+            if (e - r * w == 0) delo_set_err(err, DELO_ERR_CHOICE);
+        } else if (c == k && row > 0) {
+            dst[e] = src[e];
+        }
+    }
+}
+
 // dst[r * dst_ld + c] = src[r * src_ld + c] for r < rows, c < cols.
 extern "C" __global__ void copy2d_f32(const float* src, long long src_ld, float* dst,
                                       long long dst_ld, long long rows, long long cols) {

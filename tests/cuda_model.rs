@@ -18,6 +18,7 @@ fn main() {
         trial!(vilt_forward_cuda_matches_cpu),
         trial!(delo_training_step_cuda_matches_cpu),
         trial!(gradients_accumulated_by_the_gemm_match_cpu),
+        trial!(per_sample_task_choice_cuda_matches_cpu),
     ];
     harness::main(tests.map(|t| t.needs(cuda_device())).into());
 }
@@ -133,4 +134,14 @@ fn gradients_accumulated_by_the_gemm_match_cpu() {
             tol,
         );
     }
+}
+
+/// Evaluation's mixed-task forward on CUDA (each task's grouped pools over the whole batch,
+/// then a per-row choice by `copy_rows_where`): every sample's row equals its own task's
+/// forward bit for bit, and the whole matches the CPU's.
+fn per_sample_task_choice_cuda_matches_cpu() {
+    use common::fixture::per_sample_choice_matches_each_tasks_forward as mixed;
+    let cpu = mixed(&Device::Cpu);
+    let cuda = mixed(&gpu());
+    assert_close("mixed-task last_hidden_state", &cuda, &cpu, 1e-4, 1e-4);
 }

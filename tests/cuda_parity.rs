@@ -15,7 +15,7 @@ use rand::Rng;
 use common::harness::{self, cuda_device};
 use common::{assert_close, randn, rng};
 use delo::backend::cuda::{cuda_available, PTX};
-use delo::backend::{AdamW, Backend, CpuBackend, Gemm};
+use delo::backend::{AdamW, Backend, CpuBackend, Gemm, Saved, Unary};
 use delo::{DType, Device, Tensor};
 
 static CPU: CpuBackend = CpuBackend;
@@ -39,6 +39,7 @@ fn main() {
         trial!(masked_mean_and_cosine),
         trial!(losses_and_their_gradients),
         trial!(adamw_steps),
+        trial!(bad_operands_get_one_message_on_both_devices),
         trial!(patches_from_cached_images_are_the_host_ones),
     ];
     let mut tests = vec![trial!(device_parse_is_a_clear_result)];
@@ -423,36 +424,23 @@ fn elementwise_ops() {
         0.0,
         0.0,
     );
-    // libm vs CUDA math: a few ulp
-    check(
-        "gelu",
-        &b.gelu(&gx).unwrap(),
-        &CPU.gelu(&x).unwrap(),
-        1e-6,
-        1e-5,
-    );
-    check(
-        "gelu_backward",
-        &b.gelu_backward(&gy, &gx).unwrap(),
-        &CPU.gelu_backward(&y, &x).unwrap(),
-        1e-6,
-        1e-5,
-    );
-    check(
-        "tanh",
-        &b.tanh(&gx).unwrap(),
-        &CPU.tanh(&x).unwrap(),
-        1e-6,
-        1e-5,
-    );
-    let t = CPU.tanh(&x).unwrap();
-    check(
-        "tanh_backward",
-        &b.tanh_backward(&gy, &up(&d, &t)).unwrap(),
-        &CPU.tanh_backward(&y, &t).unwrap(),
-        1e-6,
-        1e-5,
-    );
+    // Every activation, forward and backward (from the value it saves); libm vs CUDA math:
+    // a few ulp.
+    for &op in Unary::ALL {
+        let fx = CPU.unary(op, &x).unwrap();
+        check(op.name(), &b.unary(op, &gx).unwrap(), &fx, 1e-6, 1e-5);
+        let saved = match op.saves() {
+            Saved::Input => x.clone(),
+            Saved::Output => fx,
+        };
+        check(
+            &format!("{} backward", op.name()),
+            &b.unary_backward(op, &gy, &up(&d, &saved)).unwrap(),
+            &CPU.unary_backward(op, &y, &saved).unwrap(),
+            1e-6,
+            1e-5,
+        );
+    }
     // add_assign into a view of a larger buffer
     let big = randn(&mut r, &[1000]);
     let delta = randn(&mut r, &[10, 20]);
@@ -508,7 +496,7 @@ fn elementwise_ops() {
     check("axpby and fill_zero (views)", &got, &want, 1e-7, 1e-6);
     // wrong dtype or device: an error, not a crash
     let xb = b.cast(&gx, DType::BF16).unwrap();
-    assert!(b.gelu(&xb).is_err());
+    assert!(b.unary(Unary::Gelu, &xb).is_err());
     assert!(b.add(&gx, &y).is_err());
     assert!(b.add(&gx, &up(&d, &randn(&mut r, &[7, 130]))).is_err());
 }
@@ -775,6 +763,18 @@ fn gather_scatter_concat_split() {
         check(&format!("split_seq {t1} a"), &ga, &wa, 0.0, 0.0);
         check(&format!("split_seq {t1} b"), &gb, &wb, 0.0, 0.0);
     }
+    // a per-row choice among three tensors: only the rows choosing k are copied
+    let choice = Tensor::from_i32(vec![2, 0, 1, 1, 0, 2, 2], &[7]).unwrap();
+    let srcs: Vec<Tensor> = (0..3).map(|_| randn(&mut r, &[7, 3, 5])).collect();
+    let (mut want, mut got) = (randn(&mut r, &[7, 3, 5]), None);
+    for (k, src) in srcs.iter().enumerate() {
+        let mut g = got.unwrap_or_else(|| up(&d, &want));
+        b.copy_rows_where(&mut g, &up(&d, src), &up(&d, &choice), k, 3)
+            .unwrap();
+        CPU.copy_rows_where(&mut want, src, &choice, k, 3).unwrap();
+        check(&format!("copy_rows_where k = {k}"), &g, &want, 0.0, 0.0);
+        got = Some(g);
+    }
     // an input view at an offset
     let big = randn(&mut r, &[500]);
     let view = big.view(17, &[3, 5, 8]).unwrap();
@@ -819,6 +819,18 @@ fn invalid_indices_fail_at_the_next_sync() {
         .unwrap_err()
         .to_string()
         .contains("scatter_add_rows"));
+    b.synchronize().unwrap();
+    // A row choosing none of the n tensors (device-made choices are checked on the device).
+    let mut dst = up(&d, &randn(&mut r, &[2, 4]));
+    let src = up(&d, &randn(&mut r, &[2, 4]));
+    let out_of_range = up(&d, &Tensor::from_i32(vec![0, 2], &[2]).unwrap());
+    b.copy_rows_where(&mut dst, &src, &out_of_range, 0, 2)
+        .unwrap();
+    assert!(b
+        .synchronize()
+        .unwrap_err()
+        .to_string()
+        .contains("copy_rows_where"));
     b.synchronize().unwrap();
 }
 
@@ -1047,4 +1059,64 @@ fn patches_from_cached_images_are_the_host_ones() {
     assert!(err.contains("outside a store"), "{err}");
     let err = cache.store(7, 40, 40, &[1; 4800]).unwrap_err().to_string();
     assert!(err.contains("full"), "{err}");
+}
+
+/// Operand checks live in one place (`backend::shapes`): a bad operand is refused with the same
+/// message on the CPU and on CUDA, before anything is launched.
+fn bad_operands_get_one_message_on_both_devices() {
+    let d = gpu();
+    let b = d.backend();
+    let mut r = rng(21);
+    let t = |r: &mut StdRng, shape: &[usize]| randn(r, shape);
+    let (x, w3, w4, m3) = (
+        t(&mut r, &[2, 3, 4]),
+        t(&mut r, &[3]),
+        t(&mut r, &[4]),
+        t(&mut r, &[6]),
+    );
+    let cases: Vec<(
+        &str,
+        Box<dyn Fn(&dyn Backend, &dyn Fn(&Tensor) -> Tensor) -> String>,
+    )> = vec![
+        (
+            "bias_add",
+            Box::new(|be, on| be.bias_add(&on(&x), &on(&w3)).unwrap_err().to_string()),
+        ),
+        (
+            "layernorm",
+            Box::new(|be, on| {
+                be.layernorm(&on(&x), &on(&w4), &on(&w3), 1e-5)
+                    .err()
+                    .unwrap()
+                    .to_string()
+            }),
+        ),
+        (
+            "layernorm_backward",
+            Box::new(|be, on| {
+                be.layernorm_backward(&on(&x), &on(&x), &on(&w4), &on(&w3), &on(&m3), false)
+                    .err()
+                    .unwrap()
+                    .to_string()
+            }),
+        ),
+        (
+            "split_seq",
+            Box::new(|be, on| be.split_seq(&on(&x), 4).err().unwrap().to_string()),
+        ),
+        (
+            "masked_mean_backward",
+            Box::new(|be, on| {
+                be.masked_mean_backward(&on(&w4), &on(&x))
+                    .unwrap_err()
+                    .to_string()
+            }),
+        ),
+    ];
+    for (op, case) in &cases {
+        let cpu = case(&CPU, &|t: &Tensor| t.clone());
+        let cuda = case(b, &|t: &Tensor| up(&d, t));
+        assert!(cpu.contains(op), "{op}: {cpu}");
+        assert_eq!(cuda, cpu, "{op}");
+    }
 }

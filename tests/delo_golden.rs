@@ -224,3 +224,8 @@ fn batched_proxy_forwards_equal_their_own_forwards() {
         .zip(&swapped)
         .any(|(a, b)| (a - b).abs() > 1e-3));
 }
+
+#[test]
+fn per_sample_task_choice_gives_each_sample_its_own_tasks_forward() {
+    common::fixture::per_sample_choice_matches_each_tasks_forward(&delo::Device::Cpu);
+}

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{check, randn, rng};
+use delo::backend::Unary;
 use delo::{Device, Tensor};
 
 #[test]
@@ -84,12 +85,14 @@ fn masked_attention_gradients() {
 #[test]
 fn elementwise_gradients() {
     let mut r = rng(6);
-    check("gelu", vec![randn(&mut r, &[3, 4])], &[0], |t, v| {
-        t.gelu(v[0]).unwrap()
-    });
-    check("tanh", vec![randn(&mut r, &[3, 4])], &[0], |t, v| {
-        t.tanh(v[0]).unwrap()
-    });
+    for &op in Unary::ALL {
+        check(
+            op.name(),
+            vec![randn(&mut r, &[3, 4])],
+            &[0],
+            move |t, v| t.unary(op, v[0]).unwrap(),
+        );
+    }
     check("softmax", vec![randn(&mut r, &[3, 4])], &[0], |t, v| {
         t.softmax(v[0]).unwrap()
     });
@@ -116,7 +119,7 @@ fn reused_value_gradients_accumulate() {
     // y = x ⊙ x + tanh(x): x feeds three edges, so its gradient is a sum of three terms.
     check("reuse", vec![randn(&mut r, &[2, 3])], &[0], |t, v| {
         let sq = t.mul(v[0], v[0]).unwrap();
-        let th = t.tanh(v[0]).unwrap();
+        let th = t.unary(Unary::Tanh, v[0]).unwrap();
         t.add(sq, th).unwrap()
     });
 }
@@ -135,6 +138,12 @@ fn indexing_gradients() {
     let ins = vec![randn(&mut r, &[2, 3, 4]), randn(&mut r, &[2, 2, 4])];
     check("concat_seq", ins, &[0, 1], |t, v| {
         t.concat_seq(v[0], v[1]).unwrap()
+    });
+    // Rows 0 and 3 choose the first tensor, 1 the third, 2 the second.
+    let choice = Tensor::from_i32(vec![0, 2, 1, 0], &[4]).unwrap();
+    let ins = (0..3).map(|_| randn(&mut r, &[4, 2, 3])).collect();
+    check("select_rows", ins, &[0, 1, 2], move |t, v| {
+        t.select_rows(v, &choice).unwrap()
     });
     check("reshape", vec![randn(&mut r, &[2, 6])], &[0], |t, v| {
         t.reshape(v[0], &[3, 4]).unwrap()
@@ -210,7 +219,7 @@ fn deep_chain_through_frozen_block() {
             let o = t.linear(a, &ws[3], None).unwrap();
             let x = t.add(v[0], o).unwrap();
             let f = t.linear(x, &ws[4], None).unwrap();
-            let f = t.gelu(f).unwrap();
+            let f = t.unary(Unary::Gelu, f).unwrap();
             let f = t.linear(f, &ws[5], None).unwrap();
             let x = t.add(x, f).unwrap();
             t.linear_param(x, v[1], None).unwrap()

@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_close, randn, rng};
 use delo::autograd::{ParamId, Tape};
-use delo::backend::{AdamW, Gemm};
+use delo::backend::{AdamW, Gemm, Unary};
 use delo::{Backend, DType, Device, Tensor};
 
 fn cpu() -> &'static dyn Backend {
@@ -158,14 +158,14 @@ fn elementwise_hand_values() {
     let x = t(&[-1., 0., 1., 2.], &[2, 2]);
     assert_close(
         "gelu",
-        &cpu().gelu(&x).unwrap().to_vec_f32().unwrap(),
+        &cpu().unary(Unary::Gelu, &x).unwrap().to_vec_f32().unwrap(),
         &[-0.158_655_25, 0.0, 0.841_344_7, 1.954_5],
         1e-4,
         1e-4,
     );
     assert_close(
         "tanh",
-        &cpu().tanh(&x).unwrap().to_vec_f32().unwrap(),
+        &cpu().unary(Unary::Tanh, &x).unwrap().to_vec_f32().unwrap(),
         &[-0.761_594_2, 0.0, 0.761_594_2, 0.964_027_6],
         1e-6,
         1e-6,
@@ -302,6 +302,26 @@ fn indexing_and_sequences() {
         .unwrap_err()
         .to_string()
         .contains("outside 0..3"));
+    // copy_rows_where: rows choosing 1 take the source's, the rest keep theirs.
+    let mut dst = t(&[1., 2., 3., 4., 5., 6.], &[3, 2]);
+    let src = t(&[7., 8., 9., 10., 11., 12.], &[3, 2]);
+    let choice = Tensor::from_i32(vec![1, 0, 1], &[3]).unwrap();
+    cpu()
+        .copy_rows_where(&mut dst, &src, &choice, 1, 2)
+        .unwrap();
+    assert_eq!(dst.to_vec_f32().unwrap(), [7., 8., 3., 4., 11., 12.]);
+    for (choice, k, n, msg) in [
+        (vec![1, 2, 0], 1, 2, "row 1 chooses 2, outside 0..2"),
+        (vec![0, 1], 0, 2, "one per row"),
+        (vec![0, 1, 0], 2, 2, "tensor 2 of 2"),
+    ] {
+        let c = Tensor::from_i32(choice.clone(), &[choice.len()]).unwrap();
+        let e = cpu()
+            .copy_rows_where(&mut dst, &src, &c, k, n)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(msg), "{e}");
+    }
     let (a, b) = (
         t(&[1., 2., 3., 4.], &[2, 1, 2]),
         t(&[5., 6., 7., 8.], &[2, 1, 2]),
@@ -454,7 +474,7 @@ fn tape_records_nothing_without_trainable_inputs() {
     let x = tape.constant(randn(&mut r, &[2, 3]));
     let w = randn(&mut r, &[4, 3]);
     let y = tape.linear(x, &w, None).unwrap();
-    let y = tape.gelu(y).unwrap();
+    let y = tape.unary(Unary::Gelu, y).unwrap();
     assert_eq!(
         tape.recorded(),
         0,

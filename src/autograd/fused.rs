@@ -6,6 +6,7 @@
 //! same order, so the CPU's results do not change by a bit.
 
 use super::{Tape, Var};
+use crate::backend::Unary;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -68,7 +69,7 @@ impl Tape {
     pub fn bias_gelu(&mut self, lin: LinearOut) -> Result<Var> {
         let (pre, out) = self.be().bias_gelu(self.value(lin.y), lin.bias.as_ref())?;
         Ok(self.record(&[lin.y], out, move |be, dy, _| {
-            Ok(vec![Some(be.gelu_backward(dy, &pre)?)])
+            Ok(vec![Some(be.unary_backward(Unary::Gelu, dy, &pre)?)])
         }))
     }
 

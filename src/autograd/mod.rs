@@ -11,7 +11,7 @@ mod fused;
 
 use std::collections::BTreeMap;
 
-use crate::backend::{Backend, Device, Gemm};
+use crate::backend::{Backend, Device, Gemm, Saved, Unary};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -261,19 +261,16 @@ impl Tape {
         }))
     }
 
-    pub fn gelu(&mut self, x: Var) -> Result<Var> {
-        let xv = self.value(x).clone();
-        let y = self.be().gelu(&xv)?;
+    /// The activation `op` elementwise ([`Unary`]), its backward reading the value
+    /// [`Unary::saves`] names.
+    pub fn unary(&mut self, op: Unary, x: Var) -> Result<Var> {
+        let y = self.be().unary(op, self.value(x))?;
+        let saved = match op.saves() {
+            Saved::Input => self.value(x).clone(),
+            Saved::Output => y.clone(),
+        };
         Ok(self.record(&[x], y, move |be, dy, _| {
-            Ok(vec![Some(be.gelu_backward(dy, &xv)?)])
-        }))
-    }
-
-    pub fn tanh(&mut self, x: Var) -> Result<Var> {
-        let y = self.be().tanh(self.value(x))?;
-        let yv = y.clone();
-        Ok(self.record(&[x], y, move |be, dy, _| {
-            Ok(vec![Some(be.tanh_backward(dy, &yv)?)])
+            Ok(vec![Some(be.unary_backward(op, dy, &saved)?)])
         }))
     }
 
@@ -326,6 +323,37 @@ impl Tape {
         let idx = idx.clone();
         Ok(self.record(&[table], y, move |be, dy, _| {
             Ok(vec![Some(be.scatter_add_rows(dy, &idx, m)?)])
+        }))
+    }
+
+    /// Row `r` of the result is row `r` of `parts[choice[r]]`: a per-row choice among tensors of
+    /// one shape `[R, ..]` (each sample's own task in a forward of a batch that mixes tasks).
+    /// `choice` is i32 `[R]` on the tape's device with values in `0..parts.len()`; a row's
+    /// gradient goes to the part it chose and the others get zeros there. Errors: parts of
+    /// different shapes, no part, a choice per row missing or out of range.
+    pub fn select_rows(&mut self, parts: &[Var], choice: &Tensor) -> Result<Var> {
+        let n = parts.len();
+        let first = parts
+            .first()
+            .ok_or_else(|| crate::error::Error::shape("select_rows", "no tensor to choose from"))?;
+        let shape = self.value(*first).shape().to_vec();
+        let mut y = self.be().zeros(&shape, crate::tensor::DType::F32)?;
+        for (k, &p) in parts.iter().enumerate() {
+            self.be()
+                .copy_rows_where(&mut y, self.value(p), choice, k, n)?;
+        }
+        let choice = choice.clone();
+        Ok(self.record(parts, y, move |be, dy, needs| {
+            (0..n)
+                .map(|k| match needs[k] {
+                    false => Ok(None),
+                    true => {
+                        let mut dx = be.zeros(dy.shape(), crate::tensor::DType::F32)?;
+                        be.copy_rows_where(&mut dx, dy, &choice, k, n)?;
+                        Ok(Some(dx))
+                    }
+                })
+                .collect()
         }))
     }
 

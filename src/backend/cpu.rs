@@ -5,9 +5,15 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::backend::shapes::{
+    adamw_operands, attention_backward_dims, attention_dims, bias_dims, check_parts, concat_dims,
+    cosine_backward_dims, gather_dims, layernorm_backward_dims, layernorm_dims, loss_dims,
+    loss_grad, masked_backward_dims, masked_dims, matmul_bias_dims, matmul_dims, matmul_into_dims,
+    row_choice_dims, rows_cols, same_shape, scatter_dims, split_dims, MatmulDims,
+};
 use crate::backend::{
     cpu_experts, cpu_simd, AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut,
-    Routing,
+    Routing, Unary,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -33,23 +39,6 @@ impl SharedMut {
 
 fn out(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_f32(data, shape)
-}
-
-pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    ensure_shape!(
-        a.shape() == b.shape(),
-        op,
-        "operands have shapes {:?} and {:?}",
-        a.shape(),
-        b.shape()
-    );
-    Ok(())
-}
-
-/// `[rows, last]` of a tensor of rank ≥ 1.
-pub(crate) fn rows_cols(t: &Tensor) -> (usize, usize) {
-    let d = *t.shape().last().unwrap_or(&1);
-    (t.numel() / d.max(1), d)
 }
 
 fn floats(t: &Tensor) -> Result<std::borrow::Cow<'_, [f32]>> {
@@ -111,66 +100,6 @@ pub(crate) fn sgemm(
             par,
         )
     }
-}
-
-/// Resolved dimensions of a batched matmul.
-pub(crate) struct MatmulDims {
-    pub(crate) batch: usize,
-    pub(crate) m: usize,
-    pub(crate) n: usize,
-    pub(crate) k: usize,
-    pub(crate) b_batched: bool,
-    pub(crate) out_shape: Vec<usize>,
-}
-
-pub(crate) fn matmul_dims(a: &Tensor, b: &Tensor, g: Gemm) -> Result<MatmulDims> {
-    const OP: &str = "matmul";
-    ensure_shape!(
-        a.rank() >= 2 && b.rank() >= 2,
-        OP,
-        "operands need rank ≥ 2, got {:?} and {:?}",
-        a.shape(),
-        b.shape()
-    );
-    ensure_shape!(
-        a.dtype() == b.dtype() && a.dtype() != DType::I32,
-        OP,
-        "operands must both be f32 or both bf16, got {:?} and {:?}",
-        a.dtype(),
-        b.dtype()
-    );
-    let (ar, ac) = (a.dim(-2), a.dim(-1));
-    let (br, bc) = (b.dim(-2), b.dim(-1));
-    let (m, k) = if g.trans_a { (ac, ar) } else { (ar, ac) };
-    let (kb, n) = if g.trans_b { (bc, br) } else { (br, bc) };
-    ensure_shape!(
-        k == kb,
-        OP,
-        "inner dimensions differ: {:?}{} · {:?}{}",
-        a.shape(),
-        if g.trans_a { "ᵀ" } else { "" },
-        b.shape(),
-        if g.trans_b { "ᵀ" } else { "" }
-    );
-    let batch_dims = &a.shape()[..a.rank() - 2];
-    let b_batched = b.rank() > 2;
-    ensure_shape!(
-        !b_batched || &b.shape()[..b.rank() - 2] == batch_dims,
-        OP,
-        "batch dimensions differ: {:?} and {:?}",
-        a.shape(),
-        b.shape()
-    );
-    let mut out_shape = batch_dims.to_vec();
-    out_shape.extend([m, n]);
-    Ok(MatmulDims {
-        batch: numel(batch_dims),
-        m,
-        n,
-        k,
-        b_batched,
-        out_shape,
-    })
 }
 
 fn matmul_cpu(
@@ -293,12 +222,7 @@ fn softmax_row(x: &[f32], y: &mut [f32]) -> f32 {
 
 /// The upstream gradient of a scalar loss, read from its one-element tensor.
 fn scalar(t: &Tensor, op: &'static str) -> Result<f32> {
-    ensure_shape!(
-        t.numel() == 1,
-        op,
-        "upstream loss gradient must have one element, got {:?}",
-        t.shape()
-    );
+    loss_grad(op, t)?;
     Ok(t.f32s()?[0])
 }
 
@@ -390,14 +314,7 @@ impl Backend for CpuBackend {
         out(c, &d.out_shape)
     }
     fn matmul_bias(&self, a: &Tensor, b: &Tensor, g: Gemm, bias: &Tensor) -> Result<Tensor> {
-        let d = matmul_dims(a, b, g)?;
-        ensure_shape!(
-            bias.shape() == [d.n],
-            "matmul_bias",
-            "bias {:?} does not fit the product {:?}",
-            bias.shape(),
-            d.out_shape
-        );
+        let d = matmul_bias_dims(a, b, g, bias)?;
         let bv = bias.f32s()?;
         // The output starts as the bias rows and the GEMM accumulates onto it, which saves
         // the separate pass over the product that `bias_add` would make.
@@ -421,14 +338,7 @@ impl Backend for CpuBackend {
         c: &mut Tensor,
         beta: f32,
     ) -> Result<()> {
-        let d = matmul_dims(a, b, g)?;
-        ensure_shape!(
-            c.shape() == d.out_shape,
-            "matmul_into",
-            "output has shape {:?}, the product {:?}",
-            c.shape(),
-            d.out_shape
-        );
+        let d = matmul_into_dims(a, b, g, c)?;
         matmul_cpu(a, b, g, c.f32s_mut()?, beta, &d)
     }
 
@@ -445,7 +355,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
     fn add_assign_parts(&self, dst: &mut Tensor, parts: &[(usize, &Tensor)]) -> Result<()> {
-        crate::backend::check_parts(dst.numel(), parts)?;
+        check_parts(dst.numel(), parts)?;
         let d = dst.f32s_mut()?;
         for (offset, part) in parts {
             let p = part.f32s()?;
@@ -485,14 +395,7 @@ impl Backend for CpuBackend {
         zip("mul", a, b, |x, y| x * y)
     }
     fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let (_, d) = rows_cols(x);
-        ensure_shape!(
-            b.shape() == [d],
-            "bias_add",
-            "bias {:?} does not fit input {:?}",
-            b.shape(),
-            x.shape()
-        );
+        let (_, d) = bias_dims("bias_add", x, b)?;
         let (xv, bv) = (x.f32s()?, b.f32s()?);
         // One pass: the output is written from the input, not copied first and then updated.
         let rows_per_task = (ELEMENTWISE_CHUNK / d.max(1)).max(1);
@@ -515,39 +418,25 @@ impl Backend for CpuBackend {
         });
         out(s, &[d])
     }
-    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+    fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor> {
         let xv = x.f32s()?;
         let (y, _) = par_build(xv.len(), ELEMENTWISE_CHUNK, |off, yc| {
-            cpu_simd::gelu(&xv[off..off + yc.len()], yc)
+            op.forward_cpu(&xv[off..off + yc.len()], yc)
         });
         out(y, x.shape())
     }
-    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-        same_shape("gelu_backward", dy, x)?;
-        let (gv, xv) = (dy.f32s()?, x.f32s()?);
-        let (dx, _) = par_build(xv.len(), ELEMENTWISE_CHUNK, |off, dc| {
+    fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
+        same_shape(op.kernels().1, dy, saved)?;
+        let (gv, sv) = (dy.f32s()?, saved.f32s()?);
+        let (dx, _) = par_build(sv.len(), ELEMENTWISE_CHUNK, |off, dc| {
             let r = off..off + dc.len();
-            cpu_simd::gelu_backward(&gv[r.clone()], &xv[r], dc)
+            op.backward_cpu(&gv[r.clone()], &sv[r], dc)
         });
-        out(dx, x.shape())
-    }
-    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
-        map(x, f32::tanh)
-    }
-    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        zip("tanh_backward", dy, y, |g, t| g * (1.0 - t * t))
+        out(dx, saved.shape())
     }
 
     fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut> {
-        let (rows, d) = rows_cols(x);
-        ensure_shape!(
-            w.shape() == [d] && b.shape() == [d],
-            "layernorm",
-            "weight {:?} / bias {:?} do not fit input {:?}",
-            w.shape(),
-            b.shape(),
-            x.shape()
-        );
+        let (rows, d) = layernorm_dims("layernorm", x, w, b)?;
         let (xv, wv, bv) = (x.f32s()?, w.f32s()?, b.f32s()?);
         let (y, stats) = par_build(rows * d, d, |off, yr| {
             cpu_simd::layernorm_row(&xv[off..off + d], wv, bv, eps, yr)
@@ -568,8 +457,7 @@ impl Backend for CpuBackend {
         rstd: &Tensor,
         affine_grads: bool,
     ) -> Result<LayerNormGrads> {
-        same_shape("layernorm_backward", dy, x)?;
-        let (rows, d) = rows_cols(x);
+        let (rows, d) = layernorm_backward_dims(dy, x, w, mean, rstd)?;
         let (dyv, xv, wv, mv, rv) = (dy.f32s()?, x.f32s()?, w.f32s()?, mean.f32s()?, rstd.f32s()?);
         let xhat = |r: usize, j: usize| (xv[r * d + j] - mv[r]) * rv[r];
         let mut dx = vec![0f32; rows * d];
@@ -695,16 +583,8 @@ impl Backend for CpuBackend {
         probs: &Tensor,
         heads: usize,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        same_shape("attention_backward", dout, q)?;
-        let (bsz, t, dm) = (q.dim(0), q.dim(1), q.dim(2));
-        let dh = dm / heads;
-        ensure_shape!(
-            probs.shape() == [bsz, heads, t, t],
-            "attention_backward",
-            "probs {:?} do not fit q {:?}",
-            probs.shape(),
-            q.shape()
-        );
+        let (bsz, t, dh) = attention_backward_dims(dout, q, k, v, probs, heads)?;
+        let dm = dh * heads;
         let (gv, qv, kv, vv, pv) = (dout.f32s()?, q.f32s()?, k.f32s()?, v.f32s()?, probs.f32s()?);
         let scale = 1.0 / (dh as f32).sqrt();
         let (mut dq, mut dk, mut dv) = (
@@ -795,10 +675,37 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn copy_rows_where(
+        &self,
+        dst: &mut Tensor,
+        src: &Tensor,
+        choice: &Tensor,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (_, row) = row_choice_dims(dst, src, choice, k, n)?;
+        let cv = choice.i32s()?;
+        if let Some((r, &c)) = cv
+            .iter()
+            .enumerate()
+            .find(|(_, &c)| c < 0 || c as usize >= n)
+        {
+            return Err(Error::shape(
+                "copy_rows_where",
+                format!("row {r} chooses {c}, outside 0..{n}"),
+            ));
+        }
+        let sv = src.f32s()?;
+        dst.f32s_mut()?
+            .par_chunks_mut(row.max(1))
+            .zip(sv.par_chunks(row.max(1)))
+            .zip(cv.par_iter())
+            .filter(|(_, &c)| c as usize == k)
+            .for_each(|((d, s), _)| d.copy_from_slice(s));
+        Ok(())
+    }
     fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor> {
-        ensure_shape!(table.rank() >= 1, "gather_rows", "table must have rank ≥ 1");
-        let m = table.dim(0);
-        let row = table.numel() / m.max(1);
+        let (m, row, shape) = gather_dims(table, idx)?;
         let (tv, iv) = (table.f32s()?, idx.i32s()?);
         if let Some((i, &j)) = iv
             .iter()
@@ -816,20 +723,10 @@ impl Backend for CpuBackend {
             .for_each(|(dst, &j)| {
                 dst.copy_from_slice(&tv[j as usize * row..(j as usize + 1) * row])
             });
-        let mut shape = idx.shape().to_vec();
-        shape.extend(&table.shape()[1..]);
         out(o, &shape)
     }
     fn scatter_add_rows(&self, dy: &Tensor, idx: &Tensor, m: usize) -> Result<Tensor> {
-        let n = idx.numel();
-        ensure_shape!(
-            n > 0 && dy.numel().is_multiple_of(n) && dy.shape().starts_with(idx.shape()),
-            "scatter_add_rows",
-            "gradient {:?} does not fit indices {:?}",
-            dy.shape(),
-            idx.shape()
-        );
-        let row = dy.numel() / n;
+        let (row, shape) = scatter_dims(dy, idx, m)?;
         let (gv, iv) = (dy.f32s()?, idx.i32s()?);
         let mut o = vec![0f32; m * row];
         for (i, &j) in iv.iter().enumerate() {
@@ -843,19 +740,10 @@ impl Backend for CpuBackend {
                 .zip(&gv[i * row..(i + 1) * row])
                 .for_each(|(a, &g)| *a += g);
         }
-        let mut shape = vec![m];
-        shape.extend(&dy.shape()[idx.rank()..]);
         out(o, &shape)
     }
     fn concat_seq(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        ensure_shape!(
-            a.rank() == 3 && b.rank() == 3 && a.dim(0) == b.dim(0) && a.dim(2) == b.dim(2),
-            "concat_seq",
-            "cannot concatenate {:?} and {:?} along the sequence",
-            a.shape(),
-            b.shape()
-        );
-        let (bsz, t1, t2, d) = (a.dim(0), a.dim(1), b.dim(1), a.dim(2));
+        let (bsz, t1, t2, d) = concat_dims(a, b)?;
         let (av, bv) = (a.f32s()?, b.f32s()?);
         let mut o = Vec::with_capacity(bsz * (t1 + t2) * d);
         for i in 0..bsz {
@@ -865,13 +753,7 @@ impl Backend for CpuBackend {
         out(o, &[bsz, t1 + t2, d])
     }
     fn split_seq(&self, x: &Tensor, t1: usize) -> Result<(Tensor, Tensor)> {
-        ensure_shape!(
-            x.rank() == 3 && t1 <= x.dim(1),
-            "split_seq",
-            "cannot split {:?} after {t1}",
-            x.shape()
-        );
-        let (bsz, t, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let (bsz, t, d) = split_dims(x, t1)?;
         let xv = x.f32s()?;
         let (mut a, mut b) = (
             Vec::with_capacity(bsz * t1 * d),
@@ -901,14 +783,7 @@ impl Backend for CpuBackend {
         out(o, &[bsz, d])
     }
     fn masked_mean_backward(&self, dy: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        ensure_shape!(
-            dy.rank() == 2 && mask.rank() == 2 && dy.dim(0) == mask.dim(0),
-            "masked_mean_backward",
-            "gradient {:?} does not fit mask {:?}",
-            dy.shape(),
-            mask.shape()
-        );
-        let (bsz, t, d) = (mask.dim(0), mask.dim(1), dy.dim(1));
+        let (bsz, t, d) = masked_backward_dims(dy, mask)?;
         let (gv, mv) = (dy.f32s()?, mask.f32s()?);
         let mut o = vec![0f32; bsz * t * d];
         o.par_chunks_mut(t * d).enumerate().for_each(|(b, ob)| {
@@ -935,14 +810,7 @@ impl Backend for CpuBackend {
         out(o, &[rows])
     }
     fn cosine_backward(&self, dc: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
-        same_shape("cosine_backward", a, b)?;
-        let (rows, d) = rows_cols(a);
-        ensure_shape!(
-            dc.numel() == rows,
-            "cosine_backward",
-            "gradient {:?} does not fit {rows} rows",
-            dc.shape()
-        );
+        let (rows, d) = cosine_backward_dims(dc, a, b)?;
         let (gv, av, bv) = (dc.f32s()?, a.f32s()?, b.f32s()?);
         let mut da = vec![0f32; rows * d];
         let mut db = vec![0f32; rows * d];
@@ -1088,10 +956,7 @@ impl Backend for CpuBackend {
         v: &mut Tensor,
         hp: AdamW,
     ) -> Result<()> {
-        same_shape("adamw", params, grads)?;
-        same_shape("adamw", params, m)?;
-        same_shape("adamw", params, v)?;
-        ensure_shape!(hp.step >= 1, "adamw", "step numbers start at 1");
+        adamw_operands(params, grads, m, v, &hp)?;
         let gv = grads.f32s()?;
         let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
         let bc2 = 1.0 - hp.beta2.powi(hp.step as i32);
@@ -1172,59 +1037,4 @@ fn cos_parts(a: &[f32], b: &[f32]) -> (f32, f32, f32, bool, bool) {
     let (ca, cb) = (na > EPS, nb > EPS);
     let (na, nb) = (na.max(EPS), nb.max(EPS));
     (dot / (na * nb), na, nb, ca, cb)
-}
-
-pub(crate) fn loss_dims(
-    op: &'static str,
-    logits: &Tensor,
-    labels: usize,
-) -> Result<(usize, usize)> {
-    ensure_shape!(
-        logits.rank() == 2,
-        op,
-        "logits must be [B, C], got {:?}",
-        logits.shape()
-    );
-    ensure_shape!(
-        labels == logits.dim(0),
-        op,
-        "{labels} labels for {} rows of logits",
-        logits.dim(0)
-    );
-    Ok((logits.dim(0), logits.dim(1)))
-}
-
-pub(crate) fn masked_dims(x: &[usize], mask: &Tensor) -> Result<(usize, usize, usize)> {
-    ensure_shape!(
-        x.len() == 3 && mask.shape() == &x[..2],
-        "masked_mean",
-        "input {x:?} and mask {:?} must be [B, T, d] and [B, T]",
-        mask.shape()
-    );
-    Ok((x[0], x[1], x[2]))
-}
-
-pub(crate) fn attention_dims(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &Tensor,
-    heads: usize,
-) -> Result<(usize, usize, usize)> {
-    same_shape("attention", q, k)?;
-    same_shape("attention", q, v)?;
-    ensure_shape!(
-        q.rank() == 3 && heads > 0 && q.dim(2).is_multiple_of(heads),
-        "attention",
-        "q {:?} cannot split into {heads} heads",
-        q.shape()
-    );
-    ensure_shape!(
-        mask.shape() == &q.shape()[..2],
-        "attention",
-        "mask {:?} does not fit q {:?}",
-        mask.shape(),
-        q.shape()
-    );
-    Ok((q.dim(0), q.dim(1), q.dim(2) / heads))
 }

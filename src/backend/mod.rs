@@ -11,7 +11,9 @@ mod cpu_experts;
 mod cpu_simd;
 pub mod cuda;
 pub mod patches;
+pub mod pointwise;
 pub mod pool_group;
+pub(crate) mod shapes;
 
 use std::sync::Arc;
 
@@ -20,6 +22,7 @@ use crate::tensor::{DType, Tensor};
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
+pub use pointwise::{Saved, Unary};
 
 /// Where tensors live and ops run.
 #[derive(Clone, Debug)]
@@ -187,12 +190,11 @@ pub trait Backend: Send + Sync {
     fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// Sum over all rows, `[rows, d] → [d]` (the gradient of a bias).
     fn sum_rows(&self, x: &Tensor) -> Result<Tensor>;
-    /// Exact GELU, `x · Φ(x)` with the error function.
-    fn gelu(&self, x: &Tensor) -> Result<Tensor>;
-    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor>;
-    fn tanh(&self, x: &Tensor) -> Result<Tensor>;
-    /// Gradient of tanh given its output `y`.
-    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor>;
+    /// The activation `op` elementwise, `f(x)`, f32, of `x`'s shape ([`pointwise`]).
+    fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor>;
+    /// The gradient of [`Backend::unary`], `dy · f'`, from `saved`: the forward's input or its
+    /// output, as [`Unary::saves`] says; `dy` and `saved` f32 of one shape.
+    fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor>;
 
     /// `(y + bias) + (parts₀ + parts₁ + …)` for `y [rows, d]`, `bias [d]` and parts of `y`'s
     /// shape: a frozen linear's output with its bias and the updates an adapter adds to it, in
@@ -225,7 +227,7 @@ pub trait Backend: Send + Sync {
             Some(b) => self.bias_add(y, b)?,
             None => y.clone(),
         };
-        let out = self.gelu(&pre)?;
+        let out = self.unary(Unary::Gelu, &pre)?;
         Ok((pre, out))
     }
     /// Whether [`Backend::matmul_bias`] adds the bias inside the product at no extra pass (the
@@ -309,6 +311,19 @@ pub trait Backend: Send + Sync {
     fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor>;
     /// The adjoint of `gather_rows`: `dy [idx.numel(), ..]` summed into `m` zero rows.
     fn scatter_add_rows(&self, dy: &Tensor, idx: &Tensor, m: usize) -> Result<Tensor>;
+    /// `dst[r] = src[r]` for every row `r` (first dimension) whose `choice[r] == k`, in place;
+    /// the other rows keep their values. `dst`, `src` f32 of one shape `[R, ..]`, `choice` i32
+    /// `[R]` with every value in `0..n` (the building block of a per-row choice among `n`
+    /// tensors, [`crate::autograd::Tape::select_rows`]). A choice outside `0..n` is an error
+    /// (on CUDA reported at the next synchronisation, since the choices may be device-made).
+    fn copy_rows_where(
+        &self,
+        dst: &mut Tensor,
+        src: &Tensor,
+        choice: &Tensor,
+        k: usize,
+        n: usize,
+    ) -> Result<()>;
     /// `[B, T1, d] ; [B, T2, d] → [B, T1+T2, d]`.
     fn concat_seq(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// The adjoint of `concat_seq`: splits `[B, T, d]` after `t1` positions.
@@ -490,30 +505,4 @@ pub struct ExpertGrads {
     pub db_pool: Tensor,
     /// `[B, r]`.
     pub dgates: Tensor,
-}
-
-/// Checks the `parts` of [`Backend::add_assign_parts`] against a flat `dst` of `len` elements:
-/// in range and disjoint.
-pub(crate) fn check_parts(len: usize, parts: &[(usize, &Tensor)]) -> Result<()> {
-    let mut ranges: Vec<(usize, usize)> = parts
-        .iter()
-        .filter(|(_, t)| t.numel() > 0)
-        .map(|(o, t)| (*o, o + t.numel()))
-        .collect();
-    ranges.sort_unstable();
-    for (i, &(start, end)) in ranges.iter().enumerate() {
-        if end > len {
-            return Err(crate::error::Error::shape(
-                "add_assign_parts",
-                format!("part {start}..{end} is outside the {len} elements of the destination"),
-            ));
-        }
-        if i > 0 && start < ranges[i - 1].1 {
-            return Err(crate::error::Error::shape(
-                "add_assign_parts",
-                format!("parts {:?} and {start}..{end} overlap", ranges[i - 1]),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -73,6 +73,16 @@ pub enum TaskChoice<'a> {
         tasks: &'a [BoundTask],
         tables: &'a [TaskKeys],
     },
+    /// Sample r takes `tasks[choice[r]]` at every layer (`choice` i32 `[B]` on the tape's
+    /// device): evaluation of a batch whose samples the Task-Key memory sent to different
+    /// tasks, in one forward of the whole batch. Every task's update is computed for every
+    /// sample and each row keeps its own ([`Tape::select_rows`]), so the forward's shapes do not
+    /// depend on how the batch splits between tasks (on CUDA its buffers come back from the
+    /// block cache batch after batch). Selections are not recorded: they would mix tasks.
+    PerSample {
+        tasks: &'a [BoundTask],
+        choice: &'a Tensor,
+    },
 }
 
 /// Per-batch state of the DeLo adapter.
@@ -243,6 +253,21 @@ fn sum_parts(tape: &mut Tape, parts: &[Var]) -> Result<Var> {
     rest.iter().try_fold(first, |acc, &p| tape.add(acc, p))
 }
 
+/// Per part position j, row r of `per_task[choice[r]][j]`: each sample's own task's updates
+/// (every task has the same parts, in the same order). One task needs no choosing.
+fn select_parts(tape: &mut Tape, per_task: Vec<Vec<Var>>, choice: &Tensor) -> Result<Vec<Var>> {
+    if per_task.len() == 1 {
+        return Ok(per_task.into_iter().flatten().collect());
+    }
+    let n = per_task.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|j| {
+            let parts: Vec<Var> = per_task.iter().map(|p| p[j]).collect();
+            tape.select_rows(&parts, choice)
+        })
+        .collect()
+}
+
 /// The Task-Key query of eq. (7), (q̂_v + q̂_t)/2 per sample, as a value (keys take no
 /// gradient).
 pub fn key_query(tape: &Tape, (qv, qt): (Var, Var)) -> Result<Tensor> {
@@ -380,7 +405,7 @@ impl Adapter for DeloAdapter<'_> {
     fn adapts_together(&self, tape: &Tape, _layer: usize, targets: &[Target]) -> bool {
         tape.device().backend().groups_pools()
             && self.routed()
-            && matches!(self.choice, TaskChoice::One(_))
+            && !matches!(self.choice, TaskChoice::PerLayer { .. })
             && targets.iter().any(|t| self.cfg.targets.contains(t))
     }
 
@@ -391,12 +416,82 @@ impl Adapter for DeloAdapter<'_> {
         targets: &[Target],
         x: Var,
     ) -> Result<Vec<Vec<Var>>> {
-        let TaskChoice::One(task) = self.choice else {
-            return targets
-                .iter()
-                .map(|&t| self.adapt(tape, layer, t, x))
-                .collect();
-        };
+        match self.choice {
+            TaskChoice::One(task) => self.task_group(tape, task, layer, targets, x),
+            TaskChoice::PerSample { tasks, choice } => {
+                self.refuse_mixed_selections()?;
+                let per_task = tasks
+                    .iter()
+                    .map(|task| self.task_group(tape, task, layer, targets, x))
+                    .collect::<Result<Vec<_>>>()?;
+                (0..targets.len())
+                    .map(|i| {
+                        let parts = per_task.iter().map(|g| g[i].clone()).collect();
+                        select_parts(tape, parts, choice)
+                    })
+                    .collect()
+            }
+            TaskChoice::PerLayer { .. } => Err(Error::Msg(
+                "a per-layer task choice adapts target by target".into(),
+            )),
+        }
+    }
+
+    fn adapt(&mut self, tape: &mut Tape, layer: usize, target: Target, x: Var) -> Result<Vec<Var>> {
+        if !self.cfg.targets.contains(&target) || self.cfg.variant == Variant::HeadsOnly {
+            return Ok(Vec::new());
+        }
+        let p = format!("layer{layer}.{}", target.name());
+        let q = self.guided;
+        match self.choice {
+            TaskChoice::One(task) => self.task_delta(tape, task, &p, x, q),
+            TaskChoice::PerSample { tasks, choice } => {
+                self.refuse_mixed_selections()?;
+                let per_task = tasks
+                    .iter()
+                    .map(|task| self.task_delta(tape, task, &p, x, q))
+                    .collect::<Result<Vec<_>>>()?;
+                select_parts(tape, per_task, choice)
+            }
+            TaskChoice::PerLayer { tasks, .. } => {
+                let groups = groups_of(self.picks.last().ok_or_else(|| {
+                    Error::Msg("per-layer task choice before the layer's queries".into())
+                })?);
+                if let [(k, _)] = groups.as_slice() {
+                    self.task_delta(tape, &tasks[*k], &p, x, q)
+                } else {
+                    let joined = by_group(tape, x, q, &groups, |tape, k, x, q| {
+                        let parts = self.task_delta(tape, &tasks[k], &p, x, q)?;
+                        sum_parts(tape, &parts)
+                    })?;
+                    Ok(vec![joined])
+                }
+            }
+        }
+    }
+}
+
+impl DeloAdapter<'_> {
+    fn refuse_mixed_selections(&self) -> Result<()> {
+        match self.selections {
+            Some(_) => Err(Error::Msg(
+                "factor selections are recorded per task, and this forward mixes tasks".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// One task's routed pools of the shared-input `targets` of `layer` as one node
+    /// ([`route_compose_group`]): per target, its pools' updates (none for a target that is not
+    /// adapted).
+    fn task_group(
+        &mut self,
+        tape: &mut Tape,
+        task: &BoundTask,
+        layer: usize,
+        targets: &[Target],
+        x: Var,
+    ) -> Result<Vec<Vec<Var>>> {
         let (qv, qt) = self
             .guided
             .ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
@@ -446,30 +541,5 @@ impl Adapter for DeloAdapter<'_> {
                 false => Vec::new(),
             })
             .collect())
-    }
-
-    fn adapt(&mut self, tape: &mut Tape, layer: usize, target: Target, x: Var) -> Result<Vec<Var>> {
-        if !self.cfg.targets.contains(&target) || self.cfg.variant == Variant::HeadsOnly {
-            return Ok(Vec::new());
-        }
-        let p = format!("layer{layer}.{}", target.name());
-        let q = self.guided;
-        match self.choice {
-            TaskChoice::One(task) => self.task_delta(tape, task, &p, x, q),
-            TaskChoice::PerLayer { tasks, .. } => {
-                let groups = groups_of(self.picks.last().ok_or_else(|| {
-                    Error::Msg("per-layer task choice before the layer's queries".into())
-                })?);
-                if let [(k, _)] = groups.as_slice() {
-                    self.task_delta(tape, &tasks[*k], &p, x, q)
-                } else {
-                    let joined = by_group(tape, x, q, &groups, |tape, k, x, q| {
-                        let parts = self.task_delta(tape, &tasks[k], &p, x, q)?;
-                        sum_parts(tape, &parts)
-                    })?;
-                    Ok(vec![joined])
-                }
-            }
-        }
     }
 }

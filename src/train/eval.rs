@@ -101,9 +101,9 @@ pub(crate) fn answer_batch(
         let logits = head_logits(tape, task, pooled)?;
         Ok(tape.value(logits).clone())
     };
-    // Per group: its task, its rows of the batch and its logits, left on the device until
-    // every group's forward is queued.
-    let mut groups: Vec<(usize, Vec<usize>, Tensor)> = Vec::new();
+    // Per group: its task, its samples (rows of the batch), where they sit in its logits, and
+    // the logits, left on the device until every group's forward is queued.
+    let mut groups: Vec<(usize, Vec<usize>, Vec<usize>, Tensor)> = Vec::new();
     if layered {
         let mut tape = Tape::new(tr.device.clone());
         let bound: Vec<BoundTask> = tr.tasks[..=trained]
@@ -125,7 +125,8 @@ pub(crate) fn answer_batch(
         for (k, rows) in groups_of(&majority(&ad.picks, trained + 1)) {
             let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
             let logits = logits_of(&mut tape, &bound[k], pooled)?;
-            groups.push((k, rows, logits));
+            let at = (0..rows.len()).collect();
+            groups.push((k, rows, at, logits));
         }
     } else {
         let picked: Vec<usize> = match (s.delo.variant, s.delo.task_key) {
@@ -140,17 +141,15 @@ pub(crate) fn answer_batch(
         };
         // Padding rows would be counted in the probes; the CPU keeps its shapes (and bits).
         let pad = tr.device.is_cuda() && probes.is_none();
-        for (k, rows) in groups_of(&picked) {
-            let run = match pad {
-                true => bucket_rows(&rows, s.eval_batch_size),
-                false => rows.clone(),
+        if pad {
+            groups = answer_mixed(tr, batch, &missing, &picked)?;
+        }
+        for (k, rows) in groups_of(&picked).into_iter().filter(|_| !pad) {
+            let sub = match rows.len() == picked.len() {
+                true => batch.data.clone(),
+                false => batch.data.select(&rows)?,
             };
-            let sub = if run.len() == picked.len() && run == rows {
-                batch.data.clone()
-            } else {
-                batch.data.select(&run)?
-            };
-            let sub_missing: Vec<MissingType> = run.iter().map(|&i| missing[i]).collect();
+            let sub_missing: Vec<MissingType> = rows.iter().map(|&i| missing[i]).collect();
             // A tape per group: its intermediates go back to the device block cache once its
             // forward is queued, so a batch needs one group's buffers at a time.
             let mut tape = Tape::new(tr.device.clone());
@@ -165,17 +164,19 @@ pub(crate) fn answer_batch(
                 collect_probes(p, &tape, &ad, &sub_missing)?;
             }
             let logits = logits_of(&mut tape, &bound, out.pooled)?;
-            groups.push((k, rows, logits));
+            let at = (0..rows.len()).collect();
+            groups.push((k, rows, at, logits));
         }
     }
-    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.2).collect();
+    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.3).collect();
     let host = be.download_group(&logits)?;
     let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
-    for ((k, rows, _), lv) in groups.iter().zip(&host) {
-        // A group's first rows are its own samples; padding rows after them are dropped.
+    for ((k, rows, at, _), lv) in groups.iter().zip(&host) {
+        // Rows of the logits that no sample of the group sits at (padding, other tasks'
+        // samples) are dropped.
         let n = lv.numel() / lv.dim(0).max(1);
         let lv = lv.to_vec_f32()?;
-        for (r, &i) in rows.iter().enumerate() {
+        for (&r, &i) in at.iter().zip(rows) {
             answers[i] = Some(Answer {
                 k: *k,
                 logits: lv[r * n..(r + 1) * n].to_vec(),
@@ -185,6 +186,58 @@ pub(crate) fn answer_batch(
     answers
         .into_iter()
         .map(|a| a.ok_or_else(|| crate::Error::Msg("a sample got no answer".into())))
+        .collect()
+}
+
+/// The forward of a whole batch on CUDA whose samples `picked` different tasks: one forward
+/// of the batch, padded by [`bucket_rows`], in which each sample takes its own task's adapters
+/// ([`TaskChoice::PerSample`]), then every picked task's head over all rows. Its shapes
+/// depend only on the batch's size and text length, not on how the batch splits between tasks,
+/// so from batch to batch the device block cache serves every buffer. Each task's adapters
+/// run on every row (the rows of other tasks are dropped), which on a GPU costs far less than
+/// the launches and buffers of a forward per task. Returns, per picked task (ascending), its
+/// samples, the same rows of its logits, and the logits `[rows, classes]` still on the device.
+fn answer_mixed(
+    tr: &Trainer,
+    batch: &crate::data::Batch<crate::vilt::ViltInputs>,
+    missing: &[MissingType],
+    picked: &[usize],
+) -> Result<Vec<(usize, Vec<usize>, Vec<usize>, Tensor)>> {
+    let s = tr.settings();
+    let all: Vec<usize> = (0..picked.len()).collect();
+    let run = bucket_rows(&all, s.eval_batch_size);
+    let data = match run == all {
+        true => batch.data.clone(),
+        false => batch.data.select(&run)?,
+    };
+    let run_missing: Vec<MissingType> = run.iter().map(|&i| missing[i]).collect();
+    let groups = groups_of(picked);
+    // Per sample: the position of its task among the picked ones.
+    let mut position = vec![0; picked.len()];
+    for (j, (_, rows)) in groups.iter().enumerate() {
+        rows.iter().for_each(|&i| position[i] = j);
+    }
+    let mut tape = Tape::new(tr.device.clone());
+    let run_position: Vec<usize> = run.iter().map(|&i| position[i]).collect();
+    let choice = row_index(&tape, &run_position)?;
+    let bound: Vec<BoundTask> = groups
+        .iter()
+        .map(|(k, _)| BoundTask::constants(&mut tape, &tr.tasks[*k].params))
+        .collect();
+    let choice_of = TaskChoice::PerSample {
+        tasks: &bound,
+        choice: &choice,
+    };
+    let layers = tr.vilt.cfg.num_hidden_layers;
+    let mut ad = DeloAdapter::new(&s.delo, choice_of, &run_missing, layers, Proxy::None);
+    let out = tr.vilt.forward(&mut tape, &data, &mut ad)?;
+    groups
+        .into_iter()
+        .zip(&bound)
+        .map(|((k, rows), task)| {
+            let logits = head_logits(&mut tape, task, out.pooled)?;
+            Ok((k, rows.clone(), rows, tape.value(logits).clone()))
+        })
         .collect()
 }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::autograd::{LinearOut, PendingLayerNorm, Tape, Var};
-use crate::backend::Device;
+use crate::backend::{Device, Unary};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -320,7 +320,7 @@ impl Vilt {
             .to_device(&self.device)?;
         let cls = tape.gather_rows(rows, &cls_idx)?;
         let pooled = tape.linear(cls, &self.pooler.weight, Some(&self.pooler.bias))?;
-        let pooled = tape.tanh(pooled)?;
+        let pooled = tape.unary(Unary::Tanh, pooled)?;
         Ok(ViltOutput {
             last_hidden_state: last,
             pooled,

@@ -91,3 +91,68 @@ pub fn load(dir: &str, rho: usize) -> Fixture {
 pub fn param_set(f: &Fixture) -> ParamSet {
     param_set_on(f, &Device::Cpu)
 }
+
+/// A forward of the fixture's batch in which sample i takes task `i % 3` of three tasks (the
+/// fixture's parameters and two perturbations of them that route and compose differently),
+/// under [`delo::delo::adapter::TaskChoice::PerSample`], against each task's own forward of the
+/// whole batch: every row must be bit-identical to its task's row (same shapes, same ops; the
+/// choice only copies rows). Returns the mixed forward's `last_hidden_state` for comparisons
+/// across devices.
+pub fn per_sample_choice_matches_each_tasks_forward(device: &Device) -> Vec<f32> {
+    use delo::delo::adapter::{row_index, DeloAdapter, Proxy, TaskChoice};
+    let f = load_on("delo-tiny", 1, device, DType::F32);
+    let layers = f.vilt.cfg.num_hidden_layers;
+    let perturbed = |k: usize| -> Vec<(String, Tensor)> {
+        f.params
+            .iter()
+            .map(|(n, t)| {
+                let v = t.to_vec_f32().unwrap();
+                let v = match n.contains("pool") || n.contains("router") {
+                    true => v
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x * (1.0 - 0.7 * k as f32) + ((i * 13 + k) % 7) as f32 * 0.01)
+                        .collect(),
+                    false => v,
+                };
+                let t = Tensor::from_f32(v, t.shape()).unwrap();
+                (n.clone(), t.to_device(device).unwrap())
+            })
+            .collect()
+    };
+    let tasks: Vec<Vec<(String, Tensor)>> = (0..3).map(perturbed).collect();
+    let n = f.missing.len();
+    let hidden = |tape: &mut Tape, choice: TaskChoice| -> Vec<f32> {
+        let mut ad = DeloAdapter::new(&f.cfg, choice, &f.missing, layers, Proxy::None);
+        let out = f.vilt.forward(tape, &f.inputs, &mut ad).unwrap();
+        tape.value(out.last_hidden_state).to_vec_f32().unwrap()
+    };
+    let mut tape = Tape::new(device.clone());
+    let bound: Vec<BoundTask> = tasks
+        .iter()
+        .map(|p| BoundTask::constants(&mut tape, p))
+        .collect();
+    assert!(n >= 3, "a batch of {n} cannot mix three tasks");
+    let picks: Vec<usize> = (0..n).map(|i| i % 3).collect();
+    let choice = row_index(&tape, &picks).unwrap();
+    let mixed = hidden(
+        &mut tape,
+        TaskChoice::PerSample {
+            tasks: &bound,
+            choice: &choice,
+        },
+    );
+    let row = mixed.len() / n;
+    let own: Vec<Vec<f32>> = bound
+        .iter()
+        .map(|b| hidden(&mut tape, TaskChoice::One(b)))
+        .collect();
+    assert_ne!(own[0], own[1], "the perturbed task must change the forward");
+    for (i, &k) in picks.iter().enumerate() {
+        assert!(
+            mixed[i * row..(i + 1) * row] == own[k][i * row..(i + 1) * row],
+            "sample {i} (task {k}) differs from its task's own forward"
+        );
+    }
+    mixed
+}

@@ -14,6 +14,7 @@ use cudarc::driver::{CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchCon
 
 use super::graph::{Arg, Recorder};
 use super::memory::{Count, Counters};
+use crate::backend::Unary;
 use crate::error::{Error, Result};
 
 /// A device address (`T*` in a kernel signature), already offset to the tensor's first element.
@@ -45,6 +46,8 @@ macro_rules! kernels {
         /// Every kernel function of the embedded PTX.
         pub(crate) struct Kernels {
             $( $name: CudaFunction, )*
+            /// Per activation of [`Unary::ALL`]: its forward and backward kernels.
+            unary: Vec<(CudaFunction, CudaFunction)>,
             counters: Arc<Counters>,
             recorder: Arc<Recorder>,
         }
@@ -55,16 +58,20 @@ macro_rules! kernels {
                 counters: Arc<Counters>,
                 recorder: Arc<Recorder>,
             ) -> Result<Kernels> {
+                let load = |name: &str| {
+                    module.load_function(name).map_err(|e| {
+                        Error::Cuda(format!("kernel {name} is missing from the PTX: {e}"))
+                    })
+                };
                 Ok(Kernels {
+                    unary: Unary::ALL
+                        .iter()
+                        .map(|op| Ok((load(op.kernels().0)?, load(op.kernels().1)?)))
+                        .collect::<Result<_>>()?,
                     counters,
                     recorder,
                     $(
-                        $name: module.load_function(stringify!($name)).map_err(|e| {
-                            Error::Cuda(format!(
-                                "kernel {} is missing from the PTX: {e}",
-                                stringify!($name)
-                            ))
-                        })?,
+                        $name: load(stringify!($name))?,
                     )*
                 })
             }
@@ -99,7 +106,58 @@ macro_rules! kernels {
 
         /// `(kernel name, PTX parameter types)` of every kernel the backend launches.
         pub fn kernel_signatures() -> Vec<(&'static str, Vec<&'static str>)> {
-            vec![ $( (stringify!($name), vec![ $( ptx_type!($ty) ),* ]), )* ]
+            let mut all = vec![ $( (stringify!($name), vec![ $( ptx_type!($ty) ),* ]), )* ];
+            for op in Unary::ALL {
+                let (forward, backward) = op.kernels();
+                // (x, out, n) and (dy, saved, out, n): pointers and a long long.
+                all.push((forward, vec![".u64"; 3]));
+                all.push((backward, vec![".u64"; 4]));
+            }
+            all
+        }
+
+        impl Kernels {
+            /// Launches activation `op`'s forward (`ptrs` = x, out) or backward (`ptrs` = dy,
+            /// saved, out) kernel over `n` elements on `stream`.
+            ///
+            /// # Safety
+            /// The pointers must address `n` f32 each, alive until the stream has run the
+            /// kernel.
+            pub(crate) unsafe fn unary(
+                &self,
+                stream: &CudaStream,
+                cfg: LaunchConfig,
+                op: Unary,
+                ptrs: &[Ptr],
+                n: i64,
+            ) -> Result<()> {
+                use cudarc::driver::PushKernelArg;
+                let (fwd, bwd) = &self.unary[op as usize];
+                let (name, function) = match ptrs.len() {
+                    2 => (op.kernels().0, fwd),
+                    3 => (op.kernels().1, bwd),
+                    k => {
+                        return Err(Error::Cuda(format!(
+                            "{}: {k} pointers, expected 2 (forward) or 3 (backward)",
+                            op.name()
+                        )))
+                    }
+                };
+                let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::from(p)).collect();
+                args.push(Arg::from(n));
+                if self.recorder.kernel(name, function, &cfg, &args) {
+                    return Ok(());
+                }
+                self.counters.add(Count::Launch);
+                let mut b = stream.launch_builder(function);
+                for p in ptrs {
+                    b.arg(p);
+                }
+                b.arg(&n);
+                b.launch(cfg)
+                    .map(|_| ())
+                    .map_err(|e| Error::Cuda(format!("launching {name}: {e}")))
+            }
         }
     };
 }
@@ -115,10 +173,6 @@ kernels! {
     ew_bias_add_f32(x: Ptr, b: Ptr, out: Ptr, n: i64, d: i64);
     ew_bias_add_parts_f32(y: Ptr, b: Ptr, p0: Ptr, p1: Ptr, out: Ptr, n: i64, d: i64);
     ew_bias_gelu_f32(y: Ptr, b: Ptr, pre: Ptr, out: Ptr, n: i64, d: i64);
-    ew_gelu_f32(x: Ptr, out: Ptr, n: i64);
-    ew_gelu_backward_f32(dy: Ptr, x: Ptr, out: Ptr, n: i64);
-    ew_tanh_f32(x: Ptr, out: Ptr, n: i64);
-    ew_tanh_backward_f32(dy: Ptr, y: Ptr, out: Ptr, n: i64);
     cast_f32_to_bf16(x: Ptr, out: Ptr, n: i64);
     cast_bf16_to_f32(x: Ptr, out: Ptr, n: i64);
     adamw_f32(
@@ -153,6 +207,9 @@ kernels! {
     // indexing.cu
     gather_rows_f32(table: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
     scatter_add_rows_f32(dy: Ptr, idx: Ptr, n_idx: i64, row: i64, m: i32, out: Ptr, err: Ptr);
+    copy_rows_where_f32(
+        src: Ptr, choice: Ptr, k: i32, n: i32, rows: i64, row: i64, dst: Ptr, err: Ptr,
+    );
     copy2d_f32(src: Ptr, src_ld: i64, dst: Ptr, dst_ld: i64, rows: i64, cols: i64);
     // images.cu
     patches_from_u8(

@@ -131,7 +131,8 @@ fn kernel_error(code: i32) -> Error {
         4 => {
             "route_backward / expert_forward / expert_backward: a factor selection is outside 0..E"
         }
-        5 => "patches_from_u8: a sample or its image lies outside the device image cache",
+        5 => "copy_rows_where: a row's choice is outside 0..n",
+        6 => "patches_from_u8: a sample or its image lies outside the device image cache",
         _ => "unknown kernel error code",
     };
     Error::Cuda(format!(

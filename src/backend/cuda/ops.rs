@@ -7,12 +7,15 @@ use half::bf16;
 use super::gemm::GemmCall;
 use super::kernels::{cfg_flat, cfg_rows, Kernels, Ptr};
 use super::{nvtx, CudaBackend, ExpertPath};
-use crate::backend::cpu::{
-    attention_dims, loss_dims, masked_dims, matmul_dims, rows_cols, same_shape, MatmulDims,
-};
 use crate::backend::pool_group::{GroupForward, GroupGrads, PoolGroup};
+use crate::backend::shapes::{
+    adamw_operands, attention_backward_dims, attention_dims, bias_dims, check_parts, concat_dims,
+    cosine_backward_dims, gather_dims, layernorm_backward_dims, layernorm_dims, loss_dims,
+    loss_grad, masked_backward_dims, masked_dims, matmul_dims, matmul_into_dims, row_choice_dims,
+    rows_cols, same_shape, scatter_dims, split_dims, MatmulDims,
+};
 use crate::backend::{
-    AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing,
+    AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing, Unary,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -29,20 +32,6 @@ pub(super) fn int(v: usize, op: &'static str) -> Result<i32> {
 /// A count as a kernel's `long long`.
 pub(super) fn long(v: usize) -> i64 {
     v as i64
-}
-
-/// `(rows, d)` of a LayerNorm's input `x [rows, d]`, checking its affine `w, b [d]`.
-fn ln_dims(op: &'static str, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<(usize, usize)> {
-    let (rows, d) = rows_cols(x);
-    ensure_shape!(
-        w.shape() == [d] && b.shape() == [d],
-        op,
-        "weight {:?} / bias {:?} do not fit input {:?}",
-        w.shape(),
-        b.shape(),
-        x.shape()
-    );
-    Ok((rows, d))
 }
 
 /// `p` advanced by `elems` f32 elements.
@@ -132,12 +121,7 @@ impl CudaBackend {
 
     /// The address of a one-element f32 upstream loss gradient.
     fn dloss_ptr(&self, t: &Tensor, op: &'static str) -> Result<Ptr> {
-        ensure_shape!(
-            t.numel() == 1,
-            op,
-            "upstream loss gradient must have one element, got {:?}",
-            t.shape()
-        );
+        loss_grad(op, t)?;
         self.ptr(t, F32, op)
     }
 
@@ -218,22 +202,11 @@ impl CudaBackend {
         Ok(out)
     }
 
-    /// The device address of an optional bias `[d]` for rows of `x`, or null when absent.
-    fn opt_bias(
-        &self,
-        bias: Option<&Tensor>,
-        d: usize,
-        x: &Tensor,
-        op: &'static str,
-    ) -> Result<Ptr> {
+    /// The device address of an optional bias `[d]` for the rows of `x [.., d]`, or null when
+    /// absent.
+    fn opt_bias(&self, bias: Option<&Tensor>, x: &Tensor, op: &'static str) -> Result<Ptr> {
         let Some(b) = bias else { return Ok(Ptr(0)) };
-        ensure_shape!(
-            b.shape() == [d],
-            op,
-            "bias {:?} does not fit input {:?}",
-            b.shape(),
-            x.shape()
-        );
+        bias_dims(op, x, b)?;
         self.ptr(b, F32, op)
     }
 
@@ -465,14 +438,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let _r = nvtx::range("gemm");
         const OP: &str = "matmul_into";
-        let d = matmul_dims(a, b, g)?;
-        ensure_shape!(
-            out.shape() == d.out_shape,
-            OP,
-            "output has shape {:?}, the product {:?}",
-            out.shape(),
-            d.out_shape
-        );
+        let d = matmul_into_dims(a, b, g, out)?;
         let (pa, pb) = (self.ptr(a, a.dtype(), OP)?, self.ptr(b, a.dtype(), OP)?);
         let pc = self.ptr_mut(out, F32, OP)?;
         let n = out.numel();
@@ -514,7 +480,7 @@ impl Backend for CudaBackend {
     }
     fn add_assign_parts(&self, dst: &mut Tensor, parts: &[(usize, &Tensor)]) -> Result<()> {
         const OP: &str = "add_assign_parts";
-        crate::backend::check_parts(dst.numel(), parts)?;
+        check_parts(dst.numel(), parts)?;
         let pd = self.ptr_mut(dst, F32, OP)?;
         let mut table = Vec::with_capacity(3 * parts.len());
         let mut longest = 0;
@@ -576,14 +542,7 @@ impl Backend for CudaBackend {
     }
     fn bias_add(&self, x: &Tensor, b: &Tensor) -> Result<Tensor> {
         const OP: &str = "bias_add";
-        let (_, d) = rows_cols(x);
-        ensure_shape!(
-            b.shape() == [d],
-            OP,
-            "bias {:?} does not fit input {:?}",
-            b.shape(),
-            x.shape()
-        );
+        let (_, d) = bias_dims(OP, x, b)?;
         let pb = self.ptr(b, F32, OP)?;
         self.map1(x, OP, |px, po, n| unsafe {
             self.k
@@ -601,7 +560,7 @@ impl Backend for CudaBackend {
     ) -> Result<Tensor> {
         const OP: &str = "bias_add_parts";
         let (_, d) = rows_cols(y);
-        let pb = self.opt_bias(bias, d, y, OP)?;
+        let pb = self.opt_bias(bias, y, OP)?;
         // More than two parts (never in ViLT + DeLo) are summed first, in order.
         let folded;
         let parts = if parts.len() > 2 {
@@ -636,7 +595,7 @@ impl Backend for CudaBackend {
     fn bias_gelu(&self, y: &Tensor, bias: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
         const OP: &str = "bias_gelu";
         let (_, d) = rows_cols(y);
-        let pb = self.opt_bias(bias, d, y, OP)?;
+        let pb = self.opt_bias(bias, y, OP)?;
         let py = self.ptr(y, F32, OP)?;
         let (pre, ppre) = self.empty(y.shape(), F32)?;
         let (out, po) = self.empty(y.shape(), F32)?;
@@ -666,28 +625,16 @@ impl Backend for CudaBackend {
         self.colsum(px, rows, d, po, OP)?;
         Ok(out)
     }
-    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
-        self.map1(x, "gelu", |px, po, n| unsafe {
+    fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor> {
+        self.map1(x, op.kernels().0, |px, po, n| unsafe {
             self.k
-                .ew_gelu_f32(&self.stream, cfg_flat(n as usize), px, po, n)
+                .unary(&self.stream, cfg_flat(n as usize), op, &[px, po], n)
         })
     }
-    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-        self.map2(dy, x, "gelu_backward", |pg, px, po, n| unsafe {
+    fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
+        self.map2(dy, saved, op.kernels().1, |pg, ps, po, n| unsafe {
             self.k
-                .ew_gelu_backward_f32(&self.stream, cfg_flat(n as usize), pg, px, po, n)
-        })
-    }
-    fn tanh(&self, x: &Tensor) -> Result<Tensor> {
-        self.map1(x, "tanh", |px, po, n| unsafe {
-            self.k
-                .ew_tanh_f32(&self.stream, cfg_flat(n as usize), px, po, n)
-        })
-    }
-    fn tanh_backward(&self, dy: &Tensor, y: &Tensor) -> Result<Tensor> {
-        self.map2(dy, y, "tanh_backward", |pg, py, po, n| unsafe {
-            self.k
-                .ew_tanh_backward_f32(&self.stream, cfg_flat(n as usize), pg, py, po, n)
+                .unary(&self.stream, cfg_flat(n as usize), op, &[pg, ps, po], n)
         })
     }
 
@@ -695,7 +642,7 @@ impl Backend for CudaBackend {
     fn layernorm(&self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<LayerNormOut> {
         let _r = nvtx::range("layernorm");
         const OP: &str = "layernorm";
-        let (rows, d) = ln_dims(OP, x, w, b)?;
+        let (rows, d) = layernorm_dims(OP, x, w, b)?;
         let (px, pw, pb) = (
             self.ptr(x, F32, OP)?,
             self.ptr(w, F32, OP)?,
@@ -733,8 +680,8 @@ impl Backend for CudaBackend {
         let _r = nvtx::range("add_layernorm");
         const OP: &str = "add_layernorm";
         same_shape(OP, x, y)?;
-        let (rows, d) = ln_dims(OP, x, w, b)?;
-        let pbias = self.opt_bias(bias, d, y, OP)?;
+        let (rows, d) = layernorm_dims(OP, x, w, b)?;
+        let pbias = self.opt_bias(bias, y, OP)?;
         let (px, py, pw, pb) = (
             self.ptr(x, F32, OP)?,
             self.ptr(y, F32, OP)?,
@@ -776,17 +723,7 @@ impl Backend for CudaBackend {
     ) -> Result<LayerNormGrads> {
         let _r = nvtx::range("layernorm_backward");
         const OP: &str = "layernorm_backward";
-        same_shape(OP, dy, x)?;
-        let (rows, d) = rows_cols(x);
-        ensure_shape!(
-            w.shape() == [d] && mean.numel() == rows && rstd.numel() == rows,
-            OP,
-            "weight {:?}, mean {:?}, rstd {:?} do not fit input {:?}",
-            w.shape(),
-            mean.shape(),
-            rstd.shape(),
-            x.shape()
-        );
+        let (rows, d) = layernorm_backward_dims(dy, x, w, mean, rstd)?;
         let (pg, px, pw, pm, pr) = (
             self.ptr(dy, F32, OP)?,
             self.ptr(x, F32, OP)?,
@@ -995,24 +932,8 @@ impl Backend for CudaBackend {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let _r = nvtx::range("attention_backward");
         const OP: &str = "attention_backward";
-        same_shape(OP, dout, q)?;
-        same_shape(OP, k, q)?;
-        same_shape(OP, v, q)?;
-        ensure_shape!(
-            q.rank() == 3 && heads > 0 && q.dim(2).is_multiple_of(heads),
-            OP,
-            "q {:?} cannot split into {heads} heads",
-            q.shape()
-        );
-        let (bsz, t, dm) = (q.dim(0), q.dim(1), q.dim(2));
-        let dh = dm / heads;
-        ensure_shape!(
-            probs.shape() == [bsz, heads, t, t],
-            OP,
-            "probs {:?} do not fit q {:?}",
-            probs.shape(),
-            q.shape()
-        );
+        let (bsz, t, dh) = attention_backward_dims(dout, q, k, v, probs, heads)?;
+        let dm = dh * heads;
         let (pg, pq, pk, pv, pp) = (
             self.ptr(dout, F32, OP)?,
             self.ptr(q, F32, OP)?,
@@ -1138,14 +1059,37 @@ impl Backend for CudaBackend {
     }
 
     // ---- indexing ---------------------------------------------------------------------------
+    fn copy_rows_where(
+        &self,
+        dst: &mut Tensor,
+        src: &Tensor,
+        choice: &Tensor,
+        k: usize,
+        n: usize,
+    ) -> Result<()> {
+        const OP: &str = "copy_rows_where";
+        let (rows, row) = row_choice_dims(dst, src, choice, k, n)?;
+        let (ps, pc) = (self.ptr(src, F32, OP)?, self.ptr(choice, I32, OP)?);
+        let pd = self.ptr_mut(dst, F32, OP)?;
+        unsafe {
+            self.k.copy_rows_where_f32(
+                &self.stream,
+                cfg_flat(rows * row.max(1)),
+                ps,
+                pc,
+                int(k, OP)?,
+                int(n, OP)?,
+                long(rows),
+                long(row),
+                pd,
+                self.err_ptr(),
+            )
+        }
+    }
     fn gather_rows(&self, table: &Tensor, idx: &Tensor) -> Result<Tensor> {
         const OP: &str = "gather_rows";
-        ensure_shape!(table.rank() >= 1, OP, "table must have rank ≥ 1");
-        let m = table.dim(0);
-        let row = table.numel() / m.max(1);
+        let (m, row, shape) = gather_dims(table, idx)?;
         let (pt, pi) = (self.ptr(table, F32, OP)?, self.ptr(idx, I32, OP)?);
-        let mut shape = idx.shape().to_vec();
-        shape.extend(&table.shape()[1..]);
         let n_idx = idx.numel();
         let (out, po) = self.empty(&shape, F32)?;
         unsafe {
@@ -1166,17 +1110,8 @@ impl Backend for CudaBackend {
     fn scatter_add_rows(&self, dy: &Tensor, idx: &Tensor, m: usize) -> Result<Tensor> {
         const OP: &str = "scatter_add_rows";
         let n = idx.numel();
-        ensure_shape!(
-            n > 0 && dy.numel().is_multiple_of(n) && dy.shape().starts_with(idx.shape()),
-            OP,
-            "gradient {:?} does not fit indices {:?}",
-            dy.shape(),
-            idx.shape()
-        );
-        let row = dy.numel() / n;
+        let (row, shape) = scatter_dims(dy, idx, m)?;
         let (pg, pi) = (self.ptr(dy, F32, OP)?, self.ptr(idx, I32, OP)?);
-        let mut shape = vec![m];
-        shape.extend(&dy.shape()[idx.rank()..]);
         let (out, po) = self.zeros_f32(&shape)?;
         unsafe {
             self.k.scatter_add_rows_f32(
@@ -1195,14 +1130,7 @@ impl Backend for CudaBackend {
     }
     fn concat_seq(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         const OP: &str = "concat_seq";
-        ensure_shape!(
-            a.rank() == 3 && b.rank() == 3 && a.dim(0) == b.dim(0) && a.dim(2) == b.dim(2),
-            OP,
-            "cannot concatenate {:?} and {:?} along the sequence",
-            a.shape(),
-            b.shape()
-        );
-        let (bsz, t1, t2, d) = (a.dim(0), a.dim(1), b.dim(1), a.dim(2));
+        let (bsz, t1, t2, d) = concat_dims(a, b)?;
         let (pa, pb) = (self.ptr(a, F32, OP)?, self.ptr(b, F32, OP)?);
         let (out, po) = self.empty(&[bsz, t1 + t2, d], F32)?;
         let ld = (t1 + t2) * d;
@@ -1212,13 +1140,7 @@ impl Backend for CudaBackend {
     }
     fn split_seq(&self, x: &Tensor, t1: usize) -> Result<(Tensor, Tensor)> {
         const OP: &str = "split_seq";
-        ensure_shape!(
-            x.rank() == 3 && t1 <= x.dim(1),
-            OP,
-            "cannot split {:?} after {t1}",
-            x.shape()
-        );
-        let (bsz, t, d) = (x.dim(0), x.dim(1), x.dim(2));
+        let (bsz, t, d) = split_dims(x, t1)?;
         let px = self.ptr(x, F32, OP)?;
         let (a, pa) = self.empty(&[bsz, t1, d], F32)?;
         let (b, pb) = self.empty(&[bsz, t - t1, d], F32)?;
@@ -1251,14 +1173,7 @@ impl Backend for CudaBackend {
     }
     fn masked_mean_backward(&self, dy: &Tensor, mask: &Tensor) -> Result<Tensor> {
         const OP: &str = "masked_mean_backward";
-        ensure_shape!(
-            dy.rank() == 2 && mask.rank() == 2 && dy.dim(0) == mask.dim(0),
-            OP,
-            "gradient {:?} does not fit mask {:?}",
-            dy.shape(),
-            mask.shape()
-        );
-        let (bsz, t, d) = (mask.dim(0), mask.dim(1), dy.dim(1));
+        let (bsz, t, d) = masked_backward_dims(dy, mask)?;
         let (pg, pm) = (self.ptr(dy, F32, OP)?, self.ptr(mask, F32, OP)?);
         let (out, po) = self.empty(&[bsz, t, d], F32)?;
         let rows = bsz * t;
@@ -1308,14 +1223,7 @@ impl Backend for CudaBackend {
     }
     fn cosine_backward(&self, dc: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
         const OP: &str = "cosine_backward";
-        same_shape(OP, a, b)?;
-        let (rows, d) = rows_cols(a);
-        ensure_shape!(
-            dc.numel() == rows,
-            OP,
-            "gradient {:?} does not fit {rows} rows",
-            dc.shape()
-        );
+        let (rows, d) = cosine_backward_dims(dc, a, b)?;
         let (pg, pa, pb) = (
             self.ptr(dc, F32, OP)?,
             self.ptr(a, F32, OP)?,
@@ -1478,10 +1386,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         const OP: &str = "adamw";
         let _r = nvtx::range("adamw");
-        same_shape(OP, params, grads)?;
-        same_shape(OP, params, m)?;
-        same_shape(OP, params, v)?;
-        ensure_shape!(hp.step >= 1, OP, "step numbers start at 1");
+        adamw_operands(params, grads, m, v, &hp)?;
         // Bias corrections exactly as the CPU backend computes them, uploaded with the
         // learning rate: the kernel's arguments stay the same from step to step.
         let bc1 = 1.0 - hp.beta1.powi(hp.step as i32);
