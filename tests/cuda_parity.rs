@@ -995,6 +995,9 @@ fn adamw_steps() {
     assert!(b.adamw(&mut gp, &g, &mut gm, &mut gv, hp(0)).is_err());
 }
 
+/// An op called on one device with operands moved there by the second argument; its error.
+type BadCall<'a> = Box<dyn Fn(&dyn Backend, &dyn Fn(&Tensor) -> Tensor) -> String + 'a>;
+
 /// Operand checks live in one place (`backend::shapes`): a bad operand is refused with the same
 /// message on the CPU and on CUDA, before anything is launched.
 fn bad_operands_get_one_message_on_both_devices() {
@@ -1008,10 +1011,7 @@ fn bad_operands_get_one_message_on_both_devices() {
         t(&mut r, &[4]),
         t(&mut r, &[6]),
     );
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&dyn Backend, &dyn Fn(&Tensor) -> Tensor) -> String>,
-    )> = vec![
+    let cases: Vec<(&str, BadCall)> = vec![
         (
             "bias_add",
             Box::new(|be, on| be.bias_add(&on(&x), &on(&w3)).unwrap_err().to_string()),

@@ -2,7 +2,7 @@
 //! slot gates, and the gathered factor composition (eq. 2/4), as tape nodes.
 
 use crate::autograd::{Tape, Var};
-use crate::backend::pool_group::{gate_backward, gates_of, with_pool_group};
+use crate::backend::experts::group::{gate_backward, gates_of, with_pool_group};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

@@ -101,9 +101,8 @@ pub(crate) fn answer_batch(
         let logits = head_logits(tape, task, pooled)?;
         Ok(tape.value(logits).clone())
     };
-    // Per group: its task, its samples (rows of the batch), where they sit in its logits, and
-    // the logits, left on the device until every group's forward is queued.
-    let mut groups: Vec<(usize, Vec<usize>, Vec<usize>, Tensor)> = Vec::new();
+    // Left on the device until every group's forward is queued.
+    let mut groups: Vec<TaskLogits> = Vec::new();
     if layered {
         let mut tape = Tape::new(tr.device.clone());
         let bound: Vec<BoundTask> = tr.tasks[..=trained]
@@ -125,8 +124,7 @@ pub(crate) fn answer_batch(
         for (k, rows) in groups_of(&majority(&ad.picks, trained + 1)) {
             let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
             let logits = logits_of(&mut tape, &bound[k], pooled)?;
-            let at = (0..rows.len()).collect();
-            groups.push((k, rows, at, logits));
+            groups.push(TaskLogits::own(k, rows, logits));
         }
     } else {
         let picked: Vec<usize> = match (s.delo.variant, s.delo.task_key) {
@@ -164,21 +162,18 @@ pub(crate) fn answer_batch(
                 collect_probes(p, &tape, &ad, &sub_missing)?;
             }
             let logits = logits_of(&mut tape, &bound, out.pooled)?;
-            let at = (0..rows.len()).collect();
-            groups.push((k, rows, at, logits));
+            groups.push(TaskLogits::own(k, rows, logits));
         }
     }
-    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.3).collect();
+    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.logits).collect();
     let host = be.download_group(&logits)?;
     let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
-    for ((k, rows, at, _), lv) in groups.iter().zip(&host) {
-        // Rows of the logits that no sample of the group sits at (padding, other tasks'
-        // samples) are dropped.
+    for (g, lv) in groups.iter().zip(&host) {
         let n = lv.numel() / lv.dim(0).max(1);
         let lv = lv.to_vec_f32()?;
-        for (&r, &i) in at.iter().zip(rows) {
+        for (&r, &i) in g.rows.iter().zip(&g.samples) {
             answers[i] = Some(Answer {
-                k: *k,
+                k: g.task,
                 logits: lv[r * n..(r + 1) * n].to_vec(),
             });
         }
@@ -189,6 +184,29 @@ pub(crate) fn answer_batch(
         .collect()
 }
 
+/// One picked task's logits `[rows, classes]` for a batch, and where its samples sit in them.
+struct TaskLogits {
+    task: usize,
+    /// The task's samples (rows of the batch).
+    samples: Vec<usize>,
+    /// Each sample's row of `logits`; the other rows (padding, other tasks' samples) are dropped.
+    rows: Vec<usize>,
+    logits: Tensor,
+}
+
+impl TaskLogits {
+    /// Logits of a forward of the task's own samples, in order.
+    fn own(task: usize, samples: Vec<usize>, logits: Tensor) -> TaskLogits {
+        let rows = (0..samples.len()).collect();
+        TaskLogits {
+            task,
+            samples,
+            rows,
+            logits,
+        }
+    }
+}
+
 /// The forward of a whole batch on CUDA whose samples `picked` different tasks: one forward
 /// of the batch, padded by [`bucket_rows`], in which each sample takes its own task's adapters
 /// ([`TaskChoice::PerSample`]), then every picked task's head over all rows. Its shapes
@@ -196,13 +214,13 @@ pub(crate) fn answer_batch(
 /// so from batch to batch the device block cache serves every buffer. Each task's adapters
 /// run on every row (the rows of other tasks are dropped), which on a GPU costs far less than
 /// the launches and buffers of a forward per task. Returns, per picked task (ascending), its
-/// samples, the same rows of its logits, and the logits `[rows, classes]` still on the device.
+/// samples at the same rows of its logits, still on the device.
 fn answer_mixed(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
     missing: &[MissingType],
     picked: &[usize],
-) -> Result<Vec<(usize, Vec<usize>, Vec<usize>, Tensor)>> {
+) -> Result<Vec<TaskLogits>> {
     let s = tr.settings();
     let all: Vec<usize> = (0..picked.len()).collect();
     let run = bucket_rows(&all, s.eval_batch_size);
@@ -236,7 +254,12 @@ fn answer_mixed(
         .zip(&bound)
         .map(|((k, rows), task)| {
             let logits = head_logits(&mut tape, task, out.pooled)?;
-            Ok((k, rows.clone(), rows, tape.value(logits).clone()))
+            Ok(TaskLogits {
+                task: k,
+                samples: rows.clone(),
+                rows,
+                logits: tape.value(logits).clone(),
+            })
         })
         .collect()
 }

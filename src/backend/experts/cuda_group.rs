@@ -1,7 +1,7 @@
 //! Every routed pool of a layer's shared-input linears on the device, one launch per stage
 //! (`route_group_f32`, `expert_fwd_group_k*`, `expert_bwd_group_k*`, `router_backward_group_f32`
-//! and the stacked reductions): the CUDA twin of [`crate::backend::pool_group::forward_by_pool`]
-//! and [`crate::backend::pool_group::backward_by_pool`]. Per-pool pointers (parameters, queries,
+//! and the stacked reductions): the CUDA twin of [`crate::backend::experts::group::forward_by_pool`]
+//! and [`crate::backend::experts::group::backward_by_pool`]. Per-pool pointers (parameters, queries,
 //! upstream gradients) go in a table uploaded beside the launch; everything the group computes
 //! is stacked pool-major, and each pool gets views of it.
 
@@ -11,7 +11,7 @@ use super::experts::{aligned16, km_of, stage_cols, EXP_THREADS};
 use super::kernels::{cfg_flat, cfg_rows, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend, Scratch};
-use crate::backend::pool_group::{
+use crate::backend::experts::group::{
     backward_by_pool, check_backward, forward_by_pool, group_dims, GroupForward, GroupGrads,
     PoolGrads, PoolGroup, RouterGrads,
 };
