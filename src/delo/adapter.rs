@@ -5,9 +5,10 @@ use std::collections::HashMap;
 
 use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
-use crate::delo::config::{DeloConfig, Variant};
+use crate::delo::config::DeloConfig;
 use crate::delo::experts::{compose, route, route_compose_group, PoolVars};
 use crate::delo::keys::TaskKeys;
+use crate::delo::variant::{PoolQuery, Update};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::vilt::{Adapter, Embedded, Target};
@@ -150,7 +151,7 @@ impl<'a> DeloAdapter<'a> {
         self
     }
     fn routed(&self) -> bool {
-        matches!(self.cfg.variant, Variant::Delo | Variant::UnifiedPool)
+        self.cfg.variant.routed()
     }
     fn keyed(&self) -> bool {
         self.layer_queries.is_some() || matches!(self.choice, TaskChoice::PerLayer { .. })
@@ -167,7 +168,6 @@ impl<'a> DeloAdapter<'a> {
         q: Option<(Var, Var)>,
     ) -> Result<Vec<Var>> {
         let cfg = self.cfg;
-        let queries = || q.ok_or_else(|| Error::Msg("routing before the layer's queries".into()));
         let mut routed = |tape: &mut Tape, prefix: String, q: Var| -> Result<Var> {
             let pool = task.pool(&prefix)?;
             let sel = route(tape, q, &pool, cfg.lambda_cfs, cfg.gate)?;
@@ -176,21 +176,23 @@ impl<'a> DeloAdapter<'a> {
             }
             compose(tape, x, &pool, &sel, cfg.alpha)
         };
-        match cfg.variant {
-            Variant::HeadsOnly => Err(Error::Msg("heads-only has no adapters".into())),
-            Variant::Delo => {
-                let (qv, qt) = queries()?;
-                let dv = routed(tape, format!("{p}.v"), qv)?;
-                let dt = routed(tape, format!("{p}.t"), qt)?;
-                Ok(vec![dv, dt])
+        match cfg.variant.update() {
+            Update::None => Err(Error::Msg(format!(
+                "variant {} has no adapters",
+                cfg.variant.name()
+            ))),
+            Update::Routed(pools) => {
+                let guided =
+                    q.ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
+                pools
+                    .iter()
+                    .map(|pool| {
+                        let q = pool_query(tape, guided, pool.query)?;
+                        routed(tape, format!("{p}.{}", pool.suffix), q)
+                    })
+                    .collect()
             }
-            Variant::UnifiedPool => {
-                let (qv, qt) = queries()?;
-                let s = tape.add(qv, qt)?;
-                let q = tape.scale(s, 0.5)?;
-                Ok(vec![routed(tape, format!("{p}.u"), q)?])
-            }
-            Variant::Lora | Variant::SeqLora => {
+            Update::LowRank => {
                 let (a, b) = (
                     task.var(&format!("{p}.lora_a"))?,
                     task.var(&format!("{p}.lora_b"))?,
@@ -243,6 +245,18 @@ fn by_group(
     let rows = tape.reshape(joined, &[b, n * d_out])?;
     let back = tape.gather_rows(rows, &row_index(tape, &inverse)?)?;
     tape.reshape(back, &[b, n, d_out])
+}
+
+/// The query of eq. (5) that routes a pool, from the guided `(q̂_v, q̂_t)`.
+fn pool_query(tape: &mut Tape, (qv, qt): (Var, Var), kind: PoolQuery) -> Result<Var> {
+    match kind {
+        PoolQuery::Image => Ok(qv),
+        PoolQuery::Text => Ok(qt),
+        PoolQuery::Mean => {
+            let s = tape.add(qv, qt)?;
+            tape.scale(s, 0.5)
+        }
+    }
 }
 
 /// The sum of a task's per-pool updates, in order.
@@ -362,7 +376,7 @@ pub fn guide_queries_per_sample(
 impl Adapter for DeloAdapter<'_> {
     fn layer_input(&mut self, tape: &mut Tape, layer: usize, x: Var, emb: &Embedded) -> Result<()> {
         let last = layer + 1 == self.layers;
-        let align = last && self.cfg.lambda_align > 0.0 && self.cfg.variant != Variant::HeadsOnly;
+        let align = last && self.cfg.lambda_align > 0.0 && self.cfg.variant.has_adapters();
         if !self.routed() && !align && !self.keyed() {
             return Ok(());
         }
@@ -438,7 +452,7 @@ impl Adapter for DeloAdapter<'_> {
     }
 
     fn adapt(&mut self, tape: &mut Tape, layer: usize, target: Target, x: Var) -> Result<Vec<Var>> {
-        if !self.cfg.targets.contains(&target) || self.cfg.variant == Variant::HeadsOnly {
+        if !self.cfg.targets.contains(&target) || !self.cfg.variant.has_adapters() {
             return Ok(Vec::new());
         }
         let p = format!("layer{layer}.{}", target.name());
@@ -492,21 +506,32 @@ impl DeloAdapter<'_> {
         targets: &[Target],
         x: Var,
     ) -> Result<Vec<Vec<Var>>> {
-        let (qv, qt) = self
+        let guided = self
             .guided
             .ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
-        let (queries, modalities): (Vec<Var>, &[(&str, usize)]) = match self.cfg.variant {
-            Variant::Delo => (vec![qv, qt], &[("v", 0), ("t", 1)]),
-            Variant::UnifiedPool => {
-                let s = tape.add(qv, qt)?;
-                (vec![tape.scale(s, 0.5)?], &[("u", 0)])
-            }
-            v => {
-                return Err(Error::Msg(format!(
-                    "variant {v:?} has no routed pools to group"
-                )))
-            }
+        let Update::Routed(routed_pools) = self.cfg.variant.update() else {
+            return Err(Error::Msg(format!(
+                "variant {} has no routed pools to group",
+                self.cfg.variant.name()
+            )));
         };
+        // Each distinct query once, in the order the pools first use it; per pool its index.
+        let mut kinds: Vec<PoolQuery> = Vec::new();
+        let mut modalities: Vec<(&str, usize)> = Vec::new();
+        for pool in routed_pools {
+            let at = match kinds.iter().position(|&k| k == pool.query) {
+                Some(at) => at,
+                None => {
+                    kinds.push(pool.query);
+                    kinds.len() - 1
+                }
+            };
+            modalities.push((pool.suffix, at));
+        }
+        let queries = kinds
+            .iter()
+            .map(|&k| pool_query(tape, guided, k))
+            .collect::<Result<Vec<Var>>>()?;
         let adapted: Vec<bool> = targets
             .iter()
             .map(|t| self.cfg.targets.contains(t))
@@ -514,7 +539,7 @@ impl DeloAdapter<'_> {
         let mut prefixes = Vec::new();
         let mut pools = Vec::new();
         for (t, _) in targets.iter().zip(&adapted).filter(|(_, &a)| a) {
-            for &(m, qi) in modalities {
+            for &(m, qi) in &modalities {
                 let prefix = format!("layer{layer}.{}.{m}", t.name());
                 pools.push((task.pool(&prefix)?, qi));
                 prefixes.push(prefix);

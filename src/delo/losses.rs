@@ -3,7 +3,7 @@
 use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
 use crate::delo::adapter::{row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
-use crate::delo::config::{ConProxy, DeloConfig, TaskKeySource, Variant};
+use crate::delo::config::{ConProxy, DeloConfig, TaskKeySource};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::vilt::{Vilt, ViltInputs};
@@ -93,7 +93,7 @@ pub fn batch_losses(
     let complete: Vec<usize> = (0..b)
         .filter(|&i| missing[i] == MissingType::None)
         .collect();
-    let routed = matches!(cfg.variant, Variant::Delo | Variant::UnifiedPool);
+    let routed = cfg.variant.routed();
     let proxies: &[Proxy] = match cfg.con_proxy {
         _ if cfg.lambda_con <= 0.0 || !routed || complete.is_empty() => &[],
         ConProxy::Text => &[Proxy::Text],

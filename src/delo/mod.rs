@@ -7,3 +7,4 @@ pub mod experts;
 pub mod keys;
 pub mod losses;
 pub mod params;
+pub mod variant;

@@ -4,7 +4,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-use crate::delo::config::{DeloConfig, Variant};
+use crate::delo::config::DeloConfig;
+use crate::delo::variant::Update;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::vilt::ViltConfig;
@@ -70,33 +71,30 @@ fn pool_specs(out: &mut Vec<ParamSpec>, prefix: &str, cfg: &DeloConfig, d_in: us
 pub fn task_specs(cfg: &DeloConfig, vcfg: &ViltConfig, classes: usize) -> Vec<ParamSpec> {
     let (d, d_ff) = (vcfg.hidden_size, vcfg.intermediate_size);
     let mut out = Vec::new();
-    if cfg.variant != Variant::HeadsOnly {
-        for l in 0..vcfg.num_hidden_layers {
-            for t in &cfg.targets {
-                let (d_in, d_out) = t.dims(d, d_ff);
-                let p = format!("layer{l}.{}", t.name());
-                match cfg.variant {
-                    Variant::Delo => {
-                        pool_specs(&mut out, &format!("{p}.v"), cfg, d_in, d_out);
-                        pool_specs(&mut out, &format!("{p}.t"), cfg, d_in, d_out);
+    for l in 0..vcfg.num_hidden_layers {
+        for t in &cfg.targets {
+            let (d_in, d_out) = t.dims(d, d_ff);
+            let p = format!("layer{l}.{}", t.name());
+            match cfg.variant.update() {
+                Update::Routed(pools) => {
+                    for pool in pools {
+                        let prefix = format!("{p}.{}", pool.suffix);
+                        pool_specs(&mut out, &prefix, cfg, d_in, d_out);
                     }
-                    Variant::UnifiedPool => {
-                        pool_specs(&mut out, &format!("{p}.u"), cfg, d_in, d_out)
-                    }
-                    Variant::Lora | Variant::SeqLora => {
-                        out.push(spec(
-                            format!("{p}.lora_a"),
-                            vec![cfg.rank, d_in],
-                            Init::NormalFanIn(d_in),
-                        ));
-                        out.push(spec(
-                            format!("{p}.lora_b"),
-                            vec![d_out, cfg.rank],
-                            Init::Zeros,
-                        ));
-                    }
-                    Variant::HeadsOnly => unreachable!("heads-only has no adapters"),
                 }
+                Update::LowRank => {
+                    out.push(spec(
+                        format!("{p}.lora_a"),
+                        vec![cfg.rank, d_in],
+                        Init::NormalFanIn(d_in),
+                    ));
+                    out.push(spec(
+                        format!("{p}.lora_b"),
+                        vec![d_out, cfg.rank],
+                        Init::Zeros,
+                    ));
+                }
+                Update::None => {}
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::backend::cuda::DriverCounts;
 use crate::backend::Device;
 use crate::data::{Label, LabelKind, MissingType, Split};
 use crate::delo::adapter::{groups_of, row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
-use crate::delo::config::{TaskKeySource, Variant};
+use crate::delo::config::TaskKeySource;
 use crate::delo::keys::majority;
 use crate::delo::losses::head_logits;
 use crate::error::Result;
@@ -95,7 +95,8 @@ pub(crate) fn answer_batch(
     let s = tr.settings();
     let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
     let layers = tr.vilt.cfg.num_hidden_layers;
-    let layered = s.delo.task_key == TaskKeySource::Layer && s.delo.variant != Variant::SeqLora;
+    let shared = s.delo.variant.shares_one_model();
+    let layered = s.delo.task_key == TaskKeySource::Layer && !shared;
     let be = tr.device.backend();
     let logits_of = |tape: &mut Tape, task: &BoundTask, pooled: Var| -> Result<Tensor> {
         let logits = head_logits(tape, task, pooled)?;
@@ -127,8 +128,8 @@ pub(crate) fn answer_batch(
             groups.push(TaskLogits::own(k, rows, logits));
         }
     } else {
-        let picked: Vec<usize> = match (s.delo.variant, s.delo.task_key) {
-            (Variant::SeqLora, _) => vec![trained; missing.len()],
+        let picked: Vec<usize> = match (shared, s.delo.task_key) {
+            (true, _) => vec![trained; missing.len()],
             (_, TaskKeySource::Oracle) => vec![task; missing.len()],
             _ => {
                 let mut tape = Tape::new(tr.device.clone());
@@ -237,14 +238,21 @@ fn answer_mixed(
     }
     let mut tape = Tape::new(tr.device.clone());
     let run_position: Vec<usize> = run.iter().map(|&i| position[i]).collect();
-    let choice = row_index(&tape, &run_position)?;
     let bound: Vec<BoundTask> = groups
         .iter()
         .map(|(k, _)| BoundTask::constants(&mut tape, &tr.tasks[*k].params))
         .collect();
-    let choice_of = TaskChoice::PerSample {
-        tasks: &bound,
-        choice: &choice,
+    // A batch of one task needs no choosing (nor the choices' upload).
+    let choice = match bound.len() {
+        1 => None,
+        _ => Some(row_index(&tape, &run_position)?),
+    };
+    let choice_of = match &choice {
+        None => TaskChoice::One(&bound[0]),
+        Some(choice) => TaskChoice::PerSample {
+            tasks: &bound,
+            choice,
+        },
     };
     let layers = tr.vilt.cfg.num_hidden_layers;
     let mut ad = DeloAdapter::new(&s.delo, choice_of, &run_missing, layers, Proxy::None);
@@ -310,7 +318,7 @@ fn evaluate_counted(
     let (mut total, mut correct, mut id_correct) = (0usize, 0usize, 0usize);
     let mut f1 = MultiLabelCounts::new(n_cls);
     let mut predictions = Vec::new();
-    let seq = tr.settings().delo.variant == Variant::SeqLora;
+    let seq = tr.settings().delo.variant.shares_one_model();
     // Per head: its columns as global classes; per task: its columns in the latest head.
     let columns: Vec<Vec<usize>> = (0..=trained).map(|k| tr.head_classes(k)).collect();
     let spans: Vec<_> = (0..=trained).map(|j| tr.head_span(j, trained)).collect();

@@ -31,7 +31,7 @@ use crate::data::tokenizer::BertTokenizer;
 use crate::data::{
     Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Skipped, Split,
 };
-use crate::delo::config::{DeloConfig, TaskKeySource, Variant};
+use crate::delo::config::{DeloConfig, TaskKeySource};
 use crate::delo::losses::Targets;
 use crate::delo::params::{init_params, task_specs};
 use crate::error::{Error, Result};
@@ -524,7 +524,7 @@ impl Trainer {
     /// seen so far (tasks 0..=t in order), as global class ids.
     pub fn head_classes(&self, t: usize) -> Vec<usize> {
         let tasks = &self.bench.tasks;
-        if self.settings().delo.variant == Variant::SeqLora {
+        if self.settings().delo.variant.shares_one_model() {
             tasks[..=t]
                 .iter()
                 .flat_map(|x| x.classes.iter().copied())
@@ -537,7 +537,7 @@ impl Trainer {
     /// The head columns of task `t`'s own classes in the head trained with task `trained`.
     pub fn head_span(&self, t: usize, trained: usize) -> std::ops::Range<usize> {
         let n = self.bench.tasks[t].classes.len();
-        if self.settings().delo.variant == Variant::SeqLora && t <= trained {
+        if self.settings().delo.variant.shares_one_model() && t <= trained {
             let offset = self.bench.tasks[..t].iter().map(|x| x.classes.len()).sum();
             offset..offset + n
         } else {
@@ -551,8 +551,8 @@ impl Trainer {
         let s = self.settings();
         let specs = task_specs(&s.delo, &self.vilt.cfg, self.head_classes(t).len());
         let fresh = init_params(&specs, s.seed.wrapping_add(1000 * t as u64 + 1))?;
-        let prev = match (s.delo.variant, t.checked_sub(1)) {
-            (Variant::SeqLora, Some(p)) => &self.tasks[p].params,
+        let prev = match (s.delo.variant.shares_one_model(), t.checked_sub(1)) {
+            (true, Some(p)) => &self.tasks[p].params,
             _ => return Ok(fresh),
         };
         fresh
