@@ -8,6 +8,7 @@ use crate::data::MissingType;
 use crate::delo::config::DeloConfig;
 use crate::delo::experts::{compose, route, route_compose_group, PoolVars};
 use crate::delo::keys::TaskKeys;
+use crate::delo::names::{self, PoolTensor};
 use crate::delo::variant::{PoolQuery, Update};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -39,15 +40,15 @@ impl BoundTask {
             .ok_or_else(|| Error::Msg(format!("the task has no parameter `{name}`")))
     }
     fn pool(&self, prefix: &str) -> Result<PoolVars> {
-        let v = |s: &str| self.var(&format!("{prefix}.{s}"));
+        let v = |t: PoolTensor| self.var(&t.name(prefix));
         Ok(PoolVars {
-            a_pool: v("a_pool")?,
-            b_pool: v("b_pool")?,
-            wa: v("router_a.weight")?,
-            ba: v("router_a.bias")?,
-            wb: v("router_b.weight")?,
-            bb: v("router_b.bias")?,
-            wc: v("compat")?,
+            a_pool: v(PoolTensor::APool)?,
+            b_pool: v(PoolTensor::BPool)?,
+            wa: v(PoolTensor::RouterAWeight)?,
+            ba: v(PoolTensor::RouterABias)?,
+            wb: v(PoolTensor::RouterBWeight)?,
+            bb: v(PoolTensor::RouterBBias)?,
+            wc: v(PoolTensor::Compat)?,
         })
     }
 }
@@ -188,15 +189,13 @@ impl<'a> DeloAdapter<'a> {
                     .iter()
                     .map(|pool| {
                         let q = pool_query(tape, guided, pool.query)?;
-                        routed(tape, format!("{p}.{}", pool.suffix), q)
+                        routed(tape, names::pool(p, pool.suffix), q)
                     })
                     .collect()
             }
             Update::LowRank => {
-                let (a, b) = (
-                    task.var(&format!("{p}.lora_a"))?,
-                    task.var(&format!("{p}.lora_b"))?,
-                );
+                let (a, b) = names::lora(p);
+                let (a, b) = (task.var(&a)?, task.var(&b)?);
                 let ax = tape.linear_param(x, a, None)?;
                 let bax = tape.linear_param(ax, b, None)?;
                 Ok(vec![tape.scale(bax, cfg.alpha)?])
@@ -455,7 +454,7 @@ impl Adapter for DeloAdapter<'_> {
         if !self.cfg.targets.contains(&target) || !self.cfg.variant.has_adapters() {
             return Ok(Vec::new());
         }
-        let p = format!("layer{layer}.{}", target.name());
+        let p = names::linear(layer, target);
         let q = self.guided;
         match self.choice {
             TaskChoice::One(task) => self.task_delta(tape, task, &p, x, q),
@@ -540,7 +539,7 @@ impl DeloAdapter<'_> {
         let mut pools = Vec::new();
         for (t, _) in targets.iter().zip(&adapted).filter(|(_, &a)| a) {
             for &(m, qi) in &modalities {
-                let prefix = format!("layer{layer}.{}.{m}", t.name());
+                let prefix = names::pool(&names::linear(layer, *t), m);
                 pools.push((task.pool(&prefix)?, qi));
                 prefixes.push(prefix);
             }

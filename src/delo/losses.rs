@@ -4,6 +4,7 @@ use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
 use crate::delo::adapter::{row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
 use crate::delo::config::{ConProxy, DeloConfig, TaskKeySource};
+use crate::delo::names;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::vilt::{Vilt, ViltInputs};
@@ -74,7 +75,7 @@ pub fn alignment_loss(tape: &mut Tape, qv: Var, qt: Var, complete: &[usize]) -> 
 
 /// The head of a bound task on a pooled feature.
 pub fn head_logits(tape: &mut Tape, task: &BoundTask, pooled: Var) -> Result<Var> {
-    let (w, b) = (task.var("head.weight")?, task.var("head.bias")?);
+    let (w, b) = (task.var(names::HEAD_WEIGHT)?, task.var(names::HEAD_BIAS)?);
     tape.linear_param(pooled, w, Some(b))
 }
 

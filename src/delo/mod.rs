@@ -6,5 +6,6 @@ pub mod config;
 pub mod experts;
 pub mod keys;
 pub mod losses;
+pub mod names;
 pub mod params;
 pub mod variant;

@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
 use crate::delo::config::DeloConfig;
+use crate::delo::names::{self, PoolTensor};
 use crate::delo::variant::Update;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -36,33 +37,20 @@ fn spec(name: String, shape: Vec<usize>, init: Init) -> ParamSpec {
 /// unified pool) at `prefix`.
 fn pool_specs(out: &mut Vec<ParamSpec>, prefix: &str, cfg: &DeloConfig, d_in: usize, d_out: usize) {
     let (e, r, rho) = (cfg.experts, cfg.rank, cfg.factor_rank);
-    out.push(spec(
-        format!("{prefix}.a_pool"),
-        vec![e, rho, d_in],
-        Init::NormalFanIn(d_in),
-    ));
-    out.push(spec(
-        format!("{prefix}.b_pool"),
-        vec![e, d_out, rho],
-        Init::Zeros,
-    ));
-    for router in ["router_a", "router_b"] {
-        out.push(spec(
-            format!("{prefix}.{router}.weight"),
-            vec![e, d_in],
-            Init::UniformFanIn(d_in),
-        ));
-        out.push(spec(
-            format!("{prefix}.{router}.bias"),
-            vec![e],
-            Init::UniformFanIn(d_in),
-        ));
+    for tensor in PoolTensor::ALL {
+        let (shape, init) = match tensor {
+            PoolTensor::APool => (vec![e, rho, d_in], Init::NormalFanIn(d_in)),
+            PoolTensor::BPool => (vec![e, d_out, rho], Init::Zeros),
+            PoolTensor::RouterAWeight | PoolTensor::RouterBWeight => {
+                (vec![e, d_in], Init::UniformFanIn(d_in))
+            }
+            PoolTensor::RouterABias | PoolTensor::RouterBBias => {
+                (vec![e], Init::UniformFanIn(d_in))
+            }
+            PoolTensor::Compat => (vec![r, d_in, e], Init::NormalFanIn(d_in)),
+        };
+        out.push(spec(tensor.name(prefix), shape, init));
     }
-    out.push(spec(
-        format!("{prefix}.compat"),
-        vec![r, d_in, e],
-        Init::NormalFanIn(d_in),
-    ));
 }
 
 /// Every trainable tensor of one task with `classes` outputs, in a fixed order. Names:
@@ -74,37 +62,29 @@ pub fn task_specs(cfg: &DeloConfig, vcfg: &ViltConfig, classes: usize) -> Vec<Pa
     for l in 0..vcfg.num_hidden_layers {
         for t in &cfg.targets {
             let (d_in, d_out) = t.dims(d, d_ff);
-            let p = format!("layer{l}.{}", t.name());
+            let p = names::linear(l, *t);
             match cfg.variant.update() {
                 Update::Routed(pools) => {
                     for pool in pools {
-                        let prefix = format!("{p}.{}", pool.suffix);
-                        pool_specs(&mut out, &prefix, cfg, d_in, d_out);
+                        pool_specs(&mut out, &names::pool(&p, pool.suffix), cfg, d_in, d_out);
                     }
                 }
                 Update::LowRank => {
-                    out.push(spec(
-                        format!("{p}.lora_a"),
-                        vec![cfg.rank, d_in],
-                        Init::NormalFanIn(d_in),
-                    ));
-                    out.push(spec(
-                        format!("{p}.lora_b"),
-                        vec![d_out, cfg.rank],
-                        Init::Zeros,
-                    ));
+                    let (a, b) = names::lora(&p);
+                    out.push(spec(a, vec![cfg.rank, d_in], Init::NormalFanIn(d_in)));
+                    out.push(spec(b, vec![d_out, cfg.rank], Init::Zeros));
                 }
                 Update::None => {}
             }
         }
     }
     out.push(spec(
-        "head.weight".into(),
+        names::HEAD_WEIGHT.into(),
         vec![classes, d],
         Init::UniformFanIn(d),
     ));
     out.push(spec(
-        "head.bias".into(),
+        names::HEAD_BIAS.into(),
         vec![classes],
         Init::UniformFanIn(d),
     ));
