@@ -26,12 +26,19 @@ pub enum Variant {
 impl std::str::FromStr for Variant {
     type Err = Error;
     fn from_str(s: &str) -> Result<Variant> {
-        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
-            Error::Msg(format!(
-                "variant '{s}': expected delo, lora, unified-pool, heads-only or seq-lora"
-            ))
-        })
+        from_word(
+            s,
+            "variant",
+            "delo, lora, unified-pool, heads-only or seq-lora",
+        )
     }
+}
+
+/// A setting's word as `run.json` spells it (its serde name), so that the command line and
+/// the stored settings share one spelling; `what` and `expected` make the error.
+fn from_word<T: serde::de::DeserializeOwned>(s: &str, what: &str, expected: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| Error::Msg(format!("{what} '{s}': expected {expected}")))
 }
 
 /// Where the Task-Key memory reads its query (DELO.md "Task-Key memory").
@@ -44,6 +51,13 @@ pub enum TaskKeySource {
     Oracle,
 }
 
+impl std::str::FromStr for TaskKeySource {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<TaskKeySource> {
+        from_word(s, "task key", "input, frozen, layer or oracle")
+    }
+}
+
 /// Which direction(s) the consistency loss L_con proxies for complete samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +65,13 @@ pub enum ConProxy {
     Text,
     Image,
     Both,
+}
+
+impl std::str::FromStr for ConProxy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ConProxy> {
+        from_word(s, "consistency proxy", "text, image or both")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
