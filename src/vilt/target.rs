@@ -44,12 +44,6 @@ impl Target {
             Target::Fc2 => "fc2",
         }
     }
-    /// Parses a comma-separated list such as `q,k,v` (in [`Target::canonical`] order).
-    pub fn parse_list(s: &str) -> Result<Vec<Target>> {
-        let list = s.split(',').map(str::parse).collect::<Result<_>>()?;
-        Ok(Target::canonical(list))
-    }
-
     /// `list` sorted in layer order without repeats: the order the adapter and the parameter
     /// layout use, whatever order the targets were given in.
     pub fn canonical(mut list: Vec<Target>) -> Vec<Target> {
