@@ -42,26 +42,60 @@ impl Device {
     pub fn is_cuda(&self) -> bool {
         matches!(self, Device::Cuda(_))
     }
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// Opens the device `cpu`, `cuda` or `cuda:N` (see [`DeviceName`]).
     pub fn parse(name: &str) -> Result<Device> {
-        match name {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(CudaBackend::new(0)?)),
-            s if s.starts_with("cuda:") => {
-                let ordinal = s[5..].parse().map_err(|_| {
-                    crate::error::Error::Msg(format!("device '{s}': expected cuda:N"))
-                })?;
-                Ok(Device::Cuda(CudaBackend::new(ordinal)?))
-            }
-            s => Err(crate::error::Error::Msg(format!(
-                "unknown device '{s}': expected cpu, cuda or cuda:N"
-            ))),
-        }
+        name.parse::<DeviceName>()?.open()
     }
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
             Device::Cuda(b) => format!("cuda:{}", b.ordinal()),
+        }
+    }
+}
+
+/// A device as the command line names it, before it is opened: `cpu`, `cuda` (the first GPU)
+/// or `cuda:N`. It prints as it was given, so that a run's settings keep the user's spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceName {
+    Cpu,
+    /// `cuda` (`None`, the first GPU) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl DeviceName {
+    /// The device itself; CUDA fails here when no driver, kernels or device `N` is present.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceName::Cpu => Ok(Device::Cpu),
+            DeviceName::Cuda(ordinal) => Ok(Device::Cuda(CudaBackend::new(ordinal.unwrap_or(0))?)),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceName {
+    type Err = crate::error::Error;
+    fn from_str(name: &str) -> Result<DeviceName> {
+        match name.trim() {
+            "cpu" => Ok(DeviceName::Cpu),
+            "cuda" => Ok(DeviceName::Cuda(None)),
+            s if s.starts_with("cuda:") => s[5..]
+                .parse()
+                .map(|n| DeviceName::Cuda(Some(n)))
+                .map_err(|_| crate::error::Error::Msg(format!("device '{s}': expected cuda:N"))),
+            s => Err(crate::error::Error::Msg(format!(
+                "unknown device '{s}': expected cpu, cuda or cuda:N"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceName::Cpu => f.write_str("cpu"),
+            DeviceName::Cuda(None) => f.write_str("cuda"),
+            DeviceName::Cuda(Some(n)) => write!(f, "cuda:{n}"),
         }
     }
 }

@@ -8,6 +8,13 @@ pub use crate::delo::variant::Variant;
 use crate::error::{Error, Result};
 pub use crate::vilt::Target;
 
+/// A setting's word as `run.json` spells it (its serde name), so that the command line and
+/// the stored settings share one spelling; `what` and `expected` make the error.
+fn from_word<T: serde::de::DeserializeOwned>(s: &str, what: &str, expected: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| Error::Msg(format!("{what} '{s}': expected {expected}")))
+}
+
 /// Where the Task-Key memory reads its query (DELO.md "Task-Key memory").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -18,6 +25,13 @@ pub enum TaskKeySource {
     Oracle,
 }
 
+impl std::str::FromStr for TaskKeySource {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<TaskKeySource> {
+        from_word(s, "task key", "input, frozen, layer or oracle")
+    }
+}
+
 /// Which direction(s) the consistency loss L_con proxies for complete samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,6 +39,13 @@ pub enum ConProxy {
     Text,
     Image,
     Both,
+}
+
+impl std::str::FromStr for ConProxy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ConProxy> {
+        from_word(s, "consistency proxy", "text, image or both")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -134,9 +134,10 @@ impl std::str::FromStr for Variant {
             .find(|v| v.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+                let (last, rest) = names.split_last().unwrap_or((&"", &[]));
                 Error::Msg(format!(
-                    "variant '{s}': expected one of {}",
-                    names.join(", ")
+                    "variant '{s}': expected {} or {last}",
+                    rest.join(", ")
                 ))
             })
     }

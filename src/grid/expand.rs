@@ -146,18 +146,6 @@ impl FromStr for Method {
     }
 }
 
-/// `text`, `image` or `both`.
-pub fn parse_kind(s: &str) -> Result<MissingKind> {
-    match s.trim() {
-        "text" => Ok(MissingKind::Text),
-        "image" => Ok(MissingKind::Image),
-        "both" => Ok(MissingKind::Both),
-        _ => Err(Error::Msg(format!(
-            "missing type '{s}': expected text, image or both"
-        ))),
-    }
-}
-
 /// One run of the grid: the missing-modality setting and the method with its pool size, rank
 /// and loss weights (DELO.md's defaults unless a table varies them).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -342,7 +330,7 @@ mod kinds {
     ) -> std::result::Result<Vec<MissingKind>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
-            .map(|s| parse_kind(s).map_err(serde::de::Error::custom))
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
             .collect()
     }
 }
