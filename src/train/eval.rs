@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::Tape;
 use crate::backend::cuda::DriverCounts;
 use crate::backend::Device;
 use crate::data::{Label, LabelKind, MissingType, Split};
@@ -82,51 +82,22 @@ impl Answer {
 ///
 /// What it waits for on a GPU: the task query once (`input`, `frozen`: the Task-Key choice is
 /// made on the host), each layer's query once (`layer`, inside the adapter), and the logits of
-/// every group once, together, after all the groups' forwards are queued. On CUDA (without
-/// `probes`) a group's forward runs on [`bucket_rows`], so that its buffers come in a few
-/// sizes that the device block cache keeps from batch to batch.
+/// every picked task once, together, after all forwards are queued. On CUDA (without `probes`)
+/// the whole batch is one forward whatever tasks it picked ([`answer_mixed`]); elsewhere each
+/// picked task runs on its own samples ([`answer_by_group`]).
 pub(crate) fn answer_batch(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
     task: usize,
     trained: usize,
-    mut probes: Option<&mut Probes>,
+    probes: Option<&mut Probes>,
 ) -> Result<Vec<Answer>> {
     let s = tr.settings();
     let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
-    let layers = tr.vilt.cfg.num_hidden_layers;
     let shared = s.delo.variant.shares_one_model();
-    let layered = s.delo.task_key == TaskKeySource::Layer && !shared;
-    let be = tr.device.backend();
-    let logits_of = |tape: &mut Tape, task: &BoundTask, pooled: Var| -> Result<Tensor> {
-        let logits = head_logits(tape, task, pooled)?;
-        Ok(tape.value(logits).clone())
-    };
-    // Left on the device until every group's forward is queued.
-    let mut groups: Vec<TaskLogits> = Vec::new();
-    if layered {
-        let mut tape = Tape::new(tr.device.clone());
-        let bound: Vec<BoundTask> = tr.tasks[..=trained]
-            .iter()
-            .map(|t| BoundTask::constants(&mut tape, &t.params))
-            .collect();
-        let choice = TaskChoice::PerLayer {
-            tasks: &bound,
-            tables: &tr.keys,
-        };
-        let mut ad = DeloAdapter::new(&s.delo, choice, &missing, layers, Proxy::None);
-        if probes.is_some() {
-            ad = ad.record_selections();
-        }
-        let out = tr.vilt.forward(&mut tape, &batch.data, &mut ad)?;
-        if let Some(p) = probes.as_deref_mut() {
-            collect_probes(p, &tape, &ad, &missing)?;
-        }
-        for (k, rows) in groups_of(&majority(&ad.picks, trained + 1)) {
-            let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
-            let logits = logits_of(&mut tape, &bound[k], pooled)?;
-            groups.push(TaskLogits::own(k, rows, logits));
-        }
+    // Each task's logits stay on the device until every forward is queued.
+    let groups = if s.delo.task_key == TaskKeySource::Layer && !shared {
+        answer_per_layer(tr, batch, &missing, trained, probes)?
     } else {
         let picked: Vec<usize> = match (shared, s.delo.task_key) {
             (true, _) => vec![trained; missing.len()],
@@ -134,16 +105,87 @@ pub(crate) fn answer_batch(
             _ => {
                 let mut tape = Tape::new(tr.device.clone());
                 let q = tr.task_query(&mut tape, &batch.data, &missing)?;
-                let host = be.download_group(&[&q])?;
+                let host = tr.device.backend().download_group(&[&q])?;
                 tr.keys[0].predict(&host[0].to_vec_f32()?, q.dim(1), trained + 1)
             }
         };
         // Padding rows would be counted in the probes; the CPU keeps its shapes (and bits).
-        let pad = tr.device.is_cuda() && probes.is_none();
-        if pad {
-            groups = answer_mixed(tr, batch, &missing, &picked)?;
+        match tr.device.is_cuda() && probes.is_none() {
+            true => answer_mixed(tr, batch, &missing, &picked)?,
+            false => answer_by_group(tr, batch, &missing, &picked, probes)?,
         }
-        for (k, rows) in groups_of(&picked).into_iter().filter(|_| !pad) {
+    };
+    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.logits).collect();
+    let host = tr.device.backend().download_group(&logits)?;
+    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
+    for (g, lv) in groups.iter().zip(&host) {
+        let n = lv.numel() / lv.dim(0).max(1);
+        let lv = lv.to_vec_f32()?;
+        for (&r, &i) in g.rows.iter().zip(&g.samples) {
+            answers[i] = Some(Answer {
+                k: g.task,
+                logits: lv[r * n..(r + 1) * n].to_vec(),
+            });
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| crate::Error::Msg("a sample got no answer".into())))
+        .collect()
+}
+
+/// `--task-key layer`: one forward in which every layer picks each sample's task by its own
+/// key table, then the head of each sample's majority task.
+fn answer_per_layer(
+    tr: &Trainer,
+    batch: &crate::data::Batch<crate::vilt::ViltInputs>,
+    missing: &[MissingType],
+    trained: usize,
+    probes: Option<&mut Probes>,
+) -> Result<Vec<TaskLogits>> {
+    let s = tr.settings();
+    let layers = tr.vilt.cfg.num_hidden_layers;
+    let mut tape = Tape::new(tr.device.clone());
+    let bound: Vec<BoundTask> = tr.tasks[..=trained]
+        .iter()
+        .map(|t| BoundTask::constants(&mut tape, &t.params))
+        .collect();
+    let choice = TaskChoice::PerLayer {
+        tasks: &bound,
+        tables: &tr.keys,
+    };
+    let mut ad = DeloAdapter::new(&s.delo, choice, missing, layers, Proxy::None);
+    if probes.is_some() {
+        ad = ad.record_selections();
+    }
+    let out = tr.vilt.forward(&mut tape, &batch.data, &mut ad)?;
+    if let Some(p) = probes {
+        collect_probes(p, &tape, &ad, missing)?;
+    }
+    groups_of(&majority(&ad.picks, trained + 1))
+        .into_iter()
+        .map(|(k, rows)| {
+            let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
+            let logits = head_logits(&mut tape, &bound[k], pooled)?;
+            Ok(TaskLogits::own(k, rows, tape.value(logits).clone()))
+        })
+        .collect()
+}
+
+/// One forward per picked task over its own samples (the CPU, and any device when recording
+/// probes): each sample's result is exactly its task's forward of its group.
+fn answer_by_group(
+    tr: &Trainer,
+    batch: &crate::data::Batch<crate::vilt::ViltInputs>,
+    missing: &[MissingType],
+    picked: &[usize],
+    mut probes: Option<&mut Probes>,
+) -> Result<Vec<TaskLogits>> {
+    let s = tr.settings();
+    let layers = tr.vilt.cfg.num_hidden_layers;
+    groups_of(picked)
+        .into_iter()
+        .map(|(k, rows)| {
             let sub = match rows.len() == picked.len() {
                 true => batch.data.clone(),
                 false => batch.data.select(&rows)?,
@@ -162,26 +204,9 @@ pub(crate) fn answer_batch(
             if let Some(p) = probes.as_deref_mut() {
                 collect_probes(p, &tape, &ad, &sub_missing)?;
             }
-            let logits = logits_of(&mut tape, &bound, out.pooled)?;
-            groups.push(TaskLogits::own(k, rows, logits));
-        }
-    }
-    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.logits).collect();
-    let host = be.download_group(&logits)?;
-    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
-    for (g, lv) in groups.iter().zip(&host) {
-        let n = lv.numel() / lv.dim(0).max(1);
-        let lv = lv.to_vec_f32()?;
-        for (&r, &i) in g.rows.iter().zip(&g.samples) {
-            answers[i] = Some(Answer {
-                k: g.task,
-                logits: lv[r * n..(r + 1) * n].to_vec(),
-            });
-        }
-    }
-    answers
-        .into_iter()
-        .map(|a| a.ok_or_else(|| crate::Error::Msg("a sample got no answer".into())))
+            let logits = head_logits(&mut tape, &bound, out.pooled)?;
+            Ok(TaskLogits::own(k, rows, tape.value(logits).clone()))
+        })
         .collect()
 }
 
