@@ -155,7 +155,7 @@ mod tests {
         }
         let e = "lora2".parse::<Variant>().unwrap_err().to_string();
         assert!(
-            e.contains("expected one of delo, lora, unified-pool"),
+            e.contains("expected delo, lora, unified-pool, heads-only or seq-lora"),
             "{e}"
         );
     }
