@@ -1,4 +1,4 @@
-// DeLo factor selection (DELO.md "Routing and factor selection", eq. 3 with the compatibility
+// DeLo factor selection (docs/method.md#routing: eq. 3 with the compatibility
 // term) and its backward. Twins of cpu_experts::{route, route_backward}.
 #include "common.cuh"
 

@@ -1,5 +1,5 @@
 //! The expert linear: finite-difference checks of every gradient (input, both pools, routers
-//! A and B, compatibility router) and the routing semantics of DELO.md.
+//! A and B, compatibility router) and the routing semantics of docs/method.md#routing.
 
 mod common;
 

@@ -292,7 +292,7 @@ pub trait Backend: ExpertOps + Send + Sync {
     /// The residual stream and the LayerNorm that reads it, `s = x + (y + bias)` and
     /// `LayerNorm(s)`, for `x, y [rows, d]` (the sublayer's output `y` without or with its
     /// bias): both returned. One launch on CUDA (ViLT's post-attention and post-MLP residuals,
-    /// VILT.md §Forward).
+    /// docs/vilt.md#encoder-blocks).
     fn add_layernorm(
         &self,
         x: &Tensor,

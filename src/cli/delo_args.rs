@@ -1,4 +1,5 @@
-//! The DeLo settings of DELO.md as flags, shared by `delo train` and `delo params`.
+//! The DeLo settings of docs/method.md#notation-and-defaults as flags, shared by `delo train`
+//! and `delo params`.
 
 use anyhow::Result;
 use clap::Args;
@@ -6,7 +7,7 @@ use delo::delo::config::{ConProxy, DeloConfig, TaskKeySource, Variant};
 use delo::delo::experts::GateMode;
 use delo::vilt::Target;
 
-/// Every DeLo setting of DELO.md, with its defaults.
+/// Every DeLo setting of docs/method.md, with its defaults.
 #[derive(Args, Clone)]
 pub(super) struct DeloArgs {
     /// delo, lora, unified-pool, heads-only or seq-lora.

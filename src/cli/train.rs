@@ -34,7 +34,7 @@ pub(super) struct TrainArgs {
     /// the resumed step on; recorded in run.json, results.json and report.md.
     #[arg(long, requires = "resume")]
     override_lr: Option<f32>,
-    /// Missing modality, `type:η` with type text, image or both (CMML.md).
+    /// Missing modality, `type:η` with type text, image or both (docs/data.md#missing-modality).
     #[arg(long, default_value = "both:0.7", value_parser = as_given::<delo::data::MissingSpec>)]
     missing: String,
     /// cpu, cuda or cuda:N. Changes no result on a device, but another device rounds

@@ -1,4 +1,4 @@
-//! Missing-modality tables (CMML.md §Missing modality).
+//! Missing-modality tables (docs/data.md#missing-modality).
 //!
 //! Per (task, split) with N items, a seeded shuffle marks ⌊N·η⌋ items as missing. The seed is
 //! derived from (run seed, task, split) only, so a table never depends on earlier runs or on

@@ -53,7 +53,8 @@ impl BoundTask {
     }
 }
 
-/// Which query the text (or image) routers of a consistency forward use (DELO.md L_con).
+/// Which query the text (or image) routers of a consistency forward use
+/// (docs/method.md#consistency-loss).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proxy {
     /// Ordinary forward: eq. (5) from each sample's missing type.
@@ -330,7 +331,7 @@ pub fn choose_rows(tape: &mut Tape, a: Var, b: Var, take_b: &[bool]) -> Result<V
 
 /// Cross-modal guided queries, eq. (5): a text-missing sample routes its text pool by q_v, an
 /// image-missing one its image pool by q_t; a consistency forward's `proxy` replaces one query
-/// of every sample (DELO.md L_con). Returns (q̂_v, q̂_t).
+/// of every sample (docs/method.md#consistency-loss). Returns (q̂_v, q̂_t).
 pub fn guide_queries(
     tape: &mut Tape,
     qv: Var,

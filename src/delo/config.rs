@@ -1,5 +1,5 @@
 //! DeLo's settings: variant, pool sizes, targets, gates, loss weights, task-key source
-//! (defaults of DELO.md).
+//! (defaults of docs/method.md#notation-and-defaults).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ fn from_word<T: serde::de::DeserializeOwned>(s: &str, what: &str, expected: &str
         .map_err(|_| Error::Msg(format!("{what} '{s}': expected {expected}")))
 }
 
-/// Where the Task-Key memory reads its query (DELO.md "Task-Key memory").
+/// Where the Task-Key memory reads its query (docs/method.md#key-sources).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKeySource {

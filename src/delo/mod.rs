@@ -1,5 +1,5 @@
 //! DeLo: per-task pools of low-rank factors, chosen per sample by routers, added to the frozen
-//! linears of ViLT (DELO.md).
+//! linears of ViLT (docs/method.md).
 
 pub mod adapter;
 pub mod config;

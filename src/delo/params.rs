@@ -1,4 +1,4 @@
-//! One task's trainable tensors: names, shapes and initialisation (DELO.md "Parameters").
+//! One task's trainable tensors: names, shapes and initialisation (docs/method.md#parameters).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -91,7 +91,8 @@ pub fn task_specs(cfg: &DeloConfig, vcfg: &ViltConfig, classes: usize) -> Vec<Pa
     out
 }
 
-/// Draws the initial values of `specs` (DELO.md inits), deterministically for `seed`.
+/// Draws the initial values of `specs` (the initial values of docs/method.md#parameters),
+/// deterministically for `seed`.
 pub fn init_params(specs: &[ParamSpec], seed: u64) -> Result<Vec<(String, Tensor)>> {
     let mut rng = StdRng::seed_from_u64(seed);
     specs

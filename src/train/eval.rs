@@ -1,6 +1,6 @@
-//! Task-agnostic evaluation (CMML.md "Metrics"): the Task-Key memory picks k* per sample, the
-//! head of k* predicts, a sample routed to the wrong task gets no correct label; task-id
-//! accuracy is reported beside the metric.
+//! Task-agnostic evaluation (docs/data.md#evaluation-protocol): the Task-Key memory picks k* per
+//! sample, the head of k* predicts, a sample routed to the wrong task gets no correct label;
+//! task-id accuracy is reported beside the metric.
 
 use std::collections::BTreeMap;
 

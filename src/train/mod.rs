@@ -1,4 +1,4 @@
-//! The continual trainer (CMML.md "Training protocol", DELO.md "Optimisation"): tasks in
+//! The continual trainer (docs/data.md#training-protocol, docs/method.md#optimisation): tasks in
 //! sequence, AdamW over the current task's parameters only, EMA task keys, evaluation of every
 //! seen task after each task, atomic checkpoints (at task ends and every `--checkpoint-every`
 //! inside a task) and resume from the newest one, one training process per run directory.
@@ -69,7 +69,7 @@ fn frozen_dtype(setting: &str, device: &Device) -> Result<DType> {
     }
 }
 
-/// Everything a run needs besides the data and the model, with DELO.md's defaults.
+/// Everything a run needs besides the data and the model, with the defaults of docs/method.md.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct TrainSettings {
@@ -83,7 +83,7 @@ pub struct TrainSettings {
     /// Fraction of each task's steps spent warming up.
     pub warmup: f32,
     pub seed: u64,
-    /// `type:η`, e.g. `both:0.7` (CMML.md "Missing modality").
+    /// `type:η`, e.g. `both:0.7` (docs/data.md#missing-modality).
     pub missing: String,
     pub max_text_len: usize,
     /// Text lengths are rounded up to a multiple of this many tokens; `None`:

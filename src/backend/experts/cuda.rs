@@ -201,7 +201,7 @@ impl CudaBackend {
     }
 
     /// [`crate::backend::Backend::route`] on the device, eq. (3) with the compatibility term
-    /// (DELO.md "Routing", steps 1–3): one block per sample.
+    /// (docs/method.md#routing, steps 1–3): one block per sample.
     pub(super) fn route_device(
         &self,
         la: &Tensor,

@@ -16,7 +16,7 @@ use group::{GroupForward, GroupGrads, PoolGroup};
 
 /// The DeLo expert ops of a backend (every [`crate::backend::Backend`] has them).
 pub trait ExpertOps {
-    /// Factor selection of one pool pair for every sample (DELO.md "Routing", eq. 3): softmax
+    /// Factor selection of one pool pair for every sample (eq. 3, docs/method.md#routing): softmax
     /// of the router logits `la, lb [B, E]`, top-r of p_A, the compatibility term from the
     /// selected A factors `a_pool [E, ρ, d]` and `wc [r, d, E]`, top-r of p_B + λ·c.
     fn route(
@@ -73,7 +73,8 @@ pub trait ExpertOps {
     /// its sums keep the order of the single-pool ops.
     fn groups_pools(&self) -> bool;
     /// Routing (router linears included), gates and composition of every pool of `g`
-    /// (DELO.md eq. 2–4). The CPU goes pool by pool ([`group::forward_by_pool`]).
+    /// (eq. 2–4, docs/method.md#composition). The CPU goes pool by pool
+    /// ([`group::forward_by_pool`]).
     fn pool_group_forward(&self, g: &PoolGroup) -> Result<GroupForward>;
     /// Gradients of [`ExpertOps::pool_group_forward`] from each pool's update gradient `dys[p]`
     /// to the shared input, the queries and every pool's parameters.
