@@ -1035,6 +1035,16 @@ fn bad_operands_get_one_message_on_both_devices() {
             }),
         ),
         (
+            "attention_backward",
+            Box::new(|be, on| {
+                // k has another width than q: refused by the shared check on both devices
+                be.attention_backward(&on(&x), &on(&x), &on(&w4), &on(&x), &on(&x), 2)
+                    .err()
+                    .unwrap()
+                    .to_string()
+            }),
+        ),
+        (
             "split_seq",
             Box::new(|be, on| be.split_seq(&on(&x), 4).err().unwrap().to_string()),
         ),

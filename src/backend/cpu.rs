@@ -423,7 +423,7 @@ impl Backend for CpuBackend {
         out(y, x.shape())
     }
     fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
-        same_shape(op.kernels().1, dy, saved)?;
+        same_shape(op.backward_name(), dy, saved)?;
         let (gv, sv) = (dy.f32s()?, saved.f32s()?);
         let (dx, _) = par_build(sv.len(), ELEMENTWISE_CHUNK, |off, dc| {
             let r = off..off + dc.len();

@@ -79,9 +79,9 @@ pub enum TaskChoice<'a> {
     /// Sample r takes `tasks[choice[r]]` at every layer (`choice` i32 `[B]` on the tape's
     /// device): evaluation of a batch whose samples the Task-Key memory sent to different
     /// tasks, in one forward of the whole batch. Every task's update is computed for every
-    /// sample and each row keeps its own ([`Tape::select_rows`]), so the forward's shapes do not
-    /// depend on how the batch splits between tasks (on CUDA its buffers come back from the
-    /// block cache batch after batch). Selections are not recorded: they would mix tasks.
+    /// sample and each row keeps its own ([`Tape::select_rows`]), so no buffer's shape depends
+    /// on how the batch splits between tasks. Recording selections is refused: they would mix
+    /// tasks.
     PerSample {
         tasks: &'a [BoundTask],
         choice: &'a Tensor,
@@ -274,6 +274,12 @@ fn select_parts(tape: &mut Tape, per_task: Vec<Vec<Var>>, choice: &Tensor) -> Re
         return Ok(per_task.into_iter().flatten().collect());
     }
     let n = per_task.first().map_or(0, Vec::len);
+    if per_task.iter().any(|p| p.len() != n) {
+        return Err(Error::Msg(format!(
+            "tasks with different numbers of updates: {:?}",
+            per_task.iter().map(Vec::len).collect::<Vec<_>>()
+        )));
+    }
     (0..n)
         .map(|j| {
             let parts: Vec<Var> = per_task.iter().map(|p| p[j]).collect();
@@ -414,8 +420,9 @@ impl Adapter for DeloAdapter<'_> {
         Ok(())
     }
 
-    /// On a backend that groups pools, with one task for the batch: every routed pool of the
-    /// shared-input targets in one node ([`route_compose_group`]).
+    /// On a backend that groups pools, with one task for every sample or a task per sample
+    /// (not per layer): every routed pool of the shared-input targets in one node per task
+    /// ([`route_compose_group`]).
     fn adapts_together(&self, tape: &Tape, _layer: usize, targets: &[Target]) -> bool {
         tape.device().backend().groups_pools()
             && self.routed()

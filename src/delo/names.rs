@@ -35,11 +35,13 @@ pub enum PoolTensor {
     APool,
     /// B factors `[E, d_out, ρ]`.
     BPool,
-    /// Router A `[E, d_in]`, `[E]`.
+    /// Router A's weight `[E, d_in]`.
     RouterAWeight,
+    /// Router A's bias `[E]`.
     RouterABias,
-    /// Router B `[E, d_in]`, `[E]`.
+    /// Router B's weight `[E, d_in]`.
     RouterBWeight,
+    /// Router B's bias `[E]`.
     RouterBBias,
     /// The compatibility router `[r, d_in, E]`.
     Compat,

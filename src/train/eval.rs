@@ -235,12 +235,14 @@ impl TaskLogits {
 
 /// The forward of a whole batch on CUDA whose samples `picked` different tasks: one forward
 /// of the batch, padded by [`bucket_rows`], in which each sample takes its own task's adapters
-/// ([`TaskChoice::PerSample`]), then every picked task's head over all rows. Its shapes
-/// depend only on the batch's size and text length, not on how the batch splits between tasks,
-/// so from batch to batch the device block cache serves every buffer. Each task's adapters
-/// run on every row (the rows of other tasks are dropped), which on a GPU costs far less than
-/// the launches and buffers of a forward per task. Returns, per picked task (ascending), its
-/// samples at the same rows of its logits, still on the device.
+/// ([`TaskChoice::PerSample`]), then every picked task's head over all rows. Every buffer's
+/// shape depends only on the batch's size and text length, not on how the batch splits
+/// between tasks, so once batches picking as many tasks as any later one have run, the
+/// device block cache serves every buffer. Each picked task's adapters run on every row (the
+/// rows of other tasks are dropped), which on a GPU costs far less than the launches and
+/// buffers of a forward per task; the price is memory: the tape holds each picked task's
+/// adapter outputs for the whole batch until the forward ends. Returns, per picked task
+/// (ascending), its samples at the same rows of its logits, still on the device.
 fn answer_mixed(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
@@ -248,6 +250,9 @@ fn answer_mixed(
     picked: &[usize],
 ) -> Result<Vec<TaskLogits>> {
     let s = tr.settings();
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
     let all: Vec<usize> = (0..picked.len()).collect();
     let run = bucket_rows(&all, s.eval_batch_size);
     let data = match run == all {
@@ -298,9 +303,9 @@ fn answer_mixed(
 }
 
 /// `rows` followed by copies of its first row up to a bucket size: the smallest power of two
-/// that holds them, or `batch` (the evaluation batch size) when that is smaller. A key group
-/// (or a last, partial batch) then has one of about log₂(batch) + 1 shapes instead of any size
-/// up to the batch's. The copies' answers are dropped: samples do not interact in the encoder,
+/// that holds them, or `batch` (the evaluation batch size) when that is smaller. A last,
+/// partial batch then has one of about log₂(batch) + 1 shapes instead of any size up to the
+/// batch's. The copies' answers are dropped: samples do not interact in the encoder,
 /// so they change no sample's logits and no metric.
 pub(crate) fn bucket_rows(rows: &[usize], batch: usize) -> Vec<usize> {
     let size = rows.len().next_power_of_two().min(batch.max(rows.len()));

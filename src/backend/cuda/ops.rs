@@ -623,15 +623,15 @@ impl Backend for CudaBackend {
         Ok(out)
     }
     fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor> {
-        self.map1(x, op.kernels().0, |px, po, n| unsafe {
+        self.map1(x, op.name(), |px, po, n| unsafe {
             self.k
-                .unary(&self.stream, cfg_flat(n as usize), op, &[px, po], n)
+                .unary_forward(&self.stream, cfg_flat(n as usize), op, px, po, n)
         })
     }
     fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
-        self.map2(dy, saved, op.kernels().1, |pg, ps, po, n| unsafe {
+        self.map2(dy, saved, op.backward_name(), |pg, ps, po, n| unsafe {
             self.k
-                .unary(&self.stream, cfg_flat(n as usize), op, &[pg, ps, po], n)
+                .unary_backward(&self.stream, cfg_flat(n as usize), op, pg, ps, po, n)
         })
     }
 
@@ -1413,6 +1413,4 @@ impl Backend for CudaBackend {
             )
         }
     }
-
-    // ---- DeLo experts -----------------------------------------------------------------------
 }

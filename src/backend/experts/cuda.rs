@@ -200,7 +200,7 @@ impl CudaBackend {
         })
     }
 
-    /// [`crate::backend::Backend::route`] on the device, eq. (3) with the compatibility term
+    /// [`crate::backend::ExpertOps::route`] on the device, eq. (3) with the compatibility term
     /// (docs/method.md#routing, steps 1–3): one block per sample.
     pub(super) fn route_device(
         &self,
@@ -265,7 +265,7 @@ impl CudaBackend {
         })
     }
 
-    /// [`crate::backend::Backend::route_backward`] on the device: a warp per sample for the
+    /// [`crate::backend::ExpertOps::route_backward`] on the device: a warp per sample for the
     /// router logits and the compatibility softmax, then one thread per element of dW_C
     /// summing over the samples in order (deterministic).
     pub(super) fn route_backward_device(
@@ -336,7 +336,7 @@ impl CudaBackend {
 
     // ---- the gathered factor composition -------------------------------------------------------
 
-    /// [`crate::backend::Backend::expert_forward`], eq. (2)/(4): `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)`
+    /// [`crate::backend::ExpertOps::expert_forward`], eq. (2)/(4): `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)`
     /// for every token, by the chosen implementation.
     #[allow(clippy::too_many_arguments)]
     pub fn expert_forward_path(
@@ -371,7 +371,7 @@ impl CudaBackend {
         }
     }
 
-    /// [`crate::backend::Backend::expert_backward`] (gradients of eq. (2)/(4)) by the chosen
+    /// [`crate::backend::ExpertOps::expert_backward`] (gradients of eq. (2)/(4)) by the chosen
     /// implementation.
     #[allow(clippy::too_many_arguments)]
     pub fn expert_backward_path(

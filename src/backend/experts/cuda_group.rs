@@ -71,7 +71,7 @@ impl CudaBackend {
         Ok(Some(p0))
     }
 
-    /// [`Backend::pool_group_forward`]: the router linears and routing of every pool in one
+    /// [`crate::backend::ExpertOps::pool_group_forward`]: the router linears and routing of every pool in one
     /// launch, the gates (one upload, or one product for `score`), the composition in one.
     pub(super) fn pool_group_forward_device(&self, g: &PoolGroup) -> Result<GroupForward> {
         const OP: &str = "pool_group_forward";
@@ -215,7 +215,7 @@ impl CudaBackend {
         })
     }
 
-    /// [`Backend::pool_group_backward`]: the composition's backward for every pool in one
+    /// [`crate::backend::ExpertOps::pool_group_backward`]: the composition's backward for every pool in one
     /// launch, the stacked tile sums and pool scatters, the routing backward over all P·B rows,
     /// dW_C of every pool, and the router linears' gradients (weights, biases and each query's)
     /// in one launch. A forward that is not this backend's own grouped one goes pool by pool.

@@ -176,8 +176,8 @@ pub fn gate_backward<B: Backend + ?Sized>(
     })
 }
 
-/// [`Backend::pool_group_forward`] pool by pool with the single-pool ops: the router linears
-/// `W q + b`, [`Backend::route`], the gates and [`Backend::expert_forward`].
+/// [`crate::backend::ExpertOps::pool_group_forward`] pool by pool with the single-pool ops: the router linears
+/// `W q + b`, [`crate::backend::ExpertOps::route`], the gates and [`crate::backend::ExpertOps::expert_forward`].
 pub fn forward_by_pool<B: Backend + ?Sized>(be: &B, g: &PoolGroup) -> Result<GroupForward> {
     group_dims(g)?;
     let mut f = GroupForward {
@@ -203,7 +203,7 @@ pub fn forward_by_pool<B: Backend + ?Sized>(be: &B, g: &PoolGroup) -> Result<Gro
     Ok(f)
 }
 
-/// [`Backend::pool_group_backward`] pool by pool with the single-pool ops; `dys[p]` is the
+/// [`crate::backend::ExpertOps::pool_group_backward`] pool by pool with the single-pool ops; `dys[p]` is the
 /// gradient of pool p's update. Sums over pools in the group's order.
 pub fn backward_by_pool<B: Backend + ?Sized>(
     be: &B,
