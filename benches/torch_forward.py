@@ -14,7 +14,7 @@ both then see the same load.
 
 HF picks image patches with torch.multinomial even in eval; as in every script that compares
 with the engine, scripts/fixtures/patch_order.py replaces it by arange(n) (arange(n) % len with
-replacement), the engine's deterministic order (VILT.md §Forward 5). The replacement also
+replacement), the engine's deterministic order (docs/vilt.md#patch-selection). The replacement also
 costs less than sampling, so it does not handicap PyTorch.
 """
 

@@ -1,7 +1,7 @@
 """The DeLo training step written the way a PyTorch user would write it for speed: the step
 `delo bench train --torch` (benches/torch_train.py) times the engine against.
 
-Same math as the spec (DELO.md) and as scripts/fixtures/delo_reference.py, the golden reference
+Same math as docs/method.md and as scripts/fixtures/delo_reference.py, the golden reference
 the engine is tested against, which is written to be read equation by equation (one pair of
 einsums per expert pool, a hand-written softmax attention, AdamW with foreach=False). This one is
 written to be fast, as a competent user would:
@@ -49,7 +49,8 @@ FLAT_SUFFIX = {
 
 
 class LayerExperts(nn.Module):
-    """The DeLo experts of one layer's q, k, v (DELO.md; paper eq. 2-5): six pools stacked.
+    """The DeLo experts of one layer's q, k, v (docs/method.md#composition; paper eq. 2-5): six
+    pools stacked.
 
     a_pool [P, E, rho, d], b_pool [P, E, d, rho], router_{a,b}_weight [P, E, d], router_{a,b}_bias
     [P, E], compat [P, r, d, E], with P = 6 in POOLS order."""
@@ -70,8 +71,8 @@ class LayerExperts(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """DELO.md's initialisation: B pools zero, A pools and W_C N(0, 1/d_in), routers as
-        nn.Linear's default (uniform +-1/sqrt(d_in))."""
+        """The initialisation of docs/method.md#parameters: B pools zero, A pools and W_C
+        N(0, 1/d_in), routers as nn.Linear's default (uniform +-1/sqrt(d_in))."""
         d = self.a_pool.shape[-1]
         self.b_pool.zero_()
         self.a_pool.normal_(0.0, d**-0.5)
@@ -131,7 +132,7 @@ class DeloVilt(nn.Module):
         return x0, mask
 
     def block(self, i, x, attn_mask, qh_v, qh_t):
-        """One pre-LN ViLT block with the adapted q, k, v (VILT.md Forward 8)."""
+        """One pre-LN ViLT block with the adapted q, k, v (docs/vilt.md#encoder-blocks)."""
         layer = self.vilt.encoder.layer[i]
         b, n, d = x.shape
         xn = layer.layernorm_before(x)

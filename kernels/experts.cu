@@ -2,7 +2,7 @@
 // sample b and tile of tokens, the selected A rows and B columns are gathered by index and
 //   u = A_sel x,   y = alpha * sum_k (g_{k/rho} u_k) B_sel[:, k]
 // is applied to every token of the tile without materialising dW = B_sel diag(g) A_sel. Twins
-// of cpu_experts::{expert_forward, expert_backward}. Plus the kernels of the unfused path
+// of experts::cpu::{expert_forward, expert_backward}. Plus the kernels of the unfused path
 // (gather the selected factors into dense per-sample matrices, then cuBLAS) and the
 // deterministic reductions both paths share.
 //

@@ -1,5 +1,5 @@
-// DeLo factor selection (DELO.md "Routing and factor selection", eq. 3 with the compatibility
-// term) and its backward. Twins of cpu_experts::{route, route_backward}.
+// DeLo factor selection (docs/method.md#routing: eq. 3 with the compatibility
+// term) and its backward. Twins of experts::cpu::{route, route_backward}.
 #include "common.cuh"
 
 // Rust's f32::total_cmp as an integer key: a > b in the total order iff key(a) > key(b).

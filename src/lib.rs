@@ -18,6 +18,6 @@ pub mod tensor;
 pub mod train;
 pub mod vilt;
 
-pub use backend::{Backend, Device};
+pub use backend::{Backend, Device, DeviceName};
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor};

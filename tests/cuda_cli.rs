@@ -160,10 +160,10 @@ fn delo_train_cuda_matches_cpu() {
     );
     // `delo eval` on CUDA (one forward per batch whatever tasks its samples picked, read back
     // together) gives the AP of the run's own final evaluation, waiting for the device twice
-    // per batch: once for the task queries, once for every picked task's logits. Its shapes
-    // depend only on the batch size and text bucket, so after the first few batches the
-    // device block cache serves every buffer (a forward per task group allocated about six
-    // times per batch).
+    // per batch: once for the task queries, once for every picked task's logits. No buffer's
+    // shape depends on how a batch splits between tasks, so once the batches that pick the
+    // most tasks have run, the device block cache serves every buffer (a forward per task
+    // group allocated about five times per batch).
     let (table, _) = delo(&["eval", "--run", path(&root.join("cuda-graph-on-bucket-32"))]);
     let line = |start: &str| {
         table
@@ -182,7 +182,7 @@ fn delo_train_cuda_matches_cpu() {
         .split_once("allocations ")
         .and_then(|(_, r)| r.split(',').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no allocation count in {work}"));
-    assert!(allocations < 0.5, "{work}");
+    assert!(allocations < 1.0, "{work}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

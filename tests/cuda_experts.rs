@@ -29,8 +29,10 @@ use common::harness::{self, cuda_device};
 use common::{assert_close, rng};
 use delo::autograd::{ParamId, Tape, Var};
 use delo::backend::cuda::{ExpertPath, FUSED_MAX_K, GROUP_MAX_K};
-use delo::backend::pool_group::{backward_by_pool, forward_by_pool, with_pool_group, PoolGroup};
-use delo::backend::{Backend, CpuBackend, CudaBackend, Routing};
+use delo::backend::experts::group::{
+    backward_by_pool, forward_by_pool, with_pool_group, PoolGroup,
+};
+use delo::backend::{Backend, CpuBackend, CudaBackend, ExpertOps, Routing};
 use delo::delo::experts::{compose, route, GateMode, PoolVars};
 use delo::{Device, Tensor};
 

@@ -1061,6 +1061,9 @@ fn patches_from_cached_images_are_the_host_ones() {
     assert!(err.contains("full"), "{err}");
 }
 
+/// An op called on one device with operands moved there by the second argument; its error.
+type BadCall<'a> = Box<dyn Fn(&dyn Backend, &dyn Fn(&Tensor) -> Tensor) -> String + 'a>;
+
 /// Operand checks live in one place (`backend::shapes`): a bad operand is refused with the same
 /// message on the CPU and on CUDA, before anything is launched.
 fn bad_operands_get_one_message_on_both_devices() {
@@ -1074,10 +1077,7 @@ fn bad_operands_get_one_message_on_both_devices() {
         t(&mut r, &[4]),
         t(&mut r, &[6]),
     );
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&dyn Backend, &dyn Fn(&Tensor) -> Tensor) -> String>,
-    )> = vec![
+    let cases: Vec<(&str, BadCall)> = vec![
         (
             "bias_add",
             Box::new(|be, on| be.bias_add(&on(&x), &on(&w3)).unwrap_err().to_string()),
@@ -1095,6 +1095,16 @@ fn bad_operands_get_one_message_on_both_devices() {
             "layernorm_backward",
             Box::new(|be, on| {
                 be.layernorm_backward(&on(&x), &on(&x), &on(&w4), &on(&w3), &on(&m3), false)
+                    .err()
+                    .unwrap()
+                    .to_string()
+            }),
+        ),
+        (
+            "attention_backward",
+            Box::new(|be, on| {
+                // k has another width than q: refused by the shared check on both devices
+                be.attention_backward(&on(&x), &on(&x), &on(&w4), &on(&x), &on(&x), 2)
                     .err()
                     .unwrap()
                     .to_string()

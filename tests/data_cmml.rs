@@ -87,7 +87,7 @@ fn synth_defaults_are_fast_and_load_back() {
     let t0 = Instant::now();
     let rep = synth(dir.path(), &SynthConfig::default()).unwrap();
     let took = t0.elapsed();
-    // The spec asks < 2 s; allow slack for a loaded shared machine and unoptimised builds.
+    // Meant to take < 2 s; allow slack for a loaded shared machine and unoptimised builds.
     assert!(took.as_secs_f64() < 6.0, "synth took {took:?}");
     let b = Benchmark::load(&rep.json_path).unwrap();
     assert_eq!(b.num_tasks(), 3);

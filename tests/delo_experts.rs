@@ -1,5 +1,5 @@
 //! The expert linear: finite-difference checks of every gradient (input, both pools, routers
-//! A and B, compatibility router) and the routing semantics of DELO.md.
+//! A and B, compatibility router) and the routing semantics of docs/method.md#routing.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use common::{assert_close, check, randn, rng, ATOL, H, RTOL};
 use delo::autograd::{ParamId, Tape, Var};
-use delo::backend::Gemm;
+use delo::backend::{ExpertOps, Gemm};
 use delo::delo::experts::{compose, route, GateMode, PoolVars};
 use delo::{Device, Tensor};
 
@@ -289,7 +289,6 @@ fn selections_differ_across_samples_and_are_honoured() {
 #[test]
 fn ties_go_to_the_lower_index() {
     use delo::backend::cpu::CpuBackend;
-    use delo::Backend;
     let la = Tensor::from_f32(vec![1.0, 3.0, 3.0, 0.0, 3.0], &[1, 5]).unwrap();
     let lb = Tensor::from_f32(vec![0.0; 5], &[1, 5]).unwrap();
     let a_pool = Tensor::from_f32(vec![0.0; 5 * 2], &[5, 1, 2]).unwrap();

@@ -1,4 +1,4 @@
-//! Golden test: one DeLo training step against the PyTorch reference of DELO.md
+//! Golden test: one DeLo training step against the PyTorch reference of docs/method.md
 //! (`scripts/fixtures/delo_reference.py`, fixtures by `make_delo_fixture.py`): logits, every
 //! loss term, every trainable gradient, the factor selections, 5 AdamW steps and the task key,
 //! on a batch with complete, text-missing and image-missing samples.

@@ -148,8 +148,8 @@ fn ap_and_fg_hand_computed() {
 
 #[test]
 fn ap_and_fg_match_the_one_based_formula() {
-    // A 5 × 5 matrix, evaluated with the spec's 1-based formulas written out independently:
-    // a(j, t) = performance on task j after task t, 1 ≤ j ≤ t ≤ T.
+    // A 5 × 5 matrix, evaluated with the 1-based formulas of docs/data.md#metrics written out
+    // independently: a(j, t) = performance on task j after task t, 1 ≤ j ≤ t ≤ T.
     let vals = [
         [91.0, 0.0, 0.0, 0.0, 0.0],
         [85.5, 77.0, 0.0, 0.0, 0.0],

@@ -69,7 +69,7 @@ fn synthetic_benchmark_trains_and_keeps_earlier_tasks_frozen() {
     assert!((-20.0..=50.0).contains(&fg), "FG {fg} out of a sane range");
     let id = test.task_id_matrix.iter().flatten().flatten().count();
     assert_eq!(id, 6, "task-id accuracy for every lower-triangle entry");
-    // AP and FG of results.json follow from its matrix by the CMML.md formulas.
+    // AP and FG of results.json follow from its matrix by the formulas of docs/data.md#metrics.
     let saved = Results::load(&root.join("run/results.json")).unwrap();
     let s = saved.split(delo::data::Split::Test).unwrap();
     let (ap2, fg2) = ap_fg_by_hand(&s.matrix);

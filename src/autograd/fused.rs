@@ -34,7 +34,7 @@ impl LinearOut {
 
 impl Tape {
     /// Frozen linear `x · Wᵀ (+ b)` over the last dimension with the bias deferred to the
-    /// consumer (VILT.md §Forward; `W` stored `[out, in]`, `b [out]`).
+    /// consumer (docs/vilt.md#encoder-blocks; `W` stored `[out, in]`, `b [out]`).
     pub fn linear_deferred(&mut self, x: Var, w: &Tensor, b: &Tensor) -> Result<LinearOut> {
         if self.be().gemm_folds_bias() {
             return Ok(LinearOut {
@@ -49,7 +49,8 @@ impl Tape {
     }
 
     /// `(y + b) + (parts₀ + parts₁ + …)`: a frozen linear with the updates an adapter adds to
-    /// it (DELO.md eq. 2/4: `W x + ΔW x`), as one node whose gradient passes to every input.
+    /// it (eq. 2/4, docs/method.md#composition: `W x + ΔW x`), as one node whose gradient passes to
+    /// every input.
     pub fn add_parts(&mut self, lin: LinearOut, parts: &[Var]) -> Result<Var> {
         if parts.is_empty() && lin.bias.is_none() {
             return Ok(lin.y);
@@ -65,7 +66,8 @@ impl Tape {
         Ok(self.record(&inputs, out, move |_, dy, _| Ok(vec![Some(dy.clone()); n])))
     }
 
-    /// Exact GELU of a frozen linear's output with its bias (ViLT's MLP, VILT.md §Forward).
+    /// Exact GELU of a frozen linear's output with its bias (ViLT's MLP,
+    /// docs/vilt.md#encoder-blocks).
     pub fn bias_gelu(&mut self, lin: LinearOut) -> Result<Var> {
         let (pre, out) = self.be().bias_gelu(self.value(lin.y), lin.bias.as_ref())?;
         Ok(self.record(&[lin.y], out, move |be, dy, _| {

@@ -486,21 +486,20 @@ impl Tape {
         );
         for node in nodes.into_iter().rev() {
             let dys: Vec<Option<Tensor>> = node.outputs.iter().map(|o| grads[o.0].take()).collect();
-            let single = match (&node.backward, dys.as_slice()) {
-                (Backward::Multi(_), _) if dys.iter().all(Option::is_none) => continue,
-                (Backward::Multi(_), _) => None,
-                (_, [Some(dy)]) => Some(dy),
-                _ => continue,
-            };
+            // A node none of whose outputs received a gradient adds nothing.
+            if dys.iter().all(Option::is_none) {
+                continue;
+            }
             let needs: Vec<bool> = node
                 .inputs
                 .iter()
                 .map(|v| entries[v.0].needs_grad)
                 .collect();
-            let input_grads = match (node.backward, single) {
-                (Backward::Multi(f), _) => f(be, &dys, &needs)?,
-                (Backward::Plain(f), Some(dy)) => f(be, dy, &needs)?,
-                (Backward::Accumulating(f), Some(dy)) => {
+            let input_grads = match node.backward {
+                Backward::Multi(f) => f(be, &dys, &needs)?,
+                Backward::Plain(f) => f(be, single_gradient(&dys)?, &needs)?,
+                Backward::Accumulating(f) => {
+                    let dy = single_gradient(&dys)?;
                     let mut acc: Vec<Option<Tensor>> =
                         node.inputs.iter().map(|v| grads[v.0].take()).collect();
                     let g = f(be, dy, &needs, &mut acc);
@@ -511,8 +510,6 @@ impl Tape {
                     }
                     g?
                 }
-                // (a single-output node always has its gradient here: see `single`)
-                (Backward::Plain(_) | Backward::Accumulating(_), None) => continue,
             };
             if input_grads.len() != node.inputs.len() {
                 return Err(Error::Msg(format!(
@@ -626,4 +623,15 @@ pub fn linear_forward(
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank ≥ 1") = w.dim(0);
     y.reshape(&shape)
+}
+
+/// The upstream gradient of a single-output node (whose one output has received one).
+fn single_gradient(dys: &[Option<Tensor>]) -> Result<&Tensor> {
+    match dys {
+        [Some(dy)] => Ok(dy),
+        _ => Err(Error::Msg(format!(
+            "a single-output node with {} outputs",
+            dys.len()
+        ))),
+    }
 }

@@ -11,10 +11,7 @@ use crate::backend::shapes::{
     loss_grad, masked_backward_dims, masked_dims, matmul_bias_dims, matmul_dims, matmul_into_dims,
     row_choice_dims, rows_cols, same_shape, scatter_dims, split_dims, MatmulDims,
 };
-use crate::backend::{
-    cpu_experts, cpu_simd, AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut,
-    Routing, Unary,
-};
+use crate::backend::{cpu_simd, AdamW, Backend, Device, Gemm, LayerNormGrads, LayerNormOut, Unary};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::{numel, CpuStorage, DType, Storage, Tensor};
@@ -426,7 +423,7 @@ impl Backend for CpuBackend {
         out(y, x.shape())
     }
     fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
-        same_shape(op.kernels().1, dy, saved)?;
+        same_shape(op.backward_name(), dy, saved)?;
         let (gv, sv) = (dy.f32s()?, saved.f32s()?);
         let (dx, _) = par_build(sv.len(), ELEMENTWISE_CHUNK, |off, dc| {
             let r = off..off + dc.len();
@@ -970,52 +967,6 @@ impl Backend for CpuBackend {
                 adamw_scalar(p, m, v, g, &hp, bc1, bc2);
             });
         Ok(())
-    }
-
-    fn route(
-        &self,
-        la: &Tensor,
-        lb: &Tensor,
-        a_pool: &Tensor,
-        wc: &Tensor,
-        lambda: f32,
-    ) -> Result<Routing> {
-        cpu_experts::route(la, lb, a_pool, wc, lambda)
-    }
-    fn route_backward(
-        &self,
-        d_pa: &Tensor,
-        d_pb: &Tensor,
-        routing: &Routing,
-        lambda: f32,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        cpu_experts::route_backward(d_pa, d_pb, routing, lambda)
-    }
-    fn expert_forward(
-        &self,
-        x: &Tensor,
-        a_pool: &Tensor,
-        b_pool: &Tensor,
-        sel_a: &Tensor,
-        sel_b: &Tensor,
-        gates: &Tensor,
-        alpha: f32,
-    ) -> Result<(Tensor, Tensor)> {
-        cpu_experts::expert_forward(x, a_pool, b_pool, sel_a, sel_b, gates, alpha)
-    }
-    fn expert_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        a_pool: &Tensor,
-        b_pool: &Tensor,
-        sel_a: &Tensor,
-        sel_b: &Tensor,
-        gates: &Tensor,
-        u: &Tensor,
-        alpha: f32,
-    ) -> Result<ExpertGrads> {
-        cpu_experts::expert_backward(dy, x, a_pool, b_pool, sel_a, sel_b, gates, u, alpha)
     }
 }
 

@@ -7,12 +7,11 @@
 //! against.
 
 pub mod cpu;
-mod cpu_experts;
 mod cpu_simd;
 pub mod cuda;
+pub mod experts;
 pub mod patches;
 pub mod pointwise;
-pub mod pool_group;
 pub(crate) mod shapes;
 
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use crate::tensor::{DType, Tensor};
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
+pub use experts::{ExpertGrads, ExpertOps, Routing};
 pub use pointwise::{Saved, Unary};
 
 /// Where tensors live and ops run.
@@ -43,26 +43,60 @@ impl Device {
     pub fn is_cuda(&self) -> bool {
         matches!(self, Device::Cuda(_))
     }
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// Opens the device `cpu`, `cuda` or `cuda:N` (see [`DeviceName`]).
     pub fn parse(name: &str) -> Result<Device> {
-        match name {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(CudaBackend::new(0)?)),
-            s if s.starts_with("cuda:") => {
-                let ordinal = s[5..].parse().map_err(|_| {
-                    crate::error::Error::Msg(format!("device '{s}': expected cuda:N"))
-                })?;
-                Ok(Device::Cuda(CudaBackend::new(ordinal)?))
-            }
-            s => Err(crate::error::Error::Msg(format!(
-                "unknown device '{s}': expected cpu, cuda or cuda:N"
-            ))),
-        }
+        name.parse::<DeviceName>()?.open()
     }
     pub fn name(&self) -> String {
         match self {
             Device::Cpu => "cpu".into(),
             Device::Cuda(b) => format!("cuda:{}", b.ordinal()),
+        }
+    }
+}
+
+/// A device as the command line names it, before it is opened: `cpu`, `cuda` (the first GPU)
+/// or `cuda:N`. It prints as it was given, so that a run's settings keep the user's spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceName {
+    Cpu,
+    /// `cuda` (`None`, the first GPU) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+impl DeviceName {
+    /// The device itself; CUDA fails here when no driver, kernels or device `N` is present.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceName::Cpu => Ok(Device::Cpu),
+            DeviceName::Cuda(ordinal) => Ok(Device::Cuda(CudaBackend::new(ordinal.unwrap_or(0))?)),
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceName {
+    type Err = crate::error::Error;
+    fn from_str(name: &str) -> Result<DeviceName> {
+        match name.trim() {
+            "cpu" => Ok(DeviceName::Cpu),
+            "cuda" => Ok(DeviceName::Cuda(None)),
+            s if s.starts_with("cuda:") => s[5..]
+                .parse()
+                .map(|n| DeviceName::Cuda(Some(n)))
+                .map_err(|_| crate::error::Error::Msg(format!("device '{s}': expected cuda:N"))),
+            s => Err(crate::error::Error::Msg(format!(
+                "unknown device '{s}': expected cpu, cuda or cuda:N"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceName::Cpu => f.write_str("cpu"),
+            DeviceName::Cuda(None) => f.write_str("cuda"),
+            DeviceName::Cuda(Some(n)) => write!(f, "cuda:{n}"),
         }
     }
 }
@@ -129,7 +163,7 @@ pub struct AdamW {
 }
 
 /// The op set. Shapes are row-major; "rows" means all leading dimensions flattened.
-pub trait Backend: Send + Sync {
+pub trait Backend: ExpertOps + Send + Sync {
     fn device(&self) -> Device;
 
     // ---- memory -------------------------------------------------------------------------
@@ -259,7 +293,7 @@ pub trait Backend: Send + Sync {
     /// The residual stream and the LayerNorm that reads it, `s = x + (y + bias)` and
     /// `LayerNorm(s)`, for `x, y [rows, d]` (the sublayer's output `y` without or with its
     /// bias): both returned. One launch on CUDA (ViLT's post-attention and post-MLP residuals,
-    /// VILT.md §Forward).
+    /// docs/vilt.md#encoder-blocks).
     fn add_layernorm(
         &self,
         x: &Tensor,
@@ -384,125 +418,4 @@ pub trait Backend: Send + Sync {
         v: &mut Tensor,
         hp: AdamW,
     ) -> Result<()>;
-    // ---- DeLo experts -------------------------------------------------------------------
-    /// Factor selection of one pool pair for every sample (DELO.md "Routing", eq. 3): softmax
-    /// of the router logits `la, lb [B, E]`, top-r of p_A, the compatibility term from the
-    /// selected A factors `a_pool [E, ρ, d]` and `wc [r, d, E]`, top-r of p_B + λ·c.
-    fn route(
-        &self,
-        la: &Tensor,
-        lb: &Tensor,
-        a_pool: &Tensor,
-        wc: &Tensor,
-        lambda: f32,
-    ) -> Result<Routing>;
-    /// Gradients of the selected probabilities `P_A, P_B [B, r]` back to the router logits and
-    /// the compatibility router: `(dla, dlb, dwc)`.
-    fn route_backward(
-        &self,
-        d_pa: &Tensor,
-        d_pb: &Tensor,
-        routing: &Routing,
-        lambda: f32,
-    ) -> Result<(Tensor, Tensor, Tensor)>;
-    /// The gathered factor composition, eq. (2)/(4): for every sample b and token t,
-    /// `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)` with `x [B, T, d_in]`, `a_pool [E, ρ, d_in]`,
-    /// `b_pool [E, d_out, ρ]`, selections `[B, r]` (i32) and gates `[B, r]`. Returns the update
-    /// `[B, T, d_out]` and the factor activations `u = A_sel x`, `[B, T, r·ρ]`, for backward.
-    #[allow(clippy::too_many_arguments)]
-    fn expert_forward(
-        &self,
-        x: &Tensor,
-        a_pool: &Tensor,
-        b_pool: &Tensor,
-        sel_a: &Tensor,
-        sel_b: &Tensor,
-        gates: &Tensor,
-        alpha: f32,
-    ) -> Result<(Tensor, Tensor)>;
-    /// Gradients of [`Backend::expert_forward`] to the input, both pools (scattered back into
-    /// pool shape) and the gates.
-    #[allow(clippy::too_many_arguments)]
-    fn expert_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        a_pool: &Tensor,
-        b_pool: &Tensor,
-        sel_a: &Tensor,
-        sel_b: &Tensor,
-        gates: &Tensor,
-        u: &Tensor,
-        alpha: f32,
-    ) -> Result<ExpertGrads>;
-
-    // ---- every routed pool of a layer's shared-input linears at once --------------------------
-    /// Whether [`Backend::pool_group_forward`] does each stage for the whole group at once
-    /// (one launch each on CUDA). The CPU says no: its pools stay separate tape nodes, so that
-    /// its sums keep the order of the single-pool ops.
-    fn groups_pools(&self) -> bool {
-        false
-    }
-    /// Routing (router linears included), gates and composition of every pool of `g`
-    /// (DELO.md eq. 2–4). By default pool by pool ([`pool_group::forward_by_pool`]).
-    fn pool_group_forward(&self, g: &pool_group::PoolGroup) -> Result<pool_group::GroupForward> {
-        pool_group::forward_by_pool(self, g)
-    }
-    /// Gradients of [`Backend::pool_group_forward`] from each pool's update gradient `dys[p]`
-    /// to the shared input, the queries and every pool's parameters.
-    fn pool_group_backward(
-        &self,
-        g: &pool_group::PoolGroup,
-        f: &pool_group::GroupForward,
-        dys: &[&Tensor],
-    ) -> Result<pool_group::GroupGrads> {
-        pool_group::backward_by_pool(self, g, f, dys)
-    }
-}
-
-/// What [`Backend::route`] decides, with what its backward needs.
-#[derive(Clone, Debug)]
-pub struct Routing {
-    /// Selected A factors per sample, best first, `[B, r]` i32.
-    pub sel_a: Tensor,
-    /// Selected B factors per sample, best first, `[B, r]` i32.
-    pub sel_b: Tensor,
-    /// softmax(W_A q + b_A), `[B, E]`.
-    pub p_a: Tensor,
-    /// softmax(W_B q + b_B), `[B, E]` (without the compatibility term).
-    pub p_b: Tensor,
-    /// Per-slot softmax_E(ā_i · W_C[i]), `[B, r, E]`.
-    pub compat: Tensor,
-    /// ā_i, the selected A factors summed over their ρ rows, `[B, r, d]` (stop-gradient).
-    pub abar: Tensor,
-    /// P_A,i = p_A[S_A[i]], `[B, r]`.
-    pub pa_sel: Tensor,
-    /// P_B,i = (p_B + λ·c)[S_B[i]], `[B, r]`.
-    pub pb_sel: Tensor,
-}
-
-impl Routing {
-    pub fn to_device(&self, d: &Device) -> Result<Routing> {
-        Ok(Routing {
-            sel_a: self.sel_a.to_device(d)?,
-            sel_b: self.sel_b.to_device(d)?,
-            p_a: self.p_a.to_device(d)?,
-            p_b: self.p_b.to_device(d)?,
-            compat: self.compat.to_device(d)?,
-            abar: self.abar.to_device(d)?,
-            pa_sel: self.pa_sel.to_device(d)?,
-            pb_sel: self.pb_sel.to_device(d)?,
-        })
-    }
-}
-
-/// Gradients of the gathered factor composition.
-pub struct ExpertGrads {
-    pub dx: Tensor,
-    /// `[E, ρ, d_in]`, zero for factors no sample selected.
-    pub da_pool: Tensor,
-    /// `[E, d_out, ρ]`.
-    pub db_pool: Tensor,
-    /// `[B, r]`.
-    pub dgates: Tensor,
 }

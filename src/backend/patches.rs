@@ -1,7 +1,7 @@
 //! A batch's patch rows gathered from 8-bit images in one store (the device image cache of
 //! `--cache-images`, `backend::cuda::DeviceImageCache`): which image and which grid cell each
-//! row of ViLT's patch projection input comes from (VILT.md §Forward 2–5), and the CPU twin of
-//! the CUDA kernel `patches_from_u8` that builds the rows.
+//! row of ViLT's patch projection input comes from (docs/vilt.md#patch-embeddings), and the
+//! CPU twin of the CUDA kernel `patches_from_u8` that builds the rows.
 //!
 //! The rows equal what the host path builds: the images collated with
 //! [`crate::data::image::collate_images`] (normalised, zero-padded to the batch's largest

@@ -36,6 +36,11 @@ macro_rules! unary_ops {
                 match self { $( Unary::$op => $name, )* }
             }
 
+            /// Its backward's name, as errors report it.
+            pub fn backward_name(self) -> &'static str {
+                match self { $( Unary::$op => concat!($name, "_backward"), )* }
+            }
+
             /// What [`Unary::backward_cpu`] and the backward kernel read beside `dy`.
             pub fn saves(self) -> Saved {
                 match self { $( Unary::$op => Saved::$saved, )* }

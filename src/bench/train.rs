@@ -223,7 +223,7 @@ fn timed_steps(
     Ok((seconds, used))
 }
 
-/// The optimiser settings of every timed step (DELO.md's defaults).
+/// The optimiser settings of every timed step (the defaults of docs/method.md#optimisation).
 const OPTIM: StepOptim = StepOptim {
     lr: 1e-4,
     betas: (0.9, 0.98),
@@ -399,7 +399,7 @@ pub fn bench_train(
             randomize_all: false,
         },
     )?;
-    // GPU mixed precision as in training (DELO.md "Optimisation"): frozen linears in bf16.
+    // GPU mixed precision as in training (docs/method.md#optimisation): frozen linears in bf16.
     let dtype = if device.is_cuda() {
         DType::BF16
     } else {

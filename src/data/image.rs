@@ -1,4 +1,4 @@
-//! Image pre-processing with `ViltImageProcessor` semantics (VILT.md §Pre-processing).
+//! Image pre-processing with `ViltImageProcessor` semantics (docs/vilt.md#images).
 //!
 //! Decode ([`crate::data::decode`]: every format Pillow reads that the `image` crate reads) → RGB8 → resize → CHW u8
 //! ([`PixelImage`], what the loader's image cache keeps: a quarter of the f32 bytes) → x/255 →

@@ -1,4 +1,4 @@
-//! Missing-modality tables (CMML.md §Missing modality).
+//! Missing-modality tables (docs/data.md#missing-modality).
 //!
 //! Per (task, split) with N items, a seeded shuffle marks ⌊N·η⌋ items as missing. The seed is
 //! derived from (run seed, task, split) only, so a table never depends on earlier runs or on
@@ -69,6 +69,17 @@ impl MissingKind {
     }
 }
 
+impl FromStr for MissingKind {
+    type Err = Error;
+    /// `text`, `image` or `both`, in any case.
+    fn from_str(s: &str) -> Result<Self> {
+        [MissingKind::Text, MissingKind::Image, MissingKind::Both]
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| Error::Msg(format!("missing type '{s}': expected text, image or both")))
+    }
+}
+
 /// A missing-modality setting: type and rate η, written `both:0.7`, `text:10%` or `none`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -132,12 +143,7 @@ impl FromStr for MissingSpec {
             return Ok(MissingSpec::NONE);
         }
         let (kind, rate) = t.split_once(':').ok_or_else(|| bad("no ':'"))?;
-        let kind = match kind.trim().to_ascii_lowercase().as_str() {
-            "text" => MissingKind::Text,
-            "image" => MissingKind::Image,
-            "both" => MissingKind::Both,
-            _ => return Err(bad("unknown type")),
-        };
+        let kind: MissingKind = kind.parse().map_err(|_| bad("unknown type"))?;
         let rate = rate.trim();
         let ratio = match rate.strip_suffix('%') {
             Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),

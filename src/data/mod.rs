@@ -3,7 +3,8 @@
 //! pre-processing (BERT tokenizer, ViLT image processor).
 //!
 //! The pieces fit together like this:
-//! - [`Benchmark::load`] reads a CMML JSON (RebQ's format, see `spec/CMML.md`) and validates it;
+//! - [`Benchmark::load`] reads a CMML JSON (RebQ's format, docs/data.md#benchmark-format) and
+//!   validates it;
 //! - [`missing_table`] marks which items of one (task, split) lack a modality;
 //! - [`Loader`] turns the items of one (task, split) into batches, preparing samples on worker
 //!   threads through a [`SamplePrep`] (the model's image/text pre-processing plugs in there);

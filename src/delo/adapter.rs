@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
-use crate::delo::config::{DeloConfig, Variant};
+use crate::delo::config::DeloConfig;
 use crate::delo::experts::{compose, route, route_compose_group, PoolVars};
 use crate::delo::keys::TaskKeys;
+use crate::delo::names::{self, PoolTensor};
+use crate::delo::variant::{PoolQuery, Update};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::vilt::{Adapter, Embedded, Target};
@@ -38,20 +40,21 @@ impl BoundTask {
             .ok_or_else(|| Error::Msg(format!("the task has no parameter `{name}`")))
     }
     fn pool(&self, prefix: &str) -> Result<PoolVars> {
-        let v = |s: &str| self.var(&format!("{prefix}.{s}"));
+        let v = |t: PoolTensor| self.var(&t.name(prefix));
         Ok(PoolVars {
-            a_pool: v("a_pool")?,
-            b_pool: v("b_pool")?,
-            wa: v("router_a.weight")?,
-            ba: v("router_a.bias")?,
-            wb: v("router_b.weight")?,
-            bb: v("router_b.bias")?,
-            wc: v("compat")?,
+            a_pool: v(PoolTensor::APool)?,
+            b_pool: v(PoolTensor::BPool)?,
+            wa: v(PoolTensor::RouterAWeight)?,
+            ba: v(PoolTensor::RouterABias)?,
+            wb: v(PoolTensor::RouterBWeight)?,
+            bb: v(PoolTensor::RouterBBias)?,
+            wc: v(PoolTensor::Compat)?,
         })
     }
 }
 
-/// Which query the text (or image) routers of a consistency forward use (DELO.md L_con).
+/// Which query the text (or image) routers of a consistency forward use
+/// (docs/method.md#consistency-loss).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proxy {
     /// Ordinary forward: eq. (5) from each sample's missing type.
@@ -76,9 +79,9 @@ pub enum TaskChoice<'a> {
     /// Sample r takes `tasks[choice[r]]` at every layer (`choice` i32 `[B]` on the tape's
     /// device): evaluation of a batch whose samples the Task-Key memory sent to different
     /// tasks, in one forward of the whole batch. Every task's update is computed for every
-    /// sample and each row keeps its own ([`Tape::select_rows`]), so the forward's shapes do not
-    /// depend on how the batch splits between tasks (on CUDA its buffers come back from the
-    /// block cache batch after batch). Selections are not recorded: they would mix tasks.
+    /// sample and each row keeps its own ([`Tape::select_rows`]), so no buffer's shape depends
+    /// on how the batch splits between tasks. Recording selections is refused: they would mix
+    /// tasks.
     PerSample {
         tasks: &'a [BoundTask],
         choice: &'a Tensor,
@@ -150,7 +153,7 @@ impl<'a> DeloAdapter<'a> {
         self
     }
     fn routed(&self) -> bool {
-        matches!(self.cfg.variant, Variant::Delo | Variant::UnifiedPool)
+        self.cfg.variant.routed()
     }
     fn keyed(&self) -> bool {
         self.layer_queries.is_some() || matches!(self.choice, TaskChoice::PerLayer { .. })
@@ -167,7 +170,6 @@ impl<'a> DeloAdapter<'a> {
         q: Option<(Var, Var)>,
     ) -> Result<Vec<Var>> {
         let cfg = self.cfg;
-        let queries = || q.ok_or_else(|| Error::Msg("routing before the layer's queries".into()));
         let mut routed = |tape: &mut Tape, prefix: String, q: Var| -> Result<Var> {
             let pool = task.pool(&prefix)?;
             let sel = route(tape, q, &pool, cfg.lambda_cfs, cfg.gate)?;
@@ -176,25 +178,25 @@ impl<'a> DeloAdapter<'a> {
             }
             compose(tape, x, &pool, &sel, cfg.alpha)
         };
-        match cfg.variant {
-            Variant::HeadsOnly => Err(Error::Msg("heads-only has no adapters".into())),
-            Variant::Delo => {
-                let (qv, qt) = queries()?;
-                let dv = routed(tape, format!("{p}.v"), qv)?;
-                let dt = routed(tape, format!("{p}.t"), qt)?;
-                Ok(vec![dv, dt])
+        match cfg.variant.update() {
+            Update::None => Err(Error::Msg(format!(
+                "variant {} has no adapters",
+                cfg.variant.name()
+            ))),
+            Update::Routed(pools) => {
+                let guided =
+                    q.ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
+                pools
+                    .iter()
+                    .map(|pool| {
+                        let q = pool_query(tape, guided, pool.query)?;
+                        routed(tape, names::pool(p, pool.suffix), q)
+                    })
+                    .collect()
             }
-            Variant::UnifiedPool => {
-                let (qv, qt) = queries()?;
-                let s = tape.add(qv, qt)?;
-                let q = tape.scale(s, 0.5)?;
-                Ok(vec![routed(tape, format!("{p}.u"), q)?])
-            }
-            Variant::Lora | Variant::SeqLora => {
-                let (a, b) = (
-                    task.var(&format!("{p}.lora_a"))?,
-                    task.var(&format!("{p}.lora_b"))?,
-                );
+            Update::LowRank => {
+                let (a, b) = names::lora(p);
+                let (a, b) = (task.var(&a)?, task.var(&b)?);
                 let ax = tape.linear_param(x, a, None)?;
                 let bax = tape.linear_param(ax, b, None)?;
                 Ok(vec![tape.scale(bax, cfg.alpha)?])
@@ -245,6 +247,18 @@ fn by_group(
     tape.reshape(back, &[b, n, d_out])
 }
 
+/// The query of eq. (5) that routes a pool, from the guided `(q̂_v, q̂_t)`.
+fn pool_query(tape: &mut Tape, (qv, qt): (Var, Var), kind: PoolQuery) -> Result<Var> {
+    match kind {
+        PoolQuery::Image => Ok(qv),
+        PoolQuery::Text => Ok(qt),
+        PoolQuery::Mean => {
+            let s = tape.add(qv, qt)?;
+            tape.scale(s, 0.5)
+        }
+    }
+}
+
 /// The sum of a task's per-pool updates, in order.
 fn sum_parts(tape: &mut Tape, parts: &[Var]) -> Result<Var> {
     let (&first, rest) = parts
@@ -260,6 +274,12 @@ fn select_parts(tape: &mut Tape, per_task: Vec<Vec<Var>>, choice: &Tensor) -> Re
         return Ok(per_task.into_iter().flatten().collect());
     }
     let n = per_task.first().map_or(0, Vec::len);
+    if per_task.iter().any(|p| p.len() != n) {
+        return Err(Error::Msg(format!(
+            "tasks with different numbers of updates: {:?}",
+            per_task.iter().map(Vec::len).collect::<Vec<_>>()
+        )));
+    }
     (0..n)
         .map(|j| {
             let parts: Vec<Var> = per_task.iter().map(|p| p[j]).collect();
@@ -317,7 +337,7 @@ pub fn choose_rows(tape: &mut Tape, a: Var, b: Var, take_b: &[bool]) -> Result<V
 
 /// Cross-modal guided queries, eq. (5): a text-missing sample routes its text pool by q_v, an
 /// image-missing one its image pool by q_t; a consistency forward's `proxy` replaces one query
-/// of every sample (DELO.md L_con). Returns (q̂_v, q̂_t).
+/// of every sample (docs/method.md#consistency-loss). Returns (q̂_v, q̂_t).
 pub fn guide_queries(
     tape: &mut Tape,
     qv: Var,
@@ -362,7 +382,7 @@ pub fn guide_queries_per_sample(
 impl Adapter for DeloAdapter<'_> {
     fn layer_input(&mut self, tape: &mut Tape, layer: usize, x: Var, emb: &Embedded) -> Result<()> {
         let last = layer + 1 == self.layers;
-        let align = last && self.cfg.lambda_align > 0.0 && self.cfg.variant != Variant::HeadsOnly;
+        let align = last && self.cfg.lambda_align > 0.0 && self.cfg.variant.has_adapters();
         if !self.routed() && !align && !self.keyed() {
             return Ok(());
         }
@@ -400,8 +420,9 @@ impl Adapter for DeloAdapter<'_> {
         Ok(())
     }
 
-    /// On a backend that groups pools, with one task for the batch: every routed pool of the
-    /// shared-input targets in one node ([`route_compose_group`]).
+    /// On a backend that groups pools, with one task for every sample or a task per sample
+    /// (not per layer): every routed pool of the shared-input targets in one node per task
+    /// ([`route_compose_group`]).
     fn adapts_together(&self, tape: &Tape, _layer: usize, targets: &[Target]) -> bool {
         tape.device().backend().groups_pools()
             && self.routed()
@@ -438,10 +459,10 @@ impl Adapter for DeloAdapter<'_> {
     }
 
     fn adapt(&mut self, tape: &mut Tape, layer: usize, target: Target, x: Var) -> Result<Vec<Var>> {
-        if !self.cfg.targets.contains(&target) || self.cfg.variant == Variant::HeadsOnly {
+        if !self.cfg.targets.contains(&target) || !self.cfg.variant.has_adapters() {
             return Ok(Vec::new());
         }
-        let p = format!("layer{layer}.{}", target.name());
+        let p = names::linear(layer, target);
         let q = self.guided;
         match self.choice {
             TaskChoice::One(task) => self.task_delta(tape, task, &p, x, q),
@@ -492,21 +513,32 @@ impl DeloAdapter<'_> {
         targets: &[Target],
         x: Var,
     ) -> Result<Vec<Vec<Var>>> {
-        let (qv, qt) = self
+        let guided = self
             .guided
             .ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
-        let (queries, modalities): (Vec<Var>, &[(&str, usize)]) = match self.cfg.variant {
-            Variant::Delo => (vec![qv, qt], &[("v", 0), ("t", 1)]),
-            Variant::UnifiedPool => {
-                let s = tape.add(qv, qt)?;
-                (vec![tape.scale(s, 0.5)?], &[("u", 0)])
-            }
-            v => {
-                return Err(Error::Msg(format!(
-                    "variant {v:?} has no routed pools to group"
-                )))
-            }
+        let Update::Routed(routed_pools) = self.cfg.variant.update() else {
+            return Err(Error::Msg(format!(
+                "variant {} has no routed pools to group",
+                self.cfg.variant.name()
+            )));
         };
+        // Each distinct query once, in the order the pools first use it; per pool its index.
+        let mut kinds: Vec<PoolQuery> = Vec::new();
+        let mut modalities: Vec<(&str, usize)> = Vec::new();
+        for pool in routed_pools {
+            let at = match kinds.iter().position(|&k| k == pool.query) {
+                Some(at) => at,
+                None => {
+                    kinds.push(pool.query);
+                    kinds.len() - 1
+                }
+            };
+            modalities.push((pool.suffix, at));
+        }
+        let queries = kinds
+            .iter()
+            .map(|&k| pool_query(tape, guided, k))
+            .collect::<Result<Vec<Var>>>()?;
         let adapted: Vec<bool> = targets
             .iter()
             .map(|t| self.cfg.targets.contains(t))
@@ -514,8 +546,8 @@ impl DeloAdapter<'_> {
         let mut prefixes = Vec::new();
         let mut pools = Vec::new();
         for (t, _) in targets.iter().zip(&adapted).filter(|(_, &a)| a) {
-            for &(m, qi) in modalities {
-                let prefix = format!("layer{layer}.{}.{m}", t.name());
+            for &(m, qi) in &modalities {
+                let prefix = names::pool(&names::linear(layer, *t), m);
                 pools.push((task.pool(&prefix)?, qi));
                 prefixes.push(prefix);
             }

@@ -1,40 +1,21 @@
 //! DeLo's settings: variant, pool sizes, targets, gates, loss weights, task-key source
-//! (defaults of DELO.md).
+//! (defaults of docs/method.md#notation-and-defaults).
 
 use serde::{Deserialize, Serialize};
 
 use crate::delo::experts::GateMode;
+pub use crate::delo::variant::Variant;
 use crate::error::{Error, Result};
 pub use crate::vilt::Target;
 
-/// The method variants of DELO.md "Variants".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Variant {
-    /// Modality-specific routed factor pools (the method).
-    Delo,
-    /// One static LoRA pair per task and target ("DeLo-LoRA").
-    Lora,
-    /// One pool and router per target and task, routed by the mean of both queries.
-    UnifiedPool,
-    /// Frozen ViLT, per-task heads and task keys only.
-    HeadsOnly,
-    /// One LoRA and one growing head fine-tuned across all tasks: the forgetting lower bound.
-    SeqLora,
+/// A setting's word as `run.json` spells it (its serde name), so that the command line and
+/// the stored settings share one spelling; `what` and `expected` make the error.
+fn from_word<T: serde::de::DeserializeOwned>(s: &str, what: &str, expected: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| Error::Msg(format!("{what} '{s}': expected {expected}")))
 }
 
-impl std::str::FromStr for Variant {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Variant> {
-        serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
-            Error::Msg(format!(
-                "variant '{s}': expected delo, lora, unified-pool, heads-only or seq-lora"
-            ))
-        })
-    }
-}
-
-/// Where the Task-Key memory reads its query (DELO.md "Task-Key memory").
+/// Where the Task-Key memory reads its query (docs/method.md#key-sources).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKeySource {
@@ -44,6 +25,13 @@ pub enum TaskKeySource {
     Oracle,
 }
 
+impl std::str::FromStr for TaskKeySource {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<TaskKeySource> {
+        from_word(s, "task key", "input, frozen, layer or oracle")
+    }
+}
+
 /// Which direction(s) the consistency loss L_con proxies for complete samples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -51,6 +39,13 @@ pub enum ConProxy {
     Text,
     Image,
     Both,
+}
+
+impl std::str::FromStr for ConProxy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ConProxy> {
+        from_word(s, "consistency proxy", "text, image or both")
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,7 +106,7 @@ impl DeloConfig {
                 self.rank, self.experts
             ));
         }
-        if self.targets.is_empty() && self.variant != Variant::HeadsOnly {
+        if self.targets.is_empty() && self.variant.has_adapters() {
             return bad("no adapted targets".into());
         }
         if !(0.0..1.0).contains(&self.ema_beta) {
@@ -153,9 +148,9 @@ pub fn count_params(
         .sum();
     // seq-lora keeps one adapter and one head that grows to every class; the last task
     // trains all of it.
-    let (head_classes, copies) = match cfg.variant {
-        Variant::SeqLora => (tasks * classes, 1),
-        _ => (classes, tasks),
+    let (head_classes, copies) = match cfg.variant.shares_one_model() {
+        true => (tasks * classes, 1),
+        false => (classes, tasks),
     };
     let per_task = crate::delo::params::task_specs(cfg, vcfg, head_classes)
         .iter()

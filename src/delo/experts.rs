@@ -2,11 +2,11 @@
 //! slot gates, and the gathered factor composition (eq. 2/4), as tape nodes.
 
 use crate::autograd::{Tape, Var};
-use crate::backend::pool_group::{gate_backward, gates_of, with_pool_group};
+use crate::backend::experts::group::{gate_backward, gates_of, with_pool_group};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// How the binary factor mask passes gradient to the routers (DELO.md "Routing", step 4).
+/// How the binary factor mask passes gradient to the routers (docs/method.md#gates).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GateMode {

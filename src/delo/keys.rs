@@ -1,5 +1,5 @@
-//! The Task-Key memory (eq. 7–8): one key per task, an EMA of the task queries of its
-//! training batches, and per-sample task prediction by cosine similarity. With
+//! The Task-Key memory (eq. 7–8, docs/method.md#task-key-memory): one key per task, an EMA of the
+//! task queries of its training batches, and per-sample task prediction by cosine similarity. With
 //! `--task-key layer` there is one such table per encoder layer.
 
 use crate::backend::Backend;
@@ -12,7 +12,7 @@ pub struct TaskKeys {
     pub keys: Vec<Vec<f32>>,
 }
 
-/// Eq. (8) on the query's device: key ← β·key + (1−β)·mean_batch(q) for `q [n, d]`, in place;
+/// Eq. (7) on the query's device: key ← β·key + (1−β)·mean_batch(q) for `q [n, d]`, in place;
 /// the first batch (`key` = None) sets the batch mean itself, not a decayed zero.
 pub fn ema_key(be: &dyn Backend, key: &mut Option<Tensor>, q: &Tensor, beta: f32) -> Result<()> {
     if q.rank() != 2 || q.dim(0) == 0 {
@@ -47,7 +47,7 @@ impl TaskKeys {
         Ok(())
     }
 
-    /// Eq. (7): k* = argmax_k cos(q, key_k) for every row of `q [n, d]`, among the first
+    /// Eq. (8): k* = argmax_k cos(q, key_k) for every row of `q [n, d]`, among the first
     /// `seen` keys; ties go to the lower task.
     pub fn predict(&self, q: &[f32], d: usize, seen: usize) -> Vec<usize> {
         q.chunks(d)

@@ -3,7 +3,8 @@
 use crate::autograd::{Tape, Var};
 use crate::data::MissingType;
 use crate::delo::adapter::{row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
-use crate::delo::config::{ConProxy, DeloConfig, TaskKeySource, Variant};
+use crate::delo::config::{ConProxy, DeloConfig, TaskKeySource};
+use crate::delo::names;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::vilt::{Vilt, ViltInputs};
@@ -74,7 +75,7 @@ pub fn alignment_loss(tape: &mut Tape, qv: Var, qt: Var, complete: &[usize]) -> 
 
 /// The head of a bound task on a pooled feature.
 pub fn head_logits(tape: &mut Tape, task: &BoundTask, pooled: Var) -> Result<Var> {
-    let (w, b) = (task.var("head.weight")?, task.var("head.bias")?);
+    let (w, b) = (task.var(names::HEAD_WEIGHT)?, task.var(names::HEAD_BIAS)?);
     tape.linear_param(pooled, w, Some(b))
 }
 
@@ -93,7 +94,7 @@ pub fn batch_losses(
     let complete: Vec<usize> = (0..b)
         .filter(|&i| missing[i] == MissingType::None)
         .collect();
-    let routed = matches!(cfg.variant, Variant::Delo | Variant::UnifiedPool);
+    let routed = cfg.variant.routed();
     let proxies: &[Proxy] = match cfg.con_proxy {
         _ if cfg.lambda_con <= 0.0 || !routed || complete.is_empty() => &[],
         ConProxy::Text => &[Proxy::Text],

@@ -1,10 +1,12 @@
-//! One task's trainable tensors: names, shapes and initialisation (DELO.md "Parameters").
+//! One task's trainable tensors: names, shapes and initialisation (docs/method.md#parameters).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-use crate::delo::config::{DeloConfig, Variant};
+use crate::delo::config::DeloConfig;
+use crate::delo::names::{self, PoolTensor};
+use crate::delo::variant::Update;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::vilt::ViltConfig;
@@ -35,33 +37,20 @@ fn spec(name: String, shape: Vec<usize>, init: Init) -> ParamSpec {
 /// unified pool) at `prefix`.
 fn pool_specs(out: &mut Vec<ParamSpec>, prefix: &str, cfg: &DeloConfig, d_in: usize, d_out: usize) {
     let (e, r, rho) = (cfg.experts, cfg.rank, cfg.factor_rank);
-    out.push(spec(
-        format!("{prefix}.a_pool"),
-        vec![e, rho, d_in],
-        Init::NormalFanIn(d_in),
-    ));
-    out.push(spec(
-        format!("{prefix}.b_pool"),
-        vec![e, d_out, rho],
-        Init::Zeros,
-    ));
-    for router in ["router_a", "router_b"] {
-        out.push(spec(
-            format!("{prefix}.{router}.weight"),
-            vec![e, d_in],
-            Init::UniformFanIn(d_in),
-        ));
-        out.push(spec(
-            format!("{prefix}.{router}.bias"),
-            vec![e],
-            Init::UniformFanIn(d_in),
-        ));
+    for tensor in PoolTensor::ALL {
+        let (shape, init) = match tensor {
+            PoolTensor::APool => (vec![e, rho, d_in], Init::NormalFanIn(d_in)),
+            PoolTensor::BPool => (vec![e, d_out, rho], Init::Zeros),
+            PoolTensor::RouterAWeight | PoolTensor::RouterBWeight => {
+                (vec![e, d_in], Init::UniformFanIn(d_in))
+            }
+            PoolTensor::RouterABias | PoolTensor::RouterBBias => {
+                (vec![e], Init::UniformFanIn(d_in))
+            }
+            PoolTensor::Compat => (vec![r, d_in, e], Init::NormalFanIn(d_in)),
+        };
+        out.push(spec(tensor.name(prefix), shape, init));
     }
-    out.push(spec(
-        format!("{prefix}.compat"),
-        vec![r, d_in, e],
-        Init::NormalFanIn(d_in),
-    ));
 }
 
 /// Every trainable tensor of one task with `classes` outputs, in a fixed order. Names:
@@ -70,50 +59,40 @@ fn pool_specs(out: &mut Vec<ParamSpec>, prefix: &str, cfg: &DeloConfig, d_in: us
 pub fn task_specs(cfg: &DeloConfig, vcfg: &ViltConfig, classes: usize) -> Vec<ParamSpec> {
     let (d, d_ff) = (vcfg.hidden_size, vcfg.intermediate_size);
     let mut out = Vec::new();
-    if cfg.variant != Variant::HeadsOnly {
-        for l in 0..vcfg.num_hidden_layers {
-            for t in &cfg.targets {
-                let (d_in, d_out) = t.dims(d, d_ff);
-                let p = format!("layer{l}.{}", t.name());
-                match cfg.variant {
-                    Variant::Delo => {
-                        pool_specs(&mut out, &format!("{p}.v"), cfg, d_in, d_out);
-                        pool_specs(&mut out, &format!("{p}.t"), cfg, d_in, d_out);
+    for l in 0..vcfg.num_hidden_layers {
+        for t in &cfg.targets {
+            let (d_in, d_out) = t.dims(d, d_ff);
+            let p = names::linear(l, *t);
+            match cfg.variant.update() {
+                Update::Routed(pools) => {
+                    for pool in pools {
+                        pool_specs(&mut out, &names::pool(&p, pool.suffix), cfg, d_in, d_out);
                     }
-                    Variant::UnifiedPool => {
-                        pool_specs(&mut out, &format!("{p}.u"), cfg, d_in, d_out)
-                    }
-                    Variant::Lora | Variant::SeqLora => {
-                        out.push(spec(
-                            format!("{p}.lora_a"),
-                            vec![cfg.rank, d_in],
-                            Init::NormalFanIn(d_in),
-                        ));
-                        out.push(spec(
-                            format!("{p}.lora_b"),
-                            vec![d_out, cfg.rank],
-                            Init::Zeros,
-                        ));
-                    }
-                    Variant::HeadsOnly => unreachable!("heads-only has no adapters"),
                 }
+                Update::LowRank => {
+                    let (a, b) = names::lora(&p);
+                    out.push(spec(a, vec![cfg.rank, d_in], Init::NormalFanIn(d_in)));
+                    out.push(spec(b, vec![d_out, cfg.rank], Init::Zeros));
+                }
+                Update::None => {}
             }
         }
     }
     out.push(spec(
-        "head.weight".into(),
+        names::HEAD_WEIGHT.into(),
         vec![classes, d],
         Init::UniformFanIn(d),
     ));
     out.push(spec(
-        "head.bias".into(),
+        names::HEAD_BIAS.into(),
         vec![classes],
         Init::UniformFanIn(d),
     ));
     out
 }
 
-/// Draws the initial values of `specs` (DELO.md inits), deterministically for `seed`.
+/// Draws the initial values of `specs` (the initial values of docs/method.md#parameters),
+/// deterministically for `seed`.
 pub fn init_params(specs: &[ParamSpec], seed: u64) -> Result<Vec<(String, Tensor)>> {
     let mut rng = StdRng::seed_from_u64(seed);
     specs

@@ -65,7 +65,7 @@ impl TryFrom<u8> for TableId {
     }
 }
 
-/// What a run trains: a variant of DELO.md "Variants", with the cross-modal guide on or off.
+/// What a run trains: a variant of docs/method.md#variants, with the cross-modal guide on or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
@@ -146,20 +146,9 @@ impl FromStr for Method {
     }
 }
 
-/// `text`, `image` or `both`.
-pub fn parse_kind(s: &str) -> Result<MissingKind> {
-    match s.trim() {
-        "text" => Ok(MissingKind::Text),
-        "image" => Ok(MissingKind::Image),
-        "both" => Ok(MissingKind::Both),
-        _ => Err(Error::Msg(format!(
-            "missing type '{s}': expected text, image or both"
-        ))),
-    }
-}
-
 /// One run of the grid: the missing-modality setting and the method with its pool size, rank
-/// and loss weights (DELO.md's defaults unless a table varies them).
+/// and loss weights (the defaults of docs/method.md#notation-and-defaults unless a table varies
+/// them).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Setting {
     pub kind: MissingKind,
@@ -173,7 +162,7 @@ pub struct Setting {
 }
 
 impl Setting {
-    /// `method` at DELO.md's defaults (E = 16, r = 4, λ_align = λ_con = 0.1).
+    /// `method` at the defaults of docs/method.md (E = 16, r = 4, λ_align = λ_con = 0.1).
     pub fn new(method: Method, kind: MissingKind, eta: u32) -> Setting {
         let d = DeloConfig::default();
         Setting {
@@ -199,7 +188,7 @@ impl Setting {
 
     /// The run directory's name, e.g. `both70-delo`, `both70-delo-e32-r8`,
     /// `both70-delo-align0-con0`: the missing setting, the method, then whatever differs from
-    /// DELO.md's defaults.
+    /// the defaults of docs/method.md#notation-and-defaults.
     pub fn name(&self) -> String {
         let mut name = format!("{}{}-{}", self.kind.as_str(), self.eta, self.method.slug());
         let d = Setting::new(self.method, self.kind, self.eta);
@@ -342,7 +331,7 @@ mod kinds {
     ) -> std::result::Result<Vec<MissingKind>, D::Error> {
         Vec::<String>::deserialize(d)?
             .iter()
-            .map(|s| parse_kind(s).map_err(serde::de::Error::custom))
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
             .collect()
     }
 }

@@ -244,18 +244,3 @@ pub fn parse_tables(spec: &str, data: &Path) -> Result<Vec<TableId>> {
     }
     Ok(tables)
 }
-
-/// Whether `d` names a device as `delo train --device` takes it (`cpu`, `cuda`, `cuda:N`),
-/// checked without opening it (the runs do).
-pub fn check_device(d: &str) -> Result<()> {
-    let ok = d == "cpu"
-        || d == "cuda"
-        || d.strip_prefix("cuda:")
-            .is_some_and(|n| n.parse::<usize>().is_ok());
-    match ok {
-        true => Ok(()),
-        false => Err(Error::Msg(format!(
-            "--devices: '{d}' is not a device; expected cpu, cuda or cuda:N, comma-separated"
-        ))),
-    }
-}

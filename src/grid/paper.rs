@@ -1,6 +1,6 @@
 //! The paper's published numbers (DeLo paper, Tables 2–6), transcribed from its text, to print
 //! beside measured runs as reference columns. They are the paper's claims, not ground truth:
-//! CMML.md notes that the released code cannot produce the DeLo rows.
+//! docs/data.md#paper-figures notes that the released code cannot produce the DeLo rows.
 
 use crate::data::MissingKind;
 

@@ -1,4 +1,4 @@
-//! The CMML metrics of `spec/CMML.md` §Metrics: per-task top-1 accuracy and F1-macro (both in
+//! The CMML metrics of docs/data.md#metrics: per-task top-1 accuracy and F1-macro (both in
 //! percent), and the run summaries AP and FG computed from an accuracy matrix.
 //!
 //! Matrices are indexed `matrix[t][j]` = a_{j,t}: row `t` is "after training task `t`",

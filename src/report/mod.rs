@@ -1,4 +1,4 @@
-//! Run outputs (`spec/CMML.md` §Metrics): the metrics, `results.json`, the human `report.md`
+//! Run outputs (docs/data.md#run-outputs): the metrics, `results.json`, the human `report.md`
 //! and hand-written SVG plots.
 //!
 //! The trainer's path through it:

@@ -50,7 +50,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    /// The metric the spec prescribes for a label kind.
+    /// The metric docs/data.md#metrics prescribes for a label kind.
     pub fn for_labels(kind: LabelKind) -> Metric {
         match kind {
             LabelKind::Single => Metric::Accuracy,

@@ -1,17 +1,17 @@
-//! Task-agnostic evaluation (CMML.md "Metrics"): the Task-Key memory picks k* per sample, the
-//! head of k* predicts, a sample routed to the wrong task gets no correct label; task-id
-//! accuracy is reported beside the metric.
+//! Task-agnostic evaluation (docs/data.md#evaluation-protocol): the Task-Key memory picks k* per
+//! sample, the head of k* predicts, a sample routed to the wrong task gets no correct label;
+//! task-id accuracy is reported beside the metric.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::autograd::{Tape, Var};
+use crate::autograd::Tape;
 use crate::backend::cuda::DriverCounts;
 use crate::backend::Device;
 use crate::data::{Label, LabelKind, MissingType, Split};
 use crate::delo::adapter::{groups_of, row_index, BoundTask, DeloAdapter, Proxy, TaskChoice};
-use crate::delo::config::{TaskKeySource, Variant};
+use crate::delo::config::TaskKeySource;
 use crate::delo::keys::majority;
 use crate::delo::losses::head_logits;
 use crate::error::Result;
@@ -82,69 +82,110 @@ impl Answer {
 ///
 /// What it waits for on a GPU: the task query once (`input`, `frozen`: the Task-Key choice is
 /// made on the host), each layer's query once (`layer`, inside the adapter), and the logits of
-/// every group once, together, after all the groups' forwards are queued. On CUDA (without
-/// `probes`) a group's forward runs on [`bucket_rows`], so that its buffers come in a few
-/// sizes that the device block cache keeps from batch to batch.
+/// every picked task once, together, after all forwards are queued. On CUDA (without `probes`)
+/// the whole batch is one forward whatever tasks it picked ([`answer_mixed`]); elsewhere each
+/// picked task runs on its own samples ([`answer_by_group`]).
 pub(crate) fn answer_batch(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
     task: usize,
     trained: usize,
-    mut probes: Option<&mut Probes>,
+    probes: Option<&mut Probes>,
 ) -> Result<Vec<Answer>> {
     let s = tr.settings();
     let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
-    let layers = tr.vilt.cfg.num_hidden_layers;
-    let layered = s.delo.task_key == TaskKeySource::Layer && s.delo.variant != Variant::SeqLora;
-    let be = tr.device.backend();
-    let logits_of = |tape: &mut Tape, task: &BoundTask, pooled: Var| -> Result<Tensor> {
-        let logits = head_logits(tape, task, pooled)?;
-        Ok(tape.value(logits).clone())
-    };
-    // Per group: its task, its samples (rows of the batch), where they sit in its logits, and
-    // the logits, left on the device until every group's forward is queued.
-    let mut groups: Vec<(usize, Vec<usize>, Vec<usize>, Tensor)> = Vec::new();
-    if layered {
-        let mut tape = Tape::new(tr.device.clone());
-        let bound: Vec<BoundTask> = tr.tasks[..=trained]
-            .iter()
-            .map(|t| BoundTask::constants(&mut tape, &t.params))
-            .collect();
-        let choice = TaskChoice::PerLayer {
-            tasks: &bound,
-            tables: &tr.keys,
-        };
-        let mut ad = DeloAdapter::new(&s.delo, choice, &missing, layers, Proxy::None);
-        if probes.is_some() {
-            ad = ad.record_selections();
-        }
-        let out = tr.vilt.forward(&mut tape, &batch.data, &mut ad)?;
-        if let Some(p) = probes.as_deref_mut() {
-            collect_probes(p, &tape, &ad, &missing)?;
-        }
-        for (k, rows) in groups_of(&majority(&ad.picks, trained + 1)) {
-            let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
-            let logits = logits_of(&mut tape, &bound[k], pooled)?;
-            let at = (0..rows.len()).collect();
-            groups.push((k, rows, at, logits));
-        }
+    let shared = s.delo.variant.shares_one_model();
+    // Each task's logits stay on the device until every forward is queued.
+    let groups = if s.delo.task_key == TaskKeySource::Layer && !shared {
+        answer_per_layer(tr, batch, &missing, trained, probes)?
     } else {
-        let picked: Vec<usize> = match (s.delo.variant, s.delo.task_key) {
-            (Variant::SeqLora, _) => vec![trained; missing.len()],
+        let picked: Vec<usize> = match (shared, s.delo.task_key) {
+            (true, _) => vec![trained; missing.len()],
             (_, TaskKeySource::Oracle) => vec![task; missing.len()],
             _ => {
                 let mut tape = Tape::new(tr.device.clone());
                 let q = tr.task_query(&mut tape, &batch.data, &missing)?;
-                let host = be.download_group(&[&q])?;
+                let host = tr.device.backend().download_group(&[&q])?;
                 tr.keys[0].predict(&host[0].to_vec_f32()?, q.dim(1), trained + 1)
             }
         };
         // Padding rows would be counted in the probes; the CPU keeps its shapes (and bits).
-        let pad = tr.device.is_cuda() && probes.is_none();
-        if pad {
-            groups = answer_mixed(tr, batch, &missing, &picked)?;
+        match tr.device.is_cuda() && probes.is_none() {
+            true => answer_mixed(tr, batch, &missing, &picked)?,
+            false => answer_by_group(tr, batch, &missing, &picked, probes)?,
         }
-        for (k, rows) in groups_of(&picked).into_iter().filter(|_| !pad) {
+    };
+    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.logits).collect();
+    let host = tr.device.backend().download_group(&logits)?;
+    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
+    for (g, lv) in groups.iter().zip(&host) {
+        let n = lv.numel() / lv.dim(0).max(1);
+        let lv = lv.to_vec_f32()?;
+        for (&r, &i) in g.rows.iter().zip(&g.samples) {
+            answers[i] = Some(Answer {
+                k: g.task,
+                logits: lv[r * n..(r + 1) * n].to_vec(),
+            });
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| crate::Error::Msg("a sample got no answer".into())))
+        .collect()
+}
+
+/// `--task-key layer`: one forward in which every layer picks each sample's task by its own
+/// key table, then the head of each sample's majority task.
+fn answer_per_layer(
+    tr: &Trainer,
+    batch: &crate::data::Batch<crate::vilt::ViltInputs>,
+    missing: &[MissingType],
+    trained: usize,
+    probes: Option<&mut Probes>,
+) -> Result<Vec<TaskLogits>> {
+    let s = tr.settings();
+    let layers = tr.vilt.cfg.num_hidden_layers;
+    let mut tape = Tape::new(tr.device.clone());
+    let bound: Vec<BoundTask> = tr.tasks[..=trained]
+        .iter()
+        .map(|t| BoundTask::constants(&mut tape, &t.params))
+        .collect();
+    let choice = TaskChoice::PerLayer {
+        tasks: &bound,
+        tables: &tr.keys,
+    };
+    let mut ad = DeloAdapter::new(&s.delo, choice, missing, layers, Proxy::None);
+    if probes.is_some() {
+        ad = ad.record_selections();
+    }
+    let out = tr.vilt.forward(&mut tape, &batch.data, &mut ad)?;
+    if let Some(p) = probes {
+        collect_probes(p, &tape, &ad, missing)?;
+    }
+    groups_of(&majority(&ad.picks, trained + 1))
+        .into_iter()
+        .map(|(k, rows)| {
+            let pooled = tape.gather_rows(out.pooled, &row_index(&tape, &rows)?)?;
+            let logits = head_logits(&mut tape, &bound[k], pooled)?;
+            Ok(TaskLogits::own(k, rows, tape.value(logits).clone()))
+        })
+        .collect()
+}
+
+/// One forward per picked task over its own samples (the CPU, and any device when recording
+/// probes): each sample's result is exactly its task's forward of its group.
+fn answer_by_group(
+    tr: &Trainer,
+    batch: &crate::data::Batch<crate::vilt::ViltInputs>,
+    missing: &[MissingType],
+    picked: &[usize],
+    mut probes: Option<&mut Probes>,
+) -> Result<Vec<TaskLogits>> {
+    let s = tr.settings();
+    let layers = tr.vilt.cfg.num_hidden_layers;
+    groups_of(picked)
+        .into_iter()
+        .map(|(k, rows)| {
             let sub = match rows.len() == picked.len() {
                 true => batch.data.clone(),
                 false => batch.data.select(&rows)?,
@@ -163,47 +204,55 @@ pub(crate) fn answer_batch(
             if let Some(p) = probes.as_deref_mut() {
                 collect_probes(p, &tape, &ad, &sub_missing)?;
             }
-            let logits = logits_of(&mut tape, &bound, out.pooled)?;
-            let at = (0..rows.len()).collect();
-            groups.push((k, rows, at, logits));
-        }
-    }
-    let logits: Vec<&Tensor> = groups.iter().map(|g| &g.3).collect();
-    let host = be.download_group(&logits)?;
-    let mut answers: Vec<Option<Answer>> = (0..missing.len()).map(|_| None).collect();
-    for ((k, rows, at, _), lv) in groups.iter().zip(&host) {
-        // Rows of the logits that no sample of the group sits at (padding, other tasks'
-        // samples) are dropped.
-        let n = lv.numel() / lv.dim(0).max(1);
-        let lv = lv.to_vec_f32()?;
-        for (&r, &i) in at.iter().zip(rows) {
-            answers[i] = Some(Answer {
-                k: *k,
-                logits: lv[r * n..(r + 1) * n].to_vec(),
-            });
-        }
-    }
-    answers
-        .into_iter()
-        .map(|a| a.ok_or_else(|| crate::Error::Msg("a sample got no answer".into())))
+            let logits = head_logits(&mut tape, &bound, out.pooled)?;
+            Ok(TaskLogits::own(k, rows, tape.value(logits).clone()))
+        })
         .collect()
+}
+
+/// One picked task's logits `[rows, classes]` for a batch, and where its samples sit in them.
+struct TaskLogits {
+    task: usize,
+    /// The task's samples (rows of the batch).
+    samples: Vec<usize>,
+    /// Each sample's row of `logits`; the other rows (padding, other tasks' samples) are dropped.
+    rows: Vec<usize>,
+    logits: Tensor,
+}
+
+impl TaskLogits {
+    /// Logits of a forward of the task's own samples, in order.
+    fn own(task: usize, samples: Vec<usize>, logits: Tensor) -> TaskLogits {
+        let rows = (0..samples.len()).collect();
+        TaskLogits {
+            task,
+            samples,
+            rows,
+            logits,
+        }
+    }
 }
 
 /// The forward of a whole batch on CUDA whose samples `picked` different tasks: one forward
 /// of the batch, padded by [`bucket_rows`], in which each sample takes its own task's adapters
-/// ([`TaskChoice::PerSample`]), then every picked task's head over all rows. Its shapes
-/// depend only on the batch's size and text length, not on how the batch splits between tasks,
-/// so from batch to batch the device block cache serves every buffer. Each task's adapters
-/// run on every row (the rows of other tasks are dropped), which on a GPU costs far less than
-/// the launches and buffers of a forward per task. Returns, per picked task (ascending), its
-/// samples, the same rows of its logits, and the logits `[rows, classes]` still on the device.
+/// ([`TaskChoice::PerSample`]), then every picked task's head over all rows. Every buffer's
+/// shape depends only on the batch's size and text length, not on how the batch splits
+/// between tasks, so once batches picking as many tasks as any later one have run, the
+/// device block cache serves every buffer. Each picked task's adapters run on every row (the
+/// rows of other tasks are dropped), which on a GPU costs far less than the launches and
+/// buffers of a forward per task; the price is memory: the tape holds each picked task's
+/// adapter outputs for the whole batch until the forward ends. Returns, per picked task
+/// (ascending), its samples at the same rows of its logits, still on the device.
 fn answer_mixed(
     tr: &Trainer,
     batch: &crate::data::Batch<crate::vilt::ViltInputs>,
     missing: &[MissingType],
     picked: &[usize],
-) -> Result<Vec<(usize, Vec<usize>, Vec<usize>, Tensor)>> {
+) -> Result<Vec<TaskLogits>> {
     let s = tr.settings();
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
     let all: Vec<usize> = (0..picked.len()).collect();
     let run = bucket_rows(&all, s.eval_batch_size);
     let data = match run == all {
@@ -219,14 +268,21 @@ fn answer_mixed(
     }
     let mut tape = Tape::new(tr.device.clone());
     let run_position: Vec<usize> = run.iter().map(|&i| position[i]).collect();
-    let choice = row_index(&tape, &run_position)?;
     let bound: Vec<BoundTask> = groups
         .iter()
         .map(|(k, _)| BoundTask::constants(&mut tape, &tr.tasks[*k].params))
         .collect();
-    let choice_of = TaskChoice::PerSample {
-        tasks: &bound,
-        choice: &choice,
+    // A batch of one task needs no choosing (nor the choices' upload).
+    let choice = match bound.len() {
+        1 => None,
+        _ => Some(row_index(&tape, &run_position)?),
+    };
+    let choice_of = match &choice {
+        None => TaskChoice::One(&bound[0]),
+        Some(choice) => TaskChoice::PerSample {
+            tasks: &bound,
+            choice,
+        },
     };
     let layers = tr.vilt.cfg.num_hidden_layers;
     let mut ad = DeloAdapter::new(&s.delo, choice_of, &run_missing, layers, Proxy::None);
@@ -236,15 +292,20 @@ fn answer_mixed(
         .zip(&bound)
         .map(|((k, rows), task)| {
             let logits = head_logits(&mut tape, task, out.pooled)?;
-            Ok((k, rows.clone(), rows, tape.value(logits).clone()))
+            Ok(TaskLogits {
+                task: k,
+                samples: rows.clone(),
+                rows,
+                logits: tape.value(logits).clone(),
+            })
         })
         .collect()
 }
 
 /// `rows` followed by copies of its first row up to a bucket size: the smallest power of two
-/// that holds them, or `batch` (the evaluation batch size) when that is smaller. A key group
-/// (or a last, partial batch) then has one of about log₂(batch) + 1 shapes instead of any size
-/// up to the batch's. The copies' answers are dropped: samples do not interact in the encoder,
+/// that holds them, or `batch` (the evaluation batch size) when that is smaller. A last,
+/// partial batch then has one of about log₂(batch) + 1 shapes instead of any size up to the
+/// batch's. The copies' answers are dropped: samples do not interact in the encoder,
 /// so they change no sample's logits and no metric.
 pub(crate) fn bucket_rows(rows: &[usize], batch: usize) -> Vec<usize> {
     let size = rows.len().next_power_of_two().min(batch.max(rows.len()));
@@ -287,7 +348,7 @@ fn evaluate_counted(
     let (mut total, mut correct, mut id_correct) = (0usize, 0usize, 0usize);
     let mut f1 = MultiLabelCounts::new(n_cls);
     let mut predictions = Vec::new();
-    let seq = tr.settings().delo.variant == Variant::SeqLora;
+    let seq = tr.settings().delo.variant.shares_one_model();
     // Per head: its columns as global classes; per task: its columns in the latest head.
     let columns: Vec<Vec<usize>> = (0..=trained).map(|k| tr.head_classes(k)).collect();
     let spans: Vec<_> = (0..=trained).map(|j| tr.head_span(j, trained)).collect();

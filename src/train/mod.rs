@@ -1,4 +1,4 @@
-//! The continual trainer (CMML.md "Training protocol", DELO.md "Optimisation"): tasks in
+//! The continual trainer (docs/data.md#training-protocol, docs/method.md#optimisation): tasks in
 //! sequence, AdamW over the current task's parameters only, EMA task keys, evaluation of every
 //! seen task after each task, atomic checkpoints (at task ends and every `--checkpoint-every`
 //! inside a task) and resume from the newest one, one training process per run directory.
@@ -32,7 +32,7 @@ use crate::data::tokenizer::BertTokenizer;
 use crate::data::{
     Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Skipped, Split,
 };
-use crate::delo::config::{DeloConfig, TaskKeySource, Variant};
+use crate::delo::config::{DeloConfig, TaskKeySource};
 use crate::delo::losses::Targets;
 use crate::delo::params::{init_params, task_specs};
 use crate::error::{Error, Result};
@@ -71,7 +71,7 @@ fn frozen_dtype(setting: &str, device: &Device) -> Result<DType> {
     }
 }
 
-/// Everything a run needs besides the data and the model, with DELO.md's defaults.
+/// Everything a run needs besides the data and the model, with the defaults of docs/method.md.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct TrainSettings {
@@ -85,7 +85,7 @@ pub struct TrainSettings {
     /// Fraction of each task's steps spent warming up.
     pub warmup: f32,
     pub seed: u64,
-    /// `type:η`, e.g. `both:0.7` (CMML.md "Missing modality").
+    /// `type:η`, e.g. `both:0.7` (docs/data.md#missing-modality).
     pub missing: String,
     pub max_text_len: usize,
     /// Text lengths are rounded up to a multiple of this many tokens; `None`:
@@ -526,7 +526,7 @@ impl Trainer {
     /// seen so far (tasks 0..=t in order), as global class ids.
     pub fn head_classes(&self, t: usize) -> Vec<usize> {
         let tasks = &self.bench.tasks;
-        if self.settings().delo.variant == Variant::SeqLora {
+        if self.settings().delo.variant.shares_one_model() {
             tasks[..=t]
                 .iter()
                 .flat_map(|x| x.classes.iter().copied())
@@ -539,7 +539,7 @@ impl Trainer {
     /// The head columns of task `t`'s own classes in the head trained with task `trained`.
     pub fn head_span(&self, t: usize, trained: usize) -> std::ops::Range<usize> {
         let n = self.bench.tasks[t].classes.len();
-        if self.settings().delo.variant == Variant::SeqLora && t <= trained {
+        if self.settings().delo.variant.shares_one_model() && t <= trained {
             let offset = self.bench.tasks[..t].iter().map(|x| x.classes.len()).sum();
             offset..offset + n
         } else {
@@ -553,8 +553,8 @@ impl Trainer {
         let s = self.settings();
         let specs = task_specs(&s.delo, &self.vilt.cfg, self.head_classes(t).len());
         let fresh = init_params(&specs, s.seed.wrapping_add(1000 * t as u64 + 1))?;
-        let prev = match (s.delo.variant, t.checked_sub(1)) {
-            (Variant::SeqLora, Some(p)) => &self.tasks[p].params,
+        let prev = match (s.delo.variant.shares_one_model(), t.checked_sub(1)) {
+            (true, Some(p)) => &self.tasks[p].params,
             _ => return Ok(fresh),
         };
         fresh

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::autograd::Tape;
 use crate::data::{LabelKind, MissingType};
-use crate::delo::config::{TaskKeySource, Variant};
+use crate::delo::config::TaskKeySource;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::train::eval::{self, Answer};
@@ -100,7 +100,7 @@ pub fn predict(tr: &Trainer, items: &[NewItem], opts: &PredictOptions) -> Result
         }
         (false, None) => 0,
     };
-    let seq = s.delo.variant == Variant::SeqLora;
+    let seq = s.delo.variant.shares_one_model();
     let one_table = !seq
         && matches!(
             s.delo.task_key,

@@ -11,13 +11,7 @@ use crate::train::Trainer;
 
 /// The display name of a variant in reports.
 pub fn method_name(tr: &Trainer) -> String {
-    match tr.settings().delo.variant {
-        crate::delo::config::Variant::Delo => "DeLo".into(),
-        v => serde_json::to_value(v)
-            .ok()
-            .and_then(|x| x.as_str().map(String::from))
-            .unwrap_or_default(),
-    }
+    tr.settings().delo.variant.display_name().into()
 }
 
 /// Results of every task finished so far (a partial run gives a partial lower triangle).

@@ -1,5 +1,5 @@
-//! The learning-rate schedule of DELO.md "Optimisation": linear warm-up over the first 10% of a
-//! task's steps, then cosine annealing to zero; restarted for every task.
+//! The learning-rate schedule of docs/method.md#optimisation: linear warm-up over the first 10% of
+//! a task's steps, then cosine annealing to zero; restarted for every task.
 
 /// The learning rate of (0-based) `step` of `total` steps.
 pub fn cosine_with_warmup(base_lr: f32, step: usize, total: usize, warmup_frac: f32) -> f32 {

@@ -1,10 +1,10 @@
 //! One training step of one task, as both the trainer and `delo bench train` run it: the
 //! objective of eq. (9)–(10) (main forward and, with λ_con > 0, the L_con proxy forwards),
-//! backward, one AdamW step over the task's parameters and the EMA of its task keys (eq. 8).
+//! backward, one AdamW step over the task's parameters and the EMA of its task keys (eq. 7).
 //!
 //! Nothing here reads the device: the loss stays a one-element device tensor, which callers
 //! queue on a [`ScalarQueue`] and read one step later, so that on a GPU the host prepares the
-//! next step while the device runs this one (ENGINE.md "Speed, measured honestly").
+//! next step while the device runs this one (docs/engine.md#asynchronous-read-back).
 
 use std::collections::VecDeque;
 
@@ -28,7 +28,7 @@ pub struct TaskState {
     pub keys: Vec<Option<Tensor>>,
 }
 
-/// AdamW's settings for one step (DELO.md "Optimisation").
+/// AdamW's settings for one step (docs/method.md#optimisation).
 #[derive(Clone, Copy, Debug)]
 pub struct StepOptim {
     /// This step's learning rate (after warm-up and cosine decay).

@@ -49,7 +49,7 @@ pub struct ViltConfig {
 }
 
 impl Default for ViltConfig {
-    /// ViLT-B/32 (`dandelin/vilt-b32-mlm`), VILT.md's defaults.
+    /// ViLT-B/32 (`dandelin/vilt-b32-mlm`), the defaults of docs/vilt.md#model-directory.
     fn default() -> Self {
         ViltConfig {
             vocab_size: 30522,

@@ -1,4 +1,4 @@
-//! ViLT's input side (VILT.md §Forward 1–7): text embeddings, the patch mask, per-image
+//! ViLT's input side (docs/vilt.md#forward, steps 1–7): text embeddings, the patch mask, per-image
 //! position grids, the deterministic patch selection and the joint sequence with its masks.
 //!
 //! What depends on the pixel mask (patch selection, interpolated positions) is decided on the

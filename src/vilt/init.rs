@@ -28,7 +28,15 @@ pub enum Preset {
     Base,
 }
 
+impl std::str::FromStr for Preset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Preset::parse(s)
+    }
+}
+
 impl Preset {
+    /// `tiny` or `base`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "tiny" => Ok(Preset::Tiny),

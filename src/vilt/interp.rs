@@ -133,7 +133,8 @@ pub fn resize_image_positions(
 }
 
 /// [`resize_image_positions`] to the valid region `h_b × w_b`, zero-padded bottom/right to the
-/// batch's patch grid `gh × gw`: VILT.md §Forward 4 for one image, `[gh·gw, dim]` row-major.
+/// batch's patch grid `gh × gw`: docs/vilt.md#image-position-embeddings for one image,
+/// `[gh·gw, dim]` row-major.
 #[allow(clippy::too_many_arguments)]
 pub fn image_positions_padded(
     grid: &[f32],

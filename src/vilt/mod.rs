@@ -1,5 +1,5 @@
 //! The ViLT backbone's I/O: configuration, weights by Hugging Face name, random initialisation
-//! and the position-table resizing the forward needs (VILT.md).
+//! and the position-table resizing the forward needs (docs/vilt.md).
 
 pub mod config;
 pub mod embed;

@@ -1,5 +1,5 @@
-//! The frozen ViLT forward (VILT.md §Forward 8–9) on the tape, with a hook at every layer
-//! input and at every adaptable linear, through which DeLo adds its experts.
+//! The frozen ViLT forward (docs/vilt.md#encoder-blocks and #output-and-pooler) on the tape, with a
+//! hook at every layer input and at every adaptable linear, through which DeLo adds its experts.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

@@ -44,21 +44,22 @@ impl Target {
             Target::Fc2 => "fc2",
         }
     }
-    /// Parses a comma-separated list such as `q,k,v`.
-    pub fn parse_list(s: &str) -> Result<Vec<Target>> {
-        let mut out: Vec<Target> = s
-            .split(',')
-            .map(|t| {
-                Target::ALL
-                    .into_iter()
-                    .find(|x| x.name() == t.trim())
-                    .ok_or_else(|| {
-                        Error::Msg(format!("target '{t}': expected one of q,k,v,o,fc1,fc2"))
-                    })
-            })
-            .collect::<Result<_>>()?;
-        out.sort();
-        out.dedup();
-        Ok(out)
+    /// `list` sorted in layer order without repeats: the order the adapter and the parameter
+    /// layout use, whatever order the targets were given in.
+    pub fn canonical(mut list: Vec<Target>) -> Vec<Target> {
+        list.sort();
+        list.dedup();
+        list
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = Error;
+    /// One name of [`Target::name`] (`q`, `k`, `v`, `o`, `fc1`, `fc2`).
+    fn from_str(t: &str) -> Result<Target> {
+        Target::ALL
+            .into_iter()
+            .find(|x| x.name() == t.trim())
+            .ok_or_else(|| Error::Msg(format!("target '{t}': expected one of q,k,v,o,fc1,fc2")))
     }
 }

@@ -110,55 +110,13 @@ macro_rules! kernels {
             for op in Unary::ALL {
                 let (forward, backward) = op.kernels();
                 // (x, out, n) and (dy, saved, out, n): pointers and a long long.
-                all.push((forward, vec![".u64"; 3]));
-                all.push((backward, vec![".u64"; 4]));
+                let (ptr, long) = (ptx_type!(Ptr), ptx_type!(i64));
+                all.push((forward, vec![ptr, ptr, long]));
+                all.push((backward, vec![ptr, ptr, ptr, long]));
             }
             all
         }
 
-        impl Kernels {
-            /// Launches activation `op`'s forward (`ptrs` = x, out) or backward (`ptrs` = dy,
-            /// saved, out) kernel over `n` elements on `stream`.
-            ///
-            /// # Safety
-            /// The pointers must address `n` f32 each, alive until the stream has run the
-            /// kernel.
-            pub(crate) unsafe fn unary(
-                &self,
-                stream: &CudaStream,
-                cfg: LaunchConfig,
-                op: Unary,
-                ptrs: &[Ptr],
-                n: i64,
-            ) -> Result<()> {
-                use cudarc::driver::PushKernelArg;
-                let (fwd, bwd) = &self.unary[op as usize];
-                let (name, function) = match ptrs.len() {
-                    2 => (op.kernels().0, fwd),
-                    3 => (op.kernels().1, bwd),
-                    k => {
-                        return Err(Error::Cuda(format!(
-                            "{}: {k} pointers, expected 2 (forward) or 3 (backward)",
-                            op.name()
-                        )))
-                    }
-                };
-                let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::from(p)).collect();
-                args.push(Arg::from(n));
-                if self.recorder.kernel(name, function, &cfg, &args) {
-                    return Ok(());
-                }
-                self.counters.add(Count::Launch);
-                let mut b = stream.launch_builder(function);
-                for p in ptrs {
-                    b.arg(p);
-                }
-                b.arg(&n);
-                b.launch(cfg)
-                    .map(|_| ())
-                    .map_err(|e| Error::Cuda(format!("launching {name}: {e}")))
-            }
-        }
     };
 }
 
@@ -337,5 +295,70 @@ pub(crate) fn cfg_rows(rows: usize) -> LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (BLOCK, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+impl Kernels {
+    /// Launches activation `op`'s forward kernel, `out = f(x)` over `n` elements.
+    ///
+    /// # Safety
+    /// `x` and `out` must address `n` f32 each, alive until the stream has run the kernel.
+    pub(crate) unsafe fn unary_forward(
+        &self,
+        stream: &CudaStream,
+        cfg: LaunchConfig,
+        op: Unary,
+        x: Ptr,
+        out: Ptr,
+        n: i64,
+    ) -> Result<()> {
+        let function = &self.unary[op as usize].0;
+        self.launch_pointwise(stream, cfg, op.kernels().0, function, &[x, out], n)
+    }
+
+    /// Launches activation `op`'s backward kernel, `out = dy · f'(saved)` over `n` elements.
+    ///
+    /// # Safety
+    /// The pointers must address `n` f32 each, alive until the stream has run the kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn unary_backward(
+        &self,
+        stream: &CudaStream,
+        cfg: LaunchConfig,
+        op: Unary,
+        dy: Ptr,
+        saved: Ptr,
+        out: Ptr,
+        n: i64,
+    ) -> Result<()> {
+        let function = &self.unary[op as usize].1;
+        self.launch_pointwise(stream, cfg, op.kernels().1, function, &[dy, saved, out], n)
+    }
+
+    /// A `(pointers.., n)` kernel: recorded into a graph being captured, else launched.
+    unsafe fn launch_pointwise(
+        &self,
+        stream: &CudaStream,
+        cfg: LaunchConfig,
+        name: &'static str,
+        function: &CudaFunction,
+        ptrs: &[Ptr],
+        n: i64,
+    ) -> Result<()> {
+        use cudarc::driver::PushKernelArg;
+        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::from(p)).collect();
+        args.push(Arg::from(n));
+        if self.recorder.kernel(name, function, &cfg, &args) {
+            return Ok(());
+        }
+        self.counters.add(Count::Launch);
+        let mut b = stream.launch_builder(function);
+        for p in ptrs {
+            b.arg(p);
+        }
+        b.arg(&n);
+        b.launch(cfg)
+            .map(|_| ())
+            .map_err(|e| Error::Cuda(format!("launching {name}: {e}")))
     }
 }

@@ -5,9 +5,9 @@
 //! `cuMemAllocAsync` is a driver call (about a microsecond, and a memory node once steps are
 //! captured as graphs), so freed blocks go to a free list keyed by their rounded size and the
 //! next request of that size takes one back without calling the driver: after the first step,
-//! a step allocates nothing (ENGINE.md "Speed, measured honestly"). Reusing a block at once is safe because the
-//! backend has one stream: every kernel that used the block's previous owner is queued before
-//! any kernel of the new owner.
+//! a step allocates nothing (docs/engine.md#caching-allocator). Reusing a block at once is safe
+//! because the backend has one stream: every kernel that used the block's previous owner is queued
+//! before any kernel of the new owner.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,6 +11,9 @@
 //! zeros); the next [`Backend::synchronize`] or download reads the word and fails with the op's
 //! name.
 
+// DeLo's expert ops live with their dimensions and CPU reference in backend/experts/; they are
+// compiled here, inside the CUDA backend, for its launch helpers.
+#[path = "../experts/cuda.rs"]
 mod experts;
 mod gemm;
 mod graph;
@@ -19,6 +22,7 @@ mod kernels;
 mod memory;
 pub mod nvtx;
 mod ops;
+#[path = "../experts/cuda_group.rs"]
 mod pool_group;
 mod readback;
 

@@ -6,17 +6,14 @@ use half::bf16;
 
 use super::gemm::GemmCall;
 use super::kernels::{cfg_flat, cfg_rows, Kernels, Ptr};
-use super::{nvtx, CudaBackend, ExpertPath};
-use crate::backend::pool_group::{GroupForward, GroupGrads, PoolGroup};
+use super::{nvtx, CudaBackend};
 use crate::backend::shapes::{
     adamw_operands, attention_backward_dims, attention_dims, bias_dims, check_parts, concat_dims,
     cosine_backward_dims, gather_dims, layernorm_backward_dims, layernorm_dims, loss_dims,
     loss_grad, masked_backward_dims, masked_dims, matmul_dims, matmul_into_dims, row_choice_dims,
     rows_cols, same_shape, scatter_dims, split_dims, MatmulDims,
 };
-use crate::backend::{
-    AdamW, Backend, Device, ExpertGrads, Gemm, LayerNormGrads, LayerNormOut, Routing, Unary,
-};
+use crate::backend::{AdamW, Backend, Device, Gemm, LayerNormGrads, LayerNormOut, Unary};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::{CpuStorage, DType, Tensor};
@@ -626,15 +623,15 @@ impl Backend for CudaBackend {
         Ok(out)
     }
     fn unary(&self, op: Unary, x: &Tensor) -> Result<Tensor> {
-        self.map1(x, op.kernels().0, |px, po, n| unsafe {
+        self.map1(x, op.name(), |px, po, n| unsafe {
             self.k
-                .unary(&self.stream, cfg_flat(n as usize), op, &[px, po], n)
+                .unary_forward(&self.stream, cfg_flat(n as usize), op, px, po, n)
         })
     }
     fn unary_backward(&self, op: Unary, dy: &Tensor, saved: &Tensor) -> Result<Tensor> {
-        self.map2(dy, saved, op.kernels().1, |pg, ps, po, n| unsafe {
+        self.map2(dy, saved, op.backward_name(), |pg, ps, po, n| unsafe {
             self.k
-                .unary(&self.stream, cfg_flat(n as usize), op, &[pg, ps, po], n)
+                .unary_backward(&self.stream, cfg_flat(n as usize), op, pg, ps, po, n)
         })
     }
 
@@ -1415,86 +1412,5 @@ impl Backend for CudaBackend {
                 hp.weight_decay,
             )
         }
-    }
-
-    // ---- DeLo experts -----------------------------------------------------------------------
-    fn route(
-        &self,
-        la: &Tensor,
-        lb: &Tensor,
-        a_pool: &Tensor,
-        wc: &Tensor,
-        lambda: f32,
-    ) -> Result<Routing> {
-        self.route_device(la, lb, a_pool, wc, lambda)
-    }
-    fn route_backward(
-        &self,
-        d_pa: &Tensor,
-        d_pb: &Tensor,
-        routing: &Routing,
-        lambda: f32,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        self.route_backward_device(d_pa, d_pb, routing, lambda)
-    }
-    fn expert_forward(
-        &self,
-        x: &Tensor,
-        a_pool: &Tensor,
-        b_pool: &Tensor,
-        sel_a: &Tensor,
-        sel_b: &Tensor,
-        gates: &Tensor,
-        alpha: f32,
-    ) -> Result<(Tensor, Tensor)> {
-        self.expert_forward_path(
-            ExpertPath::Auto,
-            x,
-            a_pool,
-            b_pool,
-            sel_a,
-            sel_b,
-            gates,
-            alpha,
-        )
-    }
-    fn expert_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        a_pool: &Tensor,
-        b_pool: &Tensor,
-        sel_a: &Tensor,
-        sel_b: &Tensor,
-        gates: &Tensor,
-        u: &Tensor,
-        alpha: f32,
-    ) -> Result<ExpertGrads> {
-        self.expert_backward_path(
-            ExpertPath::Auto,
-            dy,
-            x,
-            a_pool,
-            b_pool,
-            sel_a,
-            sel_b,
-            gates,
-            u,
-            alpha,
-        )
-    }
-    fn groups_pools(&self) -> bool {
-        true
-    }
-    fn pool_group_forward(&self, g: &PoolGroup) -> Result<GroupForward> {
-        self.pool_group_forward_device(g)
-    }
-    fn pool_group_backward(
-        &self,
-        g: &PoolGroup,
-        f: &GroupForward,
-        dys: &[&Tensor],
-    ) -> Result<GroupGrads> {
-        self.pool_group_backward_device(g, f, dys)
     }
 }

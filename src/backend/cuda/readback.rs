@@ -2,7 +2,7 @@
 //! device: the copies are queued into pinned host memory with the device error word beside
 //! them, and waited for later, once more work has been queued behind them: one event wait per
 //! group. The trainer shows each step's losses (and checks them for NaN) one step late this
-//! way, so a step never waits for its own kernels (ENGINE.md "Speed, measured honestly").
+//! way, so a step never waits for its own kernels (docs/engine.md#asynchronous-read-back).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Every routed pool of a layer's shared-input linears on the device, one launch per stage
 //! (`route_group_f32`, `expert_fwd_group_k*`, `expert_bwd_group_k*`, `router_backward_group_f32`
-//! and the stacked reductions): the CUDA twin of [`crate::backend::pool_group::forward_by_pool`]
-//! and [`crate::backend::pool_group::backward_by_pool`]. Per-pool pointers (parameters, queries,
+//! and the stacked reductions): the CUDA twin of [`crate::backend::experts::group::forward_by_pool`]
+//! and [`crate::backend::experts::group::backward_by_pool`]. Per-pool pointers (parameters, queries,
 //! upstream gradients) go in a table uploaded beside the launch; everything the group computes
 //! is stacked pool-major, and each pool gets views of it.
 
@@ -11,7 +11,7 @@ use super::experts::{aligned16, km_of, stage_cols, EXP_THREADS};
 use super::kernels::{cfg_flat, cfg_rows, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend, Scratch};
-use crate::backend::pool_group::{
+use crate::backend::experts::group::{
     backward_by_pool, check_backward, forward_by_pool, group_dims, GroupForward, GroupGrads,
     PoolGrads, PoolGroup, RouterGrads,
 };
@@ -71,7 +71,7 @@ impl CudaBackend {
         Ok(Some(p0))
     }
 
-    /// [`Backend::pool_group_forward`]: the router linears and routing of every pool in one
+    /// [`crate::backend::ExpertOps::pool_group_forward`]: the router linears and routing of every pool in one
     /// launch, the gates (one upload, or one product for `score`), the composition in one.
     pub(super) fn pool_group_forward_device(&self, g: &PoolGroup) -> Result<GroupForward> {
         const OP: &str = "pool_group_forward";
@@ -215,7 +215,7 @@ impl CudaBackend {
         })
     }
 
-    /// [`Backend::pool_group_backward`]: the composition's backward for every pool in one
+    /// [`crate::backend::ExpertOps::pool_group_backward`]: the composition's backward for every pool in one
     /// launch, the stacked tile sums and pool scatters, the routing backward over all P·B rows,
     /// dW_C of every pool, and the router linears' gradients (weights, biases and each query's)
     /// in one launch. A forward that is not this backend's own grouped one goes pool by pool.

@@ -17,8 +17,11 @@ use super::gemm::GemmCall;
 use super::kernels::{cfg_flat, cfg_rows, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend};
-use crate::backend::cpu_experts::{expert_dims, route_dims, Dims};
-use crate::backend::{Backend, ExpertGrads, Routing};
+use crate::backend::experts::dims::{
+    expert_backward_dims, expert_dims, route_backward_dims, route_dims, Dims,
+};
+use crate::backend::experts::group::{GroupForward, GroupGrads, PoolGroup};
+use crate::backend::{Backend, ExpertGrads, ExpertOps, Routing};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -197,8 +200,8 @@ impl CudaBackend {
         })
     }
 
-    /// [`crate::backend::Backend::route`] on the device, eq. (3) with the compatibility term
-    /// (DELO.md "Routing", steps 1–3): one block per sample.
+    /// [`crate::backend::ExpertOps::route`] on the device, eq. (3) with the compatibility term
+    /// (docs/method.md#routing, steps 1–3): one block per sample.
     pub(super) fn route_device(
         &self,
         la: &Tensor,
@@ -262,7 +265,7 @@ impl CudaBackend {
         })
     }
 
-    /// [`crate::backend::Backend::route_backward`] on the device: a warp per sample for the
+    /// [`crate::backend::ExpertOps::route_backward`] on the device: a warp per sample for the
     /// router logits and the compatibility softmax, then one thread per element of dW_C
     /// summing over the samples in order (deterministic).
     pub(super) fn route_backward_device(
@@ -274,36 +277,7 @@ impl CudaBackend {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         const OP: &str = "route_backward";
         let _r = nvtx::range("route_backward");
-        ensure_shape!(
-            rt.p_a.rank() == 2 && rt.abar.rank() == 3,
-            OP,
-            "routing probabilities {:?} / factor sums {:?} must be [B, E] / [B, r, d]",
-            rt.p_a.shape(),
-            rt.abar.shape()
-        );
-        let (bsz, e) = (rt.p_a.dim(0), rt.p_a.dim(1));
-        let (r, d) = (rt.abar.dim(1), rt.abar.dim(2));
-        ensure_shape!(
-            d_pa.shape() == [bsz, r] && d_pb.shape() == [bsz, r],
-            OP,
-            "gradients {:?}, {:?} must be [B={bsz}, r={r}]",
-            d_pa.shape(),
-            d_pb.shape()
-        );
-        ensure_shape!(
-            rt.abar.dim(0) == bsz
-                && rt.p_b.shape() == [bsz, e]
-                && rt.compat.shape() == [bsz, r, e]
-                && rt.sel_a.shape() == [bsz, r]
-                && rt.sel_b.shape() == [bsz, r],
-            OP,
-            "inconsistent routing: p_b {:?}, compat {:?}, sel_a {:?}, sel_b {:?} for B={bsz}, \
-             E={e}, r={r}",
-            rt.p_b.shape(),
-            rt.compat.shape(),
-            rt.sel_a.shape(),
-            rt.sel_b.shape()
-        );
+        let (bsz, e, r, d) = route_backward_dims(d_pa, d_pb, rt)?;
         let (pga, pgb) = (self.ptr(d_pa, F32, OP)?, self.ptr(d_pb, F32, OP)?);
         let (psa, psb) = (self.ptr(&rt.sel_a, I32, OP)?, self.ptr(&rt.sel_b, I32, OP)?);
         let (ppa, ppb, pc, pab) = (
@@ -362,7 +336,7 @@ impl CudaBackend {
 
     // ---- the gathered factor composition -------------------------------------------------------
 
-    /// [`crate::backend::Backend::expert_forward`], eq. (2)/(4): `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)`
+    /// [`crate::backend::ExpertOps::expert_forward`], eq. (2)/(4): `α · Σᵢ gᵢ · B[S_B[i]] (A[S_A[i]] x)`
     /// for every token, by the chosen implementation.
     #[allow(clippy::too_many_arguments)]
     pub fn expert_forward_path(
@@ -397,7 +371,7 @@ impl CudaBackend {
         }
     }
 
-    /// [`crate::backend::Backend::expert_backward`] (gradients of eq. (2)/(4)) by the chosen
+    /// [`crate::backend::ExpertOps::expert_backward`] (gradients of eq. (2)/(4)) by the chosen
     /// implementation.
     #[allow(clippy::too_many_arguments)]
     pub fn expert_backward_path(
@@ -414,16 +388,9 @@ impl CudaBackend {
         alpha: f32,
     ) -> Result<ExpertGrads> {
         const OP: &str = "expert_backward";
-        let dims = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
+        let dims = expert_backward_dims(dy, x, a_pool, b_pool, sel_a, sel_b, gates, u)?;
         let (bsz, t, din, dout, e, rho, r) = dims;
         let k = r * rho;
-        ensure_shape!(
-            dy.shape() == [bsz, t, dout] && u.shape() == [bsz, t, k],
-            OP,
-            "gradient {:?} / activations {:?} do not fit [B, T, d_out] / [B, T, r·ρ]",
-            dy.shape(),
-            u.shape()
-        );
         let ops = self.expert_operands(OP, [x, a_pool, b_pool, sel_a, sel_b, gates])?;
         let (pdy, pu) = (self.ptr(dy, F32, OP)?, self.ptr(u, F32, OP)?);
         if bsz * t == 0 || k == 0 {
@@ -911,6 +878,88 @@ impl CudaBackend {
             db_pool,
             dgates,
         })
+    }
+}
+
+impl ExpertOps for CudaBackend {
+    fn route(
+        &self,
+        la: &Tensor,
+        lb: &Tensor,
+        a_pool: &Tensor,
+        wc: &Tensor,
+        lambda: f32,
+    ) -> Result<Routing> {
+        self.route_device(la, lb, a_pool, wc, lambda)
+    }
+    fn route_backward(
+        &self,
+        d_pa: &Tensor,
+        d_pb: &Tensor,
+        routing: &Routing,
+        lambda: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        self.route_backward_device(d_pa, d_pb, routing, lambda)
+    }
+    fn expert_forward(
+        &self,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        alpha: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        self.expert_forward_path(
+            ExpertPath::Auto,
+            x,
+            a_pool,
+            b_pool,
+            sel_a,
+            sel_b,
+            gates,
+            alpha,
+        )
+    }
+    fn expert_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        u: &Tensor,
+        alpha: f32,
+    ) -> Result<ExpertGrads> {
+        self.expert_backward_path(
+            ExpertPath::Auto,
+            dy,
+            x,
+            a_pool,
+            b_pool,
+            sel_a,
+            sel_b,
+            gates,
+            u,
+            alpha,
+        )
+    }
+    fn groups_pools(&self) -> bool {
+        true
+    }
+    fn pool_group_forward(&self, g: &PoolGroup) -> Result<GroupForward> {
+        self.pool_group_forward_device(g)
+    }
+    fn pool_group_backward(
+        &self,
+        g: &PoolGroup,
+        f: &GroupForward,
+        dys: &[&Tensor],
+    ) -> Result<GroupGrads> {
+        self.pool_group_backward_device(g, f, dys)
     }
 }
 

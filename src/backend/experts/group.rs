@@ -1,7 +1,7 @@
 //! Every routed pool of the linears of one layer that read the same input (ViLT's q, k and v
 //! projections × DeLo's two modality pools) as one op: routing with the router linears
-//! (DELO.md eq. 3 and the compatibility term), the slot gates and the gathered factor
-//! composition (eq. 2/4), and their backward.
+//! (eq. 3 and the compatibility term, docs/method.md#routing), the slot gates and the gathered
+//! factor composition (eq. 2/4), and their backward.
 //!
 //! [`forward_by_pool`] and [`backward_by_pool`] compose the single-pool ops pool by pool: the
 //! reference (CPU twin) of the CUDA backend's grouped kernels, which do each stage for every pool
@@ -148,7 +148,7 @@ pub fn group_dims(g: &PoolGroup) -> Result<(usize, usize, usize, usize, usize, u
 }
 
 /// The slot gates of eq. (4) for one pool's routing: 1 in the forward for `st` and `hard`,
-/// `P_A · P_B` for `score` (DELO.md "Routing", step 4).
+/// `P_A · P_B` for `score` (docs/method.md#gates).
 pub fn gates_of<B: Backend + ?Sized>(be: &B, rt: &Routing, gate: GateMode) -> Result<Tensor> {
     match gate {
         GateMode::Score => be.mul(&rt.pa_sel, &rt.pb_sel),
@@ -176,8 +176,8 @@ pub fn gate_backward<B: Backend + ?Sized>(
     })
 }
 
-/// [`Backend::pool_group_forward`] pool by pool with the single-pool ops: the router linears
-/// `W q + b`, [`Backend::route`], the gates and [`Backend::expert_forward`].
+/// [`crate::backend::ExpertOps::pool_group_forward`] pool by pool with the single-pool ops: the router linears
+/// `W q + b`, [`crate::backend::ExpertOps::route`], the gates and [`crate::backend::ExpertOps::expert_forward`].
 pub fn forward_by_pool<B: Backend + ?Sized>(be: &B, g: &PoolGroup) -> Result<GroupForward> {
     group_dims(g)?;
     let mut f = GroupForward {
@@ -203,7 +203,7 @@ pub fn forward_by_pool<B: Backend + ?Sized>(be: &B, g: &PoolGroup) -> Result<Gro
     Ok(f)
 }
 
-/// [`Backend::pool_group_backward`] pool by pool with the single-pool ops; `dys[p]` is the
+/// [`crate::backend::ExpertOps::pool_group_backward`] pool by pool with the single-pool ops; `dys[p]` is the
 /// gradient of pool p's update. Sums over pools in the group's order.
 pub fn backward_by_pool<B: Backend + ?Sized>(
     be: &B,

@@ -4,9 +4,11 @@
 
 use rayon::prelude::*;
 
+use super::dims::{expert_backward_dims, expert_dims, route_backward_dims, route_dims};
+use super::group::{self, GroupForward, GroupGrads, PoolGroup};
+use super::{ExpertGrads, ExpertOps, Routing};
 use crate::backend::cpu::sgemm;
-use crate::backend::{ExpertGrads, Routing};
-use crate::ensure_shape;
+use crate::backend::CpuBackend;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -46,40 +48,6 @@ fn check_selection(sel: &[usize], e: usize, what: &str) -> Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-/// Shapes of one routing: `(B, E, ρ, d, r)`, checked as both backends require.
-pub(crate) fn route_dims(
-    la: &Tensor,
-    lb: &Tensor,
-    a_pool: &Tensor,
-    wc: &Tensor,
-) -> Result<(usize, usize, usize, usize, usize)> {
-    const OP: &str = "route";
-    ensure_shape!(
-        la.rank() == 2 && la.shape() == lb.shape(),
-        OP,
-        "router logits {:?} and {:?} must both be [B, E]",
-        la.shape(),
-        lb.shape()
-    );
-    let (bsz, e) = (la.dim(0), la.dim(1));
-    ensure_shape!(
-        a_pool.rank() == 3 && a_pool.dim(0) == e,
-        OP,
-        "A pool {:?} must be [E={e}, ρ, d]",
-        a_pool.shape()
-    );
-    let (rho, d) = (a_pool.dim(1), a_pool.dim(2));
-    ensure_shape!(
-        wc.rank() == 3 && wc.dim(1) == d && wc.dim(2) == e,
-        OP,
-        "compatibility router {:?} must be [r, d={d}, E={e}]",
-        wc.shape()
-    );
-    let r = wc.dim(0);
-    ensure_shape!(r <= e, OP, "cannot select r={r} of E={e} factors");
-    Ok((bsz, e, rho, d, r))
 }
 
 pub fn route(
@@ -169,15 +137,7 @@ pub fn route_backward(
     rt: &Routing,
     lambda: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (bsz, e) = (rt.p_a.dim(0), rt.p_a.dim(1));
-    let (r, d) = (rt.abar.dim(1), rt.abar.dim(2));
-    ensure_shape!(
-        d_pa.shape() == [bsz, r] && d_pb.shape() == [bsz, r],
-        "route_backward",
-        "gradients {:?}, {:?} must be [B={bsz}, r={r}]",
-        d_pa.shape(),
-        d_pb.shape()
-    );
+    let (bsz, e, r, d) = route_backward_dims(d_pa, d_pb, rt)?;
     let (gpa, gpb) = (d_pa.f32s()?, d_pb.f32s()?);
     let (sa, sb) = (ids(&rt.sel_a)?, ids(&rt.sel_b)?);
     let (pa, pb, comp, abar) = (
@@ -216,52 +176,6 @@ pub fn route_backward(
         Tensor::from_f32(dlb, &[bsz, e])?,
         Tensor::from_f32(dwc, &[r, d, e])?,
     ))
-}
-
-/// Shapes of one expert composition: `(B, T, d_in, d_out, E, ρ, r)`.
-pub(crate) type Dims = (usize, usize, usize, usize, usize, usize, usize);
-
-pub(crate) fn expert_dims(
-    x: &Tensor,
-    a_pool: &Tensor,
-    b_pool: &Tensor,
-    sel_a: &Tensor,
-    sel_b: &Tensor,
-    gates: &Tensor,
-) -> Result<Dims> {
-    const OP: &str = "expert";
-    ensure_shape!(
-        x.rank() == 3,
-        OP,
-        "input {:?} must be [B, T, d_in]",
-        x.shape()
-    );
-    let (bsz, t, din) = (x.dim(0), x.dim(1), x.dim(2));
-    ensure_shape!(
-        a_pool.rank() == 3 && a_pool.dim(2) == din,
-        OP,
-        "A pool {:?} must be [E, ρ, d_in={din}]",
-        a_pool.shape()
-    );
-    let (e, rho) = (a_pool.dim(0), a_pool.dim(1));
-    ensure_shape!(
-        b_pool.rank() == 3 && b_pool.dim(0) == e && b_pool.dim(2) == rho,
-        OP,
-        "B pool {:?} must be [E={e}, d_out, ρ={rho}]",
-        b_pool.shape()
-    );
-    ensure_shape!(
-        sel_a.rank() == 2
-            && sel_a.dim(0) == bsz
-            && sel_a.shape() == sel_b.shape()
-            && sel_a.shape() == gates.shape(),
-        OP,
-        "selections {:?}, {:?} and gates {:?} must all be [B={bsz}, r]",
-        sel_a.shape(),
-        sel_b.shape(),
-        gates.shape()
-    );
-    Ok((bsz, t, din, b_pool.dim(1), e, rho, sel_a.dim(1)))
 }
 
 /// The selected factors of sample `b` as dense matrices: `A_sel [r·ρ, d_in]` and
@@ -370,15 +284,9 @@ pub fn expert_backward(
     u: &Tensor,
     alpha: f32,
 ) -> Result<ExpertGrads> {
-    let (bsz, t, din, dout, e, rho, r) = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
+    let (bsz, t, din, dout, e, rho, r) =
+        expert_backward_dims(dy, x, a_pool, b_pool, sel_a, sel_b, gates, u)?;
     let k = r * rho;
-    ensure_shape!(
-        dy.shape() == [bsz, t, dout] && u.shape() == [bsz, t, k],
-        "expert_backward",
-        "gradient {:?} / activations {:?} do not fit [B, T, d_out] / [B, T, r·ρ]",
-        dy.shape(),
-        u.shape()
-    );
     let (sa, sb) = (ids(sel_a)?, ids(sel_b)?);
     let (gyv, xv, av, bv, gv, uv) = (
         dy.f32s()?,
@@ -514,4 +422,68 @@ pub fn expert_backward(
             &[bsz, r],
         )?,
     })
+}
+
+impl ExpertOps for CpuBackend {
+    fn route(
+        &self,
+        la: &Tensor,
+        lb: &Tensor,
+        a_pool: &Tensor,
+        wc: &Tensor,
+        lambda: f32,
+    ) -> Result<Routing> {
+        route(la, lb, a_pool, wc, lambda)
+    }
+    fn route_backward(
+        &self,
+        d_pa: &Tensor,
+        d_pb: &Tensor,
+        routing: &Routing,
+        lambda: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        route_backward(d_pa, d_pb, routing, lambda)
+    }
+    fn expert_forward(
+        &self,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        alpha: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        expert_forward(x, a_pool, b_pool, sel_a, sel_b, gates, alpha)
+    }
+    fn expert_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        a_pool: &Tensor,
+        b_pool: &Tensor,
+        sel_a: &Tensor,
+        sel_b: &Tensor,
+        gates: &Tensor,
+        u: &Tensor,
+        alpha: f32,
+    ) -> Result<ExpertGrads> {
+        expert_backward(dy, x, a_pool, b_pool, sel_a, sel_b, gates, u, alpha)
+    }
+    /// No: the CPU's pools stay separate tape nodes, so that its sums keep the order of the
+    /// single-pool ops.
+    fn groups_pools(&self) -> bool {
+        false
+    }
+    fn pool_group_forward(&self, g: &PoolGroup) -> Result<GroupForward> {
+        group::forward_by_pool(self, g)
+    }
+    fn pool_group_backward(
+        &self,
+        g: &PoolGroup,
+        f: &GroupForward,
+        dys: &[&Tensor],
+    ) -> Result<GroupGrads> {
+        group::backward_by_pool(self, g, f, dys)
+    }
 }
