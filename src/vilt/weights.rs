@@ -109,62 +109,151 @@ pub struct ViltWeights {
     pub pooler: Linear,
 }
 
-/// Every parameter name of `ViltModel` (no `vilt.` prefix) with the shape `cfg` implies, in
-/// module order. The single source of truth for loading, checking and initialisation.
-pub fn expected_shapes(cfg: &ViltConfig) -> Vec<(String, Vec<usize>)> {
-    let d = cfg.hidden_size;
-    let f = cfg.intermediate_size;
-    let p = cfg.patch_size;
-    let mut v: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut push = |name: String, shape: &[usize]| v.push((name, shape.to_vec()));
-    let te = "embeddings.text_embeddings";
-    push(format!("{te}.word_embeddings.weight"), &[cfg.vocab_size, d]);
-    push(
-        format!("{te}.position_embeddings.weight"),
-        &[cfg.max_position_embeddings, d],
-    );
-    push(
-        format!("{te}.token_type_embeddings.weight"),
-        &[cfg.type_vocab_size, d],
-    );
-    push(format!("{te}.LayerNorm.weight"), &[d]);
-    push(format!("{te}.LayerNorm.bias"), &[d]);
-    push(
-        "embeddings.patch_embeddings.projection.weight".into(),
-        &[d, cfg.num_channels, p, p],
-    );
-    push("embeddings.patch_embeddings.projection.bias".into(), &[d]);
-    push("embeddings.cls_token".into(), &[1, 1, d]);
-    push(
-        "embeddings.position_embeddings".into(),
-        &[1, 1 + cfg.num_patches(), d],
-    );
-    push(
-        "embeddings.token_type_embeddings.weight".into(),
-        &[cfg.modality_type_vocab_size, d],
-    );
-    for l in 0..cfg.num_hidden_layers {
-        let pre = format!("encoder.layer.{l}");
-        for q in ["query", "key", "value"] {
-            push(format!("{pre}.attention.attention.{q}.weight"), &[d, d]);
-            push(format!("{pre}.attention.attention.{q}.bias"), &[d]);
-        }
-        push(format!("{pre}.attention.output.dense.weight"), &[d, d]);
-        push(format!("{pre}.attention.output.dense.bias"), &[d]);
-        push(format!("{pre}.intermediate.dense.weight"), &[f, d]);
-        push(format!("{pre}.intermediate.dense.bias"), &[f]);
-        push(format!("{pre}.output.dense.weight"), &[d, f]);
-        push(format!("{pre}.output.dense.bias"), &[d]);
-        for ln in ["layernorm_before", "layernorm_after"] {
-            push(format!("{pre}.{ln}.weight"), &[d]);
-            push(format!("{pre}.{ln}.bias"), &[d]);
+/// A dimension of a backbone tensor, resolved against a [`ViltConfig`].
+#[derive(Clone, Copy, Debug)]
+enum Dim {
+    Hidden,
+    Inner,
+    Vocab,
+    TextPositions,
+    Segments,
+    Modalities,
+    Channels,
+    Patch,
+    /// The image CLS plus one row per patch of the grid.
+    ImagePositions,
+    One,
+}
+
+impl Dim {
+    fn size(self, cfg: &ViltConfig) -> usize {
+        match self {
+            Dim::Hidden => cfg.hidden_size,
+            Dim::Inner => cfg.intermediate_size,
+            Dim::Vocab => cfg.vocab_size,
+            Dim::TextPositions => cfg.max_position_embeddings,
+            Dim::Segments => cfg.type_vocab_size,
+            Dim::Modalities => cfg.modality_type_vocab_size,
+            Dim::Channels => cfg.num_channels,
+            Dim::Patch => cfg.patch_size,
+            Dim::ImagePositions => 1 + cfg.num_patches(),
+            Dim::One => 1,
         }
     }
-    push("layernorm.weight".into(), &[d]);
-    push("layernorm.bias".into(), &[d]);
-    push("pooler.dense.weight".into(), &[d, d]);
-    push("pooler.dense.bias".into(), &[d]);
+}
+
+/// Every backbone tensor's `ViltModel` name (no `vilt.` prefix) with its shape in symbols, in
+/// module order, for `layers` encoder layers: the one place the Hugging Face names are
+/// written. Loading ([`ViltWeights::from_tensors`]), saving ([`ViltWeights::named_tensors`])
+/// and the expected shapes ([`expected_shapes`]) all follow it.
+fn layout(layers: usize) -> Vec<(String, Vec<Dim>)> {
+    use Dim::*;
+    let mut v: Vec<(String, Vec<Dim>)> = Vec::new();
+    let mut module = |name: String, shape: &[Dim]| v.push((name, shape.to_vec()));
+    let te = "embeddings.text_embeddings";
+    module(format!("{te}.word_embeddings.weight"), &[Vocab, Hidden]);
+    module(
+        format!("{te}.position_embeddings.weight"),
+        &[TextPositions, Hidden],
+    );
+    module(
+        format!("{te}.token_type_embeddings.weight"),
+        &[Segments, Hidden],
+    );
+    module(format!("{te}.LayerNorm.weight"), &[Hidden]);
+    module(format!("{te}.LayerNorm.bias"), &[Hidden]);
+    let patch = "embeddings.patch_embeddings.projection";
+    module(format!("{patch}.weight"), &[Hidden, Channels, Patch, Patch]);
+    module(format!("{patch}.bias"), &[Hidden]);
+    module("embeddings.cls_token".into(), &[One, One, Hidden]);
+    module(
+        "embeddings.position_embeddings".into(),
+        &[One, ImagePositions, Hidden],
+    );
+    module(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[Modalities, Hidden],
+    );
+    let linears: [(&str, [Dim; 2]); 6] = [
+        ("attention.attention.query", [Hidden, Hidden]),
+        ("attention.attention.key", [Hidden, Hidden]),
+        ("attention.attention.value", [Hidden, Hidden]),
+        ("attention.output.dense", [Hidden, Hidden]),
+        ("intermediate.dense", [Inner, Hidden]),
+        ("output.dense", [Hidden, Inner]),
+    ];
+    for l in 0..layers {
+        let pre = format!("encoder.layer.{l}");
+        for (name, [out, inp]) in linears {
+            module(format!("{pre}.{name}.weight"), &[out, inp]);
+            module(format!("{pre}.{name}.bias"), &[out]);
+        }
+        for ln in ["layernorm_before", "layernorm_after"] {
+            module(format!("{pre}.{ln}.weight"), &[Hidden]);
+            module(format!("{pre}.{ln}.bias"), &[Hidden]);
+        }
+    }
+    module("layernorm.weight".into(), &[Hidden]);
+    module("layernorm.bias".into(), &[Hidden]);
+    module("pooler.dense.weight".into(), &[Hidden, Hidden]);
+    module("pooler.dense.bias".into(), &[Hidden]);
     v
+}
+
+/// Every parameter name of `ViltModel` (no `vilt.` prefix) with the shape `cfg` implies, in
+/// module order ([`layout`]).
+pub fn expected_shapes(cfg: &ViltConfig) -> Vec<(String, Vec<usize>)> {
+    layout(cfg.num_hidden_layers)
+        .into_iter()
+        .map(|(name, dims)| (name, dims.iter().map(|d| d.size(cfg)).collect()))
+        .collect()
+}
+
+/// Every tensor of a [`ViltWeights`] in [`layout`] order, borrowed with `&` or `&mut`: the
+/// one walk of the struct's fields, which loading and saving share.
+macro_rules! in_layout_order {
+    ($w:expr, $($r:tt)+) => {{
+        let w = $w;
+        let mut v = vec![
+            $($r)+ w.embeddings.text.word_embeddings,
+            $($r)+ w.embeddings.text.position_embeddings,
+            $($r)+ w.embeddings.text.token_type_embeddings,
+            $($r)+ w.embeddings.text.layer_norm.weight,
+            $($r)+ w.embeddings.text.layer_norm.bias,
+            $($r)+ w.embeddings.patch.weight,
+            $($r)+ w.embeddings.patch.bias,
+            $($r)+ w.embeddings.cls_token,
+            $($r)+ w.embeddings.position_embeddings,
+            $($r)+ w.embeddings.token_type_embeddings,
+        ];
+        for l in $($r)+ w.layers {
+            v.extend([
+                $($r)+ l.attention.query.weight,
+                $($r)+ l.attention.query.bias,
+                $($r)+ l.attention.key.weight,
+                $($r)+ l.attention.key.bias,
+                $($r)+ l.attention.value.weight,
+                $($r)+ l.attention.value.bias,
+                $($r)+ l.attention.output.weight,
+                $($r)+ l.attention.output.bias,
+                $($r)+ l.intermediate.weight,
+                $($r)+ l.intermediate.bias,
+                $($r)+ l.output.weight,
+                $($r)+ l.output.bias,
+                $($r)+ l.layernorm_before.weight,
+                $($r)+ l.layernorm_before.bias,
+                $($r)+ l.layernorm_after.weight,
+                $($r)+ l.layernorm_after.bias,
+            ]);
+        }
+        v.extend([
+            $($r)+ w.layernorm.weight,
+            $($r)+ w.layernorm.bias,
+            $($r)+ w.pooler.weight,
+            $($r)+ w.pooler.bias,
+        ]);
+        v
+    }};
 }
 
 /// Maps a checkpoint key to the `ViltModel` name this engine loads, or `None` for keys that
@@ -279,32 +368,6 @@ pub fn read_dir_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
-/// Takes named tensors out of a map, checking each against its expected shape.
-struct Taker<'a> {
-    map: HashMap<String, Tensor>,
-    source: &'a Path,
-}
-
-impl Taker<'_> {
-    fn take(&mut self, name: &str) -> Result<Tensor> {
-        self.map
-            .remove(name)
-            .ok_or_else(|| Error::format(self.source, format!("missing tensor `{name}`")))
-    }
-    fn linear(&mut self, prefix: &str) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.take(&format!("{prefix}.weight"))?,
-            bias: self.take(&format!("{prefix}.bias"))?,
-        })
-    }
-    fn layer_norm(&mut self, prefix: &str) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: self.take(&format!("{prefix}.weight"))?,
-            bias: self.take(&format!("{prefix}.bias"))?,
-        })
-    }
-}
-
 impl ViltWeights {
     /// Builds the weights from tensors keyed by `ViltModel` names (no `vilt.` prefix). Every
     /// expected tensor must be present with the shape `cfg` implies; a backbone tensor the
@@ -368,54 +431,59 @@ impl ViltWeights {
                 ),
             ));
         }
-        // Drop everything but the expected names so `take` sees exactly those.
-        tensors.retain(|k, _| known.contains(k.as_str()));
-        let mut t = Taker {
-            map: tensors,
-            source,
-        };
-        let te = "embeddings.text_embeddings";
-        let embeddings = ViltEmbeddings {
-            text: TextEmbeddings {
-                word_embeddings: t.take(&format!("{te}.word_embeddings.weight"))?,
-                position_embeddings: t.take(&format!("{te}.position_embeddings.weight"))?,
-                token_type_embeddings: t.take(&format!("{te}.token_type_embeddings.weight"))?,
-                layer_norm: t.layer_norm(&format!("{te}.LayerNorm"))?,
-            },
-            patch: {
-                let l = t.linear("embeddings.patch_embeddings.projection")?;
-                PatchEmbeddings {
-                    weight: l.weight,
-                    bias: l.bias,
-                }
-            },
-            cls_token: t.take("embeddings.cls_token")?,
-            position_embeddings: t.take("embeddings.position_embeddings")?,
-            token_type_embeddings: t.take("embeddings.token_type_embeddings.weight")?,
-        };
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
-            let pre = format!("encoder.layer.{l}");
-            layers.push(ViltLayer {
-                attention: ViltAttention {
-                    query: t.linear(&format!("{pre}.attention.attention.query"))?,
-                    key: t.linear(&format!("{pre}.attention.attention.key"))?,
-                    value: t.linear(&format!("{pre}.attention.attention.value"))?,
-                    output: t.linear(&format!("{pre}.attention.output.dense"))?,
-                },
-                intermediate: t.linear(&format!("{pre}.intermediate.dense"))?,
-                output: t.linear(&format!("{pre}.output.dense"))?,
-                layernorm_before: t.layer_norm(&format!("{pre}.layernorm_before"))?,
-                layernorm_after: t.layer_norm(&format!("{pre}.layernorm_after"))?,
-            });
+        let mut w = ViltWeights::unfilled(cfg.num_hidden_layers)?;
+        for (slot, (name, _)) in in_layout_order!(&mut w, &mut).into_iter().zip(&expected) {
+            *slot = tensors
+                .remove(name)
+                .ok_or_else(|| Error::format(source, format!("missing tensor `{name}`")))?;
         }
-        let layernorm = t.layer_norm("layernorm")?;
-        let pooler = t.linear("pooler.dense")?;
+        Ok(w)
+    }
+
+    /// The struct of `layers` encoder layers with every tensor empty, for
+    /// [`ViltWeights::from_tensors`] to fill in [`layout`] order.
+    fn unfilled(layers: usize) -> Result<ViltWeights> {
+        let t = Tensor::from_f32(Vec::new(), &[0])?;
+        let linear = || Linear {
+            weight: t.clone(),
+            bias: t.clone(),
+        };
+        let norm = || LayerNorm {
+            weight: t.clone(),
+            bias: t.clone(),
+        };
         Ok(ViltWeights {
-            embeddings,
-            layers,
-            layernorm,
-            pooler,
+            embeddings: ViltEmbeddings {
+                text: TextEmbeddings {
+                    word_embeddings: t.clone(),
+                    position_embeddings: t.clone(),
+                    token_type_embeddings: t.clone(),
+                    layer_norm: norm(),
+                },
+                patch: PatchEmbeddings {
+                    weight: t.clone(),
+                    bias: t.clone(),
+                },
+                cls_token: t.clone(),
+                position_embeddings: t.clone(),
+                token_type_embeddings: t.clone(),
+            },
+            layers: (0..layers)
+                .map(|_| ViltLayer {
+                    attention: ViltAttention {
+                        query: linear(),
+                        key: linear(),
+                        value: linear(),
+                        output: linear(),
+                    },
+                    intermediate: linear(),
+                    output: linear(),
+                    layernorm_before: norm(),
+                    layernorm_after: norm(),
+                })
+                .collect(),
+            layernorm: norm(),
+            pooler: linear(),
         })
     }
 
@@ -432,75 +500,11 @@ impl ViltWeights {
     /// Every tensor with its `ViltModel` name, in module order (the order of
     /// [`expected_shapes`]).
     pub fn named_tensors(&self) -> Vec<(String, &Tensor)> {
-        let mut v: Vec<(String, &Tensor)> = Vec::new();
-        let e = &self.embeddings;
-        let te = "embeddings.text_embeddings";
-        v.push((
-            format!("{te}.word_embeddings.weight"),
-            &e.text.word_embeddings,
-        ));
-        v.push((
-            format!("{te}.position_embeddings.weight"),
-            &e.text.position_embeddings,
-        ));
-        v.push((
-            format!("{te}.token_type_embeddings.weight"),
-            &e.text.token_type_embeddings,
-        ));
-        v.push((format!("{te}.LayerNorm.weight"), &e.text.layer_norm.weight));
-        v.push((format!("{te}.LayerNorm.bias"), &e.text.layer_norm.bias));
-        v.push((
-            "embeddings.patch_embeddings.projection.weight".into(),
-            &e.patch.weight,
-        ));
-        v.push((
-            "embeddings.patch_embeddings.projection.bias".into(),
-            &e.patch.bias,
-        ));
-        v.push(("embeddings.cls_token".into(), &e.cls_token));
-        v.push((
-            "embeddings.position_embeddings".into(),
-            &e.position_embeddings,
-        ));
-        v.push((
-            "embeddings.token_type_embeddings.weight".into(),
-            &e.token_type_embeddings,
-        ));
-        fn lin<'a>(v: &mut Vec<(String, &'a Tensor)>, p: String, l: &'a Linear) {
-            v.push((format!("{p}.weight"), &l.weight));
-            v.push((format!("{p}.bias"), &l.bias));
-        }
-        fn ln<'a>(v: &mut Vec<(String, &'a Tensor)>, p: String, l: &'a LayerNorm) {
-            v.push((format!("{p}.weight"), &l.weight));
-            v.push((format!("{p}.bias"), &l.bias));
-        }
-        for (i, layer) in self.layers.iter().enumerate() {
-            let pre = format!("encoder.layer.{i}");
-            let a = &layer.attention;
-            lin(&mut v, format!("{pre}.attention.attention.query"), &a.query);
-            lin(&mut v, format!("{pre}.attention.attention.key"), &a.key);
-            lin(&mut v, format!("{pre}.attention.attention.value"), &a.value);
-            lin(&mut v, format!("{pre}.attention.output.dense"), &a.output);
-            lin(
-                &mut v,
-                format!("{pre}.intermediate.dense"),
-                &layer.intermediate,
-            );
-            lin(&mut v, format!("{pre}.output.dense"), &layer.output);
-            ln(
-                &mut v,
-                format!("{pre}.layernorm_before"),
-                &layer.layernorm_before,
-            );
-            ln(
-                &mut v,
-                format!("{pre}.layernorm_after"),
-                &layer.layernorm_after,
-            );
-        }
-        ln(&mut v, "layernorm".into(), &self.layernorm);
-        lin(&mut v, "pooler.dense".into(), &self.pooler);
-        v
+        layout(self.layers.len())
+            .into_iter()
+            .map(|(name, _)| name)
+            .zip(in_layout_order!(self, &))
+            .collect()
     }
 
     /// Writes the weights as an f32 safetensors file with `ViltModel` names (loadable by
