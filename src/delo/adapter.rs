@@ -247,6 +247,13 @@ fn by_group(
     tape.reshape(back, &[b, n, d_out])
 }
 
+/// A layer's routing queries for [`route_compose_group`]: `queries`, and per pool of the
+/// variant its name suffix and the index of its query.
+struct GroupQueries {
+    queries: Vec<Var>,
+    pools: Vec<(&'static str, usize)>,
+}
+
 /// The query of eq. (5) that routes a pool, from the guided `(q̂_v, q̂_t)`.
 fn pool_query(tape: &mut Tape, (qv, qt): (Var, Var), kind: PoolQuery) -> Result<Var> {
     match kind {
@@ -438,12 +445,17 @@ impl Adapter for DeloAdapter<'_> {
         x: Var,
     ) -> Result<Vec<Vec<Var>>> {
         match self.choice {
-            TaskChoice::One(task) => self.task_group(tape, task, layer, targets, x),
+            TaskChoice::One(task) => {
+                let queries = self.group_queries(tape)?;
+                self.task_group(tape, task, layer, targets, x, &queries)
+            }
             TaskChoice::PerSample { tasks, choice } => {
                 self.refuse_mixed_selections()?;
+                // The layer's queries are every task's: computed once, shared by all.
+                let queries = self.group_queries(tape)?;
                 let per_task = tasks
                     .iter()
-                    .map(|task| self.task_group(tape, task, layer, targets, x))
+                    .map(|task| self.task_group(tape, task, layer, targets, x, &queries))
                     .collect::<Result<Vec<_>>>()?;
                 (0..targets.len())
                     .map(|i| {
@@ -505,14 +517,9 @@ impl DeloAdapter<'_> {
     /// One task's routed pools of the shared-input `targets` of `layer` as one node
     /// ([`route_compose_group`]): per target, its pools' updates (none for a target that is not
     /// adapted).
-    fn task_group(
-        &mut self,
-        tape: &mut Tape,
-        task: &BoundTask,
-        layer: usize,
-        targets: &[Target],
-        x: Var,
-    ) -> Result<Vec<Vec<Var>>> {
+    /// The queries that route this layer's pools, each distinct one once in the order the
+    /// pools first use it, and per pool its suffix and the index of its query.
+    fn group_queries(&self, tape: &mut Tape) -> Result<GroupQueries> {
         let guided = self
             .guided
             .ok_or_else(|| Error::Msg("routing before the layer's queries".into()))?;
@@ -522,9 +529,8 @@ impl DeloAdapter<'_> {
                 self.cfg.variant.name()
             )));
         };
-        // Each distinct query once, in the order the pools first use it; per pool its index.
         let mut kinds: Vec<PoolQuery> = Vec::new();
-        let mut modalities: Vec<(&str, usize)> = Vec::new();
+        let mut pools = Vec::new();
         for pool in routed_pools {
             let at = match kinds.iter().position(|&k| k == pool.query) {
                 Some(at) => at,
@@ -533,12 +539,25 @@ impl DeloAdapter<'_> {
                     kinds.len() - 1
                 }
             };
-            modalities.push((pool.suffix, at));
+            pools.push((pool.suffix, at));
         }
         let queries = kinds
             .iter()
             .map(|&k| pool_query(tape, guided, k))
             .collect::<Result<Vec<Var>>>()?;
+        Ok(GroupQueries { queries, pools })
+    }
+
+    fn task_group(
+        &mut self,
+        tape: &mut Tape,
+        task: &BoundTask,
+        layer: usize,
+        targets: &[Target],
+        x: Var,
+        q: &GroupQueries,
+    ) -> Result<Vec<Vec<Var>>> {
+        let (queries, modalities) = (&q.queries, &q.pools);
         let adapted: Vec<bool> = targets
             .iter()
             .map(|t| self.cfg.targets.contains(t))
@@ -546,7 +565,7 @@ impl DeloAdapter<'_> {
         let mut prefixes = Vec::new();
         let mut pools = Vec::new();
         for (t, _) in targets.iter().zip(&adapted).filter(|(_, &a)| a) {
-            for &(m, qi) in &modalities {
+            for &(m, qi) in modalities {
                 let prefix = names::pool(&names::linear(layer, *t), m);
                 pools.push((task.pool(&prefix)?, qi));
                 prefixes.push(prefix);
@@ -556,7 +575,7 @@ impl DeloAdapter<'_> {
         let (ys, sels) = route_compose_group(
             tape,
             x,
-            &queries,
+            queries,
             &pools,
             cfg.lambda_cfs,
             cfg.gate,
