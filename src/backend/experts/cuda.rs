@@ -18,7 +18,7 @@ use super::kernels::{cfg_flat, cfg_rows, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend};
 use crate::backend::experts::dims::{
-    expert_backward_dims, expert_dims, route_backward_dims, route_dims, Dims,
+    expert_backward_dims, expert_dims, route_backward_dims, route_dims, ExpertDims,
 };
 use crate::backend::experts::group::{GroupForward, GroupGrads, PoolGroup};
 use crate::backend::{Backend, ExpertGrads, ExpertOps, Routing};
@@ -71,6 +71,68 @@ pub(super) fn aligned16(p: Ptr) -> bool {
     p.0.is_multiple_of(16)
 }
 
+/// The fused kernels' size arguments in their order: T, d_in, d_out, E, ρ, r, the tile's
+/// tokens and the staged columns.
+pub(super) fn launch_dims(
+    d: &ExpertDims,
+    tile: usize,
+    cols: usize,
+    op: &'static str,
+) -> Result<[i32; 8]> {
+    Ok([
+        int(d.t, op)?,
+        int(d.d_in, op)?,
+        int(d.d_out, op)?,
+        int(d.e, op)?,
+        int(d.rho, op)?,
+        int(d.r, op)?,
+        int(tile, op)?,
+        int(cols, op)?,
+    ])
+}
+
+/// Which factor pool a gradient belongs to.
+#[derive(Clone, Copy)]
+pub(super) enum Factor {
+    /// `A [E, ρ, d_in]`
+    A,
+    /// `B [E, d_out, ρ]`
+    B,
+}
+
+impl Factor {
+    /// The pool's shape.
+    fn shape(self, d: &ExpertDims) -> [usize; 3] {
+        match self {
+            Factor::A => [d.e, d.rho, d.d_in],
+            Factor::B => [d.e, d.d_out, d.rho],
+        }
+    }
+
+    /// The shape of `pools` such pools stacked.
+    pub(super) fn stacked_shape(self, d: &ExpertDims, pools: usize) -> [usize; 4] {
+        let [e, x, y] = self.shape(d);
+        [pools, e, x, y]
+    }
+}
+
+/// The per-tile partial gradients a fused composition backward writes, summed over tiles by
+/// [`CudaBackend::reduce_tile_partials`].
+pub(super) struct TilePartials {
+    da: super::Scratch,
+    db: super::Scratch,
+    dg: super::Scratch,
+    /// Token tiles per (pool, sample) row.
+    pub(super) tiles: usize,
+}
+
+impl TilePartials {
+    /// `dA_sel` partials, `dB_selᵀ` partials and gate partials, for the kernel's arguments.
+    pub(super) fn ptrs(&self) -> (Ptr, Ptr, Ptr) {
+        (self.da.ptr(), self.db.ptr(), self.dg.ptr())
+    }
+}
+
 /// Device addresses of the operands of one expert composition.
 struct Operands {
     x: Ptr,
@@ -120,50 +182,136 @@ impl CudaBackend {
         }
     }
 
-    /// A (batched) GEMM whose `C` is contiguous (`stride_c = m·n`): skipped when `C` is empty,
-    /// zero-filled when the inner dimension is empty.
-    fn gemm_or_zero(&self, g: GemmCall) -> Result<()> {
-        let n_out = g.batch * g.m * g.n;
+    /// `c[i] = α · op(a[i]) · op(b[i])` for `batch` row-major matrices `op(a) [m, k]`,
+    /// `op(b) [k, n]` and `c [m, n]` lying one after another (cuBLAS strided-batched), `op`
+    /// transposing where the flag is set: skipped when `c` is empty, zeros when `k` is 0.
+    fn batched_product(
+        &self,
+        batch: usize,
+        (m, n, k): (usize, usize, usize),
+        (a, trans_a): (Ptr, bool),
+        (b, trans_b): (Ptr, bool),
+        alpha: f32,
+        c: Ptr,
+    ) -> Result<()> {
+        let n_out = batch * m * n;
         if n_out == 0 {
             return Ok(());
         }
-        if g.k == 0 {
-            // SAFETY: `g.c` addresses the `n_out` contiguous elements of the output.
-            return unsafe { self.memset0(g.c, n_out * 4) };
+        if k == 0 {
+            // SAFETY: `c` addresses the `n_out` contiguous elements of the output.
+            return unsafe { self.memset0(c, n_out * 4) };
         }
-        self.gemm(&g)
+        self.gemm(&GemmCall {
+            dtype: F32,
+            trans_a,
+            trans_b,
+            m,
+            n,
+            k,
+            alpha,
+            beta: 0.0,
+            a,
+            lda: if trans_a { m } else { k },
+            stride_a: m * k,
+            b,
+            ldb: if trans_b { k } else { n },
+            stride_b: k * n,
+            c,
+            ldc: n,
+            stride_c: m * n,
+            batch,
+        })
     }
 
-    /// Deterministic scatter of per-sample factor gradients `s [B, r·ρ, w]` into a pool
-    /// `[E, ρ, w]` (`b_layout` false) or `[E, w, ρ]` (true).
-    #[allow(clippy::too_many_arguments)]
-    fn scatter_pool(
+    /// Deterministic scatter of the selected factors' gradients `s [P·B, r·ρ, w]` into the
+    /// `pools` stacked pools of `factor` (no atomics: each pool element sums its samples in order).
+    pub(super) fn scatter_into_pools(
         &self,
         s: Ptr,
         sel: Ptr,
-        (bsz, r, rho, e, w): (usize, usize, usize, usize, usize),
-        b_layout: bool,
-        shape: &[usize],
-        op: &'static str,
+        d: &ExpertDims,
+        pools: usize,
+        factor: Factor,
     ) -> Result<Tensor> {
-        let (pool, pp) = self.empty(shape, F32)?;
+        const OP: &str = "expert_backward";
+        let (w, b_layout) = match factor {
+            Factor::A => (d.d_in, 0),
+            Factor::B => (d.d_out, 1),
+        };
+        let (pool, pp) = self.empty(&factor.stacked_shape(d, pools), F32)?;
         unsafe {
             self.k.expert_scatter_pool_f32(
                 &self.stream,
-                cfg_flat(e * rho * w),
+                cfg_flat(pools * d.e * d.rho * w),
                 s,
                 sel,
-                int(bsz, op)?,
-                int(r, op)?,
-                int(rho, op)?,
-                int(e, op)?,
-                int(w, op)?,
-                b_layout as i32,
-                1,
+                int(d.b, OP)?,
+                int(d.r, OP)?,
+                int(d.rho, OP)?,
+                int(d.e, OP)?,
+                int(w, OP)?,
+                b_layout,
+                int(pools, OP)?,
                 pp,
             )?;
         }
         Ok(pool)
+    }
+
+    /// Sums `terms` consecutive blocks of `groups × n` partials into `dst` in block order (the
+    /// deterministic tile and pool reductions of the composition's backward).
+    pub(super) fn sum_partials(
+        &self,
+        src: Ptr,
+        terms: usize,
+        (groups, n): (usize, usize),
+        dst: Ptr,
+    ) -> Result<()> {
+        const OP: &str = "expert_backward";
+        unsafe {
+            self.k.expert_sum_tiles_f32(
+                &self.stream,
+                cfg_flat(groups * n),
+                src,
+                int(terms, OP)?,
+                long(n),
+                long(groups),
+                dst,
+            )
+        }
+    }
+
+    /// The fused backward's tile partials summed per (pool, sample) row and scattered into the
+    /// pools: `dA [P, E, ρ, d_in]`, `dB [P, E, d_out, ρ]` and the gates' `[P·B, r]`.
+    pub(super) fn reduce_tile_partials(
+        &self,
+        parts: &TilePartials,
+        (sel_a, sel_b): (Ptr, Ptr),
+        d: &ExpertDims,
+        pools: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (rows, k) = (pools * d.b, d.k());
+        let mut keep = Vec::new();
+        let mut rows_sum = |src: Ptr, n: usize| -> Result<Ptr> {
+            if parts.tiles == 1 {
+                return Ok(src);
+            }
+            let s = self.scratch_f32(rows * n)?;
+            let dst = s.ptr();
+            self.sum_partials(src, parts.tiles, (rows, n), dst)?;
+            keep.push(s);
+            Ok(dst)
+        };
+        let da_rows = rows_sum(parts.da.ptr(), k * d.d_in)?;
+        let db_rows = rows_sum(parts.db.ptr(), k * d.d_out)?;
+        let (dgates, pdgates) = self.empty(&[rows, d.r], F32)?;
+        self.sum_partials(parts.dg.ptr(), parts.tiles, (rows, d.r), pdgates)?;
+        let da = self.scatter_into_pools(da_rows, sel_a, d, pools, Factor::A)?;
+        let db = self.scatter_into_pools(db_rows, sel_b, d, pools, Factor::B)?;
+        // The partial buffers are freed in stream order after the kernels that read them.
+        drop(keep);
+        Ok((da, db, dgates))
     }
 
     // ---- routing ------------------------------------------------------------------------------
@@ -351,23 +499,21 @@ impl CudaBackend {
         alpha: f32,
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "expert_forward";
-        let dims = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
-        let (bsz, t, _din, dout, _e, rho, r) = dims;
-        let k = r * rho;
+        let d = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
         let ops = self.expert_operands(OP, [x, a_pool, b_pool, sel_a, sel_b, gates])?;
-        if bsz * t == 0 || k == 0 {
+        if d.b * d.t == 0 || d.k() == 0 {
             return Ok((
-                self.zeros(&[bsz, t, dout], F32)?,
-                self.zeros(&[bsz, t, k], F32)?,
+                self.zeros(&[d.b, d.t, d.d_out], F32)?,
+                self.zeros(&[d.b, d.t, d.k()], F32)?,
             ));
         }
-        ensure_shape!(bsz <= 65_535, OP, "batch {bsz} exceeds the grid's 65535");
-        if self.resolve_path(path, k, OP)? {
+        ensure_shape!(d.b <= 65_535, OP, "batch {} exceeds the grid's 65535", d.b);
+        if self.resolve_path(path, d.k(), OP)? {
             let _r = nvtx::range("expert_forward (fused)");
-            self.expert_forward_fused(&ops, dims, alpha)
+            self.expert_forward_fused(&ops, &d, alpha)
         } else {
             let _r = nvtx::range("expert_forward (unfused)");
-            self.expert_forward_unfused(&ops, dims, alpha)
+            self.expert_forward_unfused(&ops, &d, alpha)
         }
     }
 
@@ -388,37 +534,36 @@ impl CudaBackend {
         alpha: f32,
     ) -> Result<ExpertGrads> {
         const OP: &str = "expert_backward";
-        let dims = expert_backward_dims(dy, x, a_pool, b_pool, sel_a, sel_b, gates, u)?;
-        let (bsz, t, din, dout, e, rho, r) = dims;
-        let k = r * rho;
+        let d = expert_backward_dims(dy, x, a_pool, b_pool, sel_a, sel_b, gates, u)?;
         let ops = self.expert_operands(OP, [x, a_pool, b_pool, sel_a, sel_b, gates])?;
         let (pdy, pu) = (self.ptr(dy, F32, OP)?, self.ptr(u, F32, OP)?);
-        if bsz * t == 0 || k == 0 {
+        if d.b * d.t == 0 || d.k() == 0 {
             return Ok(ExpertGrads {
                 dx: self.zeros(x.shape(), F32)?,
-                da_pool: self.zeros(&[e, rho, din], F32)?,
-                db_pool: self.zeros(&[e, dout, rho], F32)?,
-                dgates: self.zeros(&[bsz, r], F32)?,
+                da_pool: self.zeros(&Factor::A.shape(&d), F32)?,
+                db_pool: self.zeros(&Factor::B.shape(&d), F32)?,
+                dgates: self.zeros(&[d.b, d.r], F32)?,
             });
         }
-        ensure_shape!(bsz <= 65_535, OP, "batch {bsz} exceeds the grid's 65535");
-        if self.resolve_path(path, k, OP)? {
+        ensure_shape!(d.b <= 65_535, OP, "batch {} exceeds the grid's 65535", d.b);
+        if self.resolve_path(path, d.k(), OP)? {
             let _r = nvtx::range("expert_backward (fused)");
-            self.expert_backward_fused(&ops, pdy, pu, dims, alpha)
+            self.expert_backward_fused(&ops, pdy, pu, &d, alpha)
         } else {
             let _r = nvtx::range("expert_backward (unfused)");
-            self.expert_backward_unfused(&ops, pdy, pu, dims, alpha)
+            self.expert_backward_unfused(&ops, pdy, pu, &d, alpha)
         }
     }
 
     fn expert_forward_fused(
         &self,
         o: &Operands,
-        (bsz, t, din, dout, e, rho, r): Dims,
+        d: &ExpertDims,
         alpha: f32,
     ) -> Result<(Tensor, Tensor)> {
         const OP: &str = "expert_forward";
-        let k = r * rho;
+        let (bsz, t, din, dout) = (d.b, d.t, d.d_in, d.d_out);
+        let k = d.k();
         let km = km_of(k);
         let tt = self.expert_tile(bsz, t, 2 * self.sms);
         debug_assert!(tt <= TT_MAX);
@@ -431,16 +576,7 @@ impl CudaBackend {
             block_dim: (EXP_THREADS, 1, 1),
             shared_mem_bytes: (km * cha * 4) as u32,
         };
-        let args = (
-            int(t, OP)?,
-            int(din, OP)?,
-            int(dout, OP)?,
-            int(e, OP)?,
-            int(rho, OP)?,
-            int(r, OP)?,
-            tt as i32,
-            cha as i32,
-        );
+        let args = launch_dims(d, tt, cha, OP)?;
         macro_rules! launch {
             ($f:ident) => {
                 self.k.$f(
@@ -452,14 +588,14 @@ impl CudaBackend {
                     o.sa,
                     o.sb,
                     o.g,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    args.4,
-                    args.5,
-                    args.6,
-                    args.7,
+                    args[0],
+                    args[1],
+                    args[2],
+                    args[3],
+                    args[4],
+                    args[5],
+                    args[6],
+                    args[7],
                     alpha,
                     vec as i32,
                     py,
@@ -478,44 +614,32 @@ impl CudaBackend {
         Ok((y, u))
     }
 
+    /// The fused backward: one launch writes dx and each tile's partial factor and gate
+    /// gradients, which [`CudaBackend::reduce_tile_partials`] sums and scatters.
     fn expert_backward_fused(
         &self,
         o: &Operands,
         pdy: Ptr,
         pu: Ptr,
-        (bsz, t, din, dout, e, rho, r): Dims,
+        d: &ExpertDims,
         alpha: f32,
     ) -> Result<ExpertGrads> {
         const OP: &str = "expert_backward";
-        let k = r * rho;
-        let km = km_of(k);
+        let (bsz, t, din, dout) = (d.b, d.t, d.d_in, d.d_out);
+        let km = km_of(d.k());
         let tt = self.expert_tile(bsz, t, self.sms);
         debug_assert!(tt <= TT_MAX);
-        let ntiles = t.div_ceil(tt);
+        let parts = self.tile_partials(bsz, t.div_ceil(tt), d)?;
         let chb = stage_cols(dout, km);
         let vec =
             din % 4 == 0 && dout % 4 == 0 && aligned16(o.x) && aligned16(o.a) && aligned16(pdy);
         let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
-        let parts = bsz * ntiles;
-        let pda_s = self.scratch_f32(parts * k * din)?;
-        let pdb_s = self.scratch_f32(parts * k * dout)?;
-        let pdg_s = self.scratch_f32(parts * r)?;
-        let (pda, pdb, pdg) = (pda_s.ptr(), pdb_s.ptr(), pdg_s.ptr());
         let cfg = LaunchConfig {
-            grid_dim: (int(ntiles, OP)? as u32, bsz as u32, 1),
+            grid_dim: (int(parts.tiles, OP)? as u32, bsz as u32, 1),
             block_dim: (EXP_THREADS, 1, 1),
             shared_mem_bytes: (km * chb * 4) as u32,
         };
-        let args = (
-            int(t, OP)?,
-            int(din, OP)?,
-            int(dout, OP)?,
-            int(e, OP)?,
-            int(rho, OP)?,
-            int(r, OP)?,
-            tt as i32,
-            chb as i32,
-        );
+        let args = launch_dims(d, tt, chb, OP)?;
         macro_rules! launch {
             ($f:ident) => {
                 self.k.$f(
@@ -529,20 +653,20 @@ impl CudaBackend {
                     o.sb,
                     o.g,
                     pu,
-                    args.0,
-                    args.1,
-                    args.2,
-                    args.3,
-                    args.4,
-                    args.5,
-                    args.6,
-                    args.7,
+                    args[0],
+                    args[1],
+                    args[2],
+                    args[3],
+                    args[4],
+                    args[5],
+                    args[6],
+                    args[7],
                     alpha,
                     vec as i32,
                     pdx,
-                    pda,
-                    pdb,
-                    pdg,
+                    parts.da.ptr(),
+                    parts.db.ptr(),
+                    parts.dg.ptr(),
                     self.err_ptr(),
                 )
             };
@@ -554,53 +678,29 @@ impl CudaBackend {
                 _ => launch!(expert_bwd_k16),
             }?;
         }
-        // Sum the tiles' partials per sample (in tile order); one tile needs no sum.
-        let (dgates, pdgates) = self.empty(&[bsz, r], F32)?;
-        let mut keep = Vec::new();
-        let mut sum_tiles = |p: Ptr, n: usize| -> Result<Ptr> {
-            if ntiles == 1 {
-                return Ok(p);
-            }
-            let s = self.scratch_f32(bsz * n)?;
-            let ps = s.ptr();
-            unsafe {
-                self.k.expert_sum_tiles_f32(
-                    &self.stream,
-                    cfg_flat(bsz * n),
-                    p,
-                    int(ntiles, OP)?,
-                    long(n),
-                    long(bsz),
-                    ps,
-                )?;
-            }
-            keep.push(s);
-            Ok(ps)
-        };
-        let sa = sum_tiles(pda, k * din)?;
-        let sb = sum_tiles(pdb, k * dout)?;
-        unsafe {
-            self.k.expert_sum_tiles_f32(
-                &self.stream,
-                cfg_flat(bsz * r),
-                pdg,
-                int(ntiles, OP)?,
-                long(r),
-                long(bsz),
-                pdgates,
-            )?;
-        }
-        let da_pool =
-            self.scatter_pool(sa, o.sa, (bsz, r, rho, e, din), false, &[e, rho, din], OP)?;
-        let db_pool =
-            self.scatter_pool(sb, o.sb, (bsz, r, rho, e, dout), true, &[e, dout, rho], OP)?;
-        // The partial buffers are freed in stream order after the kernels that read them.
-        drop(keep);
+        let (da, db, dgates) = self.reduce_tile_partials(&parts, (o.sa, o.sb), d, 1)?;
         Ok(ExpertGrads {
             dx,
-            da_pool,
-            db_pool,
+            da_pool: da.reshape(&Factor::A.shape(d))?,
+            db_pool: db.reshape(&Factor::B.shape(d))?,
             dgates,
+        })
+    }
+
+    /// Scratch for the partial gradients of `rows` (pool, sample) rows cut into `tiles` token
+    /// tiles: `dA_sel [rows, tiles, r·ρ, d_in]`, `dB_selᵀ [rows, tiles, r·ρ, d_out]`, `dg [rows, tiles, r]`.
+    pub(super) fn tile_partials(
+        &self,
+        rows: usize,
+        tiles: usize,
+        d: &ExpertDims,
+    ) -> Result<TilePartials> {
+        let (parts, k) = (rows * tiles, d.k());
+        Ok(TilePartials {
+            da: self.scratch_f32(parts * k * d.d_in)?,
+            db: self.scratch_f32(parts * k * d.d_out)?,
+            dg: self.scratch_f32(parts * d.r)?,
+            tiles,
         })
     }
 
@@ -608,10 +708,19 @@ impl CudaBackend {
     fn gather_factors(
         &self,
         o: &Operands,
-        (bsz, _t, din, dout, e, rho, r): Dims,
+        d: &ExpertDims,
     ) -> Result<(super::Scratch, super::Scratch)> {
         const OP: &str = "expert (unfused)";
-        let k = r * rho;
+        let ExpertDims {
+            b: bsz,
+            d_in: din,
+            d_out: dout,
+            e,
+            rho,
+            r,
+            ..
+        } = *d;
+        let k = d.k();
         let a_sel = self.scratch_f32(bsz * k * din)?;
         let b_selt = self.scratch_f32(bsz * k * dout)?;
         let err = self.err_ptr();
@@ -652,17 +761,11 @@ impl CudaBackend {
         Ok((a_sel, b_selt))
     }
 
-    /// `out = alpha · g[b, k/ρ] · v` over `[B, T, K]`.
-    fn gate_scale(
-        &self,
-        v: Ptr,
-        g: Ptr,
-        (bsz, t, k, rho, r): (usize, usize, usize, usize, usize),
-        alpha: f32,
-        out: Ptr,
-    ) -> Result<()> {
+    /// `out = alpha · g[b, k/ρ] · v` over `[B, T, K]`: each factor row scaled by its slot's gate.
+    fn gate_scale(&self, v: Ptr, g: Ptr, d: &ExpertDims, alpha: f32, out: Ptr) -> Result<()> {
         const OP: &str = "expert (unfused)";
-        let n = bsz * t * k;
+        let (t, k) = (d.t, d.k());
+        let n = d.b * t * k;
         unsafe {
             self.k.expert_gate_scale_f32(
                 &self.stream,
@@ -672,8 +775,8 @@ impl CudaBackend {
                 long(n),
                 long(t * k),
                 int(k, OP)?,
-                int(rho, OP)?,
-                int(r, OP)?,
+                int(d.rho, OP)?,
+                int(d.r, OP)?,
                 alpha,
                 out,
             )
@@ -683,60 +786,52 @@ impl CudaBackend {
     fn expert_forward_unfused(
         &self,
         o: &Operands,
-        dims: Dims,
+        d: &ExpertDims,
         alpha: f32,
     ) -> Result<(Tensor, Tensor)> {
-        let (bsz, t, din, dout, _e, rho, r) = dims;
-        let k = r * rho;
-        let (a_sel, b_selt) = self.gather_factors(o, dims)?;
+        let (bsz, t, din, dout, k) = (d.b, d.t, d.d_in, d.d_out, d.k());
+        let (a_sel, b_selt) = self.gather_factors(o, d)?;
         let (u, pu) = self.empty(&[bsz, t, k], F32)?;
         let (y, py) = self.empty(&[bsz, t, dout], F32)?;
         // u[b] = x[b] · A_sel[b]ᵀ
-        self.gemm_or_zero(GemmCall {
-            dtype: F32,
-            trans_a: false,
-            trans_b: true,
-            m: t,
-            n: k,
-            k: din,
-            alpha: 1.0,
-            beta: 0.0,
-            a: o.x,
-            lda: din,
-            stride_a: t * din,
-            b: a_sel.ptr(),
-            ldb: din,
-            stride_b: k * din,
-            c: pu,
-            ldc: k,
-            stride_c: t * k,
-            batch: bsz,
-        })?;
+        self.batched_product(bsz, (t, k, din), (o.x, false), (a_sel.ptr(), true), 1.0, pu)?;
         let ug = self.scratch_f32(bsz * t * k)?;
-        let pug = ug.ptr();
-        self.gate_scale(pu, o.g, (bsz, t, k, rho, r), alpha, pug)?;
+        self.gate_scale(pu, o.g, d, alpha, ug.ptr())?;
         // y[b] = (α g u)[b] · B_selᵀ[b]
-        self.gemm_or_zero(GemmCall {
-            dtype: F32,
-            trans_a: false,
-            trans_b: false,
-            m: t,
-            n: dout,
-            k,
-            alpha: 1.0,
-            beta: 0.0,
-            a: pug,
-            lda: k,
-            stride_a: t * k,
-            b: b_selt.ptr(),
-            ldb: dout,
-            stride_b: k * dout,
-            c: py,
-            ldc: dout,
-            stride_c: t * dout,
-            batch: bsz,
-        })?;
+        self.batched_product(
+            bsz,
+            (t, dout, k),
+            (ug.ptr(), false),
+            (b_selt.ptr(), false),
+            1.0,
+            py,
+        )?;
         Ok((y, u))
+    }
+
+    /// `dgates[b, i] = Σ_t Σ_j dug · u` over slot i's ρ rows: the gates' gradient `[B, r]` from
+    /// the gated activations' `dug [B, T, r·ρ]` and the activations `u`.
+    fn gate_grads(&self, dug: Ptr, pu: Ptr, d: &ExpertDims) -> Result<Tensor> {
+        const OP: &str = "expert_backward (unfused)";
+        let (dgates, pdg) = self.empty(&[d.b, d.r], F32)?;
+        unsafe {
+            self.k.expert_dgates_f32(
+                &self.stream,
+                LaunchConfig {
+                    grid_dim: (int(d.r, OP)? as u32, d.b as u32, 1),
+                    block_dim: (EXP_THREADS, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                dug,
+                pu,
+                int(d.t, OP)?,
+                int(d.k(), OP)?,
+                int(d.rho, OP)?,
+                int(d.r, OP)?,
+                pdg,
+            )?;
+        }
+        Ok(dgates)
     }
 
     fn expert_backward_unfused(
@@ -744,138 +839,63 @@ impl CudaBackend {
         o: &Operands,
         pdy: Ptr,
         pu: Ptr,
-        dims: Dims,
+        d: &ExpertDims,
         alpha: f32,
     ) -> Result<ExpertGrads> {
-        const OP: &str = "expert_backward (unfused)";
-        let (bsz, t, din, dout, e, rho, r) = dims;
-        let k = r * rho;
-        let (a_sel, b_selt) = self.gather_factors(o, dims)?;
-        let (pas, pbs) = (a_sel.ptr(), b_selt.ptr());
-        let base = GemmCall {
-            dtype: F32,
-            trans_a: false,
-            trans_b: false,
-            m: t,
-            n: k,
-            k: dout,
-            alpha: 1.0,
-            beta: 0.0,
-            a: pdy,
-            lda: dout,
-            stride_a: t * dout,
-            b: pbs,
-            ldb: dout,
-            stride_b: k * dout,
-            c: Ptr(0),
-            ldc: k,
-            stride_c: t * k,
-            batch: bsz,
-        };
+        let (bsz, t, din, dout, k) = (d.b, d.t, d.d_in, d.d_out, d.k());
+        let (a_sel, b_selt) = self.gather_factors(o, d)?;
         // dug[b] = α · dy[b] · B_selᵀ[b]ᵀ   [T, K]
         let dug = self.scratch_f32(bsz * t * k)?;
-        let pdug = dug.ptr();
-        self.gemm_or_zero(GemmCall {
-            trans_b: true,
+        self.batched_product(
+            bsz,
+            (t, k, dout),
+            (pdy, false),
+            (b_selt.ptr(), true),
             alpha,
-            c: pdug,
-            ..base
-        })?;
-        // dgates[b, i] = Σ_t Σ_j dug · u
-        let (dgates, pdg) = self.empty(&[bsz, r], F32)?;
-        unsafe {
-            self.k.expert_dgates_f32(
-                &self.stream,
-                LaunchConfig {
-                    grid_dim: (int(r, OP)? as u32, bsz as u32, 1),
-                    block_dim: (EXP_THREADS, 1, 1),
-                    shared_mem_bytes: 0,
-                },
-                pdug,
-                pu,
-                int(t, OP)?,
-                int(k, OP)?,
-                int(rho, OP)?,
-                int(r, OP)?,
-                pdg,
-            )?;
-        }
+            dug.ptr(),
+        )?;
+        let dgates = self.gate_grads(dug.ptr(), pu, d)?;
         // dB_selᵀ[b] = (α g u)[b]ᵀ · dy[b]   [K, d_out]
         let ug = self.scratch_f32(bsz * t * k)?;
-        let pug = ug.ptr();
-        self.gate_scale(pu, o.g, (bsz, t, k, rho, r), alpha, pug)?;
+        self.gate_scale(pu, o.g, d, alpha, ug.ptr())?;
         let dbs = self.scratch_f32(bsz * k * dout)?;
-        let pdbs = dbs.ptr();
-        self.gemm_or_zero(GemmCall {
-            trans_a: true,
-            m: k,
-            n: dout,
-            k: t,
-            a: pug,
-            lda: k,
-            stride_a: t * k,
-            b: pdy,
-            ldb: dout,
-            stride_b: t * dout,
-            c: pdbs,
-            ldc: dout,
-            stride_c: k * dout,
-            ..base
-        })?;
+        self.batched_product(
+            bsz,
+            (k, dout, t),
+            (ug.ptr(), true),
+            (pdy, false),
+            1.0,
+            dbs.ptr(),
+        )?;
         // du = dug · g
         let du = self.scratch_f32(bsz * t * k)?;
-        let pdu = du.ptr();
-        self.gate_scale(pdug, o.g, (bsz, t, k, rho, r), 1.0, pdu)?;
+        self.gate_scale(dug.ptr(), o.g, d, 1.0, du.ptr())?;
         // dx[b] = du[b] · A_sel[b]   [T, d_in]
         let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
-        self.gemm_or_zero(GemmCall {
-            m: t,
-            n: din,
-            k,
-            a: pdu,
-            lda: k,
-            stride_a: t * k,
-            b: pas,
-            ldb: din,
-            stride_b: k * din,
-            c: pdx,
-            ldc: din,
-            stride_c: t * din,
-            ..base
-        })?;
+        self.batched_product(
+            bsz,
+            (t, din, k),
+            (du.ptr(), false),
+            (a_sel.ptr(), false),
+            1.0,
+            pdx,
+        )?;
         // dA_sel[b] = du[b]ᵀ · x[b]   [K, d_in]
         let das = self.scratch_f32(bsz * k * din)?;
-        let pdas = das.ptr();
-        self.gemm_or_zero(GemmCall {
-            trans_a: true,
-            m: k,
-            n: din,
-            k: t,
-            a: pdu,
-            lda: k,
-            stride_a: t * k,
-            b: o.x,
-            ldb: din,
-            stride_b: t * din,
-            c: pdas,
-            ldc: din,
-            stride_c: k * din,
-            ..base
-        })?;
-        let da_pool =
-            self.scatter_pool(pdas, o.sa, (bsz, r, rho, e, din), false, &[e, rho, din], OP)?;
-        let db_pool = self.scatter_pool(
-            pdbs,
-            o.sb,
-            (bsz, r, rho, e, dout),
-            true,
-            &[e, dout, rho],
-            OP,
+        self.batched_product(
+            bsz,
+            (k, din, t),
+            (du.ptr(), true),
+            (o.x, false),
+            1.0,
+            das.ptr(),
         )?;
+        let da = self.scatter_into_pools(das.ptr(), o.sa, d, 1, Factor::A)?;
+        let db = self.scatter_into_pools(dbs.ptr(), o.sb, d, 1, Factor::B)?;
         Ok(ExpertGrads {
             dx,
-            da_pool,
-            db_pool,
+            da_pool: da.reshape(&Factor::A.shape(d))?,
+            db_pool: db.reshape(&Factor::B.shape(d))?,
             dgates,
         })
     }

@@ -7,10 +7,11 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::experts::{aligned16, km_of, stage_cols, EXP_THREADS};
+use super::experts::{aligned16, km_of, launch_dims, stage_cols, TilePartials, EXP_THREADS};
 use super::kernels::{cfg_flat, cfg_rows, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend, Scratch};
+use crate::backend::experts::dims::ExpertDims;
 use crate::backend::experts::group::{
     backward_by_pool, check_backward, forward_by_pool, group_dims, GroupForward, GroupGrads,
     PoolGrads, PoolGroup, RouterGrads,
@@ -22,6 +23,8 @@ use crate::tensor::{DType, Tensor};
 
 const F32: DType = DType::F32;
 const I32: DType = DType::I32;
+const FWD: &str = "pool_group_forward";
+const BWD: &str = "pool_group_backward";
 
 /// Largest r·ρ of the grouped composition kernels (register widths 4 and 8): at 16 the
 /// per-pool pointers beside the register tiles would cost the backward a stack frame
@@ -34,17 +37,36 @@ fn views(t: &Tensor, pools: usize, shape: &[usize]) -> Result<Vec<Tensor>> {
     (0..pools).map(|p| t.view(p * n, shape)).collect()
 }
 
+/// Device addresses of a routing's tensors, in [`Routing`]'s order.
+#[derive(Clone, Copy)]
+struct RoutingPtrs {
+    sel_a: Ptr,
+    sel_b: Ptr,
+    p_a: Ptr,
+    p_b: Ptr,
+    compat: Ptr,
+    abar: Ptr,
+    pa_sel: Ptr,
+    pb_sel: Ptr,
+}
+
+/// A grouped forward's outputs as the backward reads them: each stacked over the P·B
+/// (pool, sample) rows, pool-major.
+struct StackedForward {
+    routing: RoutingPtrs,
+    gates: Ptr,
+    u: Ptr,
+}
+
 impl CudaBackend {
     /// Whether the grouped kernels take this group: r·ρ ≤ [`GROUP_MAX_K`], the router's
     /// E ≤ 1024 and the grid's limits; the pool-by-pool ops take the rest.
-    fn groupable(&self, g: &PoolGroup) -> Result<bool> {
-        let (b, t, _, _, e, rho, r) = group_dims(g)?;
-        let k = r * rho;
-        Ok(b * t > 0
-            && (1..=GROUP_MAX_K).contains(&k)
-            && (1..=1024).contains(&e)
-            && b <= 65_535
-            && g.pools.len() <= 65_535)
+    fn groupable(&self, g: &PoolGroup, d: &ExpertDims) -> bool {
+        d.b * d.t > 0
+            && (1..=GROUP_MAX_K).contains(&d.k())
+            && (1..=1024).contains(&d.e)
+            && d.b <= 65_535
+            && g.pools.len() <= 65_535
     }
 
     /// Uploads a table of 64-bit words (device addresses and small integers) for one launch.
@@ -53,6 +75,30 @@ impl CudaBackend {
         // SAFETY: the scratch block holds exactly these words.
         unsafe { self.upload_from(s.ptr(), words)? };
         Ok(s)
+    }
+
+    /// The per-pool pointer table of the grouped composition kernels: each pool's A and B pools
+    /// and, in the backward, its upstream gradient `dys[p]`; with whether every A pool and
+    /// gradient is 16-byte aligned (the kernels' vector loads).
+    fn factor_table(
+        &self,
+        g: &PoolGroup,
+        dys: &[&Tensor],
+        op: &'static str,
+    ) -> Result<(Scratch, bool)> {
+        let mut words = Vec::with_capacity((2 + dys.len().min(1)) * g.pools.len());
+        let mut aligned = true;
+        for (i, p) in g.pools.iter().enumerate() {
+            let a = self.ptr(p.a_pool, F32, op)?;
+            aligned &= aligned16(a);
+            words.extend([a.0, self.ptr(p.b_pool, F32, op)?.0]);
+            if let Some(dy) = dys.get(i) {
+                let dy = self.ptr(dy, F32, op)?;
+                aligned &= aligned16(dy);
+                words.push(dy.0);
+            }
+        }
+        Ok((self.upload_table(&words)?, aligned))
     }
 
     /// The address of the first of `parts` when they lie one after another in device memory,
@@ -71,22 +117,50 @@ impl CudaBackend {
         Ok(Some(p0))
     }
 
-    /// [`crate::backend::ExpertOps::pool_group_forward`]: the router linears and routing of every pool in one
-    /// launch, the gates (one upload, or one product for `score`), the composition in one.
+    /// [`crate::backend::ExpertOps::pool_group_forward`]: the router linears and routing of
+    /// every pool in one launch, the gates (one upload, or one product for `score`), the
+    /// composition in one.
     pub(super) fn pool_group_forward_device(&self, g: &PoolGroup) -> Result<GroupForward> {
-        const OP: &str = "pool_group_forward";
-        if !self.groupable(g)? {
+        let d = group_dims(g)?;
+        if !self.groupable(g, &d) {
             return forward_by_pool(self, g);
         }
         let _r = nvtx::range("pool_group_forward");
-        let (bsz, t, din, dout, e, rho, r) = group_dims(g)?;
-        let (np, k) = (g.pools.len(), r * rho);
-        let rows = np * bsz;
+        let np = g.pools.len();
+        let (routing, ptrs) = self.route_group(g, &d)?;
+        let gates = match g.gate {
+            GateMode::Score => self.mul(&routing.pa_sel, &routing.pb_sel)?,
+            GateMode::St | GateMode::Hard => {
+                let rows = np * d.b;
+                self.upload(&Tensor::from_f32(vec![1.0; rows * d.r], &[rows, d.r])?)?
+            }
+        };
+        let (y, u) = self.compose_group(g, &d, &ptrs, self.ptr(&gates, F32, FWD)?)?;
+        Ok(GroupForward {
+            ys: views(&y, np, &[d.b, d.t, d.d_out])?,
+            routings: pool_routings(&routing, np, &d)?,
+            gates: views(&gates, np, &[d.b, d.r])?,
+            us: views(&u, np, &[d.b, d.t, d.k()])?,
+        })
+    }
 
+    /// The router linears `W q + b` and the routing (eq. 3 with the compatibility term,
+    /// docs/method.md#routing) of every pool in one launch: a [`Routing`] of the P·B
+    /// (pool, sample) rows, pool-major.
+    fn route_group(&self, g: &PoolGroup, d: &ExpertDims) -> Result<(Routing, RoutingPtrs)> {
+        let ExpertDims {
+            b: bsz,
+            d_in: din,
+            e,
+            rho,
+            r,
+            ..
+        } = *d;
+        let (np, rows) = (g.pools.len(), g.pools.len() * bsz);
         let mut words = Vec::with_capacity(7 * np);
         for p in g.pools {
             for v in [g.queries[p.query], p.wa, p.ba, p.wb, p.bb, p.a_pool, p.wc] {
-                words.push(self.ptr(v, F32, OP)?.0);
+                words.push(self.ptr(v, F32, FWD)?.0);
             }
         }
         let table = self.upload_table(&words)?;
@@ -98,16 +172,16 @@ impl CudaBackend {
         let (abar, pab) = self.empty(&[rows, r, din], F32)?;
         let (pa_sel, ppas) = self.empty(&[rows, r], F32)?;
         let (pb_sel, ppbs) = self.empty(&[rows, r], F32)?;
-        let cfg = self.route_launch(bsz, np, e, r, 6 * e, OP)?;
+        let cfg = self.route_launch(bsz, np, e, r, 6 * e, FWD)?;
         unsafe {
             self.k.route_group_f32(
                 &self.stream,
                 cfg,
                 table.ptr(),
-                int(e, OP)?,
-                int(rho, OP)?,
-                int(din, OP)?,
-                int(r, OP)?,
+                int(e, FWD)?,
+                int(rho, FWD)?,
+                int(din, FWD)?,
+                int(r, FWD)?,
                 g.lambda,
                 psa,
                 psb,
@@ -119,44 +193,55 @@ impl CudaBackend {
                 ppbs,
             )?;
         }
-        let gates = match g.gate {
-            GateMode::Score => self.mul(&pa_sel, &pb_sel)?,
-            GateMode::St | GateMode::Hard => {
-                self.upload(&Tensor::from_f32(vec![1.0; rows * r], &[rows, r])?)?
-            }
+        let routing = Routing {
+            sel_a,
+            sel_b,
+            p_a,
+            p_b,
+            compat,
+            abar,
+            pa_sel,
+            pb_sel,
         };
+        let ptrs = RoutingPtrs {
+            sel_a: psa,
+            sel_b: psb,
+            p_a: ppa,
+            p_b: ppb,
+            compat: pc,
+            abar: pab,
+            pa_sel: ppas,
+            pb_sel: ppbs,
+        };
+        Ok((routing, ptrs))
+    }
 
-        let (a_ptrs, b_ptrs) = g.pools.iter().try_fold(
-            (Vec::new(), Vec::new()),
-            |(mut a, mut b), p| -> Result<_> {
-                a.push(self.ptr(p.a_pool, F32, OP)?);
-                b.push(self.ptr(p.b_pool, F32, OP)?);
-                Ok((a, b))
-            },
-        )?;
-        let words: Vec<u64> = a_ptrs
-            .iter()
-            .zip(&b_ptrs)
-            .flat_map(|(a, b)| [a.0, b.0])
-            .collect();
-        let table = self.upload_table(&words)?;
-        let px = self.ptr(g.x, F32, OP)?;
+    /// The gated factor composition of eq. (2)/(4) for every pool in one launch: the updates
+    /// `y [P, B, T, d_out]` and the factor activations `u [P, B, T, r·ρ]`.
+    fn compose_group(
+        &self,
+        g: &PoolGroup,
+        d: &ExpertDims,
+        rp: &RoutingPtrs,
+        pg: Ptr,
+    ) -> Result<(Tensor, Tensor)> {
+        let (bsz, t, din, dout) = (d.b, d.t, d.d_in, d.d_out);
+        let (np, k) = (g.pools.len(), d.k());
+        let (table, factors_aligned) = self.factor_table(g, &[], FWD)?;
+        let px = self.ptr(g.x, F32, FWD)?;
         let km = km_of(k);
-        let tt = self.expert_tile(rows, t, 2 * self.sms);
+        let tt = self.expert_tile(np * bsz, t, 2 * self.sms);
         let cha = stage_cols(din, km);
         let (y, py) = self.empty(&[np, bsz, t, dout], F32)?;
         let (u, pu) = self.empty(&[np, bsz, t, k], F32)?;
-        let vec = din % 4 == 0
-            && dout % 4 == 0
-            && aligned16(px)
-            && aligned16(py)
-            && a_ptrs.iter().all(|&a| aligned16(a));
+        let vec =
+            din % 4 == 0 && dout % 4 == 0 && aligned16(px) && aligned16(py) && factors_aligned;
         let cfg = LaunchConfig {
-            grid_dim: (int(t.div_ceil(tt), OP)? as u32, bsz as u32, np as u32),
+            grid_dim: (int(t.div_ceil(tt), FWD)? as u32, bsz as u32, np as u32),
             block_dim: (EXP_THREADS, 1, 1),
             shared_mem_bytes: (km * cha * 4) as u32,
         };
-        let pg = self.ptr(&gates, F32, OP)?;
+        let args = launch_dims(d, tt, cha, FWD)?;
         macro_rules! launch {
             ($f:ident) => {
                 self.k.$f(
@@ -164,17 +249,17 @@ impl CudaBackend {
                     cfg,
                     table.ptr(),
                     px,
-                    psa,
-                    psb,
+                    rp.sel_a,
+                    rp.sel_b,
                     pg,
-                    int(t, OP)?,
-                    int(din, OP)?,
-                    int(dout, OP)?,
-                    int(e, OP)?,
-                    int(rho, OP)?,
-                    int(r, OP)?,
-                    tt as i32,
-                    cha as i32,
+                    args[0],
+                    args[1],
+                    args[2],
+                    args[3],
+                    args[4],
+                    args[5],
+                    args[6],
+                    args[7],
                     g.alpha,
                     vec as i32,
                     py,
@@ -189,89 +274,108 @@ impl CudaBackend {
                 _ => launch!(expert_fwd_group_k8),
             }?;
         }
-
-        let sel = [bsz, r];
-        let routings = (0..np)
-            .map(|p| {
-                let v =
-                    |t: &Tensor, shape: &[usize]| t.view(p * crate::tensor::numel(shape), shape);
-                Ok(Routing {
-                    sel_a: v(&sel_a, &sel)?,
-                    sel_b: v(&sel_b, &sel)?,
-                    p_a: v(&p_a, &[bsz, e])?,
-                    p_b: v(&p_b, &[bsz, e])?,
-                    compat: v(&compat, &[bsz, r, e])?,
-                    abar: v(&abar, &[bsz, r, din])?,
-                    pa_sel: v(&pa_sel, &sel)?,
-                    pb_sel: v(&pb_sel, &sel)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(GroupForward {
-            ys: views(&y, np, &[bsz, t, dout])?,
-            routings,
-            gates: views(&gates, np, &sel)?,
-            us: views(&u, np, &[bsz, t, k])?,
-        })
+        Ok((y, u))
     }
 
-    /// [`crate::backend::ExpertOps::pool_group_backward`]: the composition's backward for every pool in one
-    /// launch, the stacked tile sums and pool scatters, the routing backward over all P·B rows,
-    /// dW_C of every pool, and the router linears' gradients (weights, biases and each query's)
-    /// in one launch. A forward that is not this backend's own grouped one goes pool by pool.
+    /// [`crate::backend::ExpertOps::pool_group_backward`]: the composition's backward for every
+    /// pool in one launch, the stacked tile sums and pool scatters, the routing backward over
+    /// all P·B rows, dW_C of every pool, and the router linears' gradients (weights, biases and
+    /// each query's) in one launch. A forward that is not this backend's own grouped one goes
+    /// pool by pool.
     pub(super) fn pool_group_backward_device(
         &self,
         g: &PoolGroup,
         f: &GroupForward,
         dys: &[&Tensor],
     ) -> Result<GroupGrads> {
-        const OP: &str = "pool_group_backward";
-        check_backward(g, f, dys)?;
-        if !self.groupable(g)? {
-            return backward_by_pool(self, g, f, dys);
-        }
-        let field = |pick: fn(&Routing) -> &Tensor| f.routings.iter().map(pick).collect::<Vec<_>>();
-        let (sa, sb, pa, pb, comp, abar) = (
-            self.stacked(&field(|r| &r.sel_a), I32, OP)?,
-            self.stacked(&field(|r| &r.sel_b), I32, OP)?,
-            self.stacked(&field(|r| &r.p_a), F32, OP)?,
-            self.stacked(&field(|r| &r.p_b), F32, OP)?,
-            self.stacked(&field(|r| &r.compat), F32, OP)?,
-            self.stacked(&field(|r| &r.abar), F32, OP)?,
-        );
-        let (pas, pbs) = (
-            self.stacked(&field(|r| &r.pa_sel), F32, OP)?,
-            self.stacked(&field(|r| &r.pb_sel), F32, OP)?,
-        );
-        let gates = self.stacked(&f.gates.iter().collect::<Vec<_>>(), F32, OP)?;
-        let u = self.stacked(&f.us.iter().collect::<Vec<_>>(), F32, OP)?;
-        let [Some(psa), Some(psb), Some(ppa), Some(ppb), Some(pc), Some(pab), Some(ppas), Some(ppbs), Some(pg), Some(pu)] =
-            [sa, sb, pa, pb, comp, abar, pas, pbs, gates, u]
-        else {
+        let d = check_backward(g, f, dys)?;
+        let stacked = match self.groupable(g, &d) {
+            true => self.stacked_forward(f)?,
+            false => None,
+        };
+        let Some(sf) = stacked else {
             return backward_by_pool(self, g, f, dys);
         };
         let _r = nvtx::range("pool_group_backward");
-        let (bsz, t, din, dout, e, rho, r) = group_dims(g)?;
-        let (np, k) = (g.pools.len(), r * rho);
-        let rows = np * bsz;
+        let np = g.pools.len();
+        let (dx, parts) = self.compose_group_backward(g, &d, &sf, dys)?;
+        let rp = &sf.routing;
+        let (da, db, dgates) = self.reduce_tile_partials(&parts, (rp.sel_a, rp.sel_b), &d, np)?;
+        let (dq, mut routers) = match g.gate {
+            GateMode::Hard => (
+                g.queries.iter().map(|_| None).collect(),
+                (0..np).map(|_| None).collect(),
+            ),
+            GateMode::St | GateMode::Score => {
+                let (dq, grads) = self.group_router_backward(g, &d, &dgates, rp)?;
+                (dq, grads.into_iter().map(Some).collect::<Vec<_>>())
+            }
+        };
+        let da_pools = views(&da, np, &[d.e, d.rho, d.d_in])?;
+        let db_pools = views(&db, np, &[d.e, d.d_out, d.rho])?;
+        let pools = da_pools
+            .into_iter()
+            .zip(db_pools)
+            .zip(&mut routers)
+            .map(|((da_pool, db_pool), routers)| PoolGrads {
+                da_pool,
+                db_pool,
+                routers: routers.take(),
+            })
+            .collect();
+        Ok(GroupGrads { dx, dq, pools })
+    }
 
-        // The composition's backward, every pool in one launch.
-        let mut words = Vec::with_capacity(3 * np);
-        let mut vec = din % 4 == 0 && dout % 4 == 0;
-        for (p, dy) in g.pools.iter().zip(dys) {
-            let (a, b, d) = (
-                self.ptr(p.a_pool, F32, OP)?,
-                self.ptr(p.b_pool, F32, OP)?,
-                self.ptr(dy, F32, OP)?,
-            );
-            vec &= aligned16(a) && aligned16(d);
-            words.extend([a.0, b.0, d.0]);
-        }
-        let table = self.upload_table(&words)?;
-        let px = self.ptr(g.x, F32, OP)?;
-        let km = km_of(k);
+    /// The forward's routing, gates and activations when each is one stacked tensor, as
+    /// [`CudaBackend::pool_group_forward_device`] leaves them; `None` otherwise.
+    fn stacked_forward(&self, f: &GroupForward) -> Result<Option<StackedForward>> {
+        let field = |pick: fn(&Routing) -> &Tensor| f.routings.iter().map(pick).collect::<Vec<_>>();
+        let ptrs = [
+            self.stacked(&field(|r| &r.sel_a), I32, BWD)?,
+            self.stacked(&field(|r| &r.sel_b), I32, BWD)?,
+            self.stacked(&field(|r| &r.p_a), F32, BWD)?,
+            self.stacked(&field(|r| &r.p_b), F32, BWD)?,
+            self.stacked(&field(|r| &r.compat), F32, BWD)?,
+            self.stacked(&field(|r| &r.abar), F32, BWD)?,
+            self.stacked(&field(|r| &r.pa_sel), F32, BWD)?,
+            self.stacked(&field(|r| &r.pb_sel), F32, BWD)?,
+            self.stacked(&f.gates.iter().collect::<Vec<_>>(), F32, BWD)?,
+            self.stacked(&f.us.iter().collect::<Vec<_>>(), F32, BWD)?,
+        ];
+        let [Some(sel_a), Some(sel_b), Some(p_a), Some(p_b), Some(compat), Some(abar), Some(pa_sel), Some(pb_sel), Some(gates), Some(u)] =
+            ptrs
+        else {
+            return Ok(None);
+        };
+        let routing = RoutingPtrs {
+            sel_a,
+            sel_b,
+            p_a,
+            p_b,
+            compat,
+            abar,
+            pa_sel,
+            pb_sel,
+        };
+        Ok(Some(StackedForward { routing, gates, u }))
+    }
+
+    /// The composition's backward for every pool in one launch: `dx [B, T, d_in]` summed over
+    /// the pools in order, and each tile's partial factor and gate gradients.
+    fn compose_group_backward(
+        &self,
+        g: &PoolGroup,
+        d: &ExpertDims,
+        sf: &StackedForward,
+        dys: &[&Tensor],
+    ) -> Result<(Tensor, TilePartials)> {
+        let (bsz, t, din, dout) = (d.b, d.t, d.d_in, d.d_out);
+        let (np, rows) = (g.pools.len(), g.pools.len() * bsz);
+        let (table, factors_aligned) = self.factor_table(g, dys, BWD)?;
+        let mut vec = din % 4 == 0 && dout % 4 == 0 && factors_aligned;
+        let px = self.ptr(g.x, F32, BWD)?;
+        let km = km_of(d.k());
         let tt = self.expert_tile(rows, t, self.sms);
-        let ntiles = t.div_ceil(tt);
         let chb = stage_cols(dout, km);
         let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
         // One pool writes dx itself; several write a slab each, summed below in pool order.
@@ -280,17 +384,14 @@ impl CudaBackend {
             .transpose()?;
         let pdx_all = dx_slabs.as_ref().map_or(pdx, |s| s.ptr());
         vec &= aligned16(px) && aligned16(pdx_all);
-        let parts = rows * ntiles;
-        let (pda_s, pdb_s, pdg_s) = (
-            self.scratch_f32(parts * k * din)?,
-            self.scratch_f32(parts * k * dout)?,
-            self.scratch_f32(parts * r)?,
-        );
+        let parts = self.tile_partials(rows, t.div_ceil(tt), d)?;
+        let (pda, pdb, pdg) = parts.ptrs();
         let cfg = LaunchConfig {
-            grid_dim: (int(ntiles, OP)? as u32, bsz as u32, np as u32),
+            grid_dim: (int(parts.tiles, BWD)? as u32, bsz as u32, np as u32),
             block_dim: (EXP_THREADS, 1, 1),
             shared_mem_bytes: (km * chb * 4) as u32,
         };
+        let args = launch_dims(d, tt, chb, BWD)?;
         macro_rules! launch {
             ($f:ident) => {
                 self.k.$f(
@@ -298,24 +399,24 @@ impl CudaBackend {
                     cfg,
                     table.ptr(),
                     px,
-                    psa,
-                    psb,
-                    pg,
-                    pu,
-                    int(t, OP)?,
-                    int(din, OP)?,
-                    int(dout, OP)?,
-                    int(e, OP)?,
-                    int(rho, OP)?,
-                    int(r, OP)?,
-                    tt as i32,
-                    chb as i32,
+                    sf.routing.sel_a,
+                    sf.routing.sel_b,
+                    sf.gates,
+                    sf.u,
+                    args[0],
+                    args[1],
+                    args[2],
+                    args[3],
+                    args[4],
+                    args[5],
+                    args[6],
+                    args[7],
                     g.alpha,
                     vec as i32,
                     pdx_all,
-                    pda_s.ptr(),
-                    pdb_s.ptr(),
-                    pdg_s.ptr(),
+                    pda,
+                    pdb,
+                    pdg,
                     self.err_ptr(),
                 )
             };
@@ -326,217 +427,51 @@ impl CudaBackend {
                 _ => launch!(expert_bwd_group_k8),
             }?;
         }
-
-        // Stacked reductions: dx over pools, the factor partials over tiles (P·B rows each).
-        let mut keep = Vec::new();
-        let mut sum =
-            |p: Ptr, terms: usize, n: usize, groups: usize, out: Option<Ptr>| -> Result<Ptr> {
-                if terms == 1 && out.is_none() {
-                    return Ok(p);
-                }
-                let dst = match out {
-                    Some(o) => o,
-                    None => {
-                        let s = self.scratch_f32(groups * n)?;
-                        let ps = s.ptr();
-                        keep.push(s);
-                        ps
-                    }
-                };
-                unsafe {
-                    self.k.expert_sum_tiles_f32(
-                        &self.stream,
-                        cfg_flat(groups * n),
-                        p,
-                        int(terms, OP)?,
-                        long(n),
-                        long(groups),
-                        dst,
-                    )?;
-                }
-                Ok(dst)
-            };
         if np > 1 {
-            sum(pdx_all, np, bsz * t * din, 1, Some(pdx))?;
+            self.sum_partials(pdx_all, np, (1, bsz * t * din), pdx)?;
         }
-        let da_rows = sum(pda_s.ptr(), ntiles, k * din, rows, None)?;
-        let db_rows = sum(pdb_s.ptr(), ntiles, k * dout, rows, None)?;
-        let (dgates, pdgates) = self.empty(&[rows, r], F32)?;
-        sum(pdg_s.ptr(), ntiles, r, rows, Some(pdgates))?;
-        let (da, pda) = self.empty(&[np, e, rho, din], F32)?;
-        let (db, pdb) = self.empty(&[np, e, dout, rho], F32)?;
-        for (src, sel, w, b_layout, out) in
-            [(da_rows, psa, din, 0, pda), (db_rows, psb, dout, 1, pdb)]
-        {
-            unsafe {
-                self.k.expert_scatter_pool_f32(
-                    &self.stream,
-                    cfg_flat(np * e * rho * w),
-                    src,
-                    sel,
-                    int(bsz, OP)?,
-                    int(r, OP)?,
-                    int(rho, OP)?,
-                    int(e, OP)?,
-                    int(w, OP)?,
-                    b_layout,
-                    int(np, OP)?,
-                    out,
-                )?;
-            }
-        }
-        drop(keep);
-        let da_pools = views(&da, np, &[e, rho, din])?;
-        let db_pools = views(&db, np, &[e, dout, rho])?;
-
-        let routers = match g.gate {
-            GateMode::Hard => None,
-            GateMode::St | GateMode::Score => Some(self.group_router_backward(
-                g,
-                &dgates,
-                [psa, psb, ppa, ppb, pc, pab, ppas, ppbs],
-            )?),
-        };
-        let (dq, mut router_grads) = match routers {
-            Some((dq, grads)) => (dq, grads.into_iter().map(Some).collect()),
-            None => (
-                g.queries.iter().map(|_| None).collect(),
-                (0..np).map(|_| None).collect::<Vec<_>>(),
-            ),
-        };
-        let pools = da_pools
-            .into_iter()
-            .zip(db_pools)
-            .enumerate()
-            .map(|(i, (da_pool, db_pool))| PoolGrads {
-                da_pool,
-                db_pool,
-                routers: router_grads[i].take(),
-            })
-            .collect();
-        Ok(GroupGrads { dx, dq, pools })
+        Ok((dx, parts))
     }
 
-    /// From the stacked gate gradients `[P·B, r]` to the router logits (one launch over all
-    /// P·B rows), dW_C of every pool (one), and the router linears' weights, biases and queries
-    /// (one). `ptrs`: the stacked S_A, S_B, P_A, P_B, compatibility softmaxes, ā, and the
-    /// selected probabilities P_A[S_A], P_B[S_B].
+    /// From the stacked gate gradients `[P·B, r]` to every pool's router gradients and each
+    /// query's: the gate backward, the routing backward over all P·B rows with dW_C of every
+    /// pool, then the router linears.
     fn group_router_backward(
         &self,
         g: &PoolGroup,
+        d: &ExpertDims,
         dgates: &Tensor,
-        [psa, psb, ppa, ppb, pc, pab, ppas, ppbs]: [Ptr; 8],
+        rp: &RoutingPtrs,
     ) -> Result<(Vec<Option<Tensor>>, Vec<RouterGrads>)> {
-        const OP: &str = "pool_group_backward";
-        let (bsz, _, din, _, e, _, r) = group_dims(g)?;
-        let (np, nq) = (g.pools.len(), g.queries.len());
-        let rows = np * bsz;
-        let pdg = self.ptr(dgates, F32, OP)?;
+        let np = g.pools.len();
+        let rows = np * d.b;
+        let pdg = self.ptr(dgates, F32, BWD)?;
         // dP_A, dP_B: the gates' own gradient (straight-through), or the product rule.
         let score = (g.gate == GateMode::Score)
             .then(|| -> Result<_> {
-                let (d_pa, d_pb) = (self.scratch_f32(rows * r)?, self.scratch_f32(rows * r)?);
-                let n = rows * r;
+                let n = rows * d.r;
+                let (d_pa, d_pb) = (self.scratch_f32(n)?, self.scratch_f32(n)?);
                 unsafe {
+                    let cfg = cfg_flat(n);
                     self.k
-                        .ew_mul_f32(&self.stream, cfg_flat(n), pdg, ppbs, d_pa.ptr(), long(n))?;
+                        .ew_mul_f32(&self.stream, cfg, pdg, rp.pb_sel, d_pa.ptr(), long(n))?;
                     self.k
-                        .ew_mul_f32(&self.stream, cfg_flat(n), pdg, ppas, d_pb.ptr(), long(n))?;
+                        .ew_mul_f32(&self.stream, cfg, pdg, rp.pa_sel, d_pb.ptr(), long(n))?;
                 }
                 Ok((d_pa, d_pb))
             })
             .transpose()?;
-        let (gpa, gpb) = score
+        let d_sel = score
             .as_ref()
             .map_or((pdg, pdg), |(a, b)| (a.ptr(), b.ptr()));
-        let (dla, dlb, dz) = (
-            self.scratch_f32(rows * e)?,
-            self.scratch_f32(rows * e)?,
-            self.scratch_f32(rows * r * e)?,
-        );
-        let (dwc, pdwc) = self.empty(&[np, r, din, e], F32)?;
-        unsafe {
-            self.k.route_backward_f32(
-                &self.stream,
-                cfg_rows(rows),
-                gpa,
-                gpb,
-                psa,
-                psb,
-                ppa,
-                ppb,
-                pc,
-                int(rows, OP)?,
-                int(e, OP)?,
-                int(r, OP)?,
-                g.lambda,
-                dla.ptr(),
-                dlb.ptr(),
-                dz.ptr(),
-                self.err_ptr(),
-            )?;
-            if r * din > 0 {
-                self.k.route_dwc_f32(
-                    &self.stream,
-                    cfg_flat(np * r * din * e),
-                    pab,
-                    dz.ptr(),
-                    int(bsz, OP)?,
-                    int(r, OP)?,
-                    int(din, OP)?,
-                    int(e, OP)?,
-                    int(np, OP)?,
-                    pdwc,
-                )?;
-            }
-        }
-        let mut words = Vec::with_capacity(4 * np);
-        for p in g.pools {
-            words.extend([
-                self.ptr(g.queries[p.query], F32, OP)?.0,
-                self.ptr(p.wa, F32, OP)?.0,
-                self.ptr(p.wb, F32, OP)?.0,
-                p.query as u64,
-            ]);
-        }
-        let table = self.upload_table(&words)?;
-        let (dwa, pdwa) = self.empty(&[np, e, din], F32)?;
-        let (dwb, pdwb) = self.empty(&[np, e, din], F32)?;
-        let (dba, pdba) = self.empty(&[np, e], F32)?;
-        let (dbb, pdbb) = self.empty(&[np, e], F32)?;
-        let (dq, pdq) = self.empty(&[nq, bsz, din], F32)?;
-        let total = 2 * np * e * din + 2 * np * e + nq * bsz * din;
-        unsafe {
-            self.k.router_backward_group_f32(
-                &self.stream,
-                cfg_flat(total),
-                table.ptr(),
-                dla.ptr(),
-                dlb.ptr(),
-                int(np, OP)?,
-                int(bsz, OP)?,
-                int(e, OP)?,
-                int(din, OP)?,
-                int(nq, OP)?,
-                pdwa,
-                pdwb,
-                pdba,
-                pdbb,
-                pdq,
-            )?;
-        }
-        let read = |i: usize| g.pools.iter().any(|p| p.query == i);
-        let dq = views(&dq, nq, &[bsz, din])?
-            .into_iter()
-            .enumerate()
-            .map(|(i, q)| read(i).then_some(q))
-            .collect();
+        let (dla, dlb, dwc) = self.group_route_backward(g, d, d_sel, rp)?;
+        let (dq, [dwa, dba, dwb, dbb]) = self.group_router_linears_backward(g, d, &dla, &dlb)?;
         let grads = [
-            views(&dwa, np, &[e, din])?,
-            views(&dba, np, &[e])?,
-            views(&dwb, np, &[e, din])?,
-            views(&dbb, np, &[e])?,
-            views(&dwc, np, &[r, din, e])?,
+            views(&dwa, np, &[d.e, d.d_in])?,
+            views(&dba, np, &[d.e])?,
+            views(&dwb, np, &[d.e, d.d_in])?,
+            views(&dbb, np, &[d.e])?,
+            views(&dwc, np, &[d.r, d.d_in, d.e])?,
         ];
         let [dwa, dba, dwb, dbb, dwc] = grads.map(Vec::into_iter);
         let grads = dwa
@@ -554,4 +489,149 @@ impl CudaBackend {
             .collect();
         Ok((dq, grads))
     }
+
+    /// The routing backward from `(dP_A, dP_B) [P·B, r]` in one launch over all P·B rows: the
+    /// router logits' gradients `[P·B, E]` each, and dW_C `[P, r, d_in, E]` of every pool in
+    /// one more.
+    fn group_route_backward(
+        &self,
+        g: &PoolGroup,
+        d: &ExpertDims,
+        (d_pa, d_pb): (Ptr, Ptr),
+        rp: &RoutingPtrs,
+    ) -> Result<(Scratch, Scratch, Tensor)> {
+        let ExpertDims {
+            b: bsz,
+            d_in: din,
+            e,
+            r,
+            ..
+        } = *d;
+        let np = g.pools.len();
+        let rows = np * bsz;
+        let (dla, dlb, dz) = (
+            self.scratch_f32(rows * e)?,
+            self.scratch_f32(rows * e)?,
+            self.scratch_f32(rows * r * e)?,
+        );
+        let (dwc, pdwc) = self.empty(&[np, r, din, e], F32)?;
+        unsafe {
+            self.k.route_backward_f32(
+                &self.stream,
+                cfg_rows(rows),
+                d_pa,
+                d_pb,
+                rp.sel_a,
+                rp.sel_b,
+                rp.p_a,
+                rp.p_b,
+                rp.compat,
+                int(rows, BWD)?,
+                int(e, BWD)?,
+                int(r, BWD)?,
+                g.lambda,
+                dla.ptr(),
+                dlb.ptr(),
+                dz.ptr(),
+                self.err_ptr(),
+            )?;
+            if r * din > 0 {
+                self.k.route_dwc_f32(
+                    &self.stream,
+                    cfg_flat(np * r * din * e),
+                    rp.abar,
+                    dz.ptr(),
+                    int(bsz, BWD)?,
+                    int(r, BWD)?,
+                    int(din, BWD)?,
+                    int(e, BWD)?,
+                    int(np, BWD)?,
+                    pdwc,
+                )?;
+            }
+        }
+        Ok((dla, dlb, dwc))
+    }
+
+    /// The router linears' backward in one launch: the stacked `dW_A, dB_A, dW_B, dB_B` of
+    /// every pool, and each query's gradient summed over the pools it routes (`None` for a
+    /// query no pool reads).
+    fn group_router_linears_backward(
+        &self,
+        g: &PoolGroup,
+        d: &ExpertDims,
+        dla: &Scratch,
+        dlb: &Scratch,
+    ) -> Result<(Vec<Option<Tensor>>, [Tensor; 4])> {
+        let ExpertDims {
+            b: bsz,
+            d_in: din,
+            e,
+            ..
+        } = *d;
+        let (np, nq) = (g.pools.len(), g.queries.len());
+        let mut words = Vec::with_capacity(4 * np);
+        for p in g.pools {
+            words.extend([
+                self.ptr(g.queries[p.query], F32, BWD)?.0,
+                self.ptr(p.wa, F32, BWD)?.0,
+                self.ptr(p.wb, F32, BWD)?.0,
+                p.query as u64,
+            ]);
+        }
+        let table = self.upload_table(&words)?;
+        let (dwa, pdwa) = self.empty(&[np, e, din], F32)?;
+        let (dwb, pdwb) = self.empty(&[np, e, din], F32)?;
+        let (dba, pdba) = self.empty(&[np, e], F32)?;
+        let (dbb, pdbb) = self.empty(&[np, e], F32)?;
+        let (dq, pdq) = self.empty(&[nq, bsz, din], F32)?;
+        let total = 2 * np * e * din + 2 * np * e + nq * bsz * din;
+        unsafe {
+            self.k.router_backward_group_f32(
+                &self.stream,
+                cfg_flat(total),
+                table.ptr(),
+                dla.ptr(),
+                dlb.ptr(),
+                int(np, BWD)?,
+                int(bsz, BWD)?,
+                int(e, BWD)?,
+                int(din, BWD)?,
+                int(nq, BWD)?,
+                pdwa,
+                pdwb,
+                pdba,
+                pdbb,
+                pdq,
+            )?;
+        }
+        let read = |i: usize| g.pools.iter().any(|p| p.query == i);
+        let dq = views(&dq, nq, &[bsz, din])?
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| read(i).then_some(q))
+            .collect();
+        Ok((dq, [dwa, dba, dwb, dbb]))
+    }
+}
+
+/// Each pool's [`Routing`]: views of the stacked routing of the P·B rows.
+fn pool_routings(stacked: &Routing, pools: usize, d: &ExpertDims) -> Result<Vec<Routing>> {
+    let (b, r, e) = (d.b, d.r, d.e);
+    let sel = [b, r];
+    (0..pools)
+        .map(|p| {
+            let v = |t: &Tensor, shape: &[usize]| t.view(p * crate::tensor::numel(shape), shape);
+            Ok(Routing {
+                sel_a: v(&stacked.sel_a, &sel)?,
+                sel_b: v(&stacked.sel_b, &sel)?,
+                p_a: v(&stacked.p_a, &[b, e])?,
+                p_b: v(&stacked.p_b, &[b, e])?,
+                compat: v(&stacked.compat, &[b, r, e])?,
+                abar: v(&stacked.abar, &[b, r, d.d_in])?,
+                pa_sel: v(&stacked.pa_sel, &sel)?,
+                pb_sel: v(&stacked.pb_sel, &sel)?,
+            })
+        })
+        .collect()
 }

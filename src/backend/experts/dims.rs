@@ -40,9 +40,32 @@ pub(crate) fn route_dims(
     Ok((bsz, e, rho, d, r))
 }
 
-/// Shapes of one expert composition: `(B, T, d_in, d_out, E, ρ, r)`.
-pub(crate) type Dims = (usize, usize, usize, usize, usize, usize, usize);
+/// Shapes of one expert composition (eq. 2/4, docs/method.md): `x [B, T, d_in]`, pools
+/// `A [E, ρ, d_in]` and `B [E, d_out, ρ]`, and `r` selected slots per sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ExpertDims {
+    /// B: samples.
+    pub b: usize,
+    /// T: tokens of a sample.
+    pub t: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+    /// E: rank-one factors of a pool.
+    pub e: usize,
+    /// ρ: rows of a factor.
+    pub rho: usize,
+    /// r: slots selected per sample.
+    pub r: usize,
+}
 
+impl ExpertDims {
+    /// r·ρ: the selected factor rows of a sample, the width of the activations `u`.
+    pub fn k(&self) -> usize {
+        self.r * self.rho
+    }
+}
+
+/// The dimensions of [`crate::backend::ExpertOps::expert_forward`]'s operands, checked.
 pub(crate) fn expert_dims(
     x: &Tensor,
     a_pool: &Tensor,
@@ -50,7 +73,7 @@ pub(crate) fn expert_dims(
     sel_a: &Tensor,
     sel_b: &Tensor,
     gates: &Tensor,
-) -> Result<Dims> {
+) -> Result<ExpertDims> {
     const OP: &str = "expert";
     ensure_shape!(
         x.rank() == 3,
@@ -83,7 +106,15 @@ pub(crate) fn expert_dims(
         sel_b.shape(),
         gates.shape()
     );
-    Ok((bsz, t, din, b_pool.dim(1), e, rho, sel_a.dim(1)))
+    Ok(ExpertDims {
+        b: bsz,
+        t,
+        d_in: din,
+        d_out: b_pool.dim(1),
+        e,
+        rho,
+        r: sel_a.dim(1),
+    })
 }
 
 /// `(B, E, r, d)` of the routing backward: the gradients of the selected probabilities
@@ -139,15 +170,14 @@ pub(crate) fn expert_backward_dims(
     sel_b: &Tensor,
     gates: &Tensor,
     u: &Tensor,
-) -> Result<Dims> {
-    let dims = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
-    let (bsz, t, _, dout, _, rho, r) = dims;
+) -> Result<ExpertDims> {
+    let d = expert_dims(x, a_pool, b_pool, sel_a, sel_b, gates)?;
     ensure_shape!(
-        dy.shape() == [bsz, t, dout] && u.shape() == [bsz, t, r * rho],
+        dy.shape() == [d.b, d.t, d.d_out] && u.shape() == [d.b, d.t, d.k()],
         "expert_backward",
         "gradient {:?} / activations {:?} do not fit [B, T, d_out] / [B, T, r·ρ]",
         dy.shape(),
         u.shape()
     );
-    Ok(dims)
+    Ok(d)
 }

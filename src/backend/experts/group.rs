@@ -8,6 +8,7 @@
 //! of the group in one launch (`route_group_f32`, `expert_fwd_group_k*`, `expert_bwd_group_k*`,
 //! `router_backward_group_f32`).
 
+use super::dims::ExpertDims;
 use crate::backend::{Backend, Gemm, Routing};
 use crate::delo::experts::GateMode;
 use crate::ensure_shape;
@@ -86,9 +87,9 @@ pub struct GroupGrads {
     pub pools: Vec<PoolGrads>,
 }
 
-/// The group's common dimensions `(B, T, d_in, d_out, E, ρ, r)`, checked on every pool: the
-/// grouped kernels take one set for the whole group.
-pub fn group_dims(g: &PoolGroup) -> Result<(usize, usize, usize, usize, usize, usize, usize)> {
+/// The group's common dimensions, checked on every pool: the grouped kernels take one set for
+/// the whole group.
+pub(crate) fn group_dims(g: &PoolGroup) -> Result<ExpertDims> {
     const OP: &str = "pool_group";
     let first = g
         .pools
@@ -144,7 +145,15 @@ pub fn group_dims(g: &PoolGroup) -> Result<(usize, usize, usize, usize, usize, u
             p.wc.shape()
         );
     }
-    Ok((b, t, din, dout, e, rho, r))
+    Ok(ExpertDims {
+        b,
+        t,
+        d_in: din,
+        d_out: dout,
+        e,
+        rho,
+        r,
+    })
 }
 
 /// The slot gates of eq. (4) for one pool's routing: 1 in the forward for `st` and `hard`,
@@ -267,9 +276,16 @@ pub fn backward_by_pool<B: Backend + ?Sized>(
 }
 
 /// Checks a backward's operands: one forward of this group, one gradient per pool of the
-/// update's shape.
-pub fn check_backward(g: &PoolGroup, f: &GroupForward, dys: &[&Tensor]) -> Result<()> {
-    let (b, t, _, dout, ..) = group_dims(g)?;
+/// update's shape. Returns the group's dimensions.
+pub(crate) fn check_backward(
+    g: &PoolGroup,
+    f: &GroupForward,
+    dys: &[&Tensor],
+) -> Result<ExpertDims> {
+    let dims = group_dims(g)?;
+    let ExpertDims {
+        b, t, d_out: dout, ..
+    } = dims;
     let n = g.pools.len();
     ensure_shape!(
         f.ys.len() == n
@@ -291,7 +307,7 @@ pub fn check_backward(g: &PoolGroup, f: &GroupForward, dys: &[&Tensor]) -> Resul
             dy.shape()
         );
     }
-    Ok(())
+    Ok(dims)
 }
 
 /// Runs `f` on the [`PoolGroup`] of these values: `params[p]` holds pool p's A pool, B pool,
