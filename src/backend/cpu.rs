@@ -25,6 +25,50 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+/// One attention head's matrix for [`head_product`]: its elements from the head's first, its
+/// row stride (`H·Dh` in a `[B, T, H·Dh]` tensor, `T` in a score block), and whether it enters
+/// transposed.
+#[derive(Clone, Copy)]
+struct HeadMatrix<'a> {
+    data: &'a [f32],
+    ld: usize,
+    trans: bool,
+}
+
+/// The head matrix of `x` starting at element `start` with row stride `ld`.
+fn head(x: &[f32], start: usize, ld: usize) -> HeadMatrix<'_> {
+    HeadMatrix {
+        data: &x[start..],
+        ld,
+        trans: false,
+    }
+}
+
+impl HeadMatrix<'_> {
+    /// The matrix transposed.
+    fn t(self) -> Self {
+        HeadMatrix {
+            trans: true,
+            ..self
+        }
+    }
+}
+
+/// `c = α · op(a) · op(b)` for one (sample, head) of attention, `op(a) [m, k]`, `op(b) [k, n]`,
+/// `c` of row stride `ldc`, on one thread (the heads run in parallel).
+fn head_product(
+    c: *mut f32,
+    ldc: usize,
+    mnk: (usize, usize, usize),
+    a: HeadMatrix,
+    b: HeadMatrix,
+    alpha: f32,
+) {
+    sgemm(
+        mnk, a.data, a.ld, a.trans, b.data, b.ld, b.trans, c, ldc, alpha, 0.0, 1,
+    );
+}
+
 impl SharedMut {
     /// The pointer `off` elements in. A method (not a field access) so that closures capture
     /// the whole `Send` wrapper rather than the bare pointer.
@@ -530,20 +574,8 @@ impl Backend for CpuBackend {
             let bh = off / (t * t);
             let (b, h) = (bh / heads, bh % heads);
             let base = b * t * dm + h * dh;
-            sgemm(
-                (t, t, dh),
-                &qv[base..],
-                dm,
-                false,
-                &kv[base..],
-                dm,
-                true,
-                p.as_mut_ptr(),
-                t,
-                scale,
-                0.0,
-                1,
-            );
+            let (q, k) = (head(qv, base, dm), head(kv, base, dm).t());
+            head_product(p.as_mut_ptr(), t, (t, t, dh), q, k, scale);
             let m = &mv[b * t..(b + 1) * t];
             for row in p.chunks_mut(t) {
                 row.iter_mut().zip(m).for_each(|(s, &mk)| {
@@ -554,20 +586,8 @@ impl Backend for CpuBackend {
                 cpu_simd::softmax(row);
             }
             // Each (b, h) writes its own columns h·dh.. of batch b's rows.
-            sgemm(
-                (t, dh, t),
-                p,
-                t,
-                false,
-                &vv[base..],
-                dm,
-                false,
-                optr.at(base),
-                dm,
-                1.0,
-                0.0,
-                1,
-            );
+            let v = head(vv, base, dm);
+            head_product(optr.at(base), dm, (t, dh, t), head(p, 0, t), v, 1.0);
         });
         Ok((out(o, q.shape())?, out(probs, &[bsz, heads, t, t])?))
     }
@@ -599,36 +619,12 @@ impl Backend for CpuBackend {
             let base = b * t * dm + h * dh;
             let p = &pv[bh * t * t..(bh + 1) * t * t];
             // dV = Pᵀ · dO
-            sgemm(
-                (t, dh, t),
-                p,
-                t,
-                true,
-                &gv[base..],
-                dm,
-                false,
-                dvp.at(base),
-                dm,
-                1.0,
-                0.0,
-                1,
-            );
+            let d_o = head(gv, base, dm);
+            head_product(dvp.at(base), dm, (t, dh, t), head(p, 0, t).t(), d_o, 1.0);
             // dP = dO · Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P))
             let mut ds = vec![0f32; t * t];
-            sgemm(
-                (t, t, dh),
-                &gv[base..],
-                dm,
-                false,
-                &vv[base..],
-                dm,
-                true,
-                ds.as_mut_ptr(),
-                t,
-                1.0,
-                0.0,
-                1,
-            );
+            let v = head(vv, base, dm).t();
+            head_product(ds.as_mut_ptr(), t, (t, t, dh), d_o, v, 1.0);
             for (dr, pr) in ds.chunks_mut(t).zip(p.chunks(t)) {
                 let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
                 dr.iter_mut()
@@ -636,34 +632,9 @@ impl Backend for CpuBackend {
                     .for_each(|(x, &pi)| *x = pi * (*x - dot));
             }
             // dQ = dS · K · scale, dK = dSᵀ · Q · scale
-            sgemm(
-                (t, dh, t),
-                &ds,
-                t,
-                false,
-                &kv[base..],
-                dm,
-                false,
-                dqp.at(base),
-                dm,
-                scale,
-                0.0,
-                1,
-            );
-            sgemm(
-                (t, dh, t),
-                &ds,
-                t,
-                true,
-                &qv[base..],
-                dm,
-                false,
-                dkp.at(base),
-                dm,
-                scale,
-                0.0,
-                1,
-            );
+            let (d_s, k, q) = (head(&ds, 0, t), head(kv, base, dm), head(qv, base, dm));
+            head_product(dqp.at(base), dm, (t, dh, t), d_s, k, scale);
+            head_product(dkp.at(base), dm, (t, dh, t), d_s.t(), q, scale);
         });
         Ok((
             out(dq, q.shape())?,

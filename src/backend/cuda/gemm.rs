@@ -159,21 +159,49 @@ impl CudaBackend {
         r.map_err(|e| Error::Cuda(format!("cuBLAS GEMM ({m}×{n}×{k}, batch {batch}): {e:?}")))
     }
 
-    /// The per-head GEMMs of attention over `[B, T, H·Dh]` tensors: head `h` of sample `b`
-    /// starts at `b·T·H·Dh + h·Dh` with row stride `H·Dh`, and `[B, H, T, T]` score matrices
-    /// start at `(b·H + h)·T·T`. No single stride walks both indices, so the loop runs over the
-    /// smaller of `B` and `H` and batches the other. `call` is the GEMM of item (0, 0) with
-    /// `batch` ignored; `a_qkv`, `b_qkv`, `c_qkv` say which operands are `[B, T, H·Dh]` tensors
-    /// (the others are `[B, H, T, T]`).
-    #[allow(clippy::too_many_arguments)]
+    /// `c = α · op(a) · op(b)` for every (sample, head) of attention, `op(a) [m, k]`,
+    /// `op(b) [k, n]`, `c [m, n]` row-major. In a [`HeadLayout::Tokens`] tensor `[B, T, H·Dh]`
+    /// head `h` of sample `b` starts at `b·T·H·Dh + h·Dh` with row stride `H·Dh`; in a
+    /// [`HeadLayout::Scores`] tensor `[B, H, T, T]` at `(b·H + h)·T·T`. No single stride walks
+    /// both indices, so the loop runs over the smaller of `B` and `H` and batches the other.
     pub(crate) fn gemm_heads(
         &self,
-        call: GemmCall,
         (bsz, t, heads, dh): (usize, usize, usize, usize),
-        a_qkv: bool,
-        b_qkv: bool,
-        c_qkv: bool,
+        (m, n, k): (usize, usize, usize),
+        a: HeadOperand,
+        b: HeadOperand,
+        c: HeadOperand,
+        alpha: f32,
     ) -> Result<()> {
+        let ld = |o: HeadOperand| match o.layout {
+            HeadLayout::Tokens => heads * dh,
+            HeadLayout::Scores => t,
+        };
+        let call = GemmCall {
+            dtype: DType::F32,
+            trans_a: a.trans,
+            trans_b: b.trans,
+            m,
+            n,
+            k,
+            alpha,
+            beta: 0.0,
+            a: a.ptr,
+            lda: ld(a),
+            stride_a: 0,
+            b: b.ptr,
+            ldb: ld(b),
+            stride_b: 0,
+            c: c.ptr,
+            ldc: ld(c),
+            stride_c: 0,
+            batch: 1,
+        };
+        let (a_qkv, b_qkv, c_qkv) = (
+            a.layout == HeadLayout::Tokens,
+            b.layout == HeadLayout::Tokens,
+            c.layout == HeadLayout::Tokens,
+        );
         let dm = heads * dh;
         // (stride between samples, stride between heads) of each operand, in elements.
         let strides = |qkv: bool| {
@@ -214,5 +242,51 @@ impl CudaBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// How an attention operand stores its heads (see [`CudaBackend::gemm_heads`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadLayout {
+    /// `[B, T, H·Dh]`: queries, keys, values and their gradients.
+    Tokens,
+    /// `[B, H, T, T]`: scores and probabilities.
+    Scores,
+}
+
+/// One operand of [`CudaBackend::gemm_heads`]: its address, layout and whether it enters
+/// transposed.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadOperand {
+    ptr: Ptr,
+    layout: HeadLayout,
+    trans: bool,
+}
+
+/// A `[B, T, H·Dh]` operand of [`CudaBackend::gemm_heads`].
+pub(crate) fn tokens(ptr: Ptr) -> HeadOperand {
+    HeadOperand {
+        ptr,
+        layout: HeadLayout::Tokens,
+        trans: false,
+    }
+}
+
+/// A `[B, H, T, T]` operand of [`CudaBackend::gemm_heads`].
+pub(crate) fn scores(ptr: Ptr) -> HeadOperand {
+    HeadOperand {
+        ptr,
+        layout: HeadLayout::Scores,
+        trans: false,
+    }
+}
+
+impl HeadOperand {
+    /// The operand transposed (per head).
+    pub(crate) fn t(self) -> Self {
+        HeadOperand {
+            trans: true,
+            ..self
+        }
     }
 }

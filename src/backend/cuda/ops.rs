@@ -4,7 +4,7 @@
 use cudarc::driver::{CudaStream, LaunchConfig};
 use half::bf16;
 
-use super::gemm::GemmCall;
+use super::gemm::{scores, tokens, GemmCall};
 use super::kernels::{cfg_flat, cfg_rows, Kernels, Ptr};
 use super::{nvtx, CudaBackend};
 use crate::backend::shapes::{
@@ -828,7 +828,6 @@ impl Backend for CudaBackend {
         let _r = nvtx::range("attention");
         const OP: &str = "attention";
         let (bsz, t, dh) = attention_dims(q, k, v, mask, heads)?;
-        let dm = heads * dh;
         let (pq, pk, pv, pmask) = (
             self.ptr(q, F32, OP)?,
             self.ptr(k, F32, OP)?,
@@ -848,32 +847,8 @@ impl Backend for CudaBackend {
         } else {
             let (probs, pp) = self.empty(&pshape, F32)?;
             // S = scale · Q Kᵀ per (b, h)
-            self.gemm_heads(
-                GemmCall {
-                    dtype: F32,
-                    trans_a: false,
-                    trans_b: true,
-                    m: t,
-                    n: t,
-                    k: dh,
-                    alpha: scale,
-                    beta: 0.0,
-                    a: pq,
-                    lda: dm,
-                    stride_a: 0,
-                    b: pk,
-                    ldb: dm,
-                    stride_b: 0,
-                    c: pp,
-                    ldc: t,
-                    stride_c: 0,
-                    batch: 1,
-                },
-                dims,
-                true,
-                true,
-                false,
-            )?;
+            let (q, k, s) = (tokens(pq), tokens(pk).t(), scores(pp));
+            self.gemm_heads(dims, (t, t, dh), q, k, s, scale)?;
             (probs, pp)
         };
         unsafe {
@@ -889,32 +864,8 @@ impl Backend for CudaBackend {
         }
         if dh > 0 {
             // O = P V per (b, h), into the head's columns of [B, T, H·Dh]
-            self.gemm_heads(
-                GemmCall {
-                    dtype: F32,
-                    trans_a: false,
-                    trans_b: false,
-                    m: t,
-                    n: dh,
-                    k: t,
-                    alpha: 1.0,
-                    beta: 0.0,
-                    a: pp,
-                    lda: t,
-                    stride_a: 0,
-                    b: pv,
-                    ldb: dm,
-                    stride_b: 0,
-                    c: po,
-                    ldc: dm,
-                    stride_c: 0,
-                    batch: 1,
-                },
-                dims,
-                false,
-                true,
-                true,
-            )?;
+            let (p, v, o) = (scores(pp), tokens(pv), tokens(po));
+            self.gemm_heads(dims, (t, dh, t), p, v, o, 1.0)?;
         }
         Ok((out, probs))
     }
@@ -930,14 +881,14 @@ impl Backend for CudaBackend {
         let _r = nvtx::range("attention_backward");
         const OP: &str = "attention_backward";
         let (bsz, t, dh) = attention_backward_dims(dout, q, k, v, probs, heads)?;
-        let dm = dh * heads;
-        let (pg, pq, pk, pv, pp) = (
-            self.ptr(dout, F32, OP)?,
-            self.ptr(q, F32, OP)?,
-            self.ptr(k, F32, OP)?,
-            self.ptr(v, F32, OP)?,
-            self.ptr(probs, F32, OP)?,
+        let (d_o, q_h, k_h, v_h) = (
+            tokens(self.ptr(dout, F32, OP)?),
+            tokens(self.ptr(q, F32, OP)?),
+            tokens(self.ptr(k, F32, OP)?),
+            tokens(self.ptr(v, F32, OP)?),
         );
+        let pp = self.ptr(probs, F32, OP)?;
+        let p = scores(pp);
         if bsz * t * dh == 0 {
             return Ok((
                 self.zeros(q.shape(), F32)?,
@@ -952,105 +903,27 @@ impl Backend for CudaBackend {
         let (dk, pdk) = self.empty(q.shape(), F32)?;
         let (dv, pdv) = self.empty(q.shape(), F32)?;
         let ds = self.scratch_f32(rows * t)?;
-        let pds = ds.ptr();
-        let base = GemmCall {
-            dtype: F32,
-            trans_a: false,
-            trans_b: false,
-            m: t,
-            n: dh,
-            k: t,
-            alpha: 1.0,
-            beta: 0.0,
-            a: pp,
-            lda: t,
-            stride_a: 0,
-            b: pg,
-            ldb: dm,
-            stride_b: 0,
-            c: pdv,
-            ldc: dm,
-            stride_c: 0,
-            batch: 1,
-        };
+        let d_s = scores(ds.ptr());
         // dV = Pᵀ · dO
-        self.gemm_heads(
-            GemmCall {
-                trans_a: true,
-                ..base
-            },
-            dims,
-            false,
-            true,
-            true,
-        )?;
+        self.gemm_heads(dims, (t, dh, t), p.t(), d_o, tokens(pdv), 1.0)?;
         // dP = dO · Vᵀ
-        self.gemm_heads(
-            GemmCall {
-                trans_b: true,
-                m: t,
-                n: t,
-                k: dh,
-                a: pg,
-                lda: dm,
-                b: pv,
-                ldb: dm,
-                c: pds,
-                ldc: t,
-                ..base
-            },
-            dims,
-            true,
-            true,
-            false,
-        )?;
+        self.gemm_heads(dims, (t, t, dh), d_o, v_h.t(), d_s, 1.0)?;
         // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place
         unsafe {
             self.k.softmax_backward_f32(
                 &self.stream,
                 cfg_rows(rows),
-                pds,
+                ds.ptr(),
                 pp,
                 int(rows, OP)?,
                 int(t, OP)?,
-                pds,
+                ds.ptr(),
             )?;
         }
         // dQ = scale · dS · K
-        self.gemm_heads(
-            GemmCall {
-                alpha: scale,
-                a: pds,
-                lda: t,
-                b: pk,
-                ldb: dm,
-                c: pdq,
-                ldc: dm,
-                ..base
-            },
-            dims,
-            false,
-            true,
-            true,
-        )?;
+        self.gemm_heads(dims, (t, dh, t), d_s, k_h, tokens(pdq), scale)?;
         // dK = scale · dSᵀ · Q
-        self.gemm_heads(
-            GemmCall {
-                trans_a: true,
-                alpha: scale,
-                a: pds,
-                lda: t,
-                b: pq,
-                ldb: dm,
-                c: pdk,
-                ldc: dm,
-                ..base
-            },
-            dims,
-            false,
-            true,
-            true,
-        )?;
+        self.gemm_heads(dims, (t, dh, t), d_s.t(), q_h, tokens(pdk), scale)?;
         drop(ds);
         Ok((dq, dk, dv))
     }
