@@ -152,6 +152,104 @@ pub fn select_patches(cell_mask: &[bool], l: usize) -> Result<Vec<(usize, bool)>
     Ok(out)
 }
 
+/// A batch's images cut into `p × p` patches: `[B, C, H, W]` pixels on a `gh × gw` grid.
+struct PatchGrid {
+    b: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: usize,
+    gh: usize,
+    gw: usize,
+}
+
+impl PatchGrid {
+    /// The grid of `inputs`, with its pixel values and mask checked against `cfg`.
+    fn of(cfg: &ViltConfig, inputs: &ViltInputs) -> Result<PatchGrid> {
+        let shape = inputs.pixel_values.shape();
+        ensure_shape!(
+            shape.len() == 4 && shape[1] == cfg.num_channels,
+            "vilt image",
+            "pixel_values must be [B, {}, H, W], got {:?}",
+            cfg.num_channels,
+            shape
+        );
+        let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+        ensure_shape!(
+            inputs.pixel_mask.shape() == [b, h, w],
+            "vilt image",
+            "pixel_mask {:?} does not fit pixel_values {:?}",
+            inputs.pixel_mask.shape(),
+            shape
+        );
+        let p = cfg.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        ensure_shape!(
+            gh > 0 && gw > 0,
+            "vilt image",
+            "images of {h}×{w} are smaller than one {p}×{p} patch"
+        );
+        Ok(PatchGrid {
+            b,
+            c,
+            h,
+            w,
+            p,
+            gh,
+            gw,
+        })
+    }
+
+    /// Each sample's patch mask `[gh·gw]`, by nearest downsampling of its pixel mask `[H, W]`.
+    fn cells(&self, pixel_mask: &[f32]) -> Vec<Vec<bool>> {
+        let (h, w, gh, gw) = (self.h, self.w, self.gh, self.gw);
+        (0..self.b)
+            .map(|bi| {
+                (0..gh * gw)
+                    .map(|k| {
+                        pixel_mask[bi * h * w + (k / gw * h / gh) * w + (k % gw * w / gw)] != 0.0
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The valid region of a patch mask, `(rows, cols)`: a top-left rectangle.
+    fn extent(&self, cells: &[bool]) -> (usize, usize) {
+        (
+            (0..self.gh).filter(|&i| cells[i * self.gw]).count(),
+            (0..self.gw).filter(|&j| cells[j]).count(),
+        )
+    }
+
+    /// The picked patches `(sample, cell)` of `pixels [B, C, H, W]` as rows `[C·p·p]`, each
+    /// flattened in (channel, row, col) order as the patch projection's weight is.
+    fn gather_patches(&self, pixels: &[f32], picks: &[(usize, usize)], p: usize) -> Vec<f32> {
+        let (c, h, w) = (self.c, self.h, self.w);
+        let pp = c * p * p;
+        let mut patches = vec![0f32; picks.len() * pp];
+        for (out, &(bi, cell)) in patches.chunks_exact_mut(pp).zip(picks) {
+            let (ci, cj) = (cell / self.gw, cell % self.gw);
+            for ch in 0..c {
+                for y in 0..p {
+                    let src = ((bi * c + ch) * h + ci * p + y) * w + cj * p;
+                    out[(ch * p + y) * p..(ch * p + y + 1) * p]
+                        .copy_from_slice(&pixels[src..src + p]);
+                }
+            }
+        }
+        patches
+    }
+}
+
+/// What [`EmbeddingTables::image_rows`] builds: the kept patches `(sample, cell)` sample by
+/// sample, the additive rows `[B, 1 + L, d]` and the token mask `[B, 1 + L]`.
+struct ImageRows {
+    picks: Vec<(usize, usize)>,
+    add: Vec<f32>,
+    mask: Vec<f32>,
+}
+
 /// Frozen embedding tables on the model's device, plus what the host-side steps need.
 pub struct EmbeddingTables {
     pub word: Tensor,
@@ -220,68 +318,65 @@ impl EmbeddingTables {
         be.add(&x, &m0)
     }
 
-    /// Image tokens `[B, 1 + L, d]` and their mask `[B, 1 + L]` (§Forward 2–6).
+    /// Image tokens `[B, 1 + L, d]` and their mask `[B, 1 + L]` (docs/vilt.md#forward,
+    /// steps 2–6): the patch mask, the selected patches, their projection, and the CLS row,
+    /// positions and modality embedding added.
     pub fn image(
         &self,
         be: &dyn Backend,
         cfg: &ViltConfig,
         inputs: &ViltInputs,
     ) -> Result<(Tensor, Vec<f32>)> {
-        let shape = inputs.pixel_values.shape();
-        ensure_shape!(
-            shape.len() == 4 && shape[1] == cfg.num_channels,
-            "vilt image",
-            "pixel_values must be [B, {}, H, W], got {:?}",
-            cfg.num_channels,
-            shape
-        );
-        let (b, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
-        ensure_shape!(
-            inputs.pixel_mask.shape() == [b, h, w],
-            "vilt image",
-            "pixel_mask {:?} does not fit pixel_values {:?}",
-            inputs.pixel_mask.shape(),
-            shape
-        );
-        let (p, d, n) = (cfg.patch_size, cfg.hidden_size, cfg.patch_grid());
-        let (gh, gw) = (h / p, w / p);
-        ensure_shape!(
-            gh > 0 && gw > 0,
-            "vilt image",
-            "images of {h}×{w} are smaller than one {p}×{p} patch"
-        );
-        let pm = mask_f32(&inputs.pixel_mask)?;
-        // Patch mask by nearest downsampling; the valid region is a top-left rectangle.
-        let cells: Vec<Vec<bool>> = (0..b)
-            .map(|bi| {
-                (0..gh * gw)
-                    .map(|k| pm[bi * h * w + (k / gw * h / gh) * w + (k % gw * w / gw)] != 0.0)
-                    .collect()
-            })
-            .collect();
-        let hw: Vec<(usize, usize)> = cells
-            .iter()
-            .map(|m| {
-                (
-                    (0..gh).filter(|&i| m[i * gw]).count(),
-                    (0..gw).filter(|&j| m[j]).count(),
-                )
-            })
-            .collect();
-        let mut l = hw.iter().map(|&(a, b)| a * b).max().unwrap_or(0);
+        let g = PatchGrid::of(cfg, inputs)?;
+        let cells = g.cells(&mask_f32(&inputs.pixel_mask)?);
+        let extents: Vec<(usize, usize)> = cells.iter().map(|m| g.extent(m)).collect();
+        let mut l = extents.iter().map(|&(a, b)| a * b).max().unwrap_or(0);
         if cfg.max_image_length > 0 {
             l = l.min(cfg.max_image_length as usize);
         }
+        let rows = self.image_rows(cfg, &g, &cells, &extents, l)?;
+        let dev = be.device();
+        let patches = match &inputs.pixel_values {
+            Pixels::Values(pv) => {
+                let patches = g.gather_patches(&pv.to_vec_f32()?, &rows.picks, cfg.patch_size);
+                Tensor::from_f32(patches, &[g.b * l, g.c * g.p * g.p])?.to_device(&dev)?
+            }
+            Pixels::Cached { cache, images, .. } => cache.patches(&PatchPlan {
+                samples: images.clone(),
+                rows: rows.picks,
+                patch: g.p,
+                grid_w: g.gw,
+            })?,
+        };
+        let d = cfg.hidden_size;
+        let proj = be.matmul(&patches, &self.patch_w, Gemm::nt())?;
+        let proj = be.bias_add(&proj, &self.patch_b)?.reshape(&[g.b, l, d])?;
+        let add = Tensor::from_f32(rows.add, &[g.b, 1 + l, d])?.to_device(&dev)?;
+        let (cls_add, patch_add) = be.split_seq(&add, 1)?;
+        let tokens = be.concat_seq(&cls_add, &be.add(&proj, &patch_add)?)?;
+        Ok((tokens, rows.mask))
+    }
+
+    /// Per sample, the `l` patches it keeps ([`select_patches`]) and what is added to each image
+    /// token: the CLS row's `cls + pos₀ + modality₁`, a patch's interpolated position
+    /// `+ modality₁`; with the token mask.
+    fn image_rows(
+        &self,
+        cfg: &ViltConfig,
+        g: &PatchGrid,
+        cells: &[Vec<bool>],
+        extents: &[(usize, usize)],
+        l: usize,
+    ) -> Result<ImageRows> {
+        let (d, n) = (cfg.hidden_size, cfg.patch_grid());
         let grid = &self.image_pos[d..];
-        let pp = c * p * p;
-        // Per patch row (sample, cell), the rows sample by sample.
-        let mut picks = Vec::with_capacity(b * l);
-        let mut add = vec![0f32; b * (1 + l) * d];
-        let mut mask = vec![0f32; b * (1 + l)];
+        let mut picks = Vec::with_capacity(g.b * l);
+        let mut add = vec![0f32; g.b * (1 + l) * d];
+        let mut mask = vec![0f32; g.b * (1 + l)];
         let (mod1, pos0) = (&self.modality[d..2 * d], &self.image_pos[..d]);
-        for bi in 0..b {
-            let (hb, wb) = hw[bi];
-            let pos = image_positions_padded(grid, n, n, d, hb, wb, gh, gw)?;
+        for bi in 0..g.b {
+            let (hb, wb) = extents[bi];
+            let pos = image_positions_padded(grid, n, n, d, hb, wb, g.gh, g.gw)?;
             let sel = select_patches(&cells[bi], l)?;
             let row = &mut add[bi * (1 + l) * d..(bi + 1) * (1 + l) * d];
             for k in 0..d {
@@ -297,37 +392,7 @@ impl EmbeddingTables {
                 picks.push((bi, cell));
             }
         }
-        let dev = be.device();
-        let patches = match &inputs.pixel_values {
-            Pixels::Values(pv) => {
-                // The patch flattened in (channel, row, col) order, as the conv weight is.
-                let pix = pv.to_vec_f32()?;
-                let mut patches = vec![0f32; b * l * pp];
-                for (out, &(bi, cell)) in patches.chunks_exact_mut(pp).zip(&picks) {
-                    let (ci, cj) = (cell / gw, cell % gw);
-                    for ch in 0..c {
-                        for y in 0..p {
-                            let src = ((bi * c + ch) * h + ci * p + y) * w + cj * p;
-                            out[(ch * p + y) * p..(ch * p + y + 1) * p]
-                                .copy_from_slice(&pix[src..src + p]);
-                        }
-                    }
-                }
-                Tensor::from_f32(patches, &[b * l, pp])?.to_device(&dev)?
-            }
-            Pixels::Cached { cache, images, .. } => cache.patches(&PatchPlan {
-                samples: images.clone(),
-                rows: picks,
-                patch: p,
-                grid_w: gw,
-            })?,
-        };
-        let proj = be.matmul(&patches, &self.patch_w, Gemm::nt())?;
-        let proj = be.bias_add(&proj, &self.patch_b)?.reshape(&[b, l, d])?;
-        let add = Tensor::from_f32(add, &[b, 1 + l, d])?.to_device(&dev)?;
-        let (cls_add, patch_add) = be.split_seq(&add, 1)?;
-        let tokens = be.concat_seq(&cls_add, &be.add(&proj, &patch_add)?)?;
-        Ok((tokens, mask))
+        Ok(ImageRows { picks, add, mask })
     }
 
     /// The joint sequence and its masks.

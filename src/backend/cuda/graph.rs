@@ -286,31 +286,8 @@ impl CudaBackend {
             graphs.epoch = epoch;
         }
         graphs.stats.steps += 1;
-        let i = match graphs.entries.iter().position(|e| e.ops == trace.ops) {
-            Some(i) => i,
-            None => {
-                let staging =
-                    |g: &StepGraphs| -> usize { g.entries.iter().map(|e| 2 * e.payload_len).sum() };
-                while !graphs.entries.is_empty()
-                    && (graphs.entries.len() >= MAX_KINDS
-                        || staging(graphs) + 2 * trace.payload.len() > MAX_STAGING_BYTES)
-                {
-                    let stale = graphs.entries.iter().map(|e| e.last_used).min();
-                    self.drop_entries(graphs, |e| Some(e.last_used) == stale)?;
-                    graphs.stats.evicted += 1;
-                }
-                // First sight: kernel by kernel, and remembered for a capture next time.
-                self.issue_all(&trace)?;
-                graphs.entries.push(Entry {
-                    ops: trace.ops,
-                    payload_len: trace.payload.len(),
-                    instances: [None, None],
-                    next: 0,
-                    last_used: graphs.stats.steps,
-                });
-                graphs.stats.kinds += 1;
-                return Ok(());
-            }
+        let Some(i) = graphs.entries.iter().position(|e| e.ops == trace.ops) else {
+            return self.first_sight(graphs, trace);
         };
         let uses = graphs.stats.steps;
         let entry = &mut graphs.entries[i];
@@ -333,8 +310,46 @@ impl CudaBackend {
         let entry = &mut graphs.entries[i];
         entry.next = 1 - slot;
         let inst = entry.instances[slot].as_mut().expect("just instantiated");
+        self.launch_instance(inst, &trace)?;
+        graphs.stats.replayed += 1;
+        if let Err(e) = inst.done.record(&self.stream) {
+            self.sync_stream()?;
+            return Err(cuda_err("recording an event")(e));
+        }
+        Ok(())
+    }
+
+    /// A trace not seen before: evicts the least recently used graphs while the kinds or their
+    /// staging would exceed the limits, then issues it kernel by kernel and remembers it for a
+    /// capture next time.
+    fn first_sight(&self, graphs: &mut StepGraphs, trace: Trace) -> Result<()> {
+        let staging =
+            |g: &StepGraphs| -> usize { g.entries.iter().map(|e| 2 * e.payload_len).sum() };
+        while !graphs.entries.is_empty()
+            && (graphs.entries.len() >= MAX_KINDS
+                || staging(graphs) + 2 * trace.payload.len() > MAX_STAGING_BYTES)
+        {
+            let stale = graphs.entries.iter().map(|e| e.last_used).min();
+            self.drop_entries(graphs, |e| Some(e.last_used) == stale)?;
+            graphs.stats.evicted += 1;
+        }
+        self.issue_all(&trace)?;
+        graphs.entries.push(Entry {
+            ops: trace.ops,
+            payload_len: trace.payload.len(),
+            instances: [None, None],
+            next: 0,
+            last_used: graphs.stats.steps,
+        });
+        graphs.stats.kinds += 1;
+        Ok(())
+    }
+
+    /// Launches one instance of a captured graph with this trace's uploads: waits for the
+    /// instance's launch before last (it may still read the staging buffer), copies the payload
+    /// into the staging buffer, and launches.
+    fn launch_instance(&self, inst: &mut Instance, trace: &Trace) -> Result<()> {
         if inst.launched {
-            // The launch before last of this instance may still read its staging buffer.
             self.counters.add(Count::EventWait);
             inst.done
                 .synchronize()
@@ -359,11 +374,6 @@ impl CudaBackend {
         // From here the staging buffer may be in use: a failed record must not let the next
         // use skip its wait.
         inst.launched = true;
-        graphs.stats.replayed += 1;
-        if let Err(e) = inst.done.record(&self.stream) {
-            self.sync_stream()?;
-            return Err(cuda_err("recording an event")(e));
-        }
         Ok(())
     }
 

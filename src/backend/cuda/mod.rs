@@ -29,7 +29,7 @@ mod readback;
 use std::sync::{Arc, Mutex, Weak};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, DeviceRepr};
 
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Storage, Tensor};
@@ -144,6 +144,84 @@ fn kernel_error(code: i32) -> Error {
     ))
 }
 
+/// What a CUDA backend needs before it touches a device, each with its own message: kernels
+/// compiled into this binary, the driver library, device `ordinal`, and cuBLAS. Returns the
+/// kernels' PTX.
+fn check_runtime(ordinal: usize) -> Result<&'static str> {
+    let Some(ptx) = PTX else {
+        return Err(Error::Cuda(
+            "this delo binary was built without nvcc, so it has no CUDA kernels; rebuild \
+             with nvcc on PATH (or NVCC=/path/to/nvcc) and REQUIRE_NVCC=1"
+                .into(),
+        ));
+    };
+    // SAFETY: only tries to dlopen the driver library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::Cuda(
+            "no CUDA driver: libcuda.so was not found (no NVIDIA driver on this machine, \
+             or its library is outside the loader path)"
+                .into(),
+        ));
+    }
+    let count = CudaContext::device_count().map_err(cuda_err("initialising the driver"))?;
+    if count <= 0 {
+        return Err(Error::Cuda("the CUDA driver reports no device".into()));
+    }
+    if ordinal >= count as usize {
+        return Err(Error::Cuda(format!(
+            "cuda:{ordinal} asked for, but there are only {count} device(s)"
+        )));
+    }
+    // SAFETY: only tries to dlopen libcublas (which needs libcublasLt beside it).
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(Error::Cuda(
+            "cuBLAS was not found: libcublas.so.13 (with libcublasLt.so.13) must be on the \
+             loader path; add its directory to LD_LIBRARY_PATH (scripts/gpu-check.sh \
+             searches the usual places)"
+                .into(),
+        ));
+    }
+    Ok(ptx)
+}
+
+/// The kernels' PTX loaded into `ctx`.
+fn load_ptx(ctx: &Arc<CudaContext>, ptx: &str) -> Result<Arc<CudaModule>> {
+    ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "loading the kernels' PTX failed: {e} (a driver older than the CUDA 13 \
+                 toolkit that compiled them, or CUDA_ARCH above this GPU)"
+            ))
+        })
+}
+
+/// A cuBLAS handle on `stream` with a workspace of our own (32 MiB, cuBLAS's recommendation
+/// for Hopper): without one, cuBLAS allocates its own, inside a graph capture as graph memory,
+/// so captured and plain calls would not share it. The block must live as long as the handle.
+fn blas_with_workspace(
+    stream: &Arc<CudaStream>,
+    cache: &Arc<BlockCache>,
+) -> Result<(CudaBlas, DeviceBuf)> {
+    let blas = CudaBlas::new(stream.clone())
+        .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
+    // A workspace of our own (32 MiB, cuBLAS's recommendation for Hopper): without one,
+    // cuBLAS allocates its own, inside a graph capture as graph memory, so captured and
+    // plain calls would not share it.
+    let blas_workspace = cache.alloc(BLAS_WORKSPACE_BYTES)?;
+    // SAFETY: a live handle on this stream and a block of the size given, kept as long as
+    // the handle (field order).
+    unsafe {
+        cudarc::cublas::sys::cublasSetWorkspace_v2(
+            *blas.handle(),
+            blas_workspace.ptr() as *mut std::ffi::c_void,
+            BLAS_WORKSPACE_BYTES,
+        )
+    }
+    .result()
+    .map_err(|e| Error::Cuda(format!("setting cuBLAS's workspace: {e:?}")))?;
+    Ok((blas, blas_workspace))
+}
+
 impl CudaBackend {
     /// The backend of device `ordinal`, shared by every caller while one is alive, so that
     /// tensors made through any `Device::parse("cuda")` work together (one stream orders them).
@@ -163,53 +241,14 @@ impl CudaBackend {
     /// A backend of its own on device `ordinal`: its own stream, cuBLAS handle and error word.
     /// Its tensors cannot be mixed with those of any other backend instance.
     pub fn new_private(ordinal: usize) -> Result<Arc<CudaBackend>> {
-        let Some(ptx) = PTX else {
-            return Err(Error::Cuda(
-                "this delo binary was built without nvcc, so it has no CUDA kernels; rebuild \
-                 with nvcc on PATH (or NVCC=/path/to/nvcc) and REQUIRE_NVCC=1"
-                    .into(),
-            ));
-        };
-        // SAFETY: only tries to dlopen the driver library.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(Error::Cuda(
-                "no CUDA driver: libcuda.so was not found (no NVIDIA driver on this machine, \
-                 or its library is outside the loader path)"
-                    .into(),
-            ));
-        }
-        let count = CudaContext::device_count().map_err(cuda_err("initialising the driver"))?;
-        if count <= 0 {
-            return Err(Error::Cuda("the CUDA driver reports no device".into()));
-        }
-        if ordinal >= count as usize {
-            return Err(Error::Cuda(format!(
-                "cuda:{ordinal} asked for, but there are only {count} device(s)"
-            )));
-        }
-        // SAFETY: only tries to dlopen libcublas (which needs libcublasLt beside it).
-        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-            return Err(Error::Cuda(
-                "cuBLAS was not found: libcublas.so.13 (with libcublasLt.so.13) must be on the \
-                 loader path; add its directory to LD_LIBRARY_PATH (scripts/gpu-check.sh \
-                 searches the usual places)"
-                    .into(),
-            ));
-        }
+        let ptx = check_runtime(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("creating the context"))?;
         // SAFETY: this backend uses one stream only, so stream order is all the
         // synchronisation there is to do; buffers allocated from now on carry no events.
         unsafe { ctx.disable_event_tracking() };
         keep_pool_memory(&ctx);
         let stream = ctx.new_stream().map_err(cuda_err("creating the stream"))?;
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|e| {
-                Error::Cuda(format!(
-                    "loading the kernels' PTX failed: {e} (a driver older than the CUDA 13 \
-                     toolkit that compiled them, or CUDA_ARCH above this GPU)"
-                ))
-            })?;
+        let module = load_ptx(&ctx, ptx)?;
         let counters = Arc::new(Counters::default());
         let recorder = Arc::new(graph::Recorder::default());
         let k = Kernels::load(&module, counters.clone(), recorder.clone())?;
@@ -219,23 +258,7 @@ impl CudaBackend {
             recorder.clone(),
             ctx.has_async_alloc(),
         );
-        let blas = CudaBlas::new(stream.clone())
-            .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
-        // A workspace of our own (32 MiB, cuBLAS's recommendation for Hopper): without one,
-        // cuBLAS allocates its own, inside a graph capture as graph memory, so captured and
-        // plain calls would not share it.
-        let blas_workspace = cache.alloc(BLAS_WORKSPACE_BYTES)?;
-        // SAFETY: a live handle on this stream and a block of the size given, kept as long as
-        // the handle (field order).
-        unsafe {
-            cudarc::cublas::sys::cublasSetWorkspace_v2(
-                *blas.handle(),
-                blas_workspace.ptr() as *mut std::ffi::c_void,
-                BLAS_WORKSPACE_BYTES,
-            )
-        }
-        .result()
-        .map_err(|e| Error::Cuda(format!("setting cuBLAS's workspace: {e:?}")))?;
+        let (blas, blas_workspace) = blas_with_workspace(&stream, &cache)?;
         let err = cache.alloc(4)?;
         // SAFETY: the error word is a fresh 4-byte block of this stream.
         unsafe { cudarc::driver::result::memset_d8_async(err.ptr(), 0, 4, stream.cu_stream()) }
