@@ -96,6 +96,33 @@ fn rate(loader: &Loader<ViltPrep>, reps: u64) -> f64 {
     best
 }
 
+/// Task 0's training split of `bench`, batches of 16, shuffled, on `threads` workers, with or
+/// without the decoded-image cache.
+fn loader_for(
+    bench: &Benchmark,
+    prep: Arc<ViltPrep>,
+    threads: usize,
+    cache_images: bool,
+) -> Loader<ViltPrep> {
+    Loader::from_benchmark(
+        bench,
+        0,
+        Split::Train,
+        &MissingSpec::NONE,
+        0,
+        prep,
+        LoaderConfig {
+            batch_size: 16,
+            shuffle: true,
+            threads,
+            prefetch: 2,
+            cache_images,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 fn main() {
     let synth_dir = temp("synth");
     let cfg = SynthConfig {
@@ -146,22 +173,7 @@ fn main() {
     for (name, json, size) in cases {
         let bench = Benchmark::load(&json).unwrap();
         for threads in [0usize, 1, 2] {
-            let loader = Loader::from_benchmark(
-                &bench,
-                0,
-                Split::Train,
-                &MissingSpec::NONE,
-                0,
-                prep(size),
-                LoaderConfig {
-                    batch_size: 16,
-                    shuffle: true,
-                    threads,
-                    prefetch: 2,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let loader = loader_for(&bench, prep(size), threads, false);
             let r = rate(&loader, 2);
             println!(
                 "{name:<28} {threads:>7} {:>6} {r:>12.0} {:>14.0}",
@@ -170,22 +182,7 @@ fn main() {
             );
         }
         // The cache: the first epoch fills it, the timed ones are served from memory.
-        let loader = Loader::from_benchmark(
-            &bench,
-            0,
-            Split::Train,
-            &MissingSpec::NONE,
-            0,
-            prep(size),
-            LoaderConfig {
-                batch_size: 16,
-                shuffle: true,
-                threads: 2,
-                cache_images: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let loader = loader_for(&bench, prep(size), 2, true);
         rate(&loader, 1);
         let r = rate(&loader, 2);
         println!(
