@@ -133,6 +133,19 @@ impl TilePartials {
     }
 }
 
+/// Device addresses of a routing's tensors, in [`Routing`]'s order.
+#[derive(Clone, Copy)]
+pub(super) struct RoutingPtrs {
+    pub(super) sel_a: Ptr,
+    pub(super) sel_b: Ptr,
+    pub(super) p_a: Ptr,
+    pub(super) p_b: Ptr,
+    pub(super) compat: Ptr,
+    pub(super) abar: Ptr,
+    pub(super) pa_sel: Ptr,
+    pub(super) pb_sel: Ptr,
+}
+
 /// Device addresses of the operands of one expert composition.
 struct Operands {
     x: Ptr,
@@ -367,14 +380,7 @@ impl CudaBackend {
             self.ptr(a_pool, F32, OP)?,
             self.ptr(wc, F32, OP)?,
         );
-        let (sel_a, psa) = self.empty(&[bsz, r], I32)?;
-        let (sel_b, psb) = self.empty(&[bsz, r], I32)?;
-        let (p_a, ppa) = self.empty(&[bsz, e], F32)?;
-        let (p_b, ppb) = self.empty(&[bsz, e], F32)?;
-        let (compat, pc) = self.empty(&[bsz, r, e], F32)?;
-        let (abar, pab) = self.empty(&[bsz, r, d], F32)?;
-        let (pa_sel, ppas) = self.empty(&[bsz, r], F32)?;
-        let (pb_sel, ppbs) = self.empty(&[bsz, r], F32)?;
+        let (routing, o) = self.routing_outputs(bsz, e, r, d)?;
         if bsz > 0 && e > 0 {
             let cfg = self.route_launch(bsz, 1, e, r, 4 * e, OP)?;
             unsafe {
@@ -390,18 +396,49 @@ impl CudaBackend {
                     int(d, OP)?,
                     int(r, OP)?,
                     lambda,
-                    psa,
-                    psb,
-                    ppa,
-                    ppb,
-                    pc,
-                    pab,
-                    ppas,
-                    ppbs,
+                    o.sel_a,
+                    o.sel_b,
+                    o.p_a,
+                    o.p_b,
+                    o.compat,
+                    o.abar,
+                    o.pa_sel,
+                    o.pb_sel,
                 )?;
             }
         }
-        Ok(Routing {
+        Ok(routing)
+    }
+
+    /// The outputs of a routing over `rows` rows, uninitialised, with their addresses: `S_A`,
+    /// `S_B [rows, r]` i32, `P_A`, `P_B [rows, E]`, the compatibility softmaxes `[rows, r, E]`,
+    /// `ā [rows, r, d]` and the selected scores `[rows, r]`.
+    pub(super) fn routing_outputs(
+        &self,
+        rows: usize,
+        e: usize,
+        r: usize,
+        d: usize,
+    ) -> Result<(Routing, RoutingPtrs)> {
+        let (sel_a, psa) = self.empty(&[rows, r], I32)?;
+        let (sel_b, psb) = self.empty(&[rows, r], I32)?;
+        let (p_a, ppa) = self.empty(&[rows, e], F32)?;
+        let (p_b, ppb) = self.empty(&[rows, e], F32)?;
+        let (compat, pc) = self.empty(&[rows, r, e], F32)?;
+        let (abar, pab) = self.empty(&[rows, r, d], F32)?;
+        let (pa_sel, ppas) = self.empty(&[rows, r], F32)?;
+        let (pb_sel, ppbs) = self.empty(&[rows, r], F32)?;
+        let ptrs = RoutingPtrs {
+            sel_a: psa,
+            sel_b: psb,
+            p_a: ppa,
+            p_b: ppb,
+            compat: pc,
+            abar: pab,
+            pa_sel: ppas,
+            pb_sel: ppbs,
+        };
+        let routing = Routing {
             sel_a,
             sel_b,
             p_a,
@@ -410,7 +447,8 @@ impl CudaBackend {
             abar,
             pa_sel,
             pb_sel,
-        })
+        };
+        Ok((routing, ptrs))
     }
 
     /// [`crate::backend::ExpertOps::route_backward`] on the device: a warp per sample for the

@@ -7,7 +7,9 @@
 
 use cudarc::driver::LaunchConfig;
 
-use super::experts::{aligned16, km_of, launch_dims, stage_cols, TilePartials, EXP_THREADS};
+use super::experts::{
+    aligned16, km_of, launch_dims, stage_cols, RoutingPtrs, TilePartials, EXP_THREADS,
+};
 use super::kernels::{cfg_flat, cfg_rows, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend, Scratch};
@@ -35,19 +37,6 @@ pub const GROUP_MAX_K: usize = 8;
 fn views(t: &Tensor, pools: usize, shape: &[usize]) -> Result<Vec<Tensor>> {
     let n = crate::tensor::numel(shape);
     (0..pools).map(|p| t.view(p * n, shape)).collect()
-}
-
-/// Device addresses of a routing's tensors, in [`Routing`]'s order.
-#[derive(Clone, Copy)]
-struct RoutingPtrs {
-    sel_a: Ptr,
-    sel_b: Ptr,
-    p_a: Ptr,
-    p_b: Ptr,
-    compat: Ptr,
-    abar: Ptr,
-    pa_sel: Ptr,
-    pb_sel: Ptr,
 }
 
 /// A grouped forward's outputs as the backward reads them: each stacked over the P·B
@@ -164,14 +153,7 @@ impl CudaBackend {
             }
         }
         let table = self.upload_table(&words)?;
-        let (sel_a, psa) = self.empty(&[rows, r], I32)?;
-        let (sel_b, psb) = self.empty(&[rows, r], I32)?;
-        let (p_a, ppa) = self.empty(&[rows, e], F32)?;
-        let (p_b, ppb) = self.empty(&[rows, e], F32)?;
-        let (compat, pc) = self.empty(&[rows, r, e], F32)?;
-        let (abar, pab) = self.empty(&[rows, r, din], F32)?;
-        let (pa_sel, ppas) = self.empty(&[rows, r], F32)?;
-        let (pb_sel, ppbs) = self.empty(&[rows, r], F32)?;
+        let (routing, o) = self.routing_outputs(rows, e, r, din)?;
         let cfg = self.route_launch(bsz, np, e, r, 6 * e, FWD)?;
         unsafe {
             self.k.route_group_f32(
@@ -183,37 +165,17 @@ impl CudaBackend {
                 int(din, FWD)?,
                 int(r, FWD)?,
                 g.lambda,
-                psa,
-                psb,
-                ppa,
-                ppb,
-                pc,
-                pab,
-                ppas,
-                ppbs,
+                o.sel_a,
+                o.sel_b,
+                o.p_a,
+                o.p_b,
+                o.compat,
+                o.abar,
+                o.pa_sel,
+                o.pb_sel,
             )?;
         }
-        let routing = Routing {
-            sel_a,
-            sel_b,
-            p_a,
-            p_b,
-            compat,
-            abar,
-            pa_sel,
-            pb_sel,
-        };
-        let ptrs = RoutingPtrs {
-            sel_a: psa,
-            sel_b: psb,
-            p_a: ppa,
-            p_b: ppb,
-            compat: pc,
-            abar: pab,
-            pa_sel: ppas,
-            pb_sel: ppbs,
-        };
-        Ok((routing, ptrs))
+        Ok((routing, o))
     }
 
     /// The gated factor composition of eq. (2)/(4) for every pool in one launch: the updates
