@@ -224,8 +224,8 @@ impl PatchGrid {
 
     /// The picked patches `(sample, cell)` of `pixels [B, C, H, W]` as rows `[C·p·p]`, each
     /// flattened in (channel, row, col) order as the patch projection's weight is.
-    fn gather_patches(&self, pixels: &[f32], picks: &[(usize, usize)], p: usize) -> Vec<f32> {
-        let (c, h, w) = (self.c, self.h, self.w);
+    fn gather_patches(&self, pixels: &[f32], picks: &[(usize, usize)]) -> Vec<f32> {
+        let (c, h, w, p) = (self.c, self.h, self.w, self.p);
         let pp = c * p * p;
         let mut patches = vec![0f32; picks.len() * pp];
         for (out, &(bi, cell)) in patches.chunks_exact_mut(pp).zip(picks) {
@@ -338,7 +338,7 @@ impl EmbeddingTables {
         let dev = be.device();
         let patches = match &inputs.pixel_values {
             Pixels::Values(pv) => {
-                let patches = g.gather_patches(&pv.to_vec_f32()?, &rows.picks, cfg.patch_size);
+                let patches = g.gather_patches(&pv.to_vec_f32()?, &rows.picks);
                 Tensor::from_f32(patches, &[g.b * l, g.c * g.p * g.p])?.to_device(&dev)?
             }
             Pixels::Cached { cache, images, .. } => cache.patches(&PatchPlan {

@@ -197,29 +197,20 @@ impl CudaBackend {
             stride_c: 0,
             batch: 1,
         };
-        let (a_qkv, b_qkv, c_qkv) = (
-            a.layout == HeadLayout::Tokens,
-            b.layout == HeadLayout::Tokens,
-            c.layout == HeadLayout::Tokens,
-        );
-        let dm = heads * dh;
         // (stride between samples, stride between heads) of each operand, in elements.
-        let strides = |qkv: bool| {
-            if qkv {
-                (t * dm, dh)
-            } else {
-                (heads * t * t, t * t)
-            }
+        let strides = |o: HeadOperand| match o.layout {
+            HeadLayout::Tokens => (t * heads * dh, dh),
+            HeadLayout::Scores => (heads * t * t, t * t),
         };
-        let (sa, sb, sc) = (strides(a_qkv), strides(b_qkv), strides(c_qkv));
+        let (sa, sb, sc) = (strides(a), strides(b), strides(c));
         let bytes = 4u64; // every attention operand is f32
         let shift = |p: Ptr, elems: usize| Ptr(p.0 + elems as u64 * bytes);
         if bsz <= heads {
-            for b in 0..bsz {
+            for sample in 0..bsz {
                 self.gemm(&GemmCall {
-                    a: shift(call.a, b * sa.0),
-                    b: shift(call.b, b * sb.0),
-                    c: shift(call.c, b * sc.0),
+                    a: shift(call.a, sample * sa.0),
+                    b: shift(call.b, sample * sb.0),
+                    c: shift(call.c, sample * sc.0),
                     stride_a: sa.1,
                     stride_b: sb.1,
                     stride_c: sc.1,
@@ -246,7 +237,7 @@ impl CudaBackend {
 }
 
 /// How an attention operand stores its heads (see [`CudaBackend::gemm_heads`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(crate) enum HeadLayout {
     /// `[B, T, H·Dh]`: queries, keys, values and their gradients.
     Tokens,

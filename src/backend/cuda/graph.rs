@@ -371,8 +371,8 @@ impl CudaBackend {
         // SAFETY: a live graph of this context, launched on the backend's stream.
         unsafe { result::graph::launch(inst.exec, self.stream.cu_stream()) }
             .map_err(cuda_err("launching a step's graph"))?;
-        // From here the staging buffer may be in use: a failed record must not let the next
-        // use skip its wait.
+        // From here the staging buffer may be in use: even if recording the launch's event
+        // fails (in `replay`), the next use of this instance must wait.
         inst.launched = true;
         Ok(())
     }

@@ -204,9 +204,6 @@ fn blas_with_workspace(
 ) -> Result<(CudaBlas, DeviceBuf)> {
     let blas = CudaBlas::new(stream.clone())
         .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e:?}")))?;
-    // A workspace of our own (32 MiB, cuBLAS's recommendation for Hopper): without one,
-    // cuBLAS allocates its own, inside a graph capture as graph memory, so captured and
-    // plain calls would not share it.
     let blas_workspace = cache.alloc(BLAS_WORKSPACE_BYTES)?;
     // SAFETY: a live handle on this stream and a block of the size given, kept as long as
     // the handle (field order).

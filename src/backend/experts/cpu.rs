@@ -234,7 +234,8 @@ struct Selected {
 }
 
 impl Selected {
-    /// Gathers sample `b`'s factors from the pools `av [E, ρ, d_in]` and `bv [E, d_out, ρ]`.
+    /// Gathers one sample's factors, selected by its slots `sa`, `sb` `[r]`, from the pools
+    /// `av [E, ρ, d_in]` and `bv [E, d_out, ρ]`.
     fn gather(av: &[f32], bv: &[f32], (sa, sb): (&[usize], &[usize]), d: &ExpertDims) -> Self {
         let (din, dout, rho, k) = (d.d_in, d.d_out, d.rho, d.k());
         let mut a_sel = Vec::with_capacity(k * din);

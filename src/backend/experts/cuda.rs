@@ -246,8 +246,8 @@ impl CudaBackend {
         d: &ExpertDims,
         pools: usize,
         factor: Factor,
+        op: &'static str,
     ) -> Result<Tensor> {
-        const OP: &str = "expert_backward";
         let (w, b_layout) = match factor {
             Factor::A => (d.d_in, 0),
             Factor::B => (d.d_out, 1),
@@ -259,35 +259,36 @@ impl CudaBackend {
                 cfg_flat(pools * d.e * d.rho * w),
                 s,
                 sel,
-                int(d.b, OP)?,
-                int(d.r, OP)?,
-                int(d.rho, OP)?,
-                int(d.e, OP)?,
-                int(w, OP)?,
+                int(d.b, op)?,
+                int(d.r, op)?,
+                int(d.rho, op)?,
+                int(d.e, op)?,
+                int(w, op)?,
                 b_layout,
-                int(pools, OP)?,
+                int(pools, op)?,
                 pp,
             )?;
         }
         Ok(pool)
     }
 
-    /// Sums `terms` consecutive blocks of `groups × n` partials into `dst` in block order (the
-    /// deterministic tile and pool reductions of the composition's backward).
+    /// Sums partials `src [groups, terms, n]` into `dst [groups, n]`, each group's `terms`
+    /// blocks of `n` in order (the deterministic tile and pool reductions of the composition's
+    /// backward).
     pub(super) fn sum_partials(
         &self,
         src: Ptr,
         terms: usize,
         (groups, n): (usize, usize),
         dst: Ptr,
+        op: &'static str,
     ) -> Result<()> {
-        const OP: &str = "expert_backward";
         unsafe {
             self.k.expert_sum_tiles_f32(
                 &self.stream,
                 cfg_flat(groups * n),
                 src,
-                int(terms, OP)?,
+                int(terms, op)?,
                 long(n),
                 long(groups),
                 dst,
@@ -303,6 +304,7 @@ impl CudaBackend {
         (sel_a, sel_b): (Ptr, Ptr),
         d: &ExpertDims,
         pools: usize,
+        op: &'static str,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let (rows, k) = (pools * d.b, d.k());
         let mut keep = Vec::new();
@@ -312,16 +314,16 @@ impl CudaBackend {
             }
             let s = self.scratch_f32(rows * n)?;
             let dst = s.ptr();
-            self.sum_partials(src, parts.tiles, (rows, n), dst)?;
+            self.sum_partials(src, parts.tiles, (rows, n), dst, op)?;
             keep.push(s);
             Ok(dst)
         };
         let da_rows = rows_sum(parts.da.ptr(), k * d.d_in)?;
         let db_rows = rows_sum(parts.db.ptr(), k * d.d_out)?;
         let (dgates, pdgates) = self.empty(&[rows, d.r], F32)?;
-        self.sum_partials(parts.dg.ptr(), parts.tiles, (rows, d.r), pdgates)?;
-        let da = self.scatter_into_pools(da_rows, sel_a, d, pools, Factor::A)?;
-        let db = self.scatter_into_pools(db_rows, sel_b, d, pools, Factor::B)?;
+        self.sum_partials(parts.dg.ptr(), parts.tiles, (rows, d.r), pdgates, op)?;
+        let da = self.scatter_into_pools(da_rows, sel_a, d, pools, Factor::A, op)?;
+        let db = self.scatter_into_pools(db_rows, sel_b, d, pools, Factor::B, op)?;
         // The partial buffers are freed in stream order after the kernels that read them.
         drop(keep);
         Ok((da, db, dgates))
@@ -667,11 +669,12 @@ impl CudaBackend {
         let km = km_of(d.k());
         let tt = self.expert_tile(bsz, t, self.sms);
         debug_assert!(tt <= TT_MAX);
-        let parts = self.tile_partials(bsz, t.div_ceil(tt), d)?;
         let chb = stage_cols(dout, km);
         let vec =
             din % 4 == 0 && dout % 4 == 0 && aligned16(o.x) && aligned16(o.a) && aligned16(pdy);
         let (dx, pdx) = self.empty(&[bsz, t, din], F32)?;
+        let parts = self.tile_partials(bsz, t.div_ceil(tt), d)?;
+        let (pda, pdb, pdg) = parts.ptrs();
         let cfg = LaunchConfig {
             grid_dim: (int(parts.tiles, OP)? as u32, bsz as u32, 1),
             block_dim: (EXP_THREADS, 1, 1),
@@ -702,9 +705,9 @@ impl CudaBackend {
                     alpha,
                     vec as i32,
                     pdx,
-                    parts.da.ptr(),
-                    parts.db.ptr(),
-                    parts.dg.ptr(),
+                    pda,
+                    pdb,
+                    pdg,
                     self.err_ptr(),
                 )
             };
@@ -716,7 +719,7 @@ impl CudaBackend {
                 _ => launch!(expert_bwd_k16),
             }?;
         }
-        let (da, db, dgates) = self.reduce_tile_partials(&parts, (o.sa, o.sb), d, 1)?;
+        let (da, db, dgates) = self.reduce_tile_partials(&parts, (o.sa, o.sb), d, 1, OP)?;
         Ok(ExpertGrads {
             dx,
             da_pool: da.reshape(&Factor::A.shape(d))?,
@@ -880,6 +883,7 @@ impl CudaBackend {
         d: &ExpertDims,
         alpha: f32,
     ) -> Result<ExpertGrads> {
+        const OP: &str = "expert_backward (unfused)";
         let (bsz, t, din, dout, k) = (d.b, d.t, d.d_in, d.d_out, d.k());
         let (a_sel, b_selt) = self.gather_factors(o, d)?;
         // dug[b] = α · dy[b] · B_selᵀ[b]ᵀ   [T, K]
@@ -928,8 +932,8 @@ impl CudaBackend {
             1.0,
             das.ptr(),
         )?;
-        let da = self.scatter_into_pools(das.ptr(), o.sa, d, 1, Factor::A)?;
-        let db = self.scatter_into_pools(dbs.ptr(), o.sb, d, 1, Factor::B)?;
+        let da = self.scatter_into_pools(das.ptr(), o.sa, d, 1, Factor::A, OP)?;
+        let db = self.scatter_into_pools(dbs.ptr(), o.sb, d, 1, Factor::B, OP)?;
         Ok(ExpertGrads {
             dx,
             da_pool: da.reshape(&Factor::A.shape(d))?,

@@ -72,17 +72,19 @@ impl CudaBackend {
     fn factor_table(
         &self,
         g: &PoolGroup,
-        dys: &[&Tensor],
+        dys: Option<&[&Tensor]>,
         op: &'static str,
     ) -> Result<(Scratch, bool)> {
-        let mut words = Vec::with_capacity((2 + dys.len().min(1)) * g.pools.len());
+        debug_assert!(dys.is_none_or(|d| d.len() == g.pools.len()));
+        let per_pool = if dys.is_some() { 3 } else { 2 };
+        let mut words = Vec::with_capacity(per_pool * g.pools.len());
         let mut aligned = true;
         for (i, p) in g.pools.iter().enumerate() {
             let a = self.ptr(p.a_pool, F32, op)?;
             aligned &= aligned16(a);
             words.extend([a.0, self.ptr(p.b_pool, F32, op)?.0]);
-            if let Some(dy) = dys.get(i) {
-                let dy = self.ptr(dy, F32, op)?;
+            if let Some(dys) = dys {
+                let dy = self.ptr(dys[i], F32, op)?;
                 aligned &= aligned16(dy);
                 words.push(dy.0);
             }
@@ -189,7 +191,7 @@ impl CudaBackend {
     ) -> Result<(Tensor, Tensor)> {
         let (bsz, t, din, dout) = (d.b, d.t, d.d_in, d.d_out);
         let (np, k) = (g.pools.len(), d.k());
-        let (table, factors_aligned) = self.factor_table(g, &[], FWD)?;
+        let (table, factors_aligned) = self.factor_table(g, None, FWD)?;
         let px = self.ptr(g.x, F32, FWD)?;
         let km = km_of(k);
         let tt = self.expert_tile(np * bsz, t, 2 * self.sms);
@@ -262,7 +264,8 @@ impl CudaBackend {
         let np = g.pools.len();
         let (dx, parts) = self.compose_group_backward(g, &d, &sf, dys)?;
         let rp = &sf.routing;
-        let (da, db, dgates) = self.reduce_tile_partials(&parts, (rp.sel_a, rp.sel_b), &d, np)?;
+        let (da, db, dgates) =
+            self.reduce_tile_partials(&parts, (rp.sel_a, rp.sel_b), &d, np, BWD)?;
         let (dq, mut routers) = match g.gate {
             GateMode::Hard => (
                 g.queries.iter().map(|_| None).collect(),
@@ -333,7 +336,7 @@ impl CudaBackend {
     ) -> Result<(Tensor, TilePartials)> {
         let (bsz, t, din, dout) = (d.b, d.t, d.d_in, d.d_out);
         let (np, rows) = (g.pools.len(), g.pools.len() * bsz);
-        let (table, factors_aligned) = self.factor_table(g, dys, BWD)?;
+        let (table, factors_aligned) = self.factor_table(g, Some(dys), BWD)?;
         let mut vec = din % 4 == 0 && dout % 4 == 0 && factors_aligned;
         let px = self.ptr(g.x, F32, BWD)?;
         let km = km_of(d.k());
@@ -390,7 +393,7 @@ impl CudaBackend {
             }?;
         }
         if np > 1 {
-            self.sum_partials(pdx_all, np, (1, bsz * t * din), pdx)?;
+            self.sum_partials(pdx_all, np, (1, bsz * t * din), pdx, BWD)?;
         }
         Ok((dx, parts))
     }

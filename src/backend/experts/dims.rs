@@ -50,7 +50,7 @@ pub(crate) struct ExpertDims {
     pub t: usize,
     pub d_in: usize,
     pub d_out: usize,
-    /// E: rank-one factors of a pool.
+    /// E: factors in a pool (ρ rows each; rank-one at ρ = 1).
     pub e: usize,
     /// ρ: rows of a factor.
     pub rho: usize,
