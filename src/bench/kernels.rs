@@ -224,23 +224,20 @@ impl ExpertInputs {
                 }
             })
         };
+        let row =
+            |pass: &'static str, backward: bool, bytes: f64, rel_diff: f32| -> Result<KernelRow> {
+                Ok(KernelRow {
+                    shape: s,
+                    pass,
+                    fused_ms: time(&format!("fused {pass}"), ExpertPath::Fused, backward)?,
+                    unfused_ms: time(&format!("unfused {pass}"), ExpertPath::Unfused, backward)?,
+                    bytes,
+                    rel_diff,
+                })
+            };
         Ok([
-            KernelRow {
-                shape: s,
-                pass: "forward",
-                fused_ms: time("fused forward", ExpertPath::Fused, false)?,
-                unfused_ms: time("unfused forward", ExpertPath::Unfused, false)?,
-                bytes: s.forward_bytes(),
-                rel_diff: fwd_diff,
-            },
-            KernelRow {
-                shape: s,
-                pass: "backward",
-                fused_ms: time("fused backward", ExpertPath::Fused, true)?,
-                unfused_ms: time("unfused backward", ExpertPath::Unfused, true)?,
-                bytes: s.backward_bytes(),
-                rel_diff: bwd_diff,
-            },
+            row("forward", false, s.forward_bytes(), fwd_diff)?,
+            row("backward", true, s.backward_bytes(), bwd_diff)?,
         ])
     }
 }
