@@ -131,6 +131,8 @@ struct AnswerReader {
     one_table: bool,
     /// Per finished task, its head's global classes.
     columns: Vec<Vec<usize>>,
+    /// Per finished task, the columns of its own classes in the last head (see
+    /// [`Trainer::head_span`]).
     spans: Vec<std::ops::Range<usize>>,
     /// sigmoid(x) > p ⇔ x > logit(p): at 0.5 exactly the evaluation's `x > 0`.
     min_logit: f32,
