@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::backend::cuda::{nvtx, ExpertPath};
-use crate::backend::Device;
+use crate::backend::{CudaBackend, Device};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -128,34 +128,83 @@ pub fn expert_kernels(shapes: &[ExpertShape], reps: usize) -> Result<KernelRepor
     let mut rng = StdRng::seed_from_u64(42);
     for &s in shapes {
         let _range = nvtx::range(&format!("bench kernels B={} T={}", s.b, s.t));
-        let up = |t: Tensor| t.to_device(&dev);
-        let x = up(uniform(&mut rng, &[s.b, s.t, s.d], -1.0, 1.0)?)?;
-        let dy = up(uniform(&mut rng, &[s.b, s.t, s.d], -1.0, 1.0)?)?;
+        let inputs = ExpertInputs::random(s, &mut rng, &dev)?;
+        rows.extend(inputs.compare_paths(be, reps)?);
+    }
+    Ok(KernelReport {
+        device: be.name()?,
+        sms: be.multiprocessors(),
+        clock_khz,
+        bus_bits,
+        peak_bps,
+        nvtx: nvtx::available(),
+        reps,
+        rows,
+    })
+}
+
+/// The operands of one expert composition at a shape, on the device: random activations and
+/// pools, `r` distinct factors per sample from each pool, gates in [0.5, 1.5).
+struct ExpertInputs {
+    shape: ExpertShape,
+    /// Input `[B, T, d]` and output gradient `[B, T, d]`.
+    x: Tensor,
+    dy: Tensor,
+    /// Pools `[E, ρ, d]` and `[E, d, ρ]`.
+    a_pool: Tensor,
+    b_pool: Tensor,
+    /// Selected factors `[B, r]` (i32) and their gates `[B, r]`.
+    sel_a: Tensor,
+    sel_b: Tensor,
+    gates: Tensor,
+}
+
+/// The LoRA scale α the benchmark composes with.
+const ALPHA: f32 = 2.0;
+
+impl ExpertInputs {
+    fn random(s: ExpertShape, rng: &mut StdRng, dev: &Device) -> Result<ExpertInputs> {
+        let up = |t: Tensor| t.to_device(dev);
+        let x = up(uniform(rng, &[s.b, s.t, s.d], -1.0, 1.0)?)?;
+        let dy = up(uniform(rng, &[s.b, s.t, s.d], -1.0, 1.0)?)?;
         let scale = 1.0 / (s.d as f32).sqrt();
-        let a_pool = up(uniform(&mut rng, &[s.e, s.rho, s.d], -scale, scale)?)?;
-        let b_pool = up(uniform(&mut rng, &[s.e, s.d, s.rho], -1.0, 1.0)?)?;
+        let a_pool = up(uniform(rng, &[s.e, s.rho, s.d], -scale, scale)?)?;
+        let b_pool = up(uniform(rng, &[s.e, s.d, s.rho], -1.0, 1.0)?)?;
         let mut pick = || {
             let mut v: Vec<i32> = Vec::with_capacity(s.b * s.r);
             for _ in 0..s.b {
                 let mut ids: Vec<i32> = (0..s.e as i32).collect();
-                ids.shuffle(&mut rng);
+                ids.shuffle(rng);
                 v.extend(&ids[..s.r]);
             }
             Tensor::from_i32(v, &[s.b, s.r])
         };
         let sel_a = up(pick()?)?;
         let sel_b = up(pick()?)?;
-        let gates = up(uniform(&mut rng, &[s.b, s.r], 0.5, 1.5)?)?;
-        let alpha = 2.0;
-        let fwd = |path| {
-            be.expert_forward_path(path, &x, &a_pool, &b_pool, &sel_a, &sel_b, &gates, alpha)
-        };
+        let gates = up(uniform(rng, &[s.b, s.r], 0.5, 1.5)?)?;
+        Ok(ExpertInputs {
+            shape: s,
+            x,
+            dy,
+            a_pool,
+            b_pool,
+            sel_a,
+            sel_b,
+            gates,
+        })
+    }
+
+    /// The forward and the backward row: both paths run once and compared, then each timed.
+    fn compare_paths(&self, be: &CudaBackend, reps: usize) -> Result<[KernelRow; 2]> {
+        let (s, alpha) = (self.shape, ALPHA);
+        let (x, dy, a_pool, b_pool) = (&self.x, &self.dy, &self.a_pool, &self.b_pool);
+        let (sel_a, sel_b, gates) = (&self.sel_a, &self.sel_b, &self.gates);
+        let fwd =
+            |path| be.expert_forward_path(path, x, a_pool, b_pool, sel_a, sel_b, gates, alpha);
         let (y_f, u) = fwd(ExpertPath::Fused)?;
         let (y_u, _) = fwd(ExpertPath::Unfused)?;
         let bwd = |path| {
-            be.expert_backward_path(
-                path, &dy, &x, &a_pool, &b_pool, &sel_a, &sel_b, &gates, &u, alpha,
-            )
+            be.expert_backward_path(path, dy, x, a_pool, b_pool, sel_a, sel_b, gates, &u, alpha)
         };
         let (g_f, g_u) = (bwd(ExpertPath::Fused)?, bwd(ExpertPath::Unfused)?);
         let fwd_diff = rel_diff(&[(&y_f, &y_u)])?;
@@ -175,33 +224,22 @@ pub fn expert_kernels(shapes: &[ExpertShape], reps: usize) -> Result<KernelRepor
                 }
             })
         };
-        rows.push(KernelRow {
-            shape: s,
-            pass: "forward",
-            fused_ms: time("fused forward", ExpertPath::Fused, false)?,
-            unfused_ms: time("unfused forward", ExpertPath::Unfused, false)?,
-            bytes: s.forward_bytes(),
-            rel_diff: fwd_diff,
-        });
-        rows.push(KernelRow {
-            shape: s,
-            pass: "backward",
-            fused_ms: time("fused backward", ExpertPath::Fused, true)?,
-            unfused_ms: time("unfused backward", ExpertPath::Unfused, true)?,
-            bytes: s.backward_bytes(),
-            rel_diff: bwd_diff,
-        });
+        let row =
+            |pass: &'static str, backward: bool, bytes: f64, rel_diff: f32| -> Result<KernelRow> {
+                Ok(KernelRow {
+                    shape: s,
+                    pass,
+                    fused_ms: time(&format!("fused {pass}"), ExpertPath::Fused, backward)?,
+                    unfused_ms: time(&format!("unfused {pass}"), ExpertPath::Unfused, backward)?,
+                    bytes,
+                    rel_diff,
+                })
+            };
+        Ok([
+            row("forward", false, s.forward_bytes(), fwd_diff)?,
+            row("backward", true, s.backward_bytes(), bwd_diff)?,
+        ])
     }
-    Ok(KernelReport {
-        device: be.name()?,
-        sms: be.multiprocessors(),
-        clock_khz,
-        bus_bits,
-        peak_bps,
-        nvtx: nvtx::available(),
-        reps,
-        rows,
-    })
 }
 
 /// A Markdown report of the comparison.

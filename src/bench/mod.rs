@@ -472,18 +472,7 @@ pub fn forward_cpu_vs_torch(
 ) -> Result<(ForwardRow, String)> {
     let cfg = setup.preset.config();
     let image = setup.image_size.unwrap_or(cfg.image_size);
-    if setup.text_len == 0 || setup.text_len > cfg.max_position_embeddings {
-        return Err(Error::Msg(format!(
-            "--text-len must be 1..={} (the text position table; Hugging Face does not stretch it)",
-            cfg.max_position_embeddings
-        )));
-    }
-    if setup.batch == 0 || image < cfg.patch_size {
-        return Err(Error::Msg(format!(
-            "need a batch of at least 1 and images of at least one {p}×{p} patch",
-            p = cfg.patch_size
-        )));
-    }
+    check_forward_setup(&cfg, &setup, image)?;
     let weights = init_weights(
         &cfg,
         InitOptions {
@@ -505,31 +494,7 @@ pub fn forward_cpu_vs_torch(
         load: None,
     };
     let load_before = load_average();
-    let args: Vec<String> = [
-        rayon::current_num_threads(),
-        setup.batch,
-        setup.text_len,
-        image,
-    ]
-    .iter()
-    .map(|v| v.to_string())
-    .chain([cfg.to_json_string()])
-    .collect();
-    // The reference answers its first line once its model is built and warm.
-    let mut torch = torch_script.spawn(python, &args).and_then(|mut p| {
-        let v = p.read_json()?;
-        Ok((p, v))
-    });
-    let mut info = match &torch {
-        Ok((_, v)) => format!(
-            "PyTorch {} + transformers {} ViltModel ({} attention, {} threads, no_grad)",
-            v["torch"].as_str().unwrap_or("?"),
-            v["transformers"].as_str().unwrap_or("?"),
-            v["attn"].as_str().unwrap_or("?"),
-            v["threads"]
-        ),
-        Err(e) => format!("PyTorch reference {e}"),
-    };
+    let (mut torch, mut info) = start_torch_forward(torch_script, python, &cfg, &setup, image);
     let forward = || model.infer(&inputs).map(drop);
     forward()?; // warm-up, as the reference did before its first line
     for _ in 0..rounds.max(1) {
@@ -554,6 +519,64 @@ pub fn forward_cpu_vs_torch(
     }
     row.load = load_before.zip(load_average());
     Ok((row, info))
+}
+
+/// Checks that the forward setup fits the model: a text within ViLT's position table, a
+/// batch and at least one patch per image. Errors name the flag and the range.
+fn check_forward_setup(cfg: &ViltConfig, setup: &ForwardSetup, image: usize) -> Result<()> {
+    if setup.text_len == 0 || setup.text_len > cfg.max_position_embeddings {
+        return Err(Error::Msg(format!(
+            "--text-len must be 1..={} (the text position table; Hugging Face does not stretch it)",
+            cfg.max_position_embeddings
+        )));
+    }
+    if setup.batch == 0 || image < cfg.patch_size {
+        return Err(Error::Msg(format!(
+            "need a batch of at least 1 and images of at least one {p}×{p} patch",
+            p = cfg.patch_size
+        )));
+    }
+    Ok(())
+}
+
+/// Starts the PyTorch forward reference as a server and waits for its first line (sent once
+/// its model is built and warm). Returns it, or why it did not start, and the line that
+/// describes it.
+fn start_torch_forward(
+    torch_script: &PyScript,
+    python: &str,
+    cfg: &ViltConfig,
+    setup: &ForwardSetup,
+    image: usize,
+) -> (
+    std::result::Result<(PyServer, serde_json::Value), String>,
+    String,
+) {
+    let args: Vec<String> = [
+        rayon::current_num_threads(),
+        setup.batch,
+        setup.text_len,
+        image,
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .chain([cfg.to_json_string()])
+    .collect();
+    let torch = torch_script.spawn(python, &args).and_then(|mut p| {
+        let v = p.read_json()?;
+        Ok((p, v))
+    });
+    let info = match &torch {
+        Ok((_, v)) => format!(
+            "PyTorch {} + transformers {} ViltModel ({} attention, {} threads, no_grad)",
+            v["torch"].as_str().unwrap_or("?"),
+            v["transformers"].as_str().unwrap_or("?"),
+            v["attn"].as_str().unwrap_or("?"),
+            v["threads"]
+        ),
+        Err(e) => format!("PyTorch reference {e}"),
+    };
+    (torch, info)
 }
 
 /// A Markdown table of the forward comparison, with the medians and the machine's load below

@@ -392,74 +392,8 @@ pub fn bench_train(
     mut torch: Option<TorchRef>,
 ) -> Result<TrainBenchReport> {
     let vcfg = o.preset.config();
-    let weights = init_weights(
-        &vcfg,
-        InitOptions {
-            seed: 42,
-            randomize_all: false,
-        },
-    )?;
-    // GPU mixed precision as in training (docs/method.md#optimisation): frozen linears in bf16.
-    let dtype = if device.is_cuda() {
-        DType::BF16
-    } else {
-        DType::F32
-    };
-    let vilt = Vilt::new(vcfg.clone(), weights, device, o.text_len, dtype)?;
-    let base = DeloConfig {
-        experts: o.experts,
-        rank: o.rank,
-        ..DeloConfig::default()
-    };
-    base.validate()?;
-    let variants: [(&str, &str, DeloConfig); 4] = [
-        (
-            "delo",
-            "full step: main + L_con proxy forward, backward, AdamW",
-            base.clone(),
-        ),
-        (
-            "delo, λ_con = 0",
-            "one adapted forward + backward (the experts' own cost)",
-            DeloConfig {
-                lambda_con: 0.0,
-                ..base.clone()
-            },
-        ),
-        (
-            "lora",
-            "frozen-only forward+backward baseline: trunk backward forced by a rank-r LoRA",
-            DeloConfig {
-                variant: Variant::Lora,
-                ..base.clone()
-            },
-        ),
-        (
-            "heads-only",
-            "frozen forward, backward through the head only",
-            DeloConfig {
-                variant: Variant::HeadsOnly,
-                ..base.clone()
-            },
-        ),
-    ];
-    let mut cases = variants
-        .into_iter()
-        .map(|(name, what, cfg)| {
-            let specs = task_specs(&cfg, &vcfg, CLASSES);
-            Ok(Case {
-                name,
-                what,
-                state: TaskState {
-                    params: ParamSet::new(device, init_params(&specs, 7)?)?,
-                    keys: vec![None],
-                },
-                cfg,
-                best_s: f64::INFINITY,
-                per_step: None,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let vilt = bench_model(o, &vcfg, device)?;
+    let mut cases = variant_cases(o, &vcfg, device)?;
     let mut batch = synthetic_batch(&vcfg, o.batch, o.text_len, o.image_size)?;
     if let (true, Device::Cuda(be)) = (o.cache_images, device) {
         batch.0 = with_cached_images(be, batch.0, &batch.1)?;
@@ -511,12 +445,116 @@ pub fn bench_train(
     })
 }
 
+/// The benchmark's ViLT of `vcfg` with seeded weights, its frozen linears in bf16 on the GPU
+/// as in training (docs/method.md#optimisation).
+fn bench_model(o: &TrainBenchOptions, vcfg: &ViltConfig, device: &Device) -> Result<Vilt> {
+    let weights = init_weights(
+        vcfg,
+        InitOptions {
+            seed: 42,
+            randomize_all: false,
+        },
+    )?;
+    let dtype = if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    Vilt::new(vcfg.clone(), weights, device, o.text_len, dtype)
+}
+
+/// The four timed variants (see the module comment), each with a fresh task's parameters.
+fn variant_cases(o: &TrainBenchOptions, vcfg: &ViltConfig, device: &Device) -> Result<Vec<Case>> {
+    let base = DeloConfig {
+        experts: o.experts,
+        rank: o.rank,
+        ..DeloConfig::default()
+    };
+    base.validate()?;
+    let variants: [(&str, &str, DeloConfig); 4] = [
+        (
+            "delo",
+            "full step: main + L_con proxy forward, backward, AdamW",
+            base.clone(),
+        ),
+        (
+            "delo, λ_con = 0",
+            "one adapted forward + backward (the experts' own cost)",
+            DeloConfig {
+                lambda_con: 0.0,
+                ..base.clone()
+            },
+        ),
+        (
+            "lora",
+            "frozen-only forward+backward baseline: trunk backward forced by a rank-r LoRA",
+            DeloConfig {
+                variant: Variant::Lora,
+                ..base.clone()
+            },
+        ),
+        (
+            "heads-only",
+            "frozen forward, backward through the head only",
+            DeloConfig {
+                variant: Variant::HeadsOnly,
+                ..base.clone()
+            },
+        ),
+    ];
+    variants
+        .into_iter()
+        .map(|(name, what, cfg)| {
+            let specs = task_specs(&cfg, vcfg, CLASSES);
+            Ok(Case {
+                name,
+                what,
+                state: TaskState {
+                    params: ParamSet::new(device, init_params(&specs, 7)?)?,
+                    keys: vec![None],
+                },
+                cfg,
+                best_s: f64::INFINITY,
+                per_step: None,
+            })
+        })
+        .collect()
+}
+
 /// The Markdown table and the experts' share line.
 pub fn train_table(r: &TrainBenchReport) -> String {
     let o = &r.opts;
-    let b = o.batch as f64;
+    let mut s = train_heading(r);
+    s += &speed_table(r);
+    if r.rows.iter().any(|x| x.per_step.is_some()) {
+        s += &driver_table(&r.rows);
+    }
+    let seconds = |n: &str| r.rows.iter().find(|x| x.name == n).map(|x| x.seconds);
+    if let (Some(nocon), Some(full), Some(l)) =
+        (seconds("delo, λ_con = 0"), seconds("delo"), seconds("lora"))
+    {
+        let x = (nocon / l - 1.0) * 100.0;
+        s += &format!(
+            "\nExperts add {x:.1}% to a frozen-only forward+backward at E={}, r={} (target < 30%: {}); the full DeLo step, with its L_con proxy forward on the complete samples, costs {:+.1}% over it.\n",
+            o.experts,
+            o.rank,
+            if x < 30.0 { "met" } else { "NOT met" },
+            (full / l - 1.0) * 100.0
+        );
+    }
+    if let Some((info, _, _, note)) = &r.torch {
+        s += &format!(
+            "\nPyTorch: the delo step in idiomatic, batched PyTorch (benches/torch_step.py: HF ViLT modules, scaled_dot_product_attention, gathered factors composed with bmm/einsum, torch.optim.AdamW; checked against the golden reference by benches/check_torch_step.py): {info}; torch.compile: {note}. \"delo / eager\" > 1 means the engine is faster.\n"
+        );
+    }
+    s
+}
+
+/// The line above the tables: the model, batch, expert settings, device and timing protocol.
+fn train_heading(r: &TrainBenchReport) -> String {
+    let o = &r.opts;
     let vcfg = o.preset.config();
-    let mut s = format!(
+    format!(
         "DeLo training step, {:?} ViLT (d={}, L={}), batch {}, text {} + image {}² ({} patches), E={}, r={}, on {} ({}; {} rayon threads); best of {} rounds of {} pipelined steps; CUDA graph: {}\n\n",
         o.preset,
         vcfg.hidden_size,
@@ -537,10 +575,16 @@ pub fn train_table(r: &TrainBenchReport) -> String {
         } else {
             "off"
         }
-    );
-    let seconds = |n: &str| r.rows.iter().find(|x| x.name == n).map(|x| x.seconds);
-    let lora = seconds("lora");
+    )
+}
+
+/// Per variant: ms/step, samples/s and the cost over `lora`, with the PyTorch reference's
+/// columns on the `delo` row when it ran.
+fn speed_table(r: &TrainBenchReport) -> String {
+    let b = r.opts.batch as f64;
+    let lora = r.rows.iter().find(|x| x.name == "lora").map(|x| x.seconds);
     let torch_cols = r.torch.is_some();
+    let mut s = String::new();
     s += "| variant | what is timed | ms/step | samples/s | vs lora (frozen fwd+bwd) |";
     if torch_cols {
         s += " torch eager samples/s | torch.compile samples/s | delo / eager | delo / compile |";
@@ -576,40 +620,27 @@ pub fn train_table(r: &TrainBenchReport) -> String {
         }
         s += "\n";
     }
-    if r.rows.iter().any(|x| x.per_step.is_some()) {
-        s += "\nWhat one step asks of the driver (counted by the backend, steady state; with the graph on, the kernels, copies and uploads are inside the graph launch):\n\n| variant | graph launches | kernel launches | memsets + copies | host syncs | event waits | allocations | uploads | bytes uploaded |\n|---|---|---|---|---|---|---|---|---|\n";
-        for row in &r.rows {
-            if let Some(p) = &row.per_step {
-                s += &format!(
-                    "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |\n",
-                    row.name,
-                    p.graph_launches,
-                    p.launches,
-                    p.memops,
-                    p.host_syncs,
-                    p.event_waits,
-                    p.allocs,
-                    p.uploads,
-                    p.upload_bytes
-                );
-            }
+    s
+}
+
+/// What one step asks of the driver, per variant that counted it (CUDA).
+fn driver_table(rows: &[TrainBenchRow]) -> String {
+    let mut s = "\nWhat one step asks of the driver (counted by the backend, steady state; with the graph on, the kernels, copies and uploads are inside the graph launch):\n\n| variant | graph launches | kernel launches | memsets + copies | host syncs | event waits | allocations | uploads | bytes uploaded |\n|---|---|---|---|---|---|---|---|---|\n".to_string();
+    for row in rows {
+        if let Some(p) = &row.per_step {
+            s += &format!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |\n",
+                row.name,
+                p.graph_launches,
+                p.launches,
+                p.memops,
+                p.host_syncs,
+                p.event_waits,
+                p.allocs,
+                p.uploads,
+                p.upload_bytes
+            );
         }
-    }
-    if let (Some(nocon), Some(full), Some(l)) = (seconds("delo, λ_con = 0"), seconds("delo"), lora)
-    {
-        let x = (nocon / l - 1.0) * 100.0;
-        s += &format!(
-            "\nExperts add {x:.1}% to a frozen-only forward+backward at E={}, r={} (target < 30%: {}); the full DeLo step, with its L_con proxy forward on the complete samples, costs {:+.1}% over it.\n",
-            o.experts,
-            o.rank,
-            if x < 30.0 { "met" } else { "NOT met" },
-            (full / l - 1.0) * 100.0
-        );
-    }
-    if let Some((info, _, _, note)) = &r.torch {
-        s += &format!(
-            "\nPyTorch: the delo step in idiomatic, batched PyTorch (benches/torch_step.py: HF ViLT modules, scaled_dot_product_attention, gathered factors composed with bmm/einsum, torch.optim.AdamW; checked against the golden reference by benches/check_torch_step.py): {info}; torch.compile: {note}. \"delo / eager\" > 1 means the engine is faster.\n"
-        );
     }
     s
 }

@@ -79,7 +79,8 @@ pub fn head_logits(tape: &mut Tape, task: &BoundTask, pooled: Var) -> Result<Var
     tape.linear_param(pooled, w, Some(b))
 }
 
-/// The full objective of one batch for one task (eq. 9–10).
+/// The full objective of one batch for one task (eq. 9–10, docs/method.md#losses): one
+/// forward of the batch and its L_con proxy rows, then L_c, L_align and L_con from it.
 pub fn batch_losses(
     vilt: &Vilt,
     cfg: &DeloConfig,
@@ -89,90 +90,42 @@ pub fn batch_losses(
     missing: &[MissingType],
     targets: &Targets,
 ) -> Result<Losses> {
-    let layers = vilt.cfg.num_hidden_layers;
-    let b = missing.len();
-    let complete: Vec<usize> = (0..b)
-        .filter(|&i| missing[i] == MissingType::None)
-        .collect();
-    let routed = cfg.variant.routed();
-    let proxies: &[Proxy] = match cfg.con_proxy {
-        _ if cfg.lambda_con <= 0.0 || !routed || complete.is_empty() => &[],
-        ConProxy::Text => &[Proxy::Text],
-        ConProxy::Image => &[Proxy::Image],
-        ConProxy::Both => &[Proxy::Text, Proxy::Image],
-    };
-    // One forward for the whole objective: the batch as it is, then its complete samples once
-    // per L_con proxy. Samples do not interact in the encoder, so each row is what its own
-    // forward would give (up to the GEMMs' f32 summation order), and the step launches one
-    // encoder instead of one per proxy.
-    let n = complete.len();
-    let mut all_missing = missing.to_vec();
-    let mut all_proxies = vec![Proxy::None; b];
-    let mut rows: Vec<usize> = (0..b).collect();
-    for &p in proxies {
-        rows.extend_from_slice(&complete);
-        all_missing.extend(std::iter::repeat_n(MissingType::None, n));
-        all_proxies.extend(std::iter::repeat_n(p, n));
-    }
-    let all_inputs = match proxies.is_empty() {
+    let joint = JointRows::new(cfg, missing);
+    let b = joint.batch;
+    let all_inputs = match joint.proxies.is_empty() {
         true => inputs.clone(),
-        false => inputs.select(&rows)?,
+        false => inputs.select(&joint.rows)?,
     };
     let mut ad = DeloAdapter::new(
         cfg,
         TaskChoice::One(task),
-        &all_missing,
-        layers,
+        &joint.missing,
+        vilt.cfg.num_hidden_layers,
         Proxy::None,
     )
-    .with_proxies(all_proxies)?;
+    .with_proxies(joint.proxy.clone())?;
     if cfg.task_key == TaskKeySource::Layer {
         ad = ad.record_layer_queries();
     }
     let emb = vilt.embed(&all_inputs)?;
     let task_query = first_rows(
-        task_query(tape, &emb, &all_missing, cfg.cross_modal_guide)?,
+        task_query(tape, &emb, &joint.missing, cfg.cross_modal_guide)?,
         b,
     )?;
     let out = vilt.encode(tape, emb, &mut ad)?;
     let all_logits = head_logits(tape, task, out.pooled)?;
-    let logits = match proxies.is_empty() {
+    let logits = match joint.proxies.is_empty() {
         true => all_logits,
-        false => tape.gather_rows(all_logits, &row_index(tape, &rows[..b])?)?,
+        false => tape.gather_rows(all_logits, &row_index(tape, &joint.rows[..b])?)?,
     };
     let c = classification_loss(tape, logits, targets)?;
     let align = match ad.last_queries {
-        Some((qv, qt)) if cfg.lambda_align > 0.0 && !complete.is_empty() => {
-            Some(alignment_loss(tape, qv, qt, &complete)?)
+        Some((qv, qt)) if cfg.lambda_align > 0.0 && !joint.complete.is_empty() => {
+            Some(alignment_loss(tape, qv, qt, &joint.complete)?)
         }
         _ => None,
     };
-    let mut proxy_logits = Vec::new();
-    let con = if !proxies.is_empty() {
-        let idx = row_index(tape, &complete)?;
-        let target = tape
-            .device()
-            .backend()
-            .gather_rows(tape.value(logits), &idx)?;
-        let mut terms = Vec::new();
-        for j in 0..proxies.len() {
-            let own: Vec<usize> = (b + j * n..b + (j + 1) * n).collect();
-            let pl = tape.gather_rows(all_logits, &row_index(tape, &own)?)?;
-            proxy_logits.push(pl);
-            terms.push(match targets {
-                Targets::Single(_) => tape.kl_categorical(&target, pl)?,
-                Targets::Multi(_) => tape.kl_bernoulli(&target, pl)?,
-            });
-        }
-        // With both directions, L_con is the mean of the two divergences.
-        let mut sum = terms[0];
-        for &t in &terms[1..] {
-            sum = tape.add(sum, t)?;
-        }
-        Some(tape.scale(sum, 1.0 / terms.len() as f32)?)
-    } else {
-        None
-    };
+    let (con, proxy_logits) = consistency_loss(tape, &joint, logits, all_logits, targets)?;
     let total = add_scaled(tape, c, align, cfg.lambda_align)?;
     let total = add_scaled(tape, total, con, cfg.lambda_con)?;
     Ok(Losses {
@@ -191,6 +144,96 @@ pub fn batch_losses(
             .map(|q| first_rows(q, b))
             .collect::<Result<_>>()?,
     })
+}
+
+/// The rows of the objective's one forward: the batch as it is, then its complete samples once
+/// per L_con proxy (docs/method.md#consistency-loss). Samples do not interact in the encoder,
+/// so each row is what its own forward would give (up to the GEMMs' f32 summation order), and
+/// the step launches one encoder instead of one per proxy.
+struct JointRows {
+    /// Samples in the batch, whose rows come first.
+    batch: usize,
+    /// The batch's complete samples (both modalities present).
+    complete: Vec<usize>,
+    /// The proxy forwards L_con needs: none when it is off, has no complete sample or the
+    /// variant has no routers.
+    proxies: &'static [Proxy],
+    /// Per row, the batch sample it repeats, its missing type and its proxy rule.
+    rows: Vec<usize>,
+    missing: Vec<MissingType>,
+    proxy: Vec<Proxy>,
+}
+
+impl JointRows {
+    fn new(cfg: &DeloConfig, missing: &[MissingType]) -> JointRows {
+        let b = missing.len();
+        let complete: Vec<usize> = (0..b)
+            .filter(|&i| missing[i] == MissingType::None)
+            .collect();
+        let proxies: &[Proxy] = match cfg.con_proxy {
+            _ if cfg.lambda_con <= 0.0 || !cfg.variant.routed() || complete.is_empty() => &[],
+            ConProxy::Text => &[Proxy::Text],
+            ConProxy::Image => &[Proxy::Image],
+            ConProxy::Both => &[Proxy::Text, Proxy::Image],
+        };
+        let n = complete.len();
+        let mut rows: Vec<usize> = (0..b).collect();
+        let mut all_missing = missing.to_vec();
+        let mut all_proxies = vec![Proxy::None; b];
+        for &p in proxies {
+            rows.extend_from_slice(&complete);
+            all_missing.extend(std::iter::repeat_n(MissingType::None, n));
+            all_proxies.extend(std::iter::repeat_n(p, n));
+        }
+        JointRows {
+            batch: b,
+            complete,
+            proxies,
+            rows,
+            missing: all_missing,
+            proxy: all_proxies,
+        }
+    }
+}
+
+/// L_con (docs/method.md#consistency-loss): per proxy, the KL divergence from the complete
+/// samples' ordinary `logits`, held constant, to their proxy rows of `all_logits`; with both
+/// proxies the mean of the two. Returns it (`None` without proxies) and each proxy's logits.
+fn consistency_loss(
+    tape: &mut Tape,
+    joint: &JointRows,
+    logits: Var,
+    all_logits: Var,
+    targets: &Targets,
+) -> Result<(Option<Var>, Vec<Var>)> {
+    if joint.proxies.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let (b, n) = (joint.batch, joint.complete.len());
+    let idx = row_index(tape, &joint.complete)?;
+    let target = tape
+        .device()
+        .backend()
+        .gather_rows(tape.value(logits), &idx)?;
+    let mut proxy_logits = Vec::new();
+    let mut terms = Vec::new();
+    for j in 0..joint.proxies.len() {
+        let own: Vec<usize> = (b + j * n..b + (j + 1) * n).collect();
+        let pl = tape.gather_rows(all_logits, &row_index(tape, &own)?)?;
+        proxy_logits.push(pl);
+        terms.push(match targets {
+            Targets::Single(_) => tape.kl_categorical(&target, pl)?,
+            Targets::Multi(_) => tape.kl_bernoulli(&target, pl)?,
+        });
+    }
+    let mut sum = terms[0];
+    for &t in &terms[1..] {
+        sum = tape.add(sum, t)?;
+    }
+    Ok((
+        Some(tape.scale(sum, 1.0 / terms.len() as f32)?),
+        proxy_logits,
+    ))
 }
 
 /// The first `b` rows of `t [N, ..]` (a view, nothing copied).

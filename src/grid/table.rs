@@ -199,7 +199,6 @@ pub fn write_csv(c: &Collected, path: &Path) -> Result<()> {
         let mut w = csv::Writer::from_writer(&mut buf);
         let err = |e: csv::Error| Error::format(path, e.to_string());
         w.write_record(CSV_HEADER).map_err(err)?;
-        let opt = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
         for l in &c.layouts {
             for row in &l.rows {
                 let label = l
@@ -211,64 +210,21 @@ pub fn write_csv(c: &Collected, path: &Path) -> Result<()> {
                     .join("; ");
                 let table = l.table.number().to_string();
                 for s in &row.runs {
-                    let st = c.status(s);
-                    let (status, done, total, values, note) = match st {
-                        RunStatus::Finished {
-                            ap,
-                            fg,
-                            task_id,
-                            tasks,
-                            ..
-                        } => (
-                            "finished",
-                            tasks.to_string(),
-                            tasks.to_string(),
-                            [opt(*ap), opt(*fg), opt(*task_id)],
-                            String::new(),
-                        ),
-                        RunStatus::Incomplete { done, total } => (
-                            "stopped",
-                            done.to_string(),
-                            total.map_or_else(String::new, |t| t.to_string()),
-                            Default::default(),
-                            String::new(),
-                        ),
-                        RunStatus::Failed(why) => (
-                            "failed",
-                            "".into(),
-                            "".into(),
-                            Default::default(),
-                            why.clone(),
-                        ),
-                        RunStatus::Missing => (
-                            "missing",
-                            "".into(),
-                            "".into(),
-                            Default::default(),
-                            "".into(),
-                        ),
-                        RunStatus::Foreign(why) => (
-                            "other-run",
-                            "".into(),
-                            "".into(),
-                            Default::default(),
-                            why.clone(),
-                        ),
-                    };
-                    let [ap, fg, task_id] = values;
+                    let f = CsvRunFields::of(c.status(s));
+                    let [ap, fg, task_id] = &f.values;
                     w.write_record([
                         table.as_str(),
                         &label,
                         s.method.label(),
                         "measured",
-                        status,
-                        &done,
-                        &total,
-                        &ap,
-                        &fg,
-                        &task_id,
+                        f.status,
+                        &f.done,
+                        &f.total,
+                        ap,
+                        fg,
+                        task_id,
                         &s.name(),
-                        &note,
+                        &f.note,
                     ])
                     .map_err(err)?;
                 }
@@ -300,4 +256,50 @@ pub fn write_csv(c: &Collected, path: &Path) -> Result<()> {
         w.flush().map_err(|e| Error::io(path, e))?;
     }
     crate::st::write_atomic(path, &buf)
+}
+
+/// A run's fields of a `measured` CSV record: its status word, tasks done and in all, AP, FG
+/// and task-id accuracy at full precision (finished runs only), and why it has no result.
+struct CsvRunFields {
+    status: &'static str,
+    done: String,
+    total: String,
+    values: [String; 3],
+    note: String,
+}
+
+impl CsvRunFields {
+    fn of(st: &RunStatus) -> CsvRunFields {
+        let opt = |v: Option<f64>| v.map_or_else(String::new, |v| v.to_string());
+        let without_result = |status, note: &str| CsvRunFields {
+            status,
+            done: String::new(),
+            total: String::new(),
+            values: Default::default(),
+            note: note.to_string(),
+        };
+        match st {
+            RunStatus::Finished {
+                ap,
+                fg,
+                task_id,
+                tasks,
+                ..
+            } => CsvRunFields {
+                status: "finished",
+                done: tasks.to_string(),
+                total: tasks.to_string(),
+                values: [opt(*ap), opt(*fg), opt(*task_id)],
+                note: String::new(),
+            },
+            RunStatus::Incomplete { done, total } => CsvRunFields {
+                done: done.to_string(),
+                total: total.map_or_else(String::new, |t| t.to_string()),
+                ..without_result("stopped", "")
+            },
+            RunStatus::Failed(why) => without_result("failed", why),
+            RunStatus::Missing => without_result("missing", ""),
+            RunStatus::Foreign(why) => without_result("other-run", why),
+        }
+    }
 }

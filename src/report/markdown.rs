@@ -157,42 +157,54 @@ pub fn render_report(results: &Results, method: &str, missing: &str) -> Result<S
         results.metric.display_name(),
         results.num_tasks
     );
-    out.push_str("## Summary (test)\n\n");
-    out.push_str(&render_summary_table(&[SummaryRow::from_results(
-        method,
-        missing,
-        results,
-        Split::Test,
-    )?]));
-    out.push_str("\n## Summary (val)\n\n");
-    out.push_str(&render_summary_table(&[SummaryRow::from_results(
-        method,
-        missing,
-        results,
-        Split::Val,
-    )?]));
+    for (i, split) in [Split::Test, Split::Val].into_iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = write!(out, "## Summary ({})\n\n", split.as_str());
+        out.push_str(&render_summary_table(&[SummaryRow::from_results(
+            method, missing, results, split,
+        )?]));
+    }
     for split in [Split::Test, Split::Val] {
-        let s = results.split(split)?;
-        let _ = writeln!(
-            out,
-            "\n## {} matrix ({})\n\nRow t: after training task t; column j: evaluated on task j.\n",
-            results.metric.display_name(),
-            split.as_str()
-        );
-        matrix_table(&mut out, &s.matrix, &s.no_samples);
-        empty_note(&mut out, &s.no_samples);
-        let _ = writeln!(
-            out,
-            "\n### Task-id accuracy (%) ({})\n\nShare of task j's samples the Task-Key \
-             memory routed to task j.\n",
-            split.as_str()
-        );
-        matrix_table(&mut out, &s.task_id_matrix, &s.no_samples);
-        empty_note(&mut out, &s.no_samples);
+        matrix_sections(&mut out, results, split)?;
     }
     skipped_section(&mut out, results);
     resumes_section(&mut out, results);
+    training_section(&mut out, results);
+    plots_section(&mut out, results);
+    out.push_str("\n## Configuration\n\n```json\n");
+    out.push_str(&serde_json::to_string_pretty(&results.config).unwrap_or_default());
+    out.push_str("\n```\n");
+    Ok(out)
+}
 
+/// The metric matrix and the task-id accuracy matrix of `split`, each with its empty-cell
+/// note.
+fn matrix_sections(out: &mut String, results: &Results, split: Split) -> Result<()> {
+    let s = results.split(split)?;
+    let _ = writeln!(
+        out,
+        "\n## {} matrix ({})\n\nRow t: after training task t; column j: evaluated on task j.\n",
+        results.metric.display_name(),
+        split.as_str()
+    );
+    matrix_table(out, &s.matrix, &s.no_samples);
+    empty_note(out, &s.no_samples);
+    let _ = writeln!(
+        out,
+        "\n### Task-id accuracy (%) ({})\n\nShare of task j's samples the Task-Key \
+         memory routed to task j.\n",
+        split.as_str()
+    );
+    matrix_table(out, &s.task_id_matrix, &s.no_samples);
+    empty_note(out, &s.no_samples);
+    Ok(())
+}
+
+/// Per task: epochs, steps, wall time, throughput and final loss (`n/a` for a task not
+/// trained yet), then the totals.
+fn training_section(out: &mut String, results: &Results) {
     out.push_str("\n## Training per task\n\n");
     out.push_str(
         "| Task | Epochs | Steps | Wall time (s) | Samples/s | Final loss |\n\
@@ -221,7 +233,10 @@ pub fn render_report(results: &Results, method: &str, missing: &str) -> Result<S
         }
     }
     let _ = writeln!(out, "| total | | {steps} | {wall:.1} | | |");
+}
 
+/// Links to the plots of [`plot_files`], and a line for each plot left out for want of data.
+fn plots_section(out: &mut String, results: &Results) {
     out.push_str("\n## Plots\n\n");
     for p in plot_files(results) {
         let _ = writeln!(out, "- [{}]({})", p.caption, p.file);
@@ -232,11 +247,6 @@ pub fn render_report(results: &Results, method: &str, missing: &str) -> Result<S
     if results.cos_qv_qt.is_empty() {
         out.push_str("- (no cos(q_v, q_t) samples recorded)\n");
     }
-
-    out.push_str("\n## Configuration\n\n```json\n");
-    out.push_str(&serde_json::to_string_pretty(&results.config).unwrap_or_default());
-    out.push_str("\n```\n");
-    Ok(out)
 }
 
 /// Says what the empty cells of a matrix mean, when it has any.

@@ -6,6 +6,7 @@
 //! heatmaps, a colour scale legend. Colours follow viridis (perceptually uniform, readable in
 //! grey-scale and by colour-blind readers).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -348,30 +349,7 @@ pub fn matrix_heatmap_svg(title: &str, matrix: &[Vec<Option<f64>>]) -> String {
             &(i + 1).to_string(),
         );
         for (j, v) in row.iter().enumerate().take(i + 1) {
-            let x = left + j as f64 * cell;
-            let (fill, label, fg, class) = match *v {
-                Some(v) => {
-                    let c = viridis(v / 100.0);
-                    (hex(c), format!("{v:.1}"), text_colour(c), "cell")
-                }
-                None => (
-                    "#e6e6e6".to_string(),
-                    "n/a".to_string(),
-                    "#666",
-                    "cell missing",
-                ),
-            };
-            svg.raw(&format!(
-                r##"<rect class="{class}" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{fill}" stroke="#fff" stroke-width="1"/>"##
-            ));
-            svg.text(
-                x + cell / 2.0,
-                y + cell / 2.0 + font / 3.0,
-                font,
-                "middle",
-                &format!(r#" fill="{fg}""#),
-                &label,
-            );
+            heatmap_cell(&mut svg, left + j as f64 * cell, y, cell, font, *v);
         }
     }
     for j in 0..matrix.len() {
@@ -405,6 +383,34 @@ pub fn matrix_heatmap_svg(title: &str, matrix: &[Vec<Option<f64>>]) -> String {
         "%",
     );
     svg.finish()
+}
+
+/// One square heatmap cell of side `size` at (x, y): coloured by the percentage `v` on the
+/// 0–100 % scale with the value printed in a legible colour, or grey "n/a" when `v` is absent.
+fn heatmap_cell(svg: &mut Svg, x: f64, y: f64, size: f64, font: f64, v: Option<f64>) {
+    let (fill, label, fg, class) = match v {
+        Some(v) => {
+            let c = viridis(v / 100.0);
+            (hex(c), format!("{v:.1}"), text_colour(c), "cell")
+        }
+        None => (
+            "#e6e6e6".to_string(),
+            "n/a".to_string(),
+            "#666",
+            "cell missing",
+        ),
+    };
+    svg.raw(&format!(
+        r##"<rect class="{class}" x="{x:.1}" y="{y:.1}" width="{size:.1}" height="{size:.1}" fill="{fill}" stroke="#fff" stroke-width="1"/>"##
+    ));
+    svg.text(
+        x + size / 2.0,
+        y + size / 2.0 + font / 3.0,
+        font,
+        "middle",
+        &format!(r#" fill="{fg}""#),
+        &label,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -442,49 +448,10 @@ pub fn selection_frequency_svg(sel: &SelectionFrequency) -> Option<String> {
     if sel.is_empty() {
         return None;
     }
-    let mut pools: Vec<&String> = sel.a.keys().chain(sel.b.keys()).collect();
-    pools.sort_by_key(|p| natural_key(p));
-    pools.dedup();
-    let e = sel
-        .a
-        .values()
-        .chain(sel.b.values())
-        .map(Vec::len)
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let share = |counts: &[u64]| -> Vec<f64> {
-        let total: u64 = counts.iter().sum();
-        counts
-            .iter()
-            .map(|&c| {
-                if total == 0 {
-                    0.0
-                } else {
-                    100.0 * c as f64 / total as f64
-                }
-            })
-            .collect()
-    };
-    let max_share = sel
-        .a
-        .values()
-        .chain(sel.b.values())
-        .flat_map(|c| share(c))
-        .fold(0.0f64, f64::max);
-    let step = nice_step(max_share.max(1.0), 4);
-    let hi = (max_share / step).ceil().max(1.0) * step;
-
-    let (cw, ch) = (12.0, 10.0);
-    let label_w = 12.0 + 5.6 * pools.iter().map(|p| p.chars().count()).max().unwrap_or(4) as f64;
-    let (top, panel_gap) = (64.0, 28.0);
-    let panel_w = cw * e as f64;
-    let grid_h = ch * pools.len() as f64;
-    let left = label_w + 28.0;
-    let legend_x = left + 2.0 * panel_w + panel_gap + 22.0;
-    let mut svg = Svg::new(legend_x + 60.0, top + grid_h + 52.0);
+    let g = SelectionGrid::new(sel);
+    let mut svg = Svg::new(g.legend_x + 60.0, g.top + g.grid_h + 52.0);
     svg.text(
-        left + panel_w + panel_gap / 2.0,
+        g.left + g.panel_w + g.panel_gap / 2.0,
         22.0,
         14.0,
         "middle",
@@ -493,46 +460,149 @@ pub fn selection_frequency_svg(sel: &SelectionFrequency) -> Option<String> {
     );
     svg.vtext(
         14.0,
-        top + grid_h / 2.0,
+        g.top + g.grid_h / 2.0,
         12.0,
         "pool (layer.target.modality)",
     );
-    for (r, pool) in pools.iter().enumerate() {
-        let y = top + r as f64 * ch;
-        svg.text(left - 4.0, y + ch - 2.0, 8.5, "end", "", pool);
-        // A rule where the layer (text before the first '.') changes groups the 6 pools of
-        // one layer visually.
-        if r > 0 {
-            let layer = |p: &str| p.split('.').next().unwrap_or("").to_string();
-            if layer(pool) != layer(pools[r - 1]) {
-                svg.line(
-                    left - label_w,
-                    y,
-                    left + 2.0 * panel_w + panel_gap,
-                    y,
-                    "#999",
-                );
-            }
-        }
-    }
+    g.pool_labels(&mut svg);
     for (k, (side, name)) in [(FactorSide::A, "A pools"), (FactorSide::B, "B pools")]
         .into_iter()
         .enumerate()
     {
-        let x0 = left + k as f64 * (panel_w + panel_gap);
-        svg.text(x0 + panel_w / 2.0, top - 10.0, 12.0, "middle", "", name);
-        let map = sel.side(side);
+        g.panel(&mut svg, k, name, sel.side(side));
+    }
+    colour_legend(
+        &mut svg,
+        "scale-selection",
+        g.legend_x,
+        g.top,
+        g.grid_h.clamp(80.0, 300.0),
+        0.0,
+        g.hi,
+        g.step,
+        "%",
+    );
+    Some(svg.finish())
+}
+
+/// Each factor's share of its pool's selections, in percent (all 0 when nothing was selected).
+fn shares(counts: &[u64]) -> Vec<f64> {
+    let total: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| {
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * c as f64 / total as f64
+            }
+        })
+        .collect()
+}
+
+/// The layout of [`selection_frequency_svg`]: the pools in row order, the factor count, the
+/// colour scale and the positions (px) of the label column, the two panels and the legend.
+struct SelectionGrid<'a> {
+    pools: Vec<&'a String>,
+    /// Factors per pool: the longest pool's.
+    e: usize,
+    /// The colour scale's top (a multiple of `step` at or above the largest share) and ticks.
+    hi: f64,
+    step: f64,
+    /// Cell width and height.
+    cw: f64,
+    ch: f64,
+    label_w: f64,
+    left: f64,
+    top: f64,
+    panel_w: f64,
+    panel_gap: f64,
+    grid_h: f64,
+    legend_x: f64,
+}
+
+impl<'a> SelectionGrid<'a> {
+    fn new(sel: &'a SelectionFrequency) -> SelectionGrid<'a> {
+        let mut pools: Vec<&String> = sel.a.keys().chain(sel.b.keys()).collect();
+        pools.sort_by_key(|p| natural_key(p));
+        pools.dedup();
+        let counts = || sel.a.values().chain(sel.b.values());
+        let e = counts().map(Vec::len).max().unwrap_or(0).max(1);
+        let max_share = counts().flat_map(|c| shares(c)).fold(0.0f64, f64::max);
+        let step = nice_step(max_share.max(1.0), 4);
+        let hi = (max_share / step).ceil().max(1.0) * step;
+        let (cw, ch) = (12.0, 10.0);
+        let label_w =
+            12.0 + 5.6 * pools.iter().map(|p| p.chars().count()).max().unwrap_or(4) as f64;
+        let (top, panel_gap) = (64.0, 28.0);
+        let panel_w = cw * e as f64;
+        let grid_h = ch * pools.len() as f64;
+        let left = label_w + 28.0;
+        let legend_x = left + 2.0 * panel_w + panel_gap + 22.0;
+        SelectionGrid {
+            pools,
+            e,
+            hi,
+            step,
+            cw,
+            ch,
+            label_w,
+            left,
+            top,
+            panel_w,
+            panel_gap,
+            grid_h,
+            legend_x,
+        }
+    }
+
+    /// The pool names down the left, with a rule across both panels where the layer changes.
+    fn pool_labels(&self, svg: &mut Svg) {
+        for (r, pool) in self.pools.iter().enumerate() {
+            let y = self.top + r as f64 * self.ch;
+            svg.text(self.left - 4.0, y + self.ch - 2.0, 8.5, "end", "", pool);
+            // A rule where the layer (text before the first '.') changes groups the 6 pools
+            // of one layer visually.
+            if r > 0 {
+                let layer = |p: &str| p.split('.').next().unwrap_or("").to_string();
+                if layer(pool) != layer(self.pools[r - 1]) {
+                    svg.line(
+                        self.left - self.label_w,
+                        y,
+                        self.left + 2.0 * self.panel_w + self.panel_gap,
+                        y,
+                        "#999",
+                    );
+                }
+            }
+        }
+    }
+
+    /// Panel `k` (0 on the left) named `name`: one cell per pool of `map` and factor, with the
+    /// factor indices below.
+    fn panel(&self, svg: &mut Svg, k: usize, name: &str, map: &BTreeMap<String, Vec<u64>>) {
+        let (cw, ch) = (self.cw, self.ch);
+        let (top, grid_h) = (self.top, self.grid_h);
+        let x0 = self.left + k as f64 * (self.panel_w + self.panel_gap);
+        svg.text(
+            x0 + self.panel_w / 2.0,
+            top - 10.0,
+            12.0,
+            "middle",
+            "",
+            name,
+        );
         // 2 × 72 × 16 cells: the shared stroke sits on one group and tooltips stay short
         // (the pool is the row label, the factor the column) to keep the file small.
         svg.raw(r##"<g stroke="#fff" stroke-width="0.5">"##);
-        for (r, pool) in pools.iter().enumerate() {
+        for (r, pool) in self.pools.iter().enumerate() {
             let y = top + r as f64 * ch;
             let Some(counts) = map.get(*pool) else {
                 continue;
             };
-            for (f, s) in share(counts).into_iter().enumerate() {
+            for (f, s) in shares(counts).into_iter().enumerate() {
                 let x = x0 + f as f64 * cw;
-                let fill = hex(viridis(s / hi));
+                let fill = hex(viridis(s / self.hi));
                 svg.raw(&format!(
                     r#"<rect class="cell" x="{x:.1}" y="{y:.1}" width="{cw}" height="{ch}" fill="{fill}"><title>{s:.1}% ({})</title></rect>"#,
                     counts[f]
@@ -541,8 +611,8 @@ pub fn selection_frequency_svg(sel: &SelectionFrequency) -> Option<String> {
         }
         svg.raw("</g>");
         // Factor indices below the panel; every 4th when pools are large.
-        let every = if e > 32 { 4 } else { 1 };
-        for f in (0..e).step_by(every) {
+        let every = if self.e > 32 { 4 } else { 1 };
+        for f in (0..self.e).step_by(every) {
             svg.text(
                 x0 + (f as f64 + 0.5) * cw,
                 top + grid_h + 11.0,
@@ -553,7 +623,7 @@ pub fn selection_frequency_svg(sel: &SelectionFrequency) -> Option<String> {
             );
         }
         svg.text(
-            x0 + panel_w / 2.0,
+            x0 + self.panel_w / 2.0,
             top + grid_h + 30.0,
             11.0,
             "middle",
@@ -561,18 +631,83 @@ pub fn selection_frequency_svg(sel: &SelectionFrequency) -> Option<String> {
             "factor index",
         );
     }
-    colour_legend(
-        &mut svg,
-        "scale-selection",
-        legend_x,
-        top,
-        grid_h.clamp(80.0, 300.0),
-        0.0,
-        hi,
-        step,
-        "%",
-    );
-    Some(svg.finish())
+}
+
+// ---------------------------------------------------------------------------------------
+// Charts with axes
+
+/// The plot area of the charts with axes (the cos(q_v, q_t) histogram, the loss curves), in
+/// px: room on the left for the y ticks, above for the title, below for the x ticks and label.
+struct Frame {
+    left: f64,
+    top: f64,
+    w: f64,
+    h: f64,
+}
+
+/// The one size both charts share.
+const FRAME: Frame = Frame {
+    left: 64.0,
+    top: 44.0,
+    w: 520.0,
+    h: 260.0,
+};
+
+impl Frame {
+    /// A document holding the frame and `right` px beside it (for a legend), with `title`
+    /// centred above the plot area.
+    fn svg(&self, right: f64, title: &str) -> Svg {
+        let mut svg = Svg::new(self.left + self.w + right, self.top + self.h + 56.0);
+        svg.text(self.left + self.w / 2.0, 24.0, 14.0, "middle", "", title);
+        svg
+    }
+
+    /// The y position of `v` on a y axis from 0 to `max`.
+    fn y(&self, v: f64, max: f64) -> f64 {
+        self.top + self.h - v / max * self.h
+    }
+
+    /// Light horizontal grid lines with ticks and labels at every multiple of `step` from 0
+    /// to `max`.
+    fn y_grid(&self, svg: &mut Svg, max: f64, step: f64) {
+        let n = (max / step).round() as usize;
+        let decimals = step_decimals(step);
+        for k in 0..=n {
+            let v = k as f64 * step;
+            let y = self.y(v, max);
+            svg.line(self.left, y, self.left + self.w, y, "#e3e3e3");
+            svg.line(self.left - 4.0, y, self.left, y, "#333");
+            svg.text(
+                self.left - 7.0,
+                y + 3.5,
+                10.0,
+                "end",
+                "",
+                &format!("{v:.decimals$}"),
+            );
+        }
+    }
+
+    /// A tick on the x axis at position `x` (px) with its label.
+    fn x_tick(&self, svg: &mut Svg, x: f64, label: &str) {
+        let base = self.top + self.h;
+        svg.line(x, base, x, base + 4.0, "#333");
+        svg.text(x, base + 16.0, 10.0, "middle", "", label);
+    }
+
+    /// The x and y axis lines.
+    fn axes(&self, svg: &mut Svg) {
+        let base = self.top + self.h;
+        svg.line(self.left, base, self.left + self.w, base, "#333");
+        svg.line(self.left, self.top, self.left, base, "#333");
+    }
+
+    /// The axes' captions: `x` below the plot area, `y` rotated on its left.
+    fn axis_labels(&self, svg: &mut Svg, x: &str, y: &str) {
+        let (left, top, w, h) = (self.left, self.top, self.w, self.h);
+        svg.text(left + w / 2.0, top + h + 40.0, 12.0, "middle", "", x);
+        svg.vtext(18.0, top + h / 2.0, 12.0, y);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,15 +727,7 @@ pub fn cos_histogram_svg(samples: &[f32], bins: usize) -> Option<String> {
             (a.min(v as f64), b.max(v as f64))
         });
     let mean = samples.iter().map(|&v| v as f64).sum::<f64>() / samples.len() as f64;
-    // Range: the data rounded out to tick steps, so bars fill the plot instead of crowding one
-    // end of [−1, 1]; padded when every sample is equal.
-    let step = nice_step((max - min).max(0.02), 5);
-    let mut lo = ((min / step).floor() * step).max(-1.0);
-    let mut hi = ((max / step).ceil() * step).min(1.0);
-    if hi - lo < step {
-        lo = (lo - step).max(-1.0);
-        hi = (hi + step).min(1.0);
-    }
+    let (lo, hi, step) = cosine_range(min, max);
     let w = (hi - lo) / bins as f64;
     let mut counts = vec![0u64; bins];
     for &v in samples {
@@ -611,82 +738,69 @@ pub fn cos_histogram_svg(samples: &[f32], bins: usize) -> Option<String> {
     let ystep = nice_step(cmax as f64, 5).max(1.0).round();
     let ymax = (cmax as f64 / ystep).ceil() * ystep;
 
-    let (left, top, pw, ph) = (64.0, 44.0, 520.0, 260.0);
-    let mut svg = Svg::new(left + pw + 24.0, top + ph + 56.0);
-    svg.text(
-        left + pw / 2.0,
+    let f = &FRAME;
+    let mut svg = f.svg(
         24.0,
-        14.0,
-        "middle",
-        "",
         &format!(
             "cos(q_v, q_t) on complete samples (n = {}, mean = {mean:.3})",
             samples.len()
         ),
     );
-    let sx = |v: f64| left + (v - lo) / (hi - lo) * pw;
-    let sy = |c: f64| top + ph - c / ymax * ph;
-    // Y grid and ticks.
-    let n_y = (ymax / ystep).round() as usize;
-    for k in 0..=n_y {
-        let c = k as f64 * ystep;
-        let y = sy(c);
-        svg.line(left, y, left + pw, y, "#e3e3e3");
-        svg.line(left - 4.0, y, left, y, "#333");
-        svg.text(left - 7.0, y + 3.5, 10.0, "end", "", &format!("{c:.0}"));
-    }
+    let sx = |v: f64| f.left + (v - lo) / (hi - lo) * f.w;
+    f.y_grid(&mut svg, ymax, ystep);
     let bar_fill = hex(viridis(0.35));
     for (i, &c) in counts.iter().enumerate() {
         let x = sx(lo + i as f64 * w);
-        let y = sy(c as f64);
-        let bw = (pw / bins as f64 - 1.0).max(0.5);
+        let y = f.y(c as f64, ymax);
+        let bw = (f.w / bins as f64 - 1.0).max(0.5);
         svg.raw(&format!(
             r##"<rect class="bar" x="{x:.1}" y="{y:.1}" width="{bw:.1}" height="{:.1}" fill="{bar_fill}"><title>[{:.3}, {:.3}): {c}</title></rect>"##,
-            top + ph - y,
+            f.top + f.h - y,
             lo + i as f64 * w,
             lo + (i + 1) as f64 * w
         ));
     }
-    // Axes.
-    svg.line(left, top + ph, left + pw, top + ph, "#333");
-    svg.line(left, top, left, top + ph, "#333");
+    f.axes(&mut svg);
     let decimals = step_decimals(step);
     let n_x = ((hi - lo) / step).round() as usize;
     for k in 0..=n_x {
         let v = lo + k as f64 * step;
-        let x = sx(v);
-        svg.line(x, top + ph, x, top + ph + 4.0, "#333");
-        svg.text(
-            x,
-            top + ph + 16.0,
-            10.0,
-            "middle",
-            "",
-            &format!("{v:.decimals$}"),
-        );
+        f.x_tick(&mut svg, sx(v), &format!("{v:.decimals$}"));
     }
-    let mx = sx(mean);
+    mean_marker(&mut svg, sx(mean));
+    f.axis_labels(&mut svg, "cos(q_v, q_t)", "samples");
+    Some(svg.finish())
+}
+
+/// The histogram's x range `(lo, hi)` and tick step for data in `[min, max]`: the data rounded
+/// out to tick steps inside [−1, 1], so bars fill the plot instead of crowding one end of
+/// [−1, 1]; padded by a step when every sample is equal.
+fn cosine_range(min: f64, max: f64) -> (f64, f64, f64) {
+    let step = nice_step((max - min).max(0.02), 5);
+    let mut lo = ((min / step).floor() * step).max(-1.0);
+    let mut hi = ((max / step).ceil() * step).min(1.0);
+    if hi - lo < step {
+        lo = (lo - step).max(-1.0);
+        hi = (hi + step).min(1.0);
+    }
+    (lo, hi, step)
+}
+
+/// The mean as a dashed red line across the frame at `x` (px), labelled on the side with
+/// room for the label.
+fn mean_marker(svg: &mut Svg, x: f64) {
+    let f = &FRAME;
+    let top = f.top;
     svg.raw(&format!(
-        r##"<line class="mean" x1="{mx:.1}" y1="{top:.1}" x2="{mx:.1}" y2="{:.1}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="5,3"/>"##,
-        top + ph
+        r##"<line class="mean" x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{:.1}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="5,3"/>"##,
+        top + f.h
     ));
-    // The label sits on the side of the line with room for it.
-    let (lx, anchor) = if mx > left + pw - 40.0 {
-        (mx - 4.0, "end")
+    let (lx, anchor) = if x > f.left + f.w - 40.0 {
+        (x - 4.0, "end")
     } else {
-        (mx + 4.0, "start")
+        (x + 4.0, "start")
     };
     svg.text(lx, top + 10.0, 10.0, anchor, r##" fill="#c0392b""##, "mean");
-    svg.text(
-        left + pw / 2.0,
-        top + ph + 40.0,
-        12.0,
-        "middle",
-        "",
-        "cos(q_v, q_t)",
-    );
-    svg.vtext(18.0, top + ph / 2.0, 12.0, "samples");
-    Some(svg.finish())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -694,6 +808,14 @@ pub fn cos_histogram_svg(samples: &[f32], bins: usize) -> Option<String> {
 
 /// One line of a loss plot: its legend, its value at a point and its viridis position.
 type Series = (&'static str, fn(&LossPoint) -> f64, f64);
+
+/// The four lines of a loss plot (eq. 9–10).
+static LOSS_SERIES: [Series; 4] = [
+    ("L (total)", |p| p.loss, 0.0),
+    ("L_c", |p| p.l_c, 0.35),
+    ("L_align", |p| p.l_align, 0.62),
+    ("L_con", |p| p.l_con, 0.85),
+];
 
 /// Points drawn per series at most: longer curves are averaged over runs of equal steps.
 pub const LOSS_CURVE_POINTS: usize = 500;
@@ -708,9 +830,65 @@ pub fn loss_curve_svg(curve: &LossCurve) -> Option<String> {
         return None;
     }
     let per = pts.len().div_ceil(LOSS_CURVE_POINTS);
-    // Means over runs of `per` steps, at their mean step.
-    let drawn: Vec<LossPoint> = pts
-        .chunks(per)
+    let drawn = run_means(pts, per);
+    let ymax_data = drawn
+        .iter()
+        .flat_map(|p| LOSS_SERIES.iter().map(move |s| (s.1)(p)))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let ystep = nice_step(ymax_data.max(1e-6), 5);
+    let ymax = ((ymax_data / ystep).ceil() * ystep).max(ystep);
+    let (x_lo, x_hi) = (
+        pts.first().map_or(1, |p| p.step) as f64,
+        pts.last().map_or(1, |p| p.step) as f64,
+    );
+    let x_hi = if x_hi > x_lo { x_hi } else { x_lo + 1.0 };
+
+    let mut title = format!(
+        "Training loss, task {} ({} steps",
+        curve.task + 1,
+        pts.len()
+    );
+    if per > 1 {
+        let _ = write!(title, ", mean of every {per}");
+    }
+    title.push(')');
+    let f = &FRAME;
+    let mut svg = f.svg(130.0, &title);
+    let sx = |v: f64| f.left + (v - x_lo) / (x_hi - x_lo) * f.w;
+    f.y_grid(&mut svg, ymax, ystep);
+    let xstep = nice_step(x_hi - x_lo, 6).max(1.0);
+    let mut x = (x_lo / xstep).ceil() * xstep;
+    while x <= x_hi + 1e-9 {
+        f.x_tick(&mut svg, sx(x), &format!("{x:.0}"));
+        x += xstep;
+    }
+    f.axes(&mut svg);
+    for (k, (name, value, colour)) in LOSS_SERIES.iter().enumerate() {
+        let colour = hex(viridis(*colour));
+        let mut points = String::new();
+        for p in &drawn {
+            let v = value(p);
+            if v.is_finite() {
+                let _ = write!(points, "{:.1},{:.1} ", sx(p.step as f64), f.y(v, ymax));
+            }
+        }
+        svg.raw(&format!(
+            r#"<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"><title>{}</title></polyline>"#,
+            points.trim_end(),
+            esc(name)
+        ));
+        let (lx, ly) = (f.left + f.w, f.top + 10.0 + 18.0 * k as f64);
+        svg.line(lx + 14.0, ly, lx + 34.0, ly, &colour);
+        svg.text(lx + 40.0, ly + 3.5, 11.0, "start", "", name);
+    }
+    f.axis_labels(&mut svg, "step", "loss");
+    Some(svg.finish())
+}
+
+/// The means of every run of `per` consecutive points, each at its runs' mean step.
+fn run_means(pts: &[LossPoint], per: usize) -> Vec<LossPoint> {
+    pts.chunks(per)
         .map(|c| {
             let n = c.len() as f64;
             let mean = |f: fn(&LossPoint) -> f64| c.iter().map(f).sum::<f64>() / n;
@@ -722,85 +900,5 @@ pub fn loss_curve_svg(curve: &LossCurve) -> Option<String> {
                 l_con: mean(|p| p.l_con),
             }
         })
-        .collect();
-    let series: [Series; 4] = [
-        ("L (total)", |p| p.loss, 0.0),
-        ("L_c", |p| p.l_c, 0.35),
-        ("L_align", |p| p.l_align, 0.62),
-        ("L_con", |p| p.l_con, 0.85),
-    ];
-    let ymax_data = drawn
-        .iter()
-        .flat_map(|p| series.iter().map(move |s| (s.1)(p)))
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max);
-    let ystep = nice_step(ymax_data.max(1e-6), 5);
-    let ymax = ((ymax_data / ystep).ceil() * ystep).max(ystep);
-    let (x_lo, x_hi) = (
-        pts.first().map_or(1, |p| p.step) as f64,
-        pts.last().map_or(1, |p| p.step) as f64,
-    );
-    let x_hi = if x_hi > x_lo { x_hi } else { x_lo + 1.0 };
-
-    let (left, top, pw, ph) = (64.0, 44.0, 520.0, 260.0);
-    let mut svg = Svg::new(left + pw + 130.0, top + ph + 56.0);
-    let mut title = format!(
-        "Training loss, task {} ({} steps",
-        curve.task + 1,
-        pts.len()
-    );
-    if per > 1 {
-        let _ = write!(title, ", mean of every {per}");
-    }
-    title.push(')');
-    svg.text(left + pw / 2.0, 24.0, 14.0, "middle", "", &title);
-    let sx = |v: f64| left + (v - x_lo) / (x_hi - x_lo) * pw;
-    let sy = |v: f64| top + ph - v / ymax * ph;
-    let n_y = (ymax / ystep).round() as usize;
-    let y_dec = step_decimals(ystep);
-    for k in 0..=n_y {
-        let v = k as f64 * ystep;
-        let y = sy(v);
-        svg.line(left, y, left + pw, y, "#e3e3e3");
-        svg.line(left - 4.0, y, left, y, "#333");
-        svg.text(
-            left - 7.0,
-            y + 3.5,
-            10.0,
-            "end",
-            "",
-            &format!("{v:.y_dec$}"),
-        );
-    }
-    let xstep = nice_step(x_hi - x_lo, 6).max(1.0);
-    let mut x = (x_lo / xstep).ceil() * xstep;
-    while x <= x_hi + 1e-9 {
-        let px = sx(x);
-        svg.line(px, top + ph, px, top + ph + 4.0, "#333");
-        svg.text(px, top + ph + 16.0, 10.0, "middle", "", &format!("{x:.0}"));
-        x += xstep;
-    }
-    svg.line(left, top + ph, left + pw, top + ph, "#333");
-    svg.line(left, top, left, top + ph, "#333");
-    for (k, (name, value, colour)) in series.iter().enumerate() {
-        let colour = hex(viridis(*colour));
-        let mut points = String::new();
-        for p in &drawn {
-            let v = value(p);
-            if v.is_finite() {
-                let _ = write!(points, "{:.1},{:.1} ", sx(p.step as f64), sy(v));
-            }
-        }
-        svg.raw(&format!(
-            r#"<polyline class="series" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"><title>{}</title></polyline>"#,
-            points.trim_end(),
-            esc(name)
-        ));
-        let ly = top + 10.0 + 18.0 * k as f64;
-        svg.line(left + pw + 14.0, ly, left + pw + 34.0, ly, &colour);
-        svg.text(left + pw + 40.0, ly + 3.5, 11.0, "start", "", name);
-    }
-    svg.text(left + pw / 2.0, top + ph + 40.0, 12.0, "middle", "", "step");
-    svg.vtext(18.0, top + ph / 2.0, 12.0, "loss");
-    Some(svg.finish())
+        .collect()
 }

@@ -30,7 +30,8 @@ use crate::backend::Device;
 use crate::data::image::ImageProcessor;
 use crate::data::tokenizer::BertTokenizer;
 use crate::data::{
-    Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Skipped, Split,
+    Batch, Benchmark, Label, LabelKind, Loader, LoaderConfig, MissingSpec, MissingType, Skipped,
+    Split,
 };
 use crate::delo::config::{DeloConfig, TaskKeySource};
 use crate::delo::losses::Targets;
@@ -46,7 +47,7 @@ use device_images::DeviceImages;
 use lock::RunLock;
 use metrics::StepLog;
 use prep::ViltPrep;
-use step::{run_step, StepBatch, StepOptim, TaskState};
+use step::{run_step, StepBatch, StepLosses, StepOptim, TaskState};
 use step_checkpoint::{CheckpointEvery, StepCheckpoint, StepState};
 
 /// One loader thread per core the process may use (2 when that is unknown): decoding and
@@ -772,7 +773,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Trains task `t` from its start, or from the checkpoint `from` of it.
+    /// Trains task `t` from its start, or from the checkpoint `from` of it
+    /// (docs/data.md#training-protocol): the task's steps under the cosine schedule, with step
+    /// checkpoints when due, then the task's parameters and keys frozen.
     fn train_task(
         &mut self,
         t: usize,
@@ -789,16 +792,8 @@ impl Trainer {
             Some(cp) => self.restore_step(&mut state, cp)?,
             None => StepState::start(t),
         };
-        let loader = self.loader(t, Split::Train, true)?;
-        let on_device = match s.cache_images {
-            true => {
-                let placement = DeviceImages::for_loader(&self.device, &loader, &self.prep.images)?;
-                log(Event::Line(&format!("task {t}: {}", placement.notice)));
-                placement.images
-            }
-            false => None,
-        };
-        let per_epoch = loader.num_batches();
+        let batches = self.train_batches(t, log)?;
+        let per_epoch = batches.loader.num_batches();
         let mut total = per_epoch * s.epochs;
         if let Some(m) = s.max_steps_per_task {
             total = total.min(m);
@@ -810,43 +805,13 @@ impl Trainer {
         let graphs_before = self.graph_stats();
         'epochs: for epoch in at.epoch..s.epochs {
             let first = if epoch == at.epoch { at.next_batch } else { 0 };
-            for batch in loader.epoch_from(epoch as u64, first) {
+            for batch in batches.loader.epoch_from(epoch as u64, first) {
                 if step >= total {
                     break 'epochs;
                 }
                 let batch = batch?;
-                self.note_skipped(t, Split::Train, &batch.skipped);
-                let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
-                let labels: Vec<Label> = batch
-                    .samples
-                    .iter()
-                    .map(|x| x.local_label.clone())
-                    .collect();
-                let targets = self.targets(t, &labels)?;
                 let lr = schedule::cosine_with_warmup(s.lr, step, total, s.warmup);
-                let optim = StepOptim {
-                    lr,
-                    betas: s.betas,
-                    eps: s.eps,
-                    weight_decay: s.weight_decay,
-                };
-                let placed = on_device
-                    .as_ref()
-                    .map(|d| d.place(&loader, &batch))
-                    .transpose()?;
-                let batch_in = StepBatch {
-                    inputs: placed.as_ref().unwrap_or(&batch.data),
-                    missing: &missing,
-                    targets: &targets,
-                };
-                let loss = run_step(
-                    &self.vilt,
-                    &s.delo,
-                    &mut state,
-                    &batch_in,
-                    optim,
-                    s.cuda_graph,
-                )?;
+                let loss = self.train_on_batch(t, &mut state, &batches, &batch, lr)?;
                 samples += batch.samples.len();
                 // Shown one step late: this step's kernels keep the device busy meanwhile.
                 losses.push(step, epoch, lr, samples, &loss, log)?;
@@ -866,7 +831,83 @@ impl Trainer {
         }
         let started = losses.started;
         let last_loss = losses.finish(log)?;
-        if let (Some(before), Some(after)) = (graphs_before, self.graph_stats()) {
+        self.log_graph_replays(t, graphs_before, log);
+        if step == 0 {
+            return Err(Error::Msg(format!("task {t} has no training batch")));
+        }
+        self.freeze_task(t, state)?;
+        let wall = started.elapsed().as_secs_f64();
+        Ok(TaskStats {
+            epochs: s.epochs.min(step.div_ceil(per_epoch.max(1))),
+            wall_seconds: wall,
+            train_samples_per_second: samples as f64 / wall,
+            steps: step,
+            final_loss: last_loss,
+        })
+    }
+
+    /// Task `t`'s shuffled training loader, with its images placed in device memory when
+    /// `--cache-images` asks for it and they fit (the placement is logged).
+    fn train_batches(&self, t: usize, log: &mut dyn FnMut(Event)) -> Result<TrainBatches> {
+        let loader = self.loader(t, Split::Train, true)?;
+        let on_device = match self.settings().cache_images {
+            true => {
+                let placement = DeviceImages::for_loader(&self.device, &loader, &self.prep.images)?;
+                log(Event::Line(&format!("task {t}: {}", placement.notice)));
+                placement.images
+            }
+            false => None,
+        };
+        Ok(TrainBatches { loader, on_device })
+    }
+
+    /// One AdamW step of task `t` on `batch` at learning rate `lr` (docs/method.md#optimisation);
+    /// returns the step's losses, still on the device.
+    fn train_on_batch(
+        &self,
+        t: usize,
+        state: &mut TaskState,
+        batches: &TrainBatches,
+        batch: &Batch<ViltInputs>,
+        lr: f32,
+    ) -> Result<StepLosses> {
+        let s = self.settings();
+        self.note_skipped(t, Split::Train, &batch.skipped);
+        let missing: Vec<MissingType> = batch.samples.iter().map(|x| x.missing).collect();
+        let labels: Vec<Label> = batch
+            .samples
+            .iter()
+            .map(|x| x.local_label.clone())
+            .collect();
+        let targets = self.targets(t, &labels)?;
+        let optim = StepOptim {
+            lr,
+            betas: s.betas,
+            eps: s.eps,
+            weight_decay: s.weight_decay,
+        };
+        let placed = batches
+            .on_device
+            .as_ref()
+            .map(|d| d.place(&batches.loader, batch))
+            .transpose()?;
+        let batch_in = StepBatch {
+            inputs: placed.as_ref().unwrap_or(&batch.data),
+            missing: &missing,
+            targets: &targets,
+        };
+        run_step(&self.vilt, &s.delo, state, &batch_in, optim, s.cuda_graph)
+    }
+
+    /// Logs how many of task `t`'s steps were replayed as CUDA graphs since `before` (nothing
+    /// off CUDA graphs).
+    fn log_graph_replays(
+        &self,
+        t: usize,
+        before: Option<crate::backend::cuda::GraphStats>,
+        log: &mut dyn FnMut(Event),
+    ) {
+        if let (Some(before), Some(after)) = (before, self.graph_stats()) {
             log(Event::Line(&format!(
                 "task {t}: {} of {} steps replayed as CUDA graphs ({} kinds of step, {} graphs captured, {} kinds evicted)",
                 after.replayed - before.replayed,
@@ -876,10 +917,12 @@ impl Trainer {
                 after.evicted - before.evicted,
             )));
         }
+    }
+
+    /// Freezes trained task `t`: its running keys join the key tables (eq. 7,
+    /// docs/method.md#task-key-memory) and its parameters join the finished tasks.
+    fn freeze_task(&mut self, t: usize, state: TaskState) -> Result<()> {
         let (params, keys) = (state.params, state.keys);
-        if step == 0 {
-            return Err(Error::Msg(format!("task {t} has no training batch")));
-        }
         self.keys.resize_with(keys.len(), TaskKeys::default);
         for (table, key) in self.keys.iter_mut().zip(&keys) {
             table.push(
@@ -894,15 +937,15 @@ impl Trainer {
                 .map(|(n, t)| Ok((n, t.to_device(&self.device)?)))
                 .collect::<Result<_>>()?,
         });
-        let wall = started.elapsed().as_secs_f64();
-        Ok(TaskStats {
-            epochs: s.epochs.min(step.div_ceil(per_epoch.max(1))),
-            wall_seconds: wall,
-            train_samples_per_second: samples as f64 / wall,
-            steps: step,
-            final_loss: last_loss,
-        })
+        Ok(())
     }
+}
+
+/// A task's training batches: the loader, and the task's images in device memory when
+/// `--cache-images` put them there (docs/engine.md#images-in-device-memory).
+struct TrainBatches {
+    loader: Loader<ViltPrep>,
+    on_device: Option<DeviceImages>,
 }
 
 /// The current time, UTC, as RFC 3339 to the second (`2026-12-06T14:05:00Z`).

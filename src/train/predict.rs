@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::autograd::Tape;
-use crate::data::{LabelKind, MissingType};
+use crate::data::{LabelKind, MissingType, SampleInfo};
 use crate::delo::config::TaskKeySource;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -80,79 +80,118 @@ pub fn predict(tr: &Trainer, items: &[NewItem], opts: &PredictOptions) -> Result
             opts.threshold
         )));
     }
-    let oracle = s.delo.task_key == TaskKeySource::Oracle;
-    let task = match (oracle, opts.task) {
-        (true, Some(t)) if t <= trained => t,
-        (true, Some(t)) => {
-            return Err(Error::Msg(format!(
-                "--task {t}: the run has finished tasks 0..={trained} (0-based)"
-            )))
-        }
-        (true, None) => {
-            return Err(Error::Msg(
-                "--task-key oracle needs --task T, the task (0-based) to answer with".into(),
-            ))
-        }
-        (false, Some(_)) => {
-            return Err(Error::Msg(
-                "--task is for --task-key oracle; the Task-Key memory chooses otherwise".into(),
-            ))
-        }
-        (false, None) => 0,
-    };
-    let seq = s.delo.variant.shares_one_model();
-    let one_table = !seq
-        && matches!(
-            s.delo.task_key,
-            TaskKeySource::Input | TaskKeySource::Frozen
-        );
-    let columns: Vec<Vec<usize>> = (0..=trained).map(|k| tr.head_classes(k)).collect();
-    let spans: Vec<_> = (0..=trained).map(|j| tr.head_span(j, trained)).collect();
-    // sigmoid(x) > p ⇔ x > logit(p): at 0.5 exactly the evaluation's `x > 0`.
-    let min_logit = (opts.threshold / (1.0 - opts.threshold)).ln();
+    let task = oracle_task(tr, opts.task, trained)?;
+    let reader = AnswerReader::new(tr, trained, opts);
     let batch_size = opts.batch_size.unwrap_or(s.eval_batch_size).max(1);
     let loader = inputs::loader(items, tr.prep.clone(), batch_size, s.loader_threads)?;
     let mut out = Vec::with_capacity(items.len());
     for batch in loader.epoch(0) {
         let batch = batch?;
         let answers = eval::answer_batch(tr, &batch, task, trained, None)?;
-        let cosines = if one_table {
+        let cosines = if reader.one_table {
             Some(key_cosines(tr, &batch, &answers)?)
         } else {
             None
         };
         for (i, (a, sample)) in answers.iter().zip(&batch.samples).enumerate() {
-            let cols = &columns[a.k];
-            let probs = probabilities(&a.logits, tr.bench.kind);
-            let mut order: Vec<usize> = (0..probs.len()).collect();
-            // Stable: equal probabilities keep column order, so the first is `a.top()`.
-            order.sort_by(|&x, &y| a.logits[y].total_cmp(&a.logits[x]));
-            let top = a.top();
-            let labels = match tr.bench.kind {
-                LabelKind::Single => vec![cols[top]],
-                LabelKind::Multi => (0..cols.len())
-                    .filter(|&c| a.logits[c] > min_logit)
-                    .map(|c| cols[c])
-                    .collect(),
-            };
-            out.push(Prediction {
-                index: sample.index,
-                image: items[sample.index].image.clone().unwrap_or_default(),
-                missing: sample.missing,
-                task: a.attributed(seq, &spans),
-                task_cosine: cosines.as_ref().map(|c| c[i]),
-                class: cols[top],
-                score: probs[top],
-                top_k: order
-                    .iter()
-                    .take(opts.top_k)
-                    .map(|&c| (cols[c], probs[c]))
-                    .collect(),
-                labels,
-            });
+            let image = items[sample.index].image.clone().unwrap_or_default();
+            out.push(reader.prediction(a, sample, image, cosines.as_ref().map(|c| c[i])));
         }
     }
     Ok(out)
+}
+
+/// The task whose head answers every item with `--task-key oracle` (`task`, checked against
+/// the finished tasks `0..=trained`); 0, unused, with the Task-Key memory, which takes no
+/// `--task`.
+fn oracle_task(tr: &Trainer, task: Option<usize>, trained: usize) -> Result<usize> {
+    let oracle = tr.settings().delo.task_key == TaskKeySource::Oracle;
+    match (oracle, task) {
+        (true, Some(t)) if t <= trained => Ok(t),
+        (true, Some(t)) => Err(Error::Msg(format!(
+            "--task {t}: the run has finished tasks 0..={trained} (0-based)"
+        ))),
+        (true, None) => Err(Error::Msg(
+            "--task-key oracle needs --task T, the task (0-based) to answer with".into(),
+        )),
+        (false, Some(_)) => Err(Error::Msg(
+            "--task is for --task-key oracle; the Task-Key memory chooses otherwise".into(),
+        )),
+        (false, None) => Ok(0),
+    }
+}
+
+/// What turns an [`Answer`] into a [`Prediction`]: the heads' global classes, the task spans,
+/// the label kind and the options' threshold and `top_k`.
+struct AnswerReader {
+    kind: LabelKind,
+    /// `seq-lora`: one shared model, the task is the one owning the top class.
+    seq: bool,
+    /// One key table chose the task, so its cosine is reported.
+    one_table: bool,
+    /// Per finished task, its head's global classes.
+    columns: Vec<Vec<usize>>,
+    /// Per finished task, the columns of its own classes in the last head (see
+    /// [`Trainer::head_span`]).
+    spans: Vec<std::ops::Range<usize>>,
+    /// sigmoid(x) > p ⇔ x > logit(p): at 0.5 exactly the evaluation's `x > 0`.
+    min_logit: f32,
+    top_k: usize,
+}
+
+impl AnswerReader {
+    fn new(tr: &Trainer, trained: usize, opts: &PredictOptions) -> AnswerReader {
+        let delo = &tr.settings().delo;
+        let seq = delo.variant.shares_one_model();
+        AnswerReader {
+            kind: tr.bench.kind,
+            seq,
+            one_table: !seq
+                && matches!(delo.task_key, TaskKeySource::Input | TaskKeySource::Frozen),
+            columns: (0..=trained).map(|k| tr.head_classes(k)).collect(),
+            spans: (0..=trained).map(|j| tr.head_span(j, trained)).collect(),
+            min_logit: (opts.threshold / (1.0 - opts.threshold)).ln(),
+            top_k: opts.top_k,
+        }
+    }
+
+    /// `a`'s prediction for `sample`, whose image path and key cosine the caller knows.
+    fn prediction(
+        &self,
+        a: &Answer,
+        sample: &SampleInfo,
+        image: String,
+        task_cosine: Option<f32>,
+    ) -> Prediction {
+        let cols = &self.columns[a.k];
+        let probs = probabilities(&a.logits, self.kind);
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        // Stable: equal probabilities keep column order, so the first is `a.top()`.
+        order.sort_by(|&x, &y| a.logits[y].total_cmp(&a.logits[x]));
+        let top = a.top();
+        let labels = match self.kind {
+            LabelKind::Single => vec![cols[top]],
+            LabelKind::Multi => (0..cols.len())
+                .filter(|&c| a.logits[c] > self.min_logit)
+                .map(|c| cols[c])
+                .collect(),
+        };
+        Prediction {
+            index: sample.index,
+            image,
+            missing: sample.missing,
+            task: a.attributed(self.seq, &self.spans),
+            task_cosine,
+            class: cols[top],
+            score: probs[top],
+            top_k: order
+                .iter()
+                .take(self.top_k)
+                .map(|&c| (cols[c], probs[c]))
+                .collect(),
+            labels,
+        }
+    }
 }
 
 /// Per sample, cos(q_task, key of the task that answered it), with the query of the run's key
