@@ -236,8 +236,11 @@ pub struct Benchmark {
     /// Class names from `meta.json`, when present.
     pub class_names: Option<Vec<String>>,
     /// `splits[task][split.index()]`: indices into `items`, in file order.
-    splits: Vec<[Vec<usize>; 3]>,
+    splits: Vec<SplitLists>,
 }
+
+/// One task's items, per split (`[split.index()]`): indices into the list, in file order.
+type SplitLists = [Vec<usize>; 3];
 
 impl Benchmark {
     /// Loads a benchmark from its JSON file, or from a folder holding exactly one `*.json`
@@ -471,12 +474,9 @@ fn count_classes(
 /// Per task: the item indices of each split (`[split.index()]`, file order) and the classes
 /// the task owns. Errors on a gap in the task ids, a task without train, val or test items,
 /// or a task that owns no class.
-fn split_by_task(
-    path: &Path,
-    items: &[Item],
-) -> Result<(Vec<[Vec<usize>; 3]>, Vec<BTreeSet<usize>>)> {
+fn split_by_task(path: &Path, items: &[Item]) -> Result<(Vec<SplitLists>, Vec<BTreeSet<usize>>)> {
     let num_tasks = items.iter().map(|it| it.task).max().unwrap_or(0) + 1;
-    let mut splits: Vec<[Vec<usize>; 3]> = vec![Default::default(); num_tasks];
+    let mut splits: Vec<SplitLists> = vec![Default::default(); num_tasks];
     let mut owned: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); num_tasks];
     for it in items {
         splits[it.task][it.split.index()].push(it.index);
