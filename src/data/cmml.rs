@@ -295,8 +295,7 @@ impl Benchmark {
             .unwrap_or_else(|| Path::new(""))
             .join("images");
         let items = parse_items(path, list, &image_dir)?;
-        let shape = label_shape(&items[0].label);
-        let kind = shape.0;
+        let (kind, multi_len) = label_shape(&items[0].label);
         if let Some(mk) = meta.as_ref().and_then(|m| m.kind) {
             if mk != kind {
                 return Err(Error::format(
@@ -308,7 +307,7 @@ impl Benchmark {
             }
         }
         let class_names = meta.as_ref().and_then(|m| m.class_names.clone());
-        let num_classes = count_classes(path, &items, shape, class_names.as_deref())?;
+        let num_classes = count_classes(path, &items, (kind, multi_len), class_names.as_deref())?;
         let (splits, owned) = split_by_task(path, &items)?;
         let tasks = tasks_owning(path, owned, num_classes)?;
         let name = meta
@@ -421,6 +420,7 @@ fn check_label_like_first(path: &Path, first: &Item, item: &Item) -> Result<()> 
     Ok(())
 }
 
+/// A label kind as an error about a label names it.
 fn describe_kind(k: LabelKind) -> &'static str {
     match k {
         LabelKind::Single => "an integer (single-label)",
