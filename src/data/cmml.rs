@@ -192,60 +192,28 @@ impl Meta {
                 format!("expected a JSON object, found {}", type_name(&v)),
             )
         })?;
-        let mut meta = Meta::default();
-        if let Some(n) = obj.get("name") {
-            meta.name = Some(
-                n.as_str()
-                    .ok_or_else(|| {
-                        Error::format(
-                            path,
-                            format!("field \"name\": expected a string, found {}", type_name(n)),
-                        )
-                    })?
-                    .to_string(),
-            );
-        }
-        if let Some(k) = obj.get("kind") {
-            let s = k.as_str().ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!("field \"kind\": expected a string, found {}", type_name(k)),
-                )
-            })?;
-            meta.kind = Some(
-                s.parse()
-                    .map_err(|e: Error| Error::format(path, format!("field \"kind\": {e}")))?,
-            );
-        }
-        if let Some(c) = obj.get("class_names") {
-            let arr = c.as_array().ok_or_else(|| {
-                Error::format(
-                    path,
-                    format!(
-                        "field \"class_names\": expected a list of strings, found {}",
-                        type_name(c)
-                    ),
-                )
-            })?;
-            let mut names = Vec::with_capacity(arr.len());
-            for (i, n) in arr.iter().enumerate() {
-                names.push(
-                    n.as_str()
-                        .ok_or_else(|| {
-                            Error::format(
-                                path,
-                                format!(
-                                    "field \"class_names\", entry {i}: expected a string, found {}",
-                                    type_name(n)
-                                ),
-                            )
-                        })?
-                        .to_string(),
-                );
-            }
-            meta.class_names = Some(names);
-        }
-        Ok(meta)
+        let at = FieldsOf { path, item: None };
+        let name = obj.get("name").map(|n| at.string("name", n)).transpose()?;
+        let kind = obj
+            .get("kind")
+            .map(|k| {
+                at.string("kind", k)?
+                    .parse()
+                    .map_err(|e: Error| at.err("kind", e))
+            })
+            .transpose()?;
+        let class_names = obj
+            .get("class_names")
+            .map(|c| match c {
+                Value::Array(entries) => at.strings("class_names", entries),
+                other => Err(at.expected("class_names", "a list of strings", other)),
+            })
+            .transpose()?;
+        Ok(Meta {
+            name: name.map(str::to_string),
+            kind,
+            class_names: class_names.map(|n| n.into_iter().map(str::to_string).collect()),
+        })
     }
 }
 
@@ -268,8 +236,11 @@ pub struct Benchmark {
     /// Class names from `meta.json`, when present.
     pub class_names: Option<Vec<String>>,
     /// `splits[task][split.index()]`: indices into `items`, in file order.
-    splits: Vec<[Vec<usize>; 3]>,
+    splits: Vec<SplitLists>,
 }
+
+/// One task's items, per split (`[split.index()]`): indices into the list, in file order.
+type SplitLists = [Vec<usize>; 3];
 
 impl Benchmark {
     /// Loads a benchmark from its JSON file, or from a folder holding exactly one `*.json`
@@ -297,66 +268,34 @@ impl Benchmark {
     }
 
     /// Parses and validates the text of a benchmark JSON. `json_path` names the file in errors
-    /// and locates `images/`; nothing is read from disk.
+    /// and locates `images/`; nothing is read from disk. The checks are those of
+    /// docs/data.md#benchmark-format: items field by field, one label kind for the whole file,
+    /// `meta.json` against the labels, task ids without gaps, every split in every task, and
+    /// each class in one task.
     pub fn parse(text: &str, json_path: &Path, meta: Option<Meta>) -> Result<Benchmark> {
         let path = json_path;
         let root: Value = serde_json::from_str(text).map_err(|e| json_error(path, &e))?;
-        let list = root.as_array().ok_or_else(|| {
-            Error::format(
-                path,
-                format!(
-                    "expected a JSON list of items at the top level, found {}",
-                    type_name(&root)
-                ),
-            )
-        })?;
-        if list.is_empty() {
-            return Err(Error::format(path, "the list of items is empty"));
-        }
-        let dir = path.parent().unwrap_or_else(|| Path::new(""));
-        let image_dir = dir.join("images");
-
-        let mut items = Vec::with_capacity(list.len());
-        // The kind and vector length are fixed by the first item; later items must agree.
-        let mut first_label: Option<(usize, LabelKind, usize)> = None;
-        for (i, v) in list.iter().enumerate() {
-            let item = parse_item(path, i, v, &image_dir)?;
-            let (kind, len) = match &item.label {
-                Label::Single(_) => (LabelKind::Single, 0),
-                Label::Multi(m) => (LabelKind::Multi, m.len()),
-            };
-            match first_label {
-                None => first_label = Some((i, kind, len)),
-                Some((j, k0, l0)) => {
-                    if k0 != kind {
-                        return Err(item_err(
-                            path,
-                            i,
-                            "label",
-                            format!(
-                                "{} label, but item {j} has {} label; all items must use one kind",
-                                describe_kind(kind),
-                                describe_kind(k0)
-                            ),
-                        ));
-                    }
-                    if len != l0 {
-                        return Err(item_err(
-                            path,
-                            i,
-                            "label",
-                            format!(
-                                "a multi-hot list of {len} entries, but item {j} has {l0}; \
-                                 every multi-hot label needs one entry per class"
-                            ),
-                        ));
-                    }
-                }
+        let list = match &root {
+            Value::Array(list) if list.is_empty() => {
+                return Err(Error::format(path, "the list of items is empty"))
             }
-            items.push(item);
-        }
-        let (_, kind, multi_len) = first_label.expect("non-empty list");
-
+            Value::Array(list) => list,
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "expected a JSON list of items at the top level, found {}",
+                        type_name(other)
+                    ),
+                ))
+            }
+        };
+        let image_dir = path
+            .parent()
+            .unwrap_or_else(|| Path::new(""))
+            .join("images");
+        let items = parse_items(path, list, &image_dir)?;
+        let (kind, multi_len) = label_shape(&items[0].label);
         if let Some(mk) = meta.as_ref().and_then(|m| m.kind) {
             if mk != kind {
                 return Err(Error::format(
@@ -368,105 +307,9 @@ impl Benchmark {
             }
         }
         let class_names = meta.as_ref().and_then(|m| m.class_names.clone());
-        let max_label = items
-            .iter()
-            .filter_map(|it| match it.label {
-                Label::Single(c) => Some(c),
-                Label::Multi(_) => None,
-            })
-            .max();
-        let num_classes = match kind {
-            LabelKind::Multi => multi_len,
-            LabelKind::Single => {
-                let from_labels = max_label.map_or(0, |m| m + 1);
-                match &class_names {
-                    Some(n) if n.len() < from_labels => {
-                        return Err(Error::format(
-                            path,
-                            format!(
-                                "{META_FILE} names {} classes but a label is {}",
-                                n.len(),
-                                from_labels - 1
-                            ),
-                        ))
-                    }
-                    Some(n) => n.len(),
-                    None => from_labels,
-                }
-            }
-        };
-        if let (LabelKind::Multi, Some(n)) = (kind, &class_names) {
-            if n.len() != num_classes {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "{META_FILE} names {} classes but the multi-hot labels have {num_classes} entries",
-                        n.len()
-                    ),
-                ));
-            }
-        }
-
-        // Tasks: ids must run 0..T with every split present.
-        let num_tasks = items.iter().map(|it| it.task).max().unwrap_or(0) + 1;
-        let mut splits: Vec<[Vec<usize>; 3]> = vec![Default::default(); num_tasks];
-        let mut owned: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); num_tasks];
-        for it in &items {
-            splits[it.task][it.split.index()].push(it.index);
-            owned[it.task].extend(it.label.positives());
-        }
-        for (t, s) in splits.iter().enumerate() {
-            if s.iter().all(Vec::is_empty) {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "no item has task_id {t}, but the largest task_id is {}; \
-                         task ids must run from 0 without gaps",
-                        num_tasks - 1
-                    ),
-                ));
-            }
-            for split in Split::ALL {
-                if s[split.index()].is_empty() {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "task {t} has no {split} items; every task needs train, val and test items"
-                        ),
-                    ));
-                }
-            }
-            if owned[t].is_empty() {
-                return Err(Error::format(
-                    path,
-                    format!("task {t} owns no class: none of its multi-hot labels has a positive"),
-                ));
-            }
-        }
-        // Class-incremental protocol: a class belongs to exactly one task, otherwise the local
-        // label of a class would depend on which head is asked.
-        let mut owner: Vec<Option<usize>> = vec![None; num_classes];
-        for (t, cls) in owned.iter().enumerate() {
-            for &c in cls {
-                if let Some(t0) = owner[c] {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "class {c} occurs in tasks {t0} and {t}; each class must belong to one task"
-                        ),
-                    ));
-                }
-                owner[c] = Some(t);
-            }
-        }
-        let tasks = owned
-            .into_iter()
-            .enumerate()
-            .map(|(id, c)| Task {
-                id,
-                classes: c.into_iter().collect(),
-            })
-            .collect();
+        let num_classes = count_classes(path, &items, (kind, multi_len), class_names.as_deref())?;
+        let (splits, owned) = split_by_task(path, &items)?;
+        let tasks = tasks_owning(path, owned, num_classes)?;
         let name = meta
             .as_ref()
             .and_then(|m| m.name.clone())
@@ -522,6 +365,178 @@ impl Benchmark {
             .and_then(|n| n.get(class).cloned())
             .unwrap_or_else(|| format!("class {class}"))
     }
+}
+
+/// Parses the items in file order; every label must have the first item's kind and, for
+/// multi-hot lists, its length. `list` is not empty.
+fn parse_items(path: &Path, list: &[Value], image_dir: &Path) -> Result<Vec<Item>> {
+    let mut items: Vec<Item> = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let item = parse_item(path, i, v, image_dir)?;
+        if let Some(first) = items.first() {
+            check_label_like_first(path, first, &item)?;
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+/// A label's kind and its multi-hot length (0 for a class id).
+fn label_shape(label: &Label) -> (LabelKind, usize) {
+    match label {
+        Label::Single(_) => (LabelKind::Single, 0),
+        Label::Multi(m) => (LabelKind::Multi, m.len()),
+    }
+}
+
+/// Errors when `item`'s label is of another kind than `first`'s, or a multi-hot list of
+/// another length: a file uses one kind throughout, with one entry per class.
+fn check_label_like_first(path: &Path, first: &Item, item: &Item) -> Result<()> {
+    let ((k0, l0), (kind, len)) = (label_shape(&first.label), label_shape(&item.label));
+    let (i, j) = (item.index, first.index);
+    let at = FieldsOf {
+        path,
+        item: Some(i),
+    };
+    if k0 != kind {
+        return Err(at.err(
+            "label",
+            format!(
+                "{} label, but item {j} has {} label; all items must use one kind",
+                describe_kind(kind),
+                describe_kind(k0)
+            ),
+        ));
+    }
+    if len != l0 {
+        return Err(at.err(
+            "label",
+            format!(
+                "a multi-hot list of {len} entries, but item {j} has {l0}; \
+                 every multi-hot label needs one entry per class"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A label kind as an error about a label names it.
+fn describe_kind(k: LabelKind) -> &'static str {
+    match k {
+        LabelKind::Single => "an integer (single-label)",
+        LabelKind::Multi => "a list (multi-label)",
+    }
+}
+
+/// C, the number of global classes: the multi-hot length, or for class ids the number
+/// `meta.json` names (it may name classes no item uses), else the largest id + 1. Errors when
+/// `meta.json`'s `names` do not fit the labels.
+fn count_classes(
+    path: &Path,
+    items: &[Item],
+    (kind, multi_len): (LabelKind, usize),
+    names: Option<&[String]>,
+) -> Result<usize> {
+    if kind == LabelKind::Multi {
+        return match names {
+            Some(n) if n.len() != multi_len => Err(Error::format(
+                path,
+                format!(
+                    "{META_FILE} names {} classes but the multi-hot labels have {multi_len} entries",
+                    n.len()
+                ),
+            )),
+            _ => Ok(multi_len),
+        };
+    }
+    let max_label = items
+        .iter()
+        .filter_map(|it| match it.label {
+            Label::Single(c) => Some(c),
+            Label::Multi(_) => None,
+        })
+        .max();
+    let from_labels = max_label.map_or(0, |m| m + 1);
+    match names {
+        Some(n) if n.len() < from_labels => Err(Error::format(
+            path,
+            format!(
+                "{META_FILE} names {} classes but a label is {}",
+                n.len(),
+                from_labels - 1
+            ),
+        )),
+        Some(n) => Ok(n.len()),
+        None => Ok(from_labels),
+    }
+}
+
+/// Per task: the item indices of each split (`[split.index()]`, file order) and the classes
+/// the task owns. Errors on a gap in the task ids, a task without train, val or test items,
+/// or a task that owns no class.
+fn split_by_task(path: &Path, items: &[Item]) -> Result<(Vec<SplitLists>, Vec<BTreeSet<usize>>)> {
+    let num_tasks = items.iter().map(|it| it.task).max().unwrap_or(0) + 1;
+    let mut splits: Vec<SplitLists> = vec![Default::default(); num_tasks];
+    let mut owned: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); num_tasks];
+    for it in items {
+        splits[it.task][it.split.index()].push(it.index);
+        owned[it.task].extend(it.label.positives());
+    }
+    for (t, s) in splits.iter().enumerate() {
+        if s.iter().all(Vec::is_empty) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "no item has task_id {t}, but the largest task_id is {}; \
+                     task ids must run from 0 without gaps",
+                    num_tasks - 1
+                ),
+            ));
+        }
+        if let Some(split) = Split::ALL.into_iter().find(|sp| s[sp.index()].is_empty()) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "task {t} has no {split} items; every task needs train, val and test items"
+                ),
+            ));
+        }
+        if owned[t].is_empty() {
+            return Err(Error::format(
+                path,
+                format!("task {t} owns no class: none of its multi-hot labels has a positive"),
+            ));
+        }
+    }
+    Ok((splits, owned))
+}
+
+/// The tasks with their classes, ascending. Errors when a class occurs in two tasks: in the
+/// class-incremental protocol a class belongs to one task, otherwise the local label of a
+/// class would depend on which head is asked.
+fn tasks_owning(path: &Path, owned: Vec<BTreeSet<usize>>, num_classes: usize) -> Result<Vec<Task>> {
+    let mut owner: Vec<Option<usize>> = vec![None; num_classes];
+    for (t, cls) in owned.iter().enumerate() {
+        for &c in cls {
+            if let Some(t0) = owner[c] {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "class {c} occurs in tasks {t0} and {t}; each class must belong to one task"
+                    ),
+                ));
+            }
+            owner[c] = Some(t);
+        }
+    }
+    Ok(owned
+        .into_iter()
+        .enumerate()
+        .map(|(id, c)| Task {
+            id,
+            classes: c.into_iter().collect(),
+        })
+        .collect())
 }
 
 /// The single benchmark JSON in a folder (any `*.json` other than `meta.json`).
@@ -585,17 +600,54 @@ pub(crate) fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn describe_kind(k: LabelKind) -> &'static str {
-    match k {
-        LabelKind::Single => "an integer (single-label)",
-        LabelKind::Multi => "a list (multi-label)",
+/// Where the JSON fields being read sit, for error messages: the file and, inside the list of
+/// items, the item's position (None for the fields of `meta.json`).
+#[derive(Clone, Copy)]
+struct FieldsOf<'a> {
+    path: &'a Path,
+    item: Option<usize>,
+}
+
+impl FieldsOf<'_> {
+    /// An error about `field`: `<file>: item <i>, field "<field>": <msg>`.
+    fn err(&self, field: &str, msg: impl fmt::Display) -> Error {
+        let item = self.item.map(|i| format!("item {i}, ")).unwrap_or_default();
+        Error::format(self.path, format!("{item}field \"{field}\": {msg}"))
+    }
+
+    /// An error saying what `field` should have been and what type `found` is instead.
+    fn expected(&self, field: &str, what: &str, found: &Value) -> Error {
+        self.err(
+            field,
+            format!("expected {what}, found {}", type_name(found)),
+        )
+    }
+
+    /// `v` as a string.
+    fn string<'v>(&self, field: &str, v: &'v Value) -> Result<&'v str> {
+        v.as_str()
+            .ok_or_else(|| self.expected(field, "a string", v))
+    }
+
+    /// The entries of a list of strings; an error names the first entry that is not one.
+    fn strings<'v>(&self, field: &str, entries: &'v [Value]) -> Result<Vec<&'v str>> {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(k, e)| {
+                e.as_str().ok_or_else(|| {
+                    self.err(
+                        field,
+                        format!("entry {k}: expected a string, found {}", type_name(e)),
+                    )
+                })
+            })
+            .collect()
     }
 }
 
-fn item_err(path: &Path, index: usize, field: &str, msg: impl fmt::Display) -> Error {
-    Error::format(path, format!("item {index}, field \"{field}\": {msg}"))
-}
-
+/// Item `i` of the list, read field by field in the format's order
+/// (docs/data.md#benchmark-format); `image_dir` resolves its image path.
 fn parse_item(path: &Path, i: usize, v: &Value, image_dir: &Path) -> Result<Item> {
     let obj = v.as_object().ok_or_else(|| {
         Error::format(
@@ -607,136 +659,18 @@ fn parse_item(path: &Path, i: usize, v: &Value, image_dir: &Path) -> Result<Item
         obj.get(name)
             .ok_or_else(|| Error::format(path, format!("item {i}: missing field \"{name}\"")))
     };
-
-    let t = field("task_id")?;
-    let task = match t.as_u64() {
-        Some(t) => t as usize,
-        None => {
-            let found = match t.as_i64() {
-                Some(n) => format!("{n}"),
-                None => type_name(t).to_string(),
-            };
-            return Err(item_err(
-                path,
-                i,
-                "task_id",
-                format!("expected a non-negative integer, found {found}"),
-            ));
-        }
+    let at = FieldsOf {
+        path,
+        item: Some(i),
     };
-
-    let s = field("split")?;
-    let split = match s.as_str() {
-        Some(s) => s
-            .parse::<Split>()
-            .map_err(|e| item_err(path, i, "split", e))?,
-        None => {
-            return Err(item_err(
-                path,
-                i,
-                "split",
-                format!("expected a string, found {}", type_name(s)),
-            ))
-        }
-    };
-
-    let im = field("image")?;
-    let image = match im.as_str() {
-        Some("") => return Err(item_err(path, i, "image", "the path is empty")),
-        Some(p) => p.to_string(),
-        None => {
-            return Err(item_err(
-                path,
-                i,
-                "image",
-                format!("expected a path string, found {}", type_name(im)),
-            ))
-        }
-    };
-
-    let tx = field("text")?;
-    let text = match tx {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => {
-            let mut strs = Vec::with_capacity(parts.len());
-            for (k, p) in parts.iter().enumerate() {
-                strs.push(p.as_str().ok_or_else(|| {
-                    item_err(
-                        path,
-                        i,
-                        "text",
-                        format!("entry {k}: expected a string, found {}", type_name(p)),
-                    )
-                })?);
-            }
-            strs.join(". ")
-        }
-        other => {
-            return Err(item_err(
-                path,
-                i,
-                "text",
-                format!(
-                    "expected a string or a list of strings, found {}",
-                    type_name(other)
-                ),
-            ))
-        }
-    };
-
-    let lb = field("label")?;
-    let label = match lb {
-        Value::Number(n) => match n.as_u64() {
-            Some(c) => Label::Single(c as usize),
-            None => {
-                return Err(item_err(
-                    path,
-                    i,
-                    "label",
-                    format!("expected a non-negative class id, found {n}"),
-                ))
-            }
-        },
-        Value::Array(entries) => {
-            if entries.is_empty() {
-                return Err(item_err(path, i, "label", "the multi-hot list is empty"));
-            }
-            let mut hot = Vec::with_capacity(entries.len());
-            for (k, e) in entries.iter().enumerate() {
-                // RebQ writes ints; floats 0.0/1.0 and booleans are accepted as the same values.
-                let x = match e {
-                    Value::Bool(b) => Some(u8::from(*b)),
-                    Value::Number(n) => match n.as_f64() {
-                        Some(0.0) => Some(0),
-                        Some(1.0) => Some(1),
-                        _ => None,
-                    },
-                    _ => None,
-                };
-                hot.push(x.ok_or_else(|| {
-                    item_err(
-                        path,
-                        i,
-                        "label",
-                        format!("entry {k}: expected 0 or 1, found {e}"),
-                    )
-                })?);
-            }
-            Label::Multi(hot)
-        }
-        other => {
-            return Err(item_err(
-                path,
-                i,
-                "label",
-                format!(
-                    "expected a class id or a multi-hot list, found {}",
-                    type_name(other)
-                ),
-            ))
-        }
-    };
-
+    let task = parse_task_id(at, field("task_id")?)?;
+    let split = at
+        .string("split", field("split")?)?
+        .parse::<Split>()
+        .map_err(|e| at.err("split", e))?;
+    let image = parse_image(at, field("image")?)?;
+    let text = parse_text(at, field("text")?)?;
+    let label = parse_label(at, field("label")?)?;
     Ok(Item {
         index: i,
         task,
@@ -746,6 +680,82 @@ fn parse_item(path: &Path, i: usize, v: &Value, image_dir: &Path) -> Result<Item
         text,
         label,
     })
+}
+
+/// `task_id`: a non-negative integer (a negative one is quoted in the error).
+fn parse_task_id(at: FieldsOf, v: &Value) -> Result<usize> {
+    if let Some(t) = v.as_u64() {
+        return Ok(t as usize);
+    }
+    let found = match v.as_i64() {
+        Some(n) => n.to_string(),
+        None => type_name(v).to_string(),
+    };
+    Err(at.err(
+        "task_id",
+        format!("expected a non-negative integer, found {found}"),
+    ))
+}
+
+/// `image`: a non-empty path under `images/`.
+fn parse_image(at: FieldsOf, v: &Value) -> Result<String> {
+    match v.as_str() {
+        Some("") => Err(at.err("image", "the path is empty")),
+        Some(p) => Ok(p.to_string()),
+        None => Err(at.expected("image", "a path string", v)),
+    }
+}
+
+/// `text`: a string, or a list of strings joined with ". ".
+fn parse_text(at: FieldsOf, v: &Value) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => Ok(at.strings("text", parts)?.join(". ")),
+        other => Err(at.expected("text", "a string or a list of strings", other)),
+    }
+}
+
+/// `label`: a class id (single-label) or a non-empty multi-hot list (multi-label).
+fn parse_label(at: FieldsOf, v: &Value) -> Result<Label> {
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .map(|c| Label::Single(c as usize))
+            .ok_or_else(|| {
+                at.err(
+                    "label",
+                    format!("expected a non-negative class id, found {n}"),
+                )
+            }),
+        Value::Array(entries) if entries.is_empty() => {
+            Err(at.err("label", "the multi-hot list is empty"))
+        }
+        Value::Array(entries) => entries
+            .iter()
+            .enumerate()
+            .map(|(k, e)| {
+                multi_hot_entry(e).ok_or_else(|| {
+                    at.err("label", format!("entry {k}: expected 0 or 1, found {e}"))
+                })
+            })
+            .collect::<Result<_>>()
+            .map(Label::Multi),
+        other => Err(at.expected("label", "a class id or a multi-hot list", other)),
+    }
+}
+
+/// A multi-hot entry as 0 or 1. RebQ writes ints; floats 0.0/1.0 and booleans are accepted as
+/// the same values.
+fn multi_hot_entry(e: &Value) -> Option<u8> {
+    match e {
+        Value::Bool(b) => Some(u8::from(*b)),
+        Value::Number(n) => match n.as_f64() {
+            Some(0.0) => Some(0),
+            Some(1.0) => Some(1),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::cmml::{Label, LabelKind, Split};
-use super::prepare::{write_benchmark, OutItem, OutMeta, OutText, PrepareReport};
+use super::prepare::{finish, Described, OutItem, OutText, PrepareReport};
 use super::rng::DetRng;
 use crate::error::{Error, Result};
 
@@ -345,105 +345,131 @@ fn save_png(img: &image::RgbImage, path: &Path) -> Result<()> {
         .map_err(|e| Error::format(path, format!("cannot write the PNG: {e}")))
 }
 
-/// Writes the synthetic benchmark (`Synthetic-CMML.json`, `meta.json`, `images/`) into `out`.
+/// Writes the synthetic benchmark (`Synthetic-CMML.json`, `meta.json`, `images/`) into `out`
+/// (docs/data.md#synthetic-benchmark). Errors name a setting out of its range.
 pub fn synth(out: &Path, cfg: &SynthConfig) -> Result<SynthReport> {
-    if cfg.tasks == 0 || cfg.tasks > THEMES.len() {
-        return Err(Error::Msg(format!(
-            "synth: tasks must be between 1 and {} (one text theme each), got {}",
-            THEMES.len(),
-            cfg.tasks
-        )));
-    }
-    if cfg.classes_per_task == 0 || cfg.classes_per_task > MAX_CLASSES_PER_TASK {
-        return Err(Error::Msg(format!(
-            "synth: classes per task must be between 1 and {MAX_CLASSES_PER_TASK}, got {}",
-            cfg.classes_per_task
-        )));
-    }
-    if cfg.per_class == 0 || cfg.val_per_class == 0 || cfg.test_per_class == 0 {
-        return Err(Error::Msg(
-            "synth: every split needs at least one item per class".into(),
-        ));
-    }
-    if !(8..=1024).contains(&cfg.image_size) {
-        return Err(Error::Msg(format!(
-            "synth: the image size must be between 8 and 1024, got {}",
-            cfg.image_size
-        )));
-    }
-    // (task, split, class, n) in file order.
-    let mut specs = Vec::new();
-    for t in 0..cfg.tasks {
-        for split in Split::ALL {
-            let n = match split {
-                Split::Train => cfg.per_class,
-                Split::Val => cfg.val_per_class,
-                Split::Test => cfg.test_per_class,
-            };
-            for c in 0..cfg.classes_per_task {
-                for k in 0..n {
-                    specs.push((t, split, c, k));
-                }
-            }
-        }
-    }
+    cfg.check()?;
     let images_dir = out.join("images");
     for split in Split::ALL {
         let d = images_dir.join(split.as_str());
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
-    let items = specs
+    let items = cfg
+        .item_specs()
         .par_iter()
-        .map(|&(t, split, c, k)| {
-            let parts = [cfg.seed, t as u64, split.index() as u64, c as u64, k as u64];
-            let rel = format!("{split}/t{t}_c{c}_{k:04}.png");
-            let img = draw(
-                t,
-                c,
-                cfg.image_size,
-                &mut DetRng::derived("synth-image", &parts),
-            );
-            save_png(&img, &images_dir.join(&rel))?;
-            let txt = text(
-                t,
-                c,
-                cfg.classes_per_task,
-                &mut DetRng::derived("synth-text", &parts),
-            );
-            Ok(OutItem::new(
-                t,
-                split,
-                rel,
-                OutText::One(txt),
-                Label::Single(t * cfg.classes_per_task + c),
-            ))
-        })
+        .map(|spec| write_item(spec, cfg, &images_dir))
         .collect::<Result<Vec<_>>>()?;
-
-    let class_names = (0..cfg.tasks)
+    let class_order = (0..cfg.tasks)
         .flat_map(|t| (0..cfg.classes_per_task).map(move |c| class_keywords(t, c)[0].to_string()))
         .collect();
-    let mut meta = OutMeta::new(
-        "Synthetic-CMML",
-        LabelKind::Single,
-        class_names,
-        "delo synth",
+    let described = Described {
+        name: "Synthetic-CMML",
+        file_name: SYNTH_JSON,
+        kind: LabelKind::Single,
+        source: "delo synth",
+        class_order,
+        tasks: cfg.tasks,
+        classes_per_task: cfg.classes_per_task,
+        seed: cfg.seed,
+        dropped: Vec::new(),
+    };
+    finish(out, described, &items, Vec::new(), None)
+}
+
+impl SynthConfig {
+    /// Errors unless there are 1 to 10 tasks (one text theme each), 1 to 10 classes per task,
+    /// at least one item per class in every split and images of 8 to 1024 pixels a side.
+    fn check(&self) -> Result<()> {
+        if self.tasks == 0 || self.tasks > THEMES.len() {
+            return Err(Error::Msg(format!(
+                "synth: tasks must be between 1 and {} (one text theme each), got {}",
+                THEMES.len(),
+                self.tasks
+            )));
+        }
+        if self.classes_per_task == 0 || self.classes_per_task > MAX_CLASSES_PER_TASK {
+            return Err(Error::Msg(format!(
+                "synth: classes per task must be between 1 and {MAX_CLASSES_PER_TASK}, got {}",
+                self.classes_per_task
+            )));
+        }
+        if self.per_class == 0 || self.val_per_class == 0 || self.test_per_class == 0 {
+            return Err(Error::Msg(
+                "synth: every split needs at least one item per class".into(),
+            ));
+        }
+        if !(8..=1024).contains(&self.image_size) {
+            return Err(Error::Msg(format!(
+                "synth: the image size must be between 8 and 1024, got {}",
+                self.image_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every item to write, in file order: task by task, split by split, class by class.
+    fn item_specs(&self) -> Vec<ItemSpec> {
+        let mut specs = Vec::new();
+        for task in 0..self.tasks {
+            for split in Split::ALL {
+                let n = match split {
+                    Split::Train => self.per_class,
+                    Split::Val => self.val_per_class,
+                    Split::Test => self.test_per_class,
+                };
+                for class in 0..self.classes_per_task {
+                    specs.extend((0..n).map(|k| ItemSpec {
+                        task,
+                        split,
+                        class,
+                        k,
+                    }));
+                }
+            }
+        }
+        specs
+    }
+}
+
+/// One synthetic item: the `k`-th of local class `class` in one split of task `task`.
+struct ItemSpec {
+    task: usize,
+    split: Split,
+    class: usize,
+    k: usize,
+}
+
+/// Draws and saves the item's image and writes its text, each from its own stream seeded by
+/// the run's seed and the item's place, so that items can be made in any order.
+fn write_item(spec: &ItemSpec, cfg: &SynthConfig, images_dir: &Path) -> Result<OutItem> {
+    let &ItemSpec {
+        task: t,
+        split,
+        class: c,
+        k,
+    } = spec;
+    let parts = [cfg.seed, t as u64, split.index() as u64, c as u64, k as u64];
+    let rel = format!("{split}/t{t}_c{c}_{k:04}.png");
+    let img = draw(
+        t,
+        c,
+        cfg.image_size,
+        &mut DetRng::derived("synth-image", &parts),
     );
-    meta.tasks = cfg.tasks;
-    meta.classes_per_task = cfg.classes_per_task;
-    meta.seed = cfg.seed;
-    let (json_path, split_counts) = write_benchmark(out, SYNTH_JSON, &items, &meta)?;
-    Ok(SynthReport {
-        json_path,
-        num_items: items.len(),
-        split_counts,
-        num_classes: cfg.tasks * cfg.classes_per_task,
-        num_tasks: cfg.tasks,
-        dropped_classes: Vec::new(),
-        skipped: Vec::new(),
-        images_linked: 0,
-        images_copied: 0,
-    })
+    save_png(&img, &images_dir.join(&rel))?;
+    let txt = text(
+        t,
+        c,
+        cfg.classes_per_task,
+        &mut DetRng::derived("synth-text", &parts),
+    );
+    Ok(OutItem::new(
+        t,
+        split,
+        rel,
+        OutText::One(txt),
+        Label::Single(t * cfg.classes_per_task + c),
+    ))
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! A small CSV reader for the Food101 title files: comma separated, fields optionally quoted
 //! with `"` (a doubled `""` inside quotes is one quote, quoted fields may hold commas and line
-//! breaks), LF or CRLF line ends, no header. Written here rather than pulling in a crate because
-//! this is the only CSV the engine reads and the dialect is fixed.
+//! breaks), LF or CRLF line ends, no header. Written here rather than read with the `csv` crate
+//! (which reads the engine's other CSV files) because its errors must say where a stray quote
+//! opens: that crate reads text after a closing quote (`"q"x` as `qx`) and a quote left open to
+//! the end of the file without an error, and the positions it gives are those of records, not
+//! of quotes.
 
+use std::iter::Peekable;
 use std::path::Path;
+use std::str::Chars;
 
 use crate::error::{Error, Result};
 
@@ -18,107 +23,153 @@ pub type Record = (usize, Vec<String>);
 /// vanish into one text). Errors name the line where the quote opens.
 pub fn parse(text: &str, path: &Path, columns: Option<usize>) -> Result<Vec<Record>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut records = Vec::new();
-    let mut fields: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut line = 1usize;
-    let mut record_line = 1usize;
-    // The line where the current quoted field's opening quote is.
-    let mut quote_line = 1usize;
+    let mut reader = Reader::new(path, columns);
     let mut chars = text.chars().peekable();
-    // Whether the current field started with a quote, and whether we are inside the quotes.
-    let mut quoted = false;
-    let mut in_quotes = false;
-
-    let end_record = |fields: &mut Vec<String>,
-                      field: &mut String,
-                      records: &mut Vec<Record>,
-                      at: usize|
-     -> Result<()> {
-        fields.push(std::mem::take(field));
-        let f = std::mem::take(fields);
-        if f.len() == 1 && f[0].is_empty() {
-            return Ok(());
-        }
-        if let Some(n) = columns.filter(|&n| n != f.len()) {
-            return Err(Error::format(
-                path,
-                format!("line {at}: expected {n} columns, found {}", f.len()),
-            ));
-        }
-        records.push((at, f));
-        Ok(())
-    };
-
     while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => {
-                    in_quotes = false;
-                    if let Some(n) = columns {
-                        check_swallowed(&field, quote_line, line, n, path)?;
-                    }
-                }
-                '\n' => {
-                    line += 1;
-                    field.push('\n');
-                }
-                _ => field.push(c),
-            }
-            continue;
+        if reader.in_quotes {
+            reader.quoted_char(c, &mut chars)?;
+        } else {
+            reader.plain_char(c, &mut chars)?;
         }
+    }
+    reader.finish()
+}
+
+/// The state of [`parse`] between two characters.
+struct Reader<'a> {
+    path: &'a Path,
+    columns: Option<usize>,
+    records: Vec<Record>,
+    /// The fields of the record being read so far, and the field being read.
+    fields: Vec<String>,
+    field: String,
+    /// The 1-based line being read, and the line the record being read starts on.
+    line: usize,
+    record_line: usize,
+    /// The line where the current quoted field's opening quote is.
+    quote_line: usize,
+    /// Whether the current field started with a quote, and whether we are inside the quotes.
+    quoted: bool,
+    in_quotes: bool,
+}
+
+impl<'a> Reader<'a> {
+    fn new(path: &'a Path, columns: Option<usize>) -> Self {
+        Reader {
+            path,
+            columns,
+            records: Vec::new(),
+            fields: Vec::new(),
+            field: String::new(),
+            line: 1,
+            record_line: 1,
+            quote_line: 1,
+            quoted: false,
+            in_quotes: false,
+        }
+    }
+
+    /// A character inside quotes: `""` is one quote, a lone `"` closes the field, anything
+    /// else (line breaks too) is text.
+    fn quoted_char(&mut self, c: char, chars: &mut Peekable<Chars>) -> Result<()> {
         match c {
-            '"' if field.is_empty() && !quoted => {
-                quoted = true;
-                in_quotes = true;
-                quote_line = line;
+            '"' if chars.peek() == Some(&'"') => {
+                chars.next();
+                self.field.push('"');
+            }
+            '"' => {
+                self.in_quotes = false;
+                if let Some(n) = self.columns {
+                    check_swallowed(&self.field, self.quote_line, self.line, n, self.path)?;
+                }
+            }
+            '\n' => {
+                self.line += 1;
+                self.field.push('\n');
+            }
+            _ => self.field.push(c),
+        }
+        Ok(())
+    }
+
+    /// A character outside quotes: a quote that opens a field, a comma, a line end (LF or
+    /// CRLF), or text, which must not follow a field's closing quote.
+    fn plain_char(&mut self, c: char, chars: &mut Peekable<Chars>) -> Result<()> {
+        match c {
+            '"' if self.field.is_empty() && !self.quoted => {
+                self.quoted = true;
+                self.in_quotes = true;
+                self.quote_line = self.line;
             }
             ',' => {
-                fields.push(std::mem::take(&mut field));
-                quoted = false;
+                self.fields.push(std::mem::take(&mut self.field));
+                self.quoted = false;
             }
             '\r' if chars.peek() == Some(&'\n') => {}
             '\n' => {
-                end_record(&mut fields, &mut field, &mut records, record_line)?;
-                quoted = false;
-                line += 1;
-                record_line = line;
+                self.end_record()?;
+                self.quoted = false;
+                self.line += 1;
+                self.record_line = self.line;
             }
-            _ if quoted && quote_line != line => {
-                return Err(Error::format(
-                    path,
-                    format!(
-                        "line {quote_line}: the quoted field that opens here runs on to line \
-                         {line}, where {c:?} follows its closing quote; is the quote on line \
-                         {quote_line} missing its closing quote? (a quote inside a quoted field \
-                         is written twice: \"\")"
-                    ),
-                ));
-            }
-            _ if quoted => {
-                return Err(Error::format(
-                    path,
-                    format!("line {line}: unexpected {c:?} after the closing quote of a field"),
-                ));
-            }
-            _ => field.push(c),
+            _ if self.quoted => return Err(self.text_after_quote(c)),
+            _ => self.field.push(c),
         }
+        Ok(())
     }
-    if in_quotes {
-        return Err(Error::format(
-            path,
+
+    /// The error for text `c` after a closing quote; when the quoted field spans lines, its
+    /// quote was most likely left open where it opens.
+    fn text_after_quote(&self, c: char) -> Error {
+        let (open, line) = (self.quote_line, self.line);
+        let msg = if open != line {
             format!(
-                "line {quote_line}: a quoted field opens here and is never closed (the file \
-                 ends on line {line} inside it)"
-            ),
-        ));
+                "line {open}: the quoted field that opens here runs on to line {line}, where \
+                 {c:?} follows its closing quote; is the quote on line {open} missing its \
+                 closing quote? (a quote inside a quoted field is written twice: \"\")"
+            )
+        } else {
+            format!("line {line}: unexpected {c:?} after the closing quote of a field")
+        };
+        Error::format(self.path, msg)
     }
-    end_record(&mut fields, &mut field, &mut records, record_line)?;
-    Ok(records)
+
+    /// Ends the record that starts on `record_line`; a blank line is no record.
+    fn end_record(&mut self) -> Result<()> {
+        self.fields.push(std::mem::take(&mut self.field));
+        let f = std::mem::take(&mut self.fields);
+        if f.len() == 1 && f[0].is_empty() {
+            return Ok(());
+        }
+        if let Some(n) = self.columns.filter(|&n| n != f.len()) {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "line {}: expected {n} columns, found {}",
+                    self.record_line,
+                    f.len()
+                ),
+            ));
+        }
+        self.records.push((self.record_line, f));
+        Ok(())
+    }
+
+    /// Ends the text: the last record, or an error when a quoted field is still open.
+    fn finish(mut self) -> Result<Vec<Record>> {
+        if self.in_quotes {
+            return Err(Error::format(
+                self.path,
+                format!(
+                    "line {}: a quoted field opens here and is never closed (the file ends on \
+                     line {} inside it)",
+                    self.quote_line, self.line
+                ),
+            ));
+        }
+        self.end_record()?;
+        Ok(self.records)
+    }
 }
 
 /// Errors when a quoted field that opened on `open` and closed on `close` holds, on one of its

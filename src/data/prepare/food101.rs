@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::{
-    csv, finish, read_json, string_list, Described, ImageLinker, OutItem, OutText, PrepareReport,
+    csv, finish, read_json, string_list, ClassOrder, Described, ImageLinker, OutItem, OutText,
+    PrepareReport,
 };
 use crate::data::cmml::{Label, LabelKind, Split};
 use crate::data::rng::{hash_str, DetRng};
@@ -47,6 +48,12 @@ struct Row {
     file: String,
     text: String,
     class: String,
+}
+
+/// The usable rows of `texts/train_titles.csv` and `texts/test_titles.csv`.
+struct Rows {
+    train: Vec<Row>,
+    test: Vec<Row>,
 }
 
 /// Reads `texts/<split>_titles.csv`, keeping rows whose image exists (others go to `skipped`).
@@ -136,10 +143,34 @@ pub fn prepare_food101(raw: &Path, out: &Path, opts: &Food101Options) -> Result<
         ));
     }
     let mut skipped = Vec::new();
-    let train_rows = read_rows(raw, "train", &mut skipped)?;
-    let test_rows = read_rows(raw, "test", &mut skipped)?;
+    let rows = Rows {
+        train: read_rows(raw, "train", &mut skipped)?,
+        test: read_rows(raw, "test", &mut skipped)?,
+    };
+    let all_classes = train_classes(raw, &rows, opts)?;
+    let classes = drop_and_order(&all_classes, opts);
+    let groups = group_rows(raw, &rows, &classes, opts.seed, &mut skipped)?;
+    let mut linker = ImageLinker::new(raw, out)?;
+    let items = link_items(raw, groups, opts, &mut linker)?;
+    let described = Described {
+        name: "UPMC-Food101-CMML",
+        file_name: FOOD101_JSON,
+        kind: LabelKind::Single,
+        source: "delo prepare food101",
+        class_order: classes.order,
+        tasks: opts.tasks,
+        classes_per_task: opts.classes_per_task,
+        seed: opts.seed,
+        dropped: classes.dropped,
+    };
+    finish(out, described, &items, skipped, Some(&linker))
+}
 
-    let all_classes: Vec<String> = train_rows
+/// The class names of the train rows, sorted. Errors when they are fewer than the tasks need,
+/// or when a test row's class has no train rows.
+fn train_classes(raw: &Path, rows: &Rows, opts: &Food101Options) -> Result<Vec<String>> {
+    let all_classes: Vec<String> = rows
+        .train
         .iter()
         .map(|r| r.class.clone())
         .collect::<BTreeSet<_>>()
@@ -156,15 +187,20 @@ pub fn prepare_food101(raw: &Path, out: &Path, opts: &Food101Options) -> Result<
         )));
     }
     let known: HashSet<&str> = all_classes.iter().map(String::as_str).collect();
-    if let Some(r) = test_rows.iter().find(|r| !known.contains(r.class.as_str())) {
+    if let Some(r) = rows.test.iter().find(|r| !known.contains(r.class.as_str())) {
         return Err(Error::format(
             raw.join("texts/test_titles.csv"),
             format!("row {}: class {:?} has no train rows", r.file, r.class),
         ));
     }
+    Ok(all_classes)
+}
 
-    // Drop, then order, each from its own seeded stream.
-    let mut shuffled = all_classes.clone();
+/// Drops a seeded choice of `all_classes` (sorted) so that tasks × classes per task remain,
+/// then puts the rest in a seeded order; each choice from its own seeded stream.
+fn drop_and_order(all_classes: &[String], opts: &Food101Options) -> ClassOrder {
+    let keep = opts.tasks * opts.classes_per_task;
+    let mut shuffled = all_classes.to_vec();
     DetRng::derived("food101-drop", &[opts.seed]).shuffle(&mut shuffled);
     let mut dropped: Vec<String> = shuffled[..all_classes.len() - keep].to_vec();
     dropped.sort();
@@ -174,63 +210,35 @@ pub fn prepare_food101(raw: &Path, out: &Path, opts: &Food101Options) -> Result<
         .cloned()
         .collect();
     DetRng::derived("food101-order", &[opts.seed]).shuffle(&mut order);
-    let class_id: BTreeMap<&str, usize> = order
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
+    ClassOrder::new(order, dropped)
+}
 
-    // (split, global class) → rows sorted by file name.
-    let mut groups: BTreeMap<(Split, usize), Vec<&Row>> = BTreeMap::new();
+/// Rows of the kept classes by (split, global class id).
+type Groups<'r> = BTreeMap<(Split, usize), Vec<&'r Row>>;
+
+/// Puts the rows of the kept classes in their splits: train rows in train or val (by
+/// `split.json` when present, else a seeded share per class), test rows in test. Rows that
+/// `split.json` does not list go to `skipped`.
+fn group_rows<'r>(
+    raw: &Path,
+    rows: &'r Rows,
+    classes: &ClassOrder,
+    seed: u64,
+    skipped: &mut Vec<String>,
+) -> Result<Groups<'r>> {
     let split_file = raw.join("split.json");
     let split_lists = if split_file.is_file() {
         Some(read_split_file(&split_file)?)
     } else {
         None
     };
-    if let Some(sf) = &split_lists {
-        for r in &train_rows {
-            let Some(&c) = class_id.get(r.class.as_str()) else {
-                continue;
-            };
-            let split = if sf.val.contains(&r.file) {
-                Split::Val
-            } else if sf.train.as_ref().is_some_and(|t| !t.contains(&r.file)) {
-                skipped.push(format!(
-                    "train/{}/{}: not listed in split.json",
-                    r.class, r.file
-                ));
-                continue;
-            } else {
-                Split::Train
-            };
-            groups.entry((split, c)).or_default().push(r);
-        }
-    } else {
-        let mut by_class: BTreeMap<usize, Vec<&Row>> = BTreeMap::new();
-        for r in &train_rows {
-            if let Some(&c) = class_id.get(r.class.as_str()) {
-                by_class.entry(c).or_default().push(r);
-            }
-        }
-        for (c, mut rows) in by_class {
-            rows.sort_by(|a, b| a.file.cmp(&b.file));
-            // Seeded per class (by its name, so the choice does not move when classes drop).
-            DetRng::derived("food101-val", &[opts.seed, hash_str(&order[c])]).shuffle(&mut rows);
-            let n = rows.len();
-            let n_val = if n >= 2 {
-                ((n as f64 * 0.1).round() as usize).max(1)
-            } else {
-                0
-            };
-            let (val, train) = rows.split_at(n_val);
-            groups.entry((Split::Val, c)).or_default().extend(val);
-            groups.entry((Split::Train, c)).or_default().extend(train);
-        }
-    }
+    let mut groups = match &split_lists {
+        Some(sf) => listed_train_val(&rows.train, classes, sf, skipped),
+        None => seeded_train_val(&rows.train, classes, seed),
+    };
     let test_list = split_lists.and_then(|s| s.test);
-    for r in &test_rows {
-        let Some(&c) = class_id.get(r.class.as_str()) else {
+    for r in &rows.test {
+        let Some(c) = classes.id(&r.class) else {
             continue;
         };
         if test_list.as_ref().is_some_and(|t| !t.contains(&r.file)) {
@@ -242,8 +250,73 @@ pub fn prepare_food101(raw: &Path, out: &Path, opts: &Food101Options) -> Result<
         }
         groups.entry((Split::Test, c)).or_default().push(r);
     }
+    Ok(groups)
+}
 
-    let mut linker = ImageLinker::new(raw, out)?;
+/// Train rows in val when `split.json` lists them under `val`/`dev`, else in train; when it
+/// has a `train` list, rows in neither list are left out.
+fn listed_train_val<'r>(
+    train_rows: &'r [Row],
+    classes: &ClassOrder,
+    sf: &SplitFile,
+    skipped: &mut Vec<String>,
+) -> Groups<'r> {
+    let mut groups = Groups::new();
+    for r in train_rows {
+        let Some(c) = classes.id(&r.class) else {
+            continue;
+        };
+        let split = if sf.val.contains(&r.file) {
+            Split::Val
+        } else if sf.train.as_ref().is_some_and(|t| !t.contains(&r.file)) {
+            skipped.push(format!(
+                "train/{}/{}: not listed in split.json",
+                r.class, r.file
+            ));
+            continue;
+        } else {
+            Split::Train
+        };
+        groups.entry((split, c)).or_default().push(r);
+    }
+    groups
+}
+
+/// Without `split.json`: a seeded 10% of each class's train rows (rounded, at least one for a
+/// class of two or more) in val, the rest in train.
+fn seeded_train_val<'r>(train_rows: &'r [Row], classes: &ClassOrder, seed: u64) -> Groups<'r> {
+    let mut by_class: BTreeMap<usize, Vec<&Row>> = BTreeMap::new();
+    for r in train_rows {
+        if let Some(c) = classes.id(&r.class) {
+            by_class.entry(c).or_default().push(r);
+        }
+    }
+    let mut groups = Groups::new();
+    for (c, mut rows) in by_class {
+        rows.sort_by(|a, b| a.file.cmp(&b.file));
+        // Seeded per class (by its name, so the choice does not move when classes drop).
+        DetRng::derived("food101-val", &[seed, hash_str(&classes.order[c])]).shuffle(&mut rows);
+        let n = rows.len();
+        let n_val = if n >= 2 {
+            ((n as f64 * 0.1).round() as usize).max(1)
+        } else {
+            0
+        };
+        let (val, train) = rows.split_at(n_val);
+        groups.entry((Split::Val, c)).or_default().extend(val);
+        groups.entry((Split::Train, c)).or_default().extend(train);
+    }
+    groups
+}
+
+/// The items task by task, split by split, class by class, each class's rows by file name;
+/// links every image into `out/images/<train|test>/<class>/<file>`.
+fn link_items(
+    raw: &Path,
+    mut groups: Groups<'_>,
+    opts: &Food101Options,
+    linker: &mut ImageLinker,
+) -> Result<Vec<OutItem>> {
     let mut items = Vec::new();
     for t in 0..opts.tasks {
         for split in Split::ALL {
@@ -270,17 +343,5 @@ pub fn prepare_food101(raw: &Path, out: &Path, opts: &Food101Options) -> Result<
             }
         }
     }
-
-    let described = Described {
-        name: "UPMC-Food101-CMML",
-        file_name: FOOD101_JSON,
-        kind: LabelKind::Single,
-        source: "delo prepare food101",
-        class_order: order,
-        tasks: opts.tasks,
-        classes_per_task: opts.classes_per_task,
-        seed: opts.seed,
-        dropped,
-    };
-    finish(out, described, &items, skipped, &linker)
+    Ok(items)
 }

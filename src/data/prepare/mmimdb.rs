@@ -15,11 +15,13 @@
 //! with no kept genre appear in no task. The plot list is written as a list (readers join it
 //! with ". "); `dev` becomes `val`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::{
-    finish, read_json, string_list, Described, ImageLinker, OutItem, OutText, PrepareReport,
+    finish, read_json, string_list, ClassOrder, Described, ImageLinker, OutItem, OutText,
+    PrepareReport,
 };
 use crate::data::cmml::{type_name, Label, LabelKind, Split};
 use crate::data::rng::DetRng;
@@ -118,6 +120,28 @@ pub fn prepare_mmimdb(raw: &Path, out: &Path, opts: &MmImdbOptions) -> Result<Pr
             "tasks and genres per task must be at least 1".into(),
         ));
     }
+    let mut skipped = Vec::new();
+    let movies = read_movies(raw, &mut skipped)?;
+    let genres = keep_genres(raw, &movies, opts)?;
+    let mut linker = ImageLinker::new(raw, out)?;
+    let items = link_items(&movies, &genres, opts, &mut linker, &mut skipped)?;
+    let described = Described {
+        name: "MM-IMDB-CMML",
+        file_name: MMIMDB_JSON,
+        kind: LabelKind::Multi,
+        source: "delo prepare mmimdb",
+        class_order: genres.order,
+        tasks: opts.tasks,
+        classes_per_task: opts.genres_per_task,
+        seed: opts.seed,
+        dropped: genres.dropped,
+    };
+    finish(out, described, &items, skipped, Some(&linker))
+}
+
+/// The movies `split.json` lists, split by split (`dev`, or `val`, becomes val); movies whose
+/// label JSON or image is missing go to `skipped`.
+fn read_movies(raw: &Path, skipped: &mut Vec<String>) -> Result<Vec<Movie>> {
     let split_path = raw.join("split.json");
     let sv = read_json(&split_path)?;
     let sobj = sv.as_object().ok_or_else(|| {
@@ -129,7 +153,6 @@ pub fn prepare_mmimdb(raw: &Path, out: &Path, opts: &MmImdbOptions) -> Result<Pr
             ),
         )
     })?;
-    let mut skipped = Vec::new();
     let mut movies = Vec::new();
     for (key, split) in [
         ("train", Split::Train),
@@ -157,9 +180,14 @@ pub fn prepare_mmimdb(raw: &Path, out: &Path, opts: &MmImdbOptions) -> Result<Pr
             movies.push(read_movie(&id, split, image, &label)?);
         }
     }
+    Ok(movies)
+}
 
+/// The `tasks × genres_per_task` most frequent genres over all movies (ties by name), in a
+/// seeded order; errors when the movies have fewer genres.
+fn keep_genres(raw: &Path, movies: &[Movie], opts: &MmImdbOptions) -> Result<ClassOrder> {
     let mut counts: HashMap<&str, usize> = HashMap::new();
-    for m in &movies {
+    for m in movies {
         for g in &m.genres {
             *counts.entry(g.as_str()).or_default() += 1;
         }
@@ -181,30 +209,28 @@ pub fn prepare_mmimdb(raw: &Path, out: &Path, opts: &MmImdbOptions) -> Result<Pr
     let mut order: Vec<String> = ranked[..keep].iter().map(|g| g.0.to_string()).collect();
     order.sort();
     DetRng::derived("mmimdb-order", &[opts.seed]).shuffle(&mut order);
-    let genre_id: BTreeMap<&str, usize> = order
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.as_str(), i))
-        .collect();
+    Ok(ClassOrder::new(order, dropped))
+}
 
-    let mut linker = ImageLinker::new(raw, out)?;
+/// The items task by task, split by split, movies in `split.json` order: a movie is an item
+/// of every task whose genres it has; links each image into `out/images/<id>.jpeg`. Movies
+/// with no kept genre go to `skipped`.
+fn link_items(
+    movies: &[Movie],
+    genres: &ClassOrder,
+    opts: &MmImdbOptions,
+    linker: &mut ImageLinker,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<OutItem>> {
     let mut items = Vec::new();
     let mut in_some_task = vec![false; movies.len()];
     for t in 0..opts.tasks {
         let block = t * opts.genres_per_task..(t + 1) * opts.genres_per_task;
         for split in Split::ALL {
             for (mi, m) in movies.iter().enumerate().filter(|(_, m)| m.split == split) {
-                let mut hot = vec![0u8; keep];
-                for g in &m.genres {
-                    if let Some(&k) = genre_id.get(g.as_str()) {
-                        if block.contains(&k) {
-                            hot[k] = 1;
-                        }
-                    }
-                }
-                if !hot.contains(&1) {
+                let Some(hot) = task_label(m, genres, &block) else {
                     continue;
-                }
+                };
                 in_some_task[mi] = true;
                 let rel = format!("{}.jpeg", m.id);
                 linker.link(&m.image, &rel)?;
@@ -223,17 +249,19 @@ pub fn prepare_mmimdb(raw: &Path, out: &Path, opts: &MmImdbOptions) -> Result<Pr
             skipped.push(format!("{}: none of its genres is kept", m.id));
         }
     }
+    Ok(items)
+}
 
-    let described = Described {
-        name: "MM-IMDB-CMML",
-        file_name: MMIMDB_JSON,
-        kind: LabelKind::Multi,
-        source: "delo prepare mmimdb",
-        class_order: order,
-        tasks: opts.tasks,
-        classes_per_task: opts.genres_per_task,
-        seed: opts.seed,
-        dropped,
-    };
-    finish(out, described, &items, skipped, &linker)
+/// A movie's label in the task that owns the genre ids `block`: a multi-hot vector over all
+/// kept genres with ones only for its genres inside the block; None when it has none there.
+fn task_label(m: &Movie, genres: &ClassOrder, block: &Range<usize>) -> Option<Vec<u8>> {
+    let mut hot = vec![0u8; genres.order.len()];
+    for g in &m.genres {
+        if let Some(k) = genres.id(g) {
+            if block.contains(&k) {
+                hot[k] = 1;
+            }
+        }
+    }
+    hot.contains(&1).then_some(hot)
 }

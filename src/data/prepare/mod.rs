@@ -15,7 +15,7 @@ pub mod csv;
 pub mod food101;
 pub mod mmimdb;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -92,6 +92,34 @@ impl OutMeta {
     }
 }
 
+/// The kept classes of a raw dataset in their seeded order (see the module doc): global class
+/// id k is `order[k]`; `dropped` holds the classes left out, sorted.
+pub(crate) struct ClassOrder {
+    pub order: Vec<String>,
+    pub dropped: Vec<String>,
+    ids: BTreeMap<String, usize>,
+}
+
+impl ClassOrder {
+    pub fn new(order: Vec<String>, dropped: Vec<String>) -> ClassOrder {
+        let ids = order
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i))
+            .collect();
+        ClassOrder {
+            order,
+            dropped,
+            ids,
+        }
+    }
+
+    /// The global id of a kept class; None for a class left out.
+    pub fn id(&self, class: &str) -> Option<usize> {
+        self.ids.get(class).copied()
+    }
+}
+
 /// How a prepared benchmark describes itself, in meta.json and in its report.
 pub struct Described<'a> {
     pub name: &'a str,
@@ -107,13 +135,14 @@ pub struct Described<'a> {
     pub dropped: Vec<String>,
 }
 
-/// Writes the benchmark JSON and meta.json under `out` and reports what was written.
+/// Writes the benchmark JSON and meta.json under `out` and reports what was written, with the
+/// images `linker` put in place (None where the images were written, not linked).
 pub fn finish(
     out: &Path,
     d: Described<'_>,
     items: &[OutItem],
     skipped: Vec<String>,
-    linker: &ImageLinker,
+    linker: Option<&ImageLinker>,
 ) -> Result<PrepareReport> {
     let num_classes = d.class_order.len();
     let mut meta = OutMeta::new(d.name, d.kind, d.class_order, d.source);
@@ -130,8 +159,8 @@ pub fn finish(
         num_tasks: d.tasks,
         dropped_classes: d.dropped,
         skipped,
-        images_linked: linker.linked,
-        images_copied: linker.copied,
+        images_linked: linker.map_or(0, |l| l.linked),
+        images_copied: linker.map_or(0, |l| l.copied),
     })
 }
 
