@@ -2,6 +2,10 @@
 //! missing-modality learning, with a frozen ViLT backbone, a CPU reference backend and
 //! hand-written CUDA kernels.
 
+// A function past `clippy.toml`'s line ceiling is refused: split it along its steps
+// (docs/engine.md#code-layout).
+#![warn(clippy::too_many_lines)]
+
 pub mod autograd;
 pub mod backend;
 pub mod bench;

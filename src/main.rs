@@ -1,3 +1,7 @@
+//! The `delo` command line: one function per subcommand in `cli/`.
+
+#![warn(clippy::too_many_lines)]
+
 use clap::{CommandFactory, FromArgMatches};
 
 mod cli;
