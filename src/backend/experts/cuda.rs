@@ -146,6 +146,21 @@ pub(super) struct RoutingPtrs {
     pub(super) pb_sel: Ptr,
 }
 
+impl RoutingPtrs {
+    /// What the routing backward reads ([`CudaBackend::route_backward_rows`]): S_A, S_B, P_A,
+    /// P_B, the compatibility softmaxes and ā.
+    pub(super) fn saved(&self) -> [Ptr; 6] {
+        [
+            self.sel_a,
+            self.sel_b,
+            self.p_a,
+            self.p_b,
+            self.compat,
+            self.abar,
+        ]
+    }
+}
+
 /// Device addresses of the operands of one expert composition.
 struct Operands {
     x: Ptr,
@@ -480,46 +495,65 @@ impl CudaBackend {
             // No sample or no factor: the gradients are empty, or zeros for dW_C.
             return Ok((dla, dlb, self.zeros(&[r, d, e], F32)?));
         }
-        let dz = self.scratch_f32(bsz * r * e)?;
-        let pdz = dz.ptr();
+        let saved = [psa, psb, ppa, ppb, pc, pab];
+        let shape = (1, bsz, e, r, d);
+        let dwc = self.route_backward_rows(shape, (pga, pgb), saved, lambda, (pdla, pdlb), OP)?;
+        Ok((dla, dlb, dwc.reshape(&[r, d, e])?))
+    }
+
+    /// The routing backward of `pools × b` rows, eq. (3) with the compatibility term: a warp
+    /// per row writes the router logits' gradients `dla`, `dlb [rows, E]`, then one thread per
+    /// element of dW_C `[pools, r, d, E]` sums its pool's samples in order (deterministic).
+    /// `saved`: the forward's S_A, S_B, P_A, P_B, compatibility softmaxes and ā.
+    pub(super) fn route_backward_rows(
+        &self,
+        (pools, b, e, r, d): (usize, usize, usize, usize, usize),
+        (d_pa, d_pb): (Ptr, Ptr),
+        [sel_a, sel_b, p_a, p_b, compat, abar]: [Ptr; 6],
+        lambda: f32,
+        (dla, dlb): (Ptr, Ptr),
+        op: &'static str,
+    ) -> Result<Tensor> {
+        let rows = pools * b;
+        let dz = self.scratch_f32(rows * r * e)?;
         // (an empty dW_C when r·d = 0: r = 0 still gives the logits their zero gradients)
-        let (dwc, pdwc) = self.empty(&[r, d, e], F32)?;
+        let (dwc, pdwc) = self.empty(&[pools, r, d, e], F32)?;
         unsafe {
             self.k.route_backward_f32(
                 &self.stream,
-                cfg_rows(bsz),
-                pga,
-                pgb,
-                psa,
-                psb,
-                ppa,
-                ppb,
-                pc,
-                int(bsz, OP)?,
-                int(e, OP)?,
-                int(r, OP)?,
+                cfg_rows(rows),
+                d_pa,
+                d_pb,
+                sel_a,
+                sel_b,
+                p_a,
+                p_b,
+                compat,
+                int(rows, op)?,
+                int(e, op)?,
+                int(r, op)?,
                 lambda,
-                pdla,
-                pdlb,
-                pdz,
+                dla,
+                dlb,
+                dz.ptr(),
                 self.err_ptr(),
             )?;
             if r * d * e > 0 {
                 self.k.route_dwc_f32(
                     &self.stream,
-                    cfg_flat(r * d * e),
-                    pab,
-                    pdz,
-                    int(bsz, OP)?,
-                    int(r, OP)?,
-                    int(d, OP)?,
-                    int(e, OP)?,
-                    1,
+                    cfg_flat(pools * r * d * e),
+                    abar,
+                    dz.ptr(),
+                    int(b, op)?,
+                    int(r, op)?,
+                    int(d, op)?,
+                    int(e, op)?,
+                    int(pools, op)?,
                     pdwc,
                 )?;
             }
         }
-        Ok((dla, dlb, dwc))
+        Ok(dwc)
     }
 
     // ---- the gathered factor composition -------------------------------------------------------

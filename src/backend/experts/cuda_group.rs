@@ -10,7 +10,7 @@ use cudarc::driver::LaunchConfig;
 use super::experts::{
     aligned16, km_of, launch_dims, stage_cols, RoutingPtrs, TilePartials, EXP_THREADS,
 };
-use super::kernels::{cfg_flat, cfg_rows, Ptr};
+use super::kernels::{cfg_flat, Ptr};
 use super::ops::{int, long};
 use super::{nvtx, CudaBackend, Scratch};
 use crate::backend::experts::dims::ExpertDims;
@@ -429,7 +429,16 @@ impl CudaBackend {
         let d_sel = score
             .as_ref()
             .map_or((pdg, pdg), |(a, b)| (a.ptr(), b.ptr()));
-        let (dla, dlb, dwc) = self.group_route_backward(g, d, d_sel, rp)?;
+        let (dla, dlb) = (self.scratch_f32(rows * d.e)?, self.scratch_f32(rows * d.e)?);
+        let shape = (np, d.b, d.e, d.r, d.d_in);
+        let dwc = self.route_backward_rows(
+            shape,
+            d_sel,
+            rp.saved(),
+            g.lambda,
+            (dla.ptr(), dlb.ptr()),
+            BWD,
+        )?;
         let (dq, [dwa, dba, dwb, dbb]) = self.group_router_linears_backward(g, d, &dla, &dlb)?;
         let grads = [
             views(&dwa, np, &[d.e, d.d_in])?,
@@ -453,69 +462,6 @@ impl CudaBackend {
             })
             .collect();
         Ok((dq, grads))
-    }
-
-    /// The routing backward from `(dP_A, dP_B) [P·B, r]` in one launch over all P·B rows: the
-    /// router logits' gradients `[P·B, E]` each, and dW_C `[P, r, d_in, E]` of every pool in
-    /// one more.
-    fn group_route_backward(
-        &self,
-        g: &PoolGroup,
-        d: &ExpertDims,
-        (d_pa, d_pb): (Ptr, Ptr),
-        rp: &RoutingPtrs,
-    ) -> Result<(Scratch, Scratch, Tensor)> {
-        let ExpertDims {
-            b: bsz,
-            d_in: din,
-            e,
-            r,
-            ..
-        } = *d;
-        let np = g.pools.len();
-        let rows = np * bsz;
-        let (dla, dlb, dz) = (
-            self.scratch_f32(rows * e)?,
-            self.scratch_f32(rows * e)?,
-            self.scratch_f32(rows * r * e)?,
-        );
-        let (dwc, pdwc) = self.empty(&[np, r, din, e], F32)?;
-        unsafe {
-            self.k.route_backward_f32(
-                &self.stream,
-                cfg_rows(rows),
-                d_pa,
-                d_pb,
-                rp.sel_a,
-                rp.sel_b,
-                rp.p_a,
-                rp.p_b,
-                rp.compat,
-                int(rows, BWD)?,
-                int(e, BWD)?,
-                int(r, BWD)?,
-                g.lambda,
-                dla.ptr(),
-                dlb.ptr(),
-                dz.ptr(),
-                self.err_ptr(),
-            )?;
-            if r * din > 0 {
-                self.k.route_dwc_f32(
-                    &self.stream,
-                    cfg_flat(np * r * din * e),
-                    rp.abar,
-                    dz.ptr(),
-                    int(bsz, BWD)?,
-                    int(r, BWD)?,
-                    int(din, BWD)?,
-                    int(e, BWD)?,
-                    int(np, BWD)?,
-                    pdwc,
-                )?;
-            }
-        }
-        Ok((dla, dlb, dwc))
     }
 
     /// The router linears' backward in one launch: the stacked `dW_A, dB_A, dW_B, dB_B` of
